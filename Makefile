@@ -1,0 +1,61 @@
+# Berth. `make run` serves the demo cluster; `make test` sets everything up from nothing and runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py ext/_native.pyx | cksum | cut -d' ' -f1)
+K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' tests/e2e/k8s/go.mod)
+export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
+PORT ?= 8888
+
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-e2e locust certs lint clean
+
+install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
+
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,load]'
+	$(PY) -c 'import scheduler.kernels as k; assert k.NATIVE or k.NO_EXTENSIONS, "Cython kernels did not build"'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: install  ## serve the embedded demo cluster on 127.0.0.1:$(PORT)
+	@echo "Berth demo cluster on http://127.0.0.1:$(PORT). In another terminal, try:"
+	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/scheduler/filter -H 'Content-Type: application/json' -d @config/demo-filter-request.json"
+	$(PY) -m scheduler serve --demo --port $(PORT)
+
+k8s:  ## build etcd, kube-apiserver, kube-scheduler and kubectl (first time ~5-15 min; cached after)
+	tests/e2e/k8s/build.sh
+
+test: install k8s lint  ## every test: unit, property, fuzz (bounded), locust smoke, end-to-end
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(PY) -m pytest -q -p no:cacheprovider -m 'not e2e'
+
+test-e2e: install k8s
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+lint: install
+	$(VENV)/bin/ruff check scheduler tests loadtests
+
+cluster: install k8s  ## a local control plane + Berth + berth-scheduler to try by hand
+	$(PY) -m tests.e2e.cluster_cli
+
+bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typical extender
+	$(PY) -m scheduler bench --markdown docs/bench-latest.md
+
+bench-quality: install  ## GPU placement quality: Berth's policy vs kube-scheduler's LeastAllocated
+	$(PY) -m scheduler.quality --markdown docs/bench-quality-latest.md
+
+bench-e2e: install k8s  ## pods/s of kube-scheduler alone and through Berth, on the local control plane
+	$(PY) -m tests.e2e.throughput
+
+locust: install
+	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)
+
+certs:  ## a CA, a server pair and a client pair in certs/ for trying mTLS
+	scripts/make-certs.sh certs
+
+clean:
+	rm -rf $(VENV) build *.egg-info ext/*.c scheduler/kernels/*.so

@@ -1,0 +1,226 @@
+# cython: language_level=3
+"""Cython filter and score kernels over the node table's arrays.
+
+The twin in scheduler/kernels/_python.py is the reference: keep this file in step with it line for
+line (a property test checks both agree, scores exactly). Floating point runs in the same order.
+"""
+
+from libc.math cimport floor
+
+cdef extern from *:
+    int popcount "__builtin_popcountll"(unsigned long long x) nogil
+
+cdef enum:
+    MAX_ISLANDS = 8
+
+cdef enum:
+    OK = 0
+    UNSCHEDULABLE = 1
+    POOL = 2
+    MODEL = 3
+    PODS = 4
+    CPU = 5
+    MEMORY = 6
+    GPU = 7
+    TOPOLOGY = 8
+    UNKNOWN = 255
+
+
+cdef struct Table:
+    long long* alloc_cpu
+    long long* alloc_mem
+    int* alloc_gpu
+    int* alloc_pods
+    long long* used_cpu
+    long long* used_mem
+    int* used_pods
+    unsigned long long* gpu_mask
+    unsigned long long* gpu_used
+    unsigned long long* islands
+    int* model
+    int* pool
+    unsigned char* flags
+    double* load
+    double* load_time
+
+
+cdef class _Views:
+    """Typed views of one NodeTable's arrays (taken per call: the table may have grown)."""
+    cdef long long[::1] alloc_cpu, alloc_mem, used_cpu, used_mem
+    cdef int[::1] alloc_gpu, alloc_pods, used_pods, model, pool
+    cdef unsigned long long[::1] gpu_mask, gpu_used, islands
+    cdef unsigned char[::1] flags
+    cdef double[::1] load, load_time
+    cdef Table tab
+
+    def __cinit__(self, t):
+        self.alloc_cpu = t.alloc_cpu
+        self.alloc_mem = t.alloc_mem
+        self.alloc_gpu = t.alloc_gpu
+        self.alloc_pods = t.alloc_pods
+        self.used_cpu = t.used_cpu
+        self.used_mem = t.used_mem
+        self.used_pods = t.used_pods
+        self.gpu_mask = t.gpu_mask
+        self.gpu_used = t.gpu_used
+        self.islands = t.islands
+        self.model = t.model
+        self.pool = t.pool
+        self.flags = t.flags
+        self.load = t.load
+        self.load_time = t.load_time
+        self.tab.alloc_cpu = &self.alloc_cpu[0]
+        self.tab.alloc_mem = &self.alloc_mem[0]
+        self.tab.alloc_gpu = &self.alloc_gpu[0]
+        self.tab.alloc_pods = &self.alloc_pods[0]
+        self.tab.used_cpu = &self.used_cpu[0]
+        self.tab.used_mem = &self.used_mem[0]
+        self.tab.used_pods = &self.used_pods[0]
+        self.tab.gpu_mask = &self.gpu_mask[0]
+        self.tab.gpu_used = &self.gpu_used[0]
+        self.tab.islands = &self.islands[0]
+        self.tab.model = &self.model[0]
+        self.tab.pool = &self.pool[0]
+        self.tab.flags = &self.flags[0]
+        self.tab.load = &self.load[0]
+        self.tab.load_time = &self.load_time[0]
+
+
+cdef inline int _best_island(const Table* t, int s, unsigned long long free, int gpu,
+                             int* size) noexcept nogil:
+    cdef int best = -1
+    cdef int k, c
+    cdef unsigned long long isl
+    size[0] = 0
+    for k in range(MAX_ISLANDS):
+        isl = t.islands[s * MAX_ISLANDS + k]
+        if isl == 0:
+            continue
+        c = popcount(isl & free)
+        if c >= gpu and (best < 0 or c < best):
+            best = c
+            size[0] = popcount(isl)
+    return best
+
+
+cdef inline unsigned char _verdict(const Table* t, int s, long long cpu, long long mem, int gpu,
+                                   int topo, const unsigned char[::1] pool_ok,
+                                   const unsigned char[::1] model_ok) noexcept nogil:
+    cdef unsigned long long free
+    cdef int m, size
+    if s < 0 or not (t.flags[s] & 1):
+        return UNKNOWN
+    if t.flags[s] & 2:
+        return UNSCHEDULABLE
+    if pool_ok[t.pool[s]] == 0:
+        return POOL
+    if gpu > 0 and model_ok.shape[0] > 0:
+        m = t.model[s]
+        if m < 0 or m >= model_ok.shape[0] or model_ok[m] == 0:
+            return MODEL
+    if t.used_pods[s] + 1 > t.alloc_pods[s]:
+        return PODS
+    if t.used_cpu[s] + cpu > t.alloc_cpu[s]:
+        return CPU
+    if t.used_mem[s] + mem > t.alloc_mem[s]:
+        return MEMORY
+    if gpu > 0:
+        free = t.gpu_mask[s] & ~t.gpu_used[s]
+        if popcount(free) < gpu:
+            return GPU
+        if topo == 2 and _best_island(t, s, free, gpu, &size) < 0:
+            return TOPOLOGY
+    return OK
+
+
+def filter_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
+                 const unsigned char[::1] pool_ok, const unsigned char[::1] model_ok,
+                 unsigned char[::1] out):
+    cdef _Views v = _Views(t)
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int passed = 0
+    cdef unsigned char r
+    with nogil:
+        for i in range(n):
+            r = _verdict(&v.tab, slots[i], cpu, mem, gpu, topo, pool_ok, model_ok)
+            out[i] = r
+            if r == OK:
+                passed += 1
+    return passed
+
+
+cdef inline void _gpu_parts(const Table* t, int s, int gpu, double* pack, double* fit) noexcept nogil:
+    cdef unsigned long long free = t.gpu_mask[s] & ~t.gpu_used[s]
+    cdef int nfree = popcount(free)
+    cdef int cap = t.alloc_gpu[s]
+    cdef int best, size
+    pack[0] = 0.0
+    fit[0] = 0.0
+    if nfree < gpu or cap <= 0:
+        return
+    if nfree == cap and gpu < cap:
+        pack[0] = 0.0
+    else:
+        pack[0] = <double>(10 * (cap - nfree + gpu)) / <double>cap
+    best = _best_island(t, s, free, gpu, &size)
+    if best >= 0:
+        fit[0] = 10.0 * (1.0 - <double>(best - gpu) / <double>size)
+
+
+cdef inline double _resource_part(const Table* t, int s, long long cpu, long long mem,
+                                  bint most) noexcept nogil:
+    cdef long long ac = t.alloc_cpu[s]
+    cdef long long am = t.alloc_mem[s]
+    cdef long long uc, um
+    if ac <= 0 or am <= 0:
+        return 0.0
+    uc = t.used_cpu[s] + cpu
+    um = t.used_mem[s] + mem
+    if uc > ac or um > am:
+        return 0.0
+    if most:
+        return (<double>(10 * uc) / <double>ac + <double>(10 * um) / <double>am) / 2.0
+    return (<double>(10 * (ac - uc)) / <double>ac + <double>(10 * (am - um)) / <double>am) / 2.0
+
+
+def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
+                const unsigned char[::1] pool_ok, const double[::1] pool_avail,
+                const double[::1] params, long long[::1] out):
+    cdef _Views v = _Views(t)
+    cdef const Table* tab = &v.tab
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int s, p
+    cdef double total, wsum, pack, fit, res, lp, own, avail, load, r
+    cdef bint most = params[6] > 0.0
+    with nogil:
+        for i in range(n):
+            s = slots[i]
+            if s < 0 or not (tab.flags[s] & 1):
+                out[i] = 0
+                continue
+            total = 0.0
+            wsum = 0.0
+            if gpu > 0:
+                _gpu_parts(tab, s, gpu, &pack, &fit)
+                total += params[0] * pack + params[1] * fit
+                wsum += params[0] + params[1]
+            else:
+                res = _resource_part(tab, s, cpu, mem, most)
+                pack = 10.0 if tab.alloc_gpu[s] == 0 else 0.0
+                total += params[5] * res + params[0] * pack
+                wsum += params[5] + params[0]
+            load = tab.load[s]
+            if load >= 0.0 and params[7] - tab.load_time[s] <= params[8]:
+                lp = 10.0 * (1.0 - load)
+            else:
+                lp = 5.0
+            p = tab.pool[s]
+            own = 10.0 if pool_ok[p] == 1 else 0.0
+            avail = 10.0 * pool_avail[p]
+            total += params[2] * lp + params[3] * own + params[4] * avail
+            wsum += params[2] + params[3] + params[4]
+            if wsum <= 0.0:
+                out[i] = 0
+                continue
+            r = floor(total / wsum + 0.5)
+            out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)

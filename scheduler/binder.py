@@ -1,0 +1,132 @@
+"""Bind: assume first (reserve in the ledgers), then write the Binding; the watch confirms.
+
+The reservation happens synchronously on the event loop before the first await, so concurrent binds
+see each other at once: that is what keeps quotas and GPU indices exact. A failed write releases at
+once; a reservation the watch never confirms expires (state.Reservations).
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from scheduler.kernels import OK, choose_devices
+from scheduler.kernels import _python as twin
+from scheduler.ledger import PodEntry
+from scheduler.placement import Reasons, judge
+from scheduler.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
+from scheduler.state import ClusterState, format_gpu_ids, pod_key
+from scheduler.wire import BindingArgs
+
+log = logging.getLogger("berth.bind")
+
+# Writes the Binding (with annotations) to the API server; returns "" or an error sentence.
+BindWriter = Callable[[BindingArgs, dict[str, str]], Awaitable[str]]
+PodFetcher = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+class BindError(Exception):
+    """A bind that must fail with this sentence (and a metric result)."""
+
+    def __init__(self, reason: str, result: str = "error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+class Binder:
+    def __init__(self, state: ClusterState, write: BindWriter | None, fetch: PodFetcher | None) -> None:
+        self.state = state
+        self.write = write  # None: demo mode, the binding is recorded in memory only
+        self.fetch = fetch
+        self.in_flight = 0
+
+    async def bind(self, args: BindingArgs) -> str:
+        """Returns the result label for metrics; raises BindError with the reason otherwise."""
+        key = pod_key(args.namespace, args.name)
+        held = self.state.ledger.get(key)
+        if held is not None:
+            if held.node == args.node:
+                return "already_bound"  # idempotent: a retried bind whose first reply was lost
+            raise BindError(f"pod {key} is already bound to {held.node}, not {args.node}", "conflict")
+        ask, bound = await self._ask(args)
+        if bound:  # the API server has it on this node already (our earlier try, before a restart)
+            return "already_bound"
+        entry = self.reserve(ask, args)
+        if self.write is None:
+            self.state.reservations.pop(key, None)
+            entry.confirmed = True
+            return "bound"
+        self.in_flight += 1
+        try:
+            error = await self.write(args, self.annotations(entry))
+        except Exception as exc:  # any failure of the write must release the reservation
+            error = f"binding {key} to {args.node} failed: {exc}"
+        finally:
+            self.in_flight -= 1
+        if error:
+            self.state.forget(key)
+            raise BindError(error)
+        return "bound"
+
+    async def _ask(self, args: BindingArgs) -> tuple[PodAsk, bool]:
+        key = pod_key(args.namespace, args.name)
+        ask = self.state.seen.get(args.uid) if args.uid else None
+        if ask is None and self.fetch is not None:
+            pod = await self.fetch(args.namespace, args.name)
+            if pod is None:
+                raise BindError(f"pod {key} does not exist")
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node:
+                if node == args.node:
+                    self.state.apply_pod("MODIFIED", pod)
+                    return _parse(pod), True
+                raise BindError(f"pod {key} is already bound to {node}, not {args.node}", "conflict")
+            ask = _parse(pod)
+        if ask is None:
+            raise BindError(f"pod {key} is unknown to Berth: filter was not called for it")
+        if args.uid and ask.uid and ask.uid != args.uid:
+            raise BindError(f"pod {key} has UID {ask.uid}, not {args.uid}: it was recreated")
+        return ask, False
+
+    def reserve(self, ask: PodAsk, args: BindingArgs) -> PodEntry:
+        """Check the node and the quota again (other binds may have landed since filter) and hold."""
+        state = self.state
+        t = state.table
+        slot = t.slot_of.get(args.node)
+        if slot is None:
+            raise BindError(f"node {args.node} is not in Berth's cache")
+        j = judge(state, ask)
+        if j.admission.error:
+            raise BindError(j.admission.error, "quota")
+        r = ask.request
+        code = twin._verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
+        if code != OK:
+            raise BindError(f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
+                            f"{Reasons(state, j).of(code, slot)[0]}", "conflict")
+        gpu_ids = 0
+        if r.gpu:
+            free = t.gpu_mask[slot] & ~t.gpu_used[slot]
+            gpu_ids = choose_devices(t.islands, slot, free, r.gpu, ask.topology)
+        own = j.admission.own_pools is None or t.pools[t.pool[slot]] in j.admission.own_pools
+        entry = PodEntry(key=pod_key(ask.namespace, ask.name), uid=ask.uid, node=args.node, request=r,
+                         priority=ask.priority, team=j.admission.team,
+                         borrowing=j.admission.borrowing or not own, gpu_ids=gpu_ids, confirmed=False)
+        state.reserve(entry)
+        return entry
+
+    @staticmethod
+    def annotations(entry: PodEntry) -> dict[str, str]:
+        out = {}
+        if entry.team:
+            out[ANN_TEAM] = entry.team
+            out[ANN_BORROWING] = "true" if entry.borrowing else "false"
+        if entry.gpu_ids:
+            out[ANN_GPU_IDS] = format_gpu_ids(entry.gpu_ids)
+        return out
+
+
+def _parse(pod: dict[str, Any]) -> PodAsk:
+    try:
+        return pod_ask(pod)
+    except PodError as exc:
+        raise BindError(f"pod cannot be judged: {exc}") from exc

@@ -1,0 +1,97 @@
+"""`berth`: serve the extender, explain a placement, read GPU topology, run the benchmark."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from scheduler import gpu_topology
+from scheduler.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="berth", description="Berth: a kube-scheduler extender.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve filter/prioritize/bind/preempt for kube-scheduler")
+    s.add_argument("--config", help="YAML config file (see config/berth.example.yaml)")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="port to listen on (default 8888)")
+    s.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: in-cluster configuration)")
+    s.add_argument("--demo", action="store_true", help="serve an embedded, seeded demo cluster; no API server")
+    s.add_argument("--demo-nodes", type=int, help="demo cluster size (default 1000, at most 15000)")
+    s.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    s.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    s.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    t = sub.add_parser("topology", help="read `nvidia-smi topo -m` into the berth.dev/gpu-topology annotation")
+    gpu_topology.add_arguments(t)
+    e = sub.add_parser("explain", help="why a pod goes where it goes: per-node verdicts and score parts")
+    e.add_argument("--url", default="http://127.0.0.1:8888", help="Berth's address")
+    e.add_argument("--namespace", "-n", default="default")
+    e.add_argument("pod")
+    b = sub.add_parser("bench", help="latency and throughput of Berth's verbs (see docs/BENCHMARKS.md)")
+    from scheduler import bench
+    bench.add_arguments(b)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "topology":
+        return gpu_topology.run(args)
+    if args.command == "bench":
+        from scheduler import bench
+        return bench.run(args)
+    if args.command == "explain":
+        return _explain(args)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"berth: bad config: {exc}", file=sys.stderr)
+        return 2
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    if args.demo_nodes is not None:
+        if not 1 <= args.demo_nodes <= 15000:
+            print("berth: --demo-nodes must be from 1 to 15000", file=sys.stderr)
+            return 2
+        config.demo.nodes = args.demo_nodes
+    if args.log_level:
+        config.log_level = args.log_level
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
+        print("berth: --tls-cert and --tls-key go together; --client-ca needs them", file=sys.stderr)
+        return 2
+    from scheduler import logs, run
+    logs.setup(config.log_level)
+    try:
+        return asyncio.run(run.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
+                                     tls=(args.tls_cert, args.tls_key, args.client_ca)))
+    except run.StartupError as exc:
+        print(f"berth: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    query = urllib.parse.urlencode({"namespace": args.namespace, "pod": args.pod})
+    try:
+        with urllib.request.urlopen(f"{args.url}/debug/explain?{query}", timeout=30) as r:
+            print(json.dumps(json.loads(r.read()), indent=2))
+        return 0
+    except urllib.error.HTTPError as exc:
+        print(f"berth explain: {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"berth explain: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,133 @@
+"""Berth's configuration file (YAML; every key documented in config/berth.example.yaml).
+
+Validation names the key and what was expected, so a bad file fails at start with one clear line.
+"""
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+DEFAULT_MAX_BODY = 256 * 1024 * 1024  # a 15,000-node full NodeList of real Node objects is ~100-150 MB
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type or out of range."""
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8888
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    keepalive_timeout: float = 120.0  # above Go's 90 s idle timeout, so kube-scheduler never sends on a dead conn
+    shutdown_grace_seconds: float = 10.0
+
+
+@dataclass(slots=True)
+class Weights:
+    gpu_packing: float = 4.0
+    topology: float = 3.0
+    load: float = 1.0
+    pool: float = 2.0
+    pool_availability: float = 1.0
+    resources: float = 1.0
+
+
+@dataclass(slots=True)
+class ScoringConfig:
+    cpu_strategy: str = "least_allocated"
+    weights: Weights = field(default_factory=Weights)
+    load_max_age_seconds: float = 300.0
+
+
+@dataclass(slots=True)
+class QuotaConfig:
+    unmatched_pods: str = "shared"
+    shared_pools: list[str] = field(default_factory=lambda: ["shared"])
+    status_interval_seconds: float = 2.0
+
+
+@dataclass(slots=True)
+class BindConfig:
+    reservation_ttl_seconds: float = 30.0
+    timeout_seconds: float = 10.0
+
+
+@dataclass(slots=True)
+class DemoConfig:
+    nodes: int = 1000
+    seed: int = 42
+
+
+@dataclass(slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
+    bind: BindConfig = field(default_factory=BindConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    log_level: str = "info"
+
+
+_CHOICES = {
+    "scoring.cpu_strategy": ("least_allocated", "most_allocated"),
+    "quotas.unmatched_pods": ("shared", "reject"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+_RANGES = {
+    "server.port": (0, 65535),
+    "server.max_body_bytes": (1024, 1 << 34),
+    "demo.nodes": (1, 15000),
+}
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'the file'}: expected a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key (expected one of {', '.join(sorted(known))})")
+    values = {name: _value(hints[name], data[name], f"{path}.{name}" if path else name)
+              for name in known if name in data}
+    return cls(**values)
+
+
+def _value(kind: Any, raw: Any, path: str) -> Any:
+    if is_dataclass(kind):
+        return _build(kind, raw, path)
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        if not isinstance(raw, list):
+            raise ConfigError(f"{path}: expected a list, got {raw!r}")
+        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(raw)]
+    ok = isinstance(raw, kind) and not isinstance(raw, bool)
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        raw, ok = float(raw), True
+    if not ok:
+        raise ConfigError(f"{path}: expected {kind.__name__}, got {raw!r}")
+    if path in _CHOICES and raw not in _CHOICES[path]:
+        raise ConfigError(f"{path}: expected one of {', '.join(_CHOICES[path])}, got {raw!r}")
+    if kind in (int, float):
+        lo, hi = _RANGES.get(path, (0, float("inf")))
+        if not lo <= raw <= hi:
+            raise ConfigError(f"{path}: expected a value from {lo} to {hi}, got {raw!r}")
+    return raw
+
+
+def load_config(path: str | Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return _build(Config, data if data is not None else {}, "")

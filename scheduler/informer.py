@@ -1,0 +1,168 @@
+"""List + watch of one resource, feeding ClusterState: paginated lists, resourceVersion continuation,
+watch bookmarks, a full relist on 410 Gone, and backoff with jitter while the API server is away.
+
+Events are decoded with orjson and handed to the state as plain dicts: no per-object models.
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from scheduler.kube import KubeClient, KubeError
+from scheduler.state import ClusterState
+
+log = logging.getLogger("berth.informer")
+Apply = Callable[[str, dict[str, Any]], None]
+
+
+class Gone(Exception):
+    """The resourceVersion we watch from is too old: relist."""
+
+
+def object_key(obj: dict[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+class Informer:
+    def __init__(self, client: KubeClient, state: ClusterState, resource: str, path: str, apply: Apply,
+                 field_selector: str | None = None, page_size: int = 500, watch_timeout: int = 300,
+                 optional: bool = False) -> None:
+        self.client = client
+        self.state = state
+        self.resource = resource
+        self.path = path
+        self.apply = apply
+        self.field_selector = field_selector
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.optional = optional  # a missing CRD is "nothing to watch yet", not an outage
+        self.known: set[str] = set()
+        self.rv = ""
+        self.relists = 0
+        self.events = 0
+
+    async def run(self) -> None:
+        self.state.mark_synced(self.resource, False)
+        delay = 0.2
+        while True:
+            try:
+                await self._list()
+                delay = 0.2
+                while True:
+                    await self._watch()
+            except Gone:
+                log.info("%s: watch expired (410 Gone); relisting", self.resource)
+                self.relists += 1
+            except KubeError as exc:
+                if exc.status == 404 and self.optional:
+                    log.warning("%s: not served by the API server (CRD not installed?); retrying in 30 s",
+                                self.resource)
+                    self.state.mark_synced(self.resource, True)
+                    await asyncio.sleep(30)
+                    continue
+                log.warning("%s: API error %s; retrying in %.1fs", self.resource, exc, delay)
+                delay = await _backoff(delay)
+            except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+                log.warning("%s: API server unreachable (%s); retrying in %.1fs", self.resource, exc, delay)
+                delay = await _backoff(delay)
+
+    def _params(self) -> dict[str, str]:
+        return {"fieldSelector": self.field_selector} if self.field_selector else {}
+
+    async def _list(self) -> None:
+        seen: set[str] = set()
+        cont = ""
+        while True:
+            params = self._params() | {"limit": str(self.page_size)}
+            if cont:
+                params["continue"] = cont
+            try:
+                page = await self.client.get_json(self.path, params)
+            except KubeError as exc:
+                if exc.status == 410:  # the continue token expired: start the list again
+                    seen.clear()
+                    cont = ""
+                    continue
+                raise
+            for obj in page.get("items") or []:
+                seen.add(object_key(obj))
+                self.apply("ADDED", obj)
+            meta = page.get("metadata") or {}
+            cont = meta.get("continue") or ""
+            if not cont:
+                self.rv = meta.get("resourceVersion") or ""
+                break
+        for key in self.known - seen:  # deleted while we were not watching
+            ns, _, name = key.rpartition("/")
+            self.apply("DELETED", {"metadata": {"name": name, "namespace": ns or None}})
+        self.known = seen
+        self.state.mark_synced(self.resource, True)
+        log.info("%s: listed %d objects at resourceVersion %s", self.resource, len(seen), self.rv)
+
+    async def _watch(self) -> None:
+        params = self._params() | {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": self.rv,
+                                   "timeoutSeconds": str(self.watch_timeout)}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.watch_timeout + 30)
+        async with self.client.session.get(self.client.base + self.path, params=params,
+                                           headers=self.client.headers(), timeout=timeout) as resp:
+            if resp.status == 410:
+                raise Gone()
+            if resp.status != 200:
+                raise KubeError(resp.status, (await resp.read())[:300].decode(errors="replace"))
+            buf = b""
+            async for chunk in resp.content.iter_any():
+                buf += chunk
+                # Split on newlines ourselves: aiohttp's readline caps lines at 64 KiB and big
+                # objects (a Node with many images) exceed that.
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if line.strip():
+                        self._event(orjson.loads(line))
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone()
+            raise KubeError(int(obj.get("code") or 500), str(obj.get("message")))
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        if rv:
+            self.rv = rv
+        self.state.touch()
+        if kind == "BOOKMARK":
+            return
+        key = object_key(obj)
+        if kind == "DELETED":
+            self.known.discard(key)
+        else:
+            self.known.add(key)
+        self.events += 1
+        self.apply(str(kind), obj)
+
+
+async def _backoff(delay: float) -> float:
+    await asyncio.sleep(delay * (0.5 + random.random()))  # jitter: replicas must not retry in step
+    return min(delay * 2, 30.0)
+
+
+def informers(client: KubeClient, state: ClusterState) -> list[Informer]:
+    # Only pods that hold resources: bound and not finished (what kube-scheduler's own cache counts).
+    bound = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
+    return [
+        Informer(client, state, "nodes", "/api/v1/nodes", state.apply_node),
+        Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
+        Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team,
+                 optional=True),
+        Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
+    ]

@@ -1,0 +1,125 @@
+"""A small asyncio client for the few API calls Berth makes, on aiohttp.
+
+Credentials and TLS come from the `kubernetes` package's kubeconfig / in-cluster loading; requests
+go through aiohttp so list and watch bodies reach orjson as bytes, with no per-object model
+deserialisation (the typed client would build Python objects for every pod on every event).
+"""
+
+import ssl
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from kubernetes import client as kclient
+from kubernetes import config as kconfig
+
+from scheduler.wire import BindingArgs
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def load_configuration(kubeconfig: str | None) -> kclient.Configuration:
+    cfg = kclient.Configuration()
+    if kubeconfig:
+        kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        kconfig.load_incluster_config(client_configuration=cfg)
+    return cfg
+
+
+def _ssl_context(cfg: kclient.Configuration) -> ssl.SSLContext | bool:
+    if not cfg.host.startswith("https"):
+        return False
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    return ctx
+
+
+class KubeClient:
+    def __init__(self, cfg: kclient.Configuration) -> None:
+        self.cfg = cfg
+        self.base = cfg.host.rstrip("/")
+        self._ssl = _ssl_context(cfg)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def headers(self, content_type: str | None = None) -> dict[str, str]:
+        h = {"Accept": "application/json", "User-Agent": "berth/0.1"}
+        token = self.cfg.get_api_key_with_prefix("authorization")  # refreshes rotated in-cluster tokens
+        if token:
+            h["Authorization"] = token
+        if content_type:
+            h["Content-Type"] = content_type
+        return h
+
+    async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
+                      content_type: str = "application/json", timeout: float = 30.0) -> tuple[int, bytes]:
+        data = orjson.dumps(body) if body is not None else None
+        async with self.session.request(method, self.base + path, data=data, params=params,
+                                        headers=self.headers(content_type if data else None),
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+            return resp.status, await resp.read()
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        status, raw = await self.request("GET", path, params=params)
+        if status != 200:
+            raise KubeError(status, _message(raw))
+        return orjson.loads(raw)
+
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, raw = await self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}")
+        if status == 404:
+            return None
+        if status != 200:
+            raise KubeError(status, _message(raw))
+        return orjson.loads(raw)
+
+    async def bind(self, args: BindingArgs, annotations: dict[str, str], timeout: float) -> str:
+        """Write the Binding with Berth's annotations (the API server copies them onto the pod in the
+        same write, so the decision and the binding land together). Returns "" or an error sentence."""
+        meta: dict[str, Any] = {"name": args.name, "namespace": args.namespace, "annotations": annotations}
+        if args.uid:
+            meta["uid"] = args.uid  # precondition: never bind a recreated pod of the same name
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
+                "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}}
+        path = f"/api/v1/namespaces/{quote(args.namespace)}/pods/{quote(args.name)}/binding"
+        status, raw = await self.request("POST", path, body, timeout=timeout)
+        if status in (200, 201):
+            return ""
+        if status == 409:
+            pod = await self.get_pod(args.namespace, args.name)
+            node = (pod or {}).get("spec", {}).get("nodeName")
+            if node == args.node:
+                return ""  # bound already, to the same node: a retry whose first reply was lost
+            if node:
+                return f"pod {args.namespace}/{args.name} is already bound to {node}"
+        return f"the API server refused the binding ({status}): {_message(raw)}"
+
+    async def patch_status(self, path: str, status: dict[str, Any]) -> None:
+        code, raw = await self.request("PATCH", path + "/status", {"status": status},
+                                       content_type="application/merge-patch+json")
+        if code not in (200, 201):
+            raise KubeError(code, _message(raw))
+
+
+def _message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+        return str(data.get("message") or data)
+    except (orjson.JSONDecodeError, AttributeError):
+        return raw[:200].decode(errors="replace")

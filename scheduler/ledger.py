@@ -1,0 +1,160 @@
+"""The pod ledger: which pods hold what on which node, and the reservations bind makes.
+
+Every change of what a pod holds goes through `PodLedger.hold` / `release`, which adjust the node
+table's `used_*` arrays, the GPU device masks, per-pool usage and the team usage together: one
+mutation path, run on the event loop only, so the books cannot drift apart.
+"""
+
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import TTLCache
+
+from scheduler.kernels import choose_devices
+from scheduler.nodetable import NodeTable
+from scheduler.podspec import PodRequest
+
+
+@dataclass(slots=True)
+class PodEntry:
+    key: str  # namespace/name
+    uid: str
+    node: str
+    request: PodRequest
+    priority: int
+    team: str | None
+    borrowing: bool
+    gpu_ids: int  # device mask on the node; 0 when none or not yet placed
+    confirmed: bool  # False while only Berth's bind reservation backs it
+    since: float = 0.0  # monotonic time it started holding (GPU-seconds showback)
+    model: str | None = None  # GPU model of its node when it started holding (per-model quota)
+
+
+class Reservations(TTLCache):
+    """Unconfirmed binds; an expired reservation is handed back so its resources are released."""
+
+    def __init__(self, ttl: float, on_expire: Callable[[str, PodEntry], None]) -> None:
+        super().__init__(maxsize=float("inf"), ttl=ttl)
+        self._on_expire = on_expire
+
+    def expire(self, time: float | None = None) -> list[tuple[str, PodEntry]]:
+        expired = list(super().expire(time))
+        for key, entry in expired:
+            self._on_expire(key, entry)
+        return expired
+
+
+class PoolUsage:
+    """GPU (or, for CPU-only pools, cpu) allocatable and use per pool: the pool availability score."""
+
+    def __init__(self) -> None:
+        self.alloc = array("d")
+        self.used = array("d")
+        self.avail = array("d")  # free fraction, read by the score kernel
+
+    def ensure(self, pools: int) -> None:
+        while len(self.avail) < pools:
+            self.alloc.append(0.0)
+            self.used.append(0.0)
+            self.avail.append(0.0)
+
+    def add(self, pool: int, alloc: float, used: float) -> None:
+        self.ensure(pool + 1)
+        self.alloc[pool] += alloc
+        self.used[pool] += used
+        a = self.alloc[pool]
+        self.avail[pool] = max(0.0, min(1.0, (a - self.used[pool]) / a)) if a > 0 else 0.0
+
+
+def pool_measure(table: NodeTable, slot: int) -> tuple[float, bool]:
+    """A node's contribution to its pool's capacity: GPUs where it has any, else cores."""
+    gpus = table.alloc_gpu[slot]
+    return (float(gpus), True) if gpus else (table.alloc_cpu[slot] / 1000.0, False)
+
+
+class PodLedger:
+    def __init__(self, table: NodeTable, pools: PoolUsage,
+                 on_team: Callable[[PodEntry, int], None]) -> None:
+        self.table = table
+        self.pools = pools
+        self.on_team = on_team  # the quota book's hook: (entry, +1 | -1)
+        self.pods: dict[str, PodEntry] = {}
+        self.by_node: dict[str, set[str]] = {}
+        self.by_uid: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.pods)
+
+    def __iter__(self) -> Iterator[PodEntry]:
+        return iter(self.pods.values())
+
+    def get(self, key: str) -> PodEntry | None:
+        return self.pods.get(key)
+
+    def hold(self, entry: PodEntry) -> None:
+        """Start accounting `entry` (replacing what the same pod held before)."""
+        self.release(entry.key)
+        self.pods[entry.key] = entry
+        self.by_node.setdefault(entry.node, set()).add(entry.key)
+        if entry.uid:
+            self.by_uid[entry.uid] = entry.key
+        slot = self.table.slot_of.get(entry.node)
+        if slot is not None:
+            self._apply(slot, entry, 1)
+        self.on_team(entry, 1)
+
+    def release(self, key: str) -> PodEntry | None:
+        entry = self.pods.pop(key, None)
+        if entry is None:
+            return None
+        keys = self.by_node.get(entry.node)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.by_node[entry.node]
+        if self.by_uid.get(entry.uid) == key:
+            del self.by_uid[entry.uid]
+        slot = self.table.slot_of.get(entry.node)
+        if slot is not None:
+            self._apply(slot, entry, -1)
+        self.on_team(entry, -1)
+        return entry
+
+    def _apply(self, slot: int, entry: PodEntry, sign: int) -> None:
+        t = self.table
+        r = entry.request
+        t.used_cpu[slot] += sign * r.cpu
+        t.used_mem[slot] += sign * r.memory
+        t.used_pods[slot] += sign
+        if r.gpu:
+            if sign > 0:
+                free = t.gpu_mask[slot] & ~t.gpu_used[slot]
+                if not entry.gpu_ids or entry.gpu_ids & ~free:
+                    # Placed by someone else, or a stale choice: take devices as bind would have.
+                    entry.gpu_ids = choose_devices(t.islands, slot, free, r.gpu, 0) or entry.gpu_ids
+                t.gpu_used[slot] |= entry.gpu_ids
+            else:
+                t.gpu_used[slot] &= ~entry.gpu_ids
+            t.used_gpu[slot] = (t.gpu_used[slot] & t.gpu_mask[slot]).bit_count()
+        _, is_gpu = pool_measure(t, slot)
+        self.pools.add(t.pool[slot], 0.0, sign * (r.gpu if is_gpu else r.cpu / 1000.0))
+
+    def node_added(self, slot: int) -> None:
+        """A node (re)appeared: account the pods already known to run on it."""
+        t = self.table
+        measure, _ = pool_measure(t, slot)
+        self.pools.add(t.pool[slot], measure, 0.0)
+        for key in self.by_node.get(t.names[slot] or "", ()):
+            self._apply(slot, self.pods[key], 1)
+
+    def node_removing(self, slot: int) -> None:
+        t = self.table
+        for key in self.by_node.get(t.names[slot] or "", ()):
+            self._apply(slot, self.pods[key], -1)
+        measure, _ = pool_measure(t, slot)
+        self.pools.add(t.pool[slot], -measure, 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"pods": len(self.pods), "unconfirmed": sum(1 for e in self.pods.values() if not e.confirmed)}

@@ -1,0 +1,186 @@
+"""Filter and prioritize for one pod: quota admission, then the kernels over the requested nodes,
+then reasons a person can act on. Runs on the event loop without awaiting."""
+
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+from scheduler import kernels as K
+from scheduler.config import Config
+from scheduler.kernels import _python as twin
+from scheduler.podspec import GPU, PodAsk
+from scheduler.quantity import format_units
+from scheduler.quotas import Admission
+from scheduler.state import ClusterState
+
+OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
+REASON_NAMES = {
+    OTHER_RESOURCE: "extended_resource",
+    K.UNKNOWN: "node_unknown", K.UNSCHEDULABLE: "node_not_ready", K.POOL: "pool", K.MODEL: "gpu_model",
+    K.PODS: "too_many_pods", K.CPU: "insufficient_cpu", K.MEMORY: "insufficient_memory",
+    K.GPU: "insufficient_gpu", K.TOPOLOGY: "topology",
+}
+
+
+@dataclass(slots=True)
+class Judgement:
+    """Everything the kernels need for one pod, built once per call."""
+
+    ask: PodAsk
+    admission: Admission
+    pool_ok: bytes  # per pool id: 0 refused, 1 own (or open), 2 cohort pool while borrowing
+    model_ok: bytes  # per GPU model id (empty: any model)
+
+
+def judge(state: ClusterState, ask: PodAsk) -> Judgement:
+    admission = state.quotas.admit(ask)
+    pools = state.table.pools
+    if admission.error:
+        pool_ok = bytes(len(pools) + 1)
+    elif admission.own_pools is None:
+        pool_ok = b"\x01" * (len(pools) + 1)
+    else:
+        own, cohort = admission.own_pools, admission.cohort_pools if admission.borrowing else frozenset()
+        pool_ok = bytes(1 if p in own else 2 if p in cohort else 0 for p in pools) + b"\x00"
+    return Judgement(ask, admission, pool_ok, _model_ok(state, ask, admission))
+
+
+def _model_ok(state: ClusterState, ask: PodAsk, admission: Admission) -> bytes:
+    if ask.request.gpu <= 0 or (not ask.gpu_models and not admission.blocked_models):
+        return b""
+    wanted = set(ask.gpu_models)
+    return bytes(
+        1 if (not wanted or m in wanted) and m not in admission.blocked_models else 0
+        for m in state.table.models
+    ) + b"\x00"  # never empty once asked: empty means "any model" to the kernels
+
+
+def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearray, int]:
+    out = bytearray(len(slots))
+    r = j.ask.request
+    passed = K.filter_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, j.model_ok, out)
+    return out, passed
+
+
+def score_params(config: Config, now: float | None = None) -> array:
+    w = config.scoring.weights
+    most = 1.0 if config.scoring.cpu_strategy == "most_allocated" else 0.0
+    return array("d", [w.gpu_packing, w.topology, w.load, w.pool, w.pool_availability, w.resources, most,
+                       time.time() if now is None else now, config.scoring.load_max_age_seconds])
+
+
+def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None = None) -> array:
+    out = array("q", bytes(8 * len(slots)))
+    r = j.ask.request
+    state.pools.ensure(len(state.table.pools) + 1)
+    K.score_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, state.pools.avail,
+                  score_params(state.config, now), out)
+    return out
+
+
+class Reasons:
+    """One sentence per verdict, the same for every node it applies to: kube-scheduler counts equal
+    reasons in the pod's FailedScheduling event ("12 Insufficient ..."), so equal sentences read best."""
+
+    def __init__(self, state: ClusterState, j: Judgement) -> None:
+        self.state = state
+        self.j = j
+        self._cache: dict[tuple[int, int], tuple[str, bool]] = {}
+
+    def of(self, code: int, slot: int) -> tuple[str, bool]:
+        """(reason, unresolvable) for a node that failed with `code`."""
+        t = self.state.table
+        extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
+        if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):
+            extra = int(self._too_small(code, slot))
+        key = (code, extra)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = self._sentence(code, slot)
+        return hit
+
+    def _too_small(self, code: int, slot: int) -> bool:
+        """Even empty, the node could not hold the pod: preemption cannot help there."""
+        t, r = self.state.table, self.j.ask.request
+        if code == K.CPU:
+            return t.alloc_cpu[slot] < r.cpu
+        if code == K.MEMORY:
+            return t.alloc_mem[slot] < r.memory
+        if code == K.GPU:
+            return t.alloc_gpu[slot] < r.gpu
+        if code == K.TOPOLOGY:
+            return max((m.bit_count() for m in t.island_masks(slot)), default=0) < r.gpu
+        return False
+
+    def _sentence(self, code: int, slot: int) -> tuple[str, bool]:
+        t, ask, adm = self.state.table, self.j.ask, self.j.admission
+        r = ask.request
+        small = self._too_small(code, slot)
+        if code == K.UNKNOWN:
+            return "berth: node is not in Berth's cache yet", False
+        if code == K.UNSCHEDULABLE:
+            return "berth: node is cordoned", True
+        if code == K.POOL:
+            pool = t.pools[t.pool[slot]] or "(no pool label)"
+            owner = f"team {adm.team}" if adm.team else "pods of no team"
+            return f"berth: pool {pool} is not open to {owner}", True
+        if code == K.MODEL:
+            model = t.models[t.model[slot]] if t.model[slot] >= 0 else None
+            if model in adm.blocked_models:
+                return f"berth: {adm.blocked_models[model]}", True
+            wanted = ", ".join(ask.gpu_models)
+            return f"berth: GPU model {model or '(none)'} is not in berth.dev/gpu-models ({wanted})", True
+        if code == K.PODS:
+            return "berth: node already runs its maximum number of pods", False
+        if code == OTHER_RESOURCE:
+            return f"berth: node has none or too few of {', '.join(sorted(r.other))}", True
+        if code == K.TOPOLOGY:
+            if small:
+                return f"berth: no NVLink island on this node has {r.gpu} GPUs (berth.dev/topology: required)", True
+            return f"berth: no NVLink island has {r.gpu} free GPUs (berth.dev/topology: required)", False
+        resource = {K.CPU: "cpu", K.MEMORY: "memory", K.GPU: GPU}[code]
+        amount = {K.CPU: r.cpu, K.MEMORY: r.memory, K.GPU: r.gpu}[code]
+        if small:
+            return f"berth: node has less {resource} in all than the {format_units(resource, amount)} requested", True
+        return f"berth: not enough free {resource} for the {format_units(resource, amount)} requested", False
+
+
+def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) -> dict[str, Any]:
+    """Per-node verdict and score parts (computed by the twin, the reference), best nodes first."""
+    j = judge(state, ask)
+    t = state.table
+    names = names if names is not None else [n for n in t.names if n]
+    slots = array("i", [t.slot_of.get(n, -1) for n in names])
+    verdicts, _ = run_filter(state, j, slots)
+    scores = run_score(state, j, slots)
+    reasons = Reasons(state, j)
+    params = score_params(state.config)
+    state.pools.ensure(len(t.pools) + 1)
+    rows = []
+    for i, name in enumerate(names):
+        row: dict[str, Any] = {"node": name, "fits": verdicts[i] == K.OK}
+        if verdicts[i] == K.OK:
+            parts: dict[str, float] = {}
+            r = ask.request
+            twin.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
+            row["score"] = scores[i]
+            row["parts"] = {k: round(v, 3) for k, v in parts.items()}
+        else:
+            reason, unresolvable = reasons.of(verdicts[i], slots[i]) if slots[i] >= 0 else (
+                "berth: node is not in Berth's cache yet", False)
+            row["reason"] = reason
+            row["unresolvable"] = unresolvable
+        rows.append(row)
+    rows.sort(key=lambda r: (not r["fits"], -r.get("score", 0), r["node"]))
+    adm = j.admission
+    return {
+        "pod": f"{ask.namespace}/{ask.name}",
+        "request": ask.request.as_dict(),
+        "team": adm.team,
+        "borrowing": adm.borrowing,
+        "quota": adm.error,
+        "weights": dict(zip(["gpu_packing", "topology", "load", "pool", "pool_availability", "resources"],
+                            params[:6], strict=True)),
+        "nodes": rows,
+    }

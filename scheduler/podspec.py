@@ -1,0 +1,161 @@
+"""What a pod asks for, computed as kube-scheduler computes it (resourcehelper.PodRequests).
+
+The effective request is max(sum of app containers + sidecars, each init container + the sidecars
+started before it) plus pod overhead, per resource. Extended resources count from requests, or from
+limits where only limits are set (the API server defaults requests from limits for those).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.quantity import GPU, QuantityError, to_units
+
+ANN_TEAM = "berth.dev/team"
+ANN_BORROWING = "berth.dev/borrowing"
+ANN_GPU_IDS = "berth.dev/gpu-ids"
+ANN_GPU_MODELS = "berth.dev/gpu-models"
+ANN_TOPOLOGY = "berth.dev/topology"
+
+TOPOLOGY_MODES = {"none": 0, "preferred": 1, "required": 2}
+
+
+class PodError(ValueError):
+    """The pod itself cannot be judged (a malformed quantity, a bad annotation)."""
+
+
+@dataclass(slots=True)
+class PodRequest:
+    """The resources one pod holds while it runs, in Berth's integer units."""
+
+    cpu: int = 0  # millicores
+    memory: int = 0  # bytes
+    gpu: int = 0
+    other: dict[str, int] = field(default_factory=dict)  # extended resources besides nvidia.com/gpu
+
+    def as_dict(self) -> dict[str, int]:
+        out = {"cpu": self.cpu, "memory": self.memory, GPU: self.gpu}
+        out.update(self.other)
+        return {k: v for k, v in out.items() if v}
+
+
+@dataclass(slots=True)
+class PodAsk:
+    """A pod as the filter and score kernels see it."""
+
+    namespace: str
+    name: str
+    uid: str
+    request: PodRequest
+    priority: int
+    gpu_models: tuple[str, ...]  # acceptable GPU models; empty means any
+    topology: int  # TOPOLOGY_MODES value
+    node_name: str
+
+
+def _container_requests(container: Any) -> dict[str, int]:
+    if not isinstance(container, dict):
+        raise PodError("a container is not an object")
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    if not isinstance(requests, dict) or not isinstance(limits, dict):
+        raise PodError(f"container {container.get('name')!r}: resources must be objects")
+    merged = {k: v for k, v in limits.items() if k not in ("cpu", "memory")}
+    merged.update(requests)
+    try:
+        return {name: to_units(name, value) for name, value in merged.items()}
+    except QuantityError as exc:
+        raise PodError(f"container {container.get('name')!r}: {exc}") from exc
+
+
+def _add(into: dict[str, int], more: dict[str, int]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _max(into: dict[str, int], other: dict[str, int]) -> None:
+    for k, v in other.items():
+        if v > into.get(k, 0):
+            into[k] = v
+
+
+def effective_requests(spec: dict[str, Any]) -> dict[str, int]:
+    """Per-resource effective request of a pod spec (see the module docstring)."""
+    total: dict[str, int] = {}
+    for c in spec.get("containers") or []:
+        _add(total, _container_requests(c))
+    sidecars: dict[str, int] = {}
+    init_peak: dict[str, int] = {}
+    for ic in spec.get("initContainers") or []:
+        req = _container_requests(ic)
+        if ic.get("restartPolicy") == "Always":  # a sidecar keeps running beside the app containers
+            _add(total, req)
+            _add(sidecars, req)
+            _max(init_peak, sidecars)
+        else:
+            with_sidecars = dict(sidecars)
+            _add(with_sidecars, req)
+            _max(init_peak, with_sidecars)
+    _max(total, init_peak)
+    overhead = spec.get("overhead") or {}
+    try:
+        _add(total, {k: to_units(k, v) for k, v in overhead.items()})
+    except (QuantityError, AttributeError) as exc:
+        raise PodError(f"spec.overhead: {exc}") from exc
+    return total
+
+
+def pod_request(spec: dict[str, Any]) -> PodRequest:
+    reqs = effective_requests(spec)
+    cpu = reqs.pop("cpu", 0)
+    memory = reqs.pop("memory", 0)
+    gpu = reqs.pop(GPU, 0)
+    for key in ("pods", "ephemeral-storage"):  # not tracked per node by Berth; in-tree fit checks them
+        reqs.pop(key, None)
+    return PodRequest(cpu=cpu, memory=memory, gpu=gpu, other={k: v for k, v in reqs.items() if v})
+
+
+def pod_ask(pod: Any) -> PodAsk:
+    """Parse the Pod object kube-scheduler sends; raises PodError when it cannot be judged."""
+    if not isinstance(pod, dict):
+        raise PodError("Pod must be an object")
+    meta = pod.get("metadata")
+    spec = pod.get("spec")
+    if not isinstance(meta, dict) or not isinstance(spec, dict):
+        raise PodError("Pod needs metadata and spec objects")
+    if not isinstance(spec.get("containers") or [], list) or not isinstance(
+        spec.get("initContainers") or [], list
+    ):
+        raise PodError("Pod.spec.containers and initContainers must be lists")
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise PodError("Pod.metadata.annotations must be an object")
+    priority = spec.get("priority") or 0
+    if not isinstance(priority, int):
+        raise PodError("Pod.spec.priority must be an integer")
+    return PodAsk(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        request=pod_request(spec),
+        priority=priority,
+        gpu_models=_gpu_models(annotations),
+        topology=_topology(annotations),
+        node_name=str(spec.get("nodeName") or ""),
+    )
+
+
+def _gpu_models(annotations: dict[str, Any]) -> tuple[str, ...]:
+    raw = annotations.get(ANN_GPU_MODELS)
+    if not raw:
+        return ()
+    if not isinstance(raw, str):
+        raise PodError(f"{ANN_GPU_MODELS} must be a comma-separated string")
+    return tuple(sorted({m.strip() for m in raw.split(",") if m.strip()}))
+
+
+def _topology(annotations: dict[str, Any]) -> int:
+    raw = annotations.get(ANN_TOPOLOGY, "none")
+    if raw not in TOPOLOGY_MODES:
+        raise PodError(f"{ANN_TOPOLOGY} must be one of required, preferred, none (got {raw!r})")
+    return TOPOLOGY_MODES[raw]

@@ -1,0 +1,96 @@
+"""The preempt verb: of the victims kube-scheduler proposes, keep those Berth's quotas allow.
+
+A team below its guaranteed share gets room back from teams that are borrowing, never taking a team
+below its own guaranteed share; victims of the preemptor's own team (and pods of no team) follow pod
+priority only, as kube-scheduler chose them. A node whose remaining victims no longer make room for
+the pod is dropped: kube-scheduler must never evict for nothing.
+"""
+
+from dataclasses import dataclass
+
+from scheduler.ledger import PodEntry
+from scheduler.placement import judge
+from scheduler.podspec import PodAsk
+from scheduler.state import ClusterState
+from scheduler.wire import PreemptionArgs
+
+
+@dataclass(slots=True)
+class PreemptDecision:
+    victims: dict[str, list[str]]
+    pdb: dict[str, int]
+    refused: dict[str, str]  # victim uid -> why it is spared (for logs and explain)
+
+
+def process(state: ClusterState, ask: PodAsk, args: PreemptionArgs) -> PreemptDecision:
+    j = judge(state, ask)
+    decision = PreemptDecision({}, {}, {})
+    if j.admission.error:
+        return decision  # evicting pods frees no quota for this pod: nothing to do
+    needs = {k for k, v in ask.request.as_dict().items() if v > 0}
+    taken: dict[str, dict[str, int]] = {}  # team -> resource -> already given up in this decision
+    for node, uids in args.victims.items():
+        kept = _keep(state, j.admission.team, needs, uids, taken, decision.refused)
+        if kept and _makes_room(state, ask, node, kept):
+            decision.victims[node] = [e.uid if isinstance(e, PodEntry) else e for e in kept]
+            decision.pdb[node] = args.num_pdb_violations.get(node, 0)
+    return decision
+
+
+def _keep(state: ClusterState, team: str | None, needs: set[str], uids: list[str],
+          taken: dict[str, dict[str, int]], refused: dict[str, str]) -> list[PodEntry | str]:
+    kept: list[PodEntry | str] = []
+    entries = []
+    for uid in uids:
+        key = state.ledger.by_uid.get(uid)
+        entry = state.ledger.get(key) if key else None
+        if entry is None:
+            kept.append(uid)  # a pod Berth does not account (not ours to protect)
+        else:
+            entries.append(entry)
+    for entry in sorted(entries, key=lambda e: e.priority):
+        why = _protected(state, team, needs, entry, taken)
+        if why:
+            refused[entry.uid] = why
+            continue
+        kept.append(entry)
+    return kept
+
+
+def _protected(state: ClusterState, team: str | None, needs: set[str], victim: PodEntry,
+               taken: dict[str, dict[str, int]]) -> str | None:
+    if victim.team is None or victim.team == team:
+        return None
+    other = state.quotas.teams.get(victim.team)
+    if other is None:
+        return None
+    gone = taken.setdefault(victim.team, {})
+    req = victim.request.as_dict()
+    for res in needs:
+        lim = other.limits.get(res)
+        if lim is None or not req.get(res):
+            continue
+        after = other.used.get(res, 0) - gone.get(res, 0) - req[res]
+        if after < lim.guaranteed:
+            return f"team {victim.team} would fall below its guaranteed {res}"
+    for res, amount in req.items():
+        gone[res] = gone.get(res, 0) + amount
+    return None
+
+
+def _makes_room(state: ClusterState, ask: PodAsk, node: str, kept: list[PodEntry | str]) -> bool:
+    """With the kept victims gone (unknown ones assumed to free nothing), does the pod fit?"""
+    t = state.table
+    slot = t.slot_of.get(node)
+    if slot is None:
+        return False
+    entries = [e for e in kept if isinstance(e, PodEntry)]
+    if len(entries) < len(kept):
+        return True  # kube-scheduler chose victims Berth does not track: trust its arithmetic
+    r = ask.request
+    cpu = t.alloc_cpu[slot] - t.used_cpu[slot] + sum(e.request.cpu for e in entries)
+    mem = t.alloc_mem[slot] - t.used_mem[slot] + sum(e.request.memory for e in entries)
+    free_gpus = t.gpu_mask[slot] & ~t.gpu_used[slot]
+    for e in entries:
+        free_gpus |= e.gpu_ids
+    return cpu >= r.cpu and mem >= r.memory and free_gpus.bit_count() >= r.gpu

@@ -1,0 +1,279 @@
+"""Team quotas: which team a pod belongs to, whether its quota admits it, and where it may go.
+
+Semantics (Kueue-like; docs/quotas.md has worked examples): a team always fits up to `guaranteed`;
+above it, it borrows what its cohort lends, up to `max`; it places on its own pools, and on the pools
+of its cohort only when borrowing. Usage counts bound pods and bind reservations alike, so concurrent
+binds see each other's reservations at once.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.podspec import GPU, PodAsk
+from scheduler.quantity import QuantityError, format_units, to_units
+
+MODEL_PREFIX = GPU + "/"  # usage key of one GPU model: "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3"
+
+
+class QuotaSpecError(ValueError):
+    """A TeamQuota whose spec cannot be read; reported as a status condition."""
+
+
+@dataclass(slots=True)
+class Limit:
+    guaranteed: int = 0
+    max: int | None = None  # None: no cap besides what the cohort lends
+    lending: int | None = None  # None: all of the unused guaranteed share may be lent
+
+    @property
+    def lendable(self) -> int:
+        return self.guaranteed if self.lending is None else min(self.lending, self.guaranteed)
+
+
+@dataclass(slots=True)
+class Team:
+    name: str
+    namespaces: frozenset[str] = frozenset()
+    selector: dict[str, Any] | None = None
+    pools: frozenset[str] = frozenset()
+    cohort: str | None = None
+    limits: dict[str, Limit] = field(default_factory=dict)  # resource or MODEL_PREFIX+model -> limit
+    generation: int = 0
+    used: dict[str, int] = field(default_factory=dict)
+    pods: int = 0
+    conflicts: tuple[str, ...] = ()  # other teams claiming one of our namespaces
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """The quota verdict for one pod: where it may go, or the one sentence that says why not."""
+
+    team: str | None
+    borrowing: bool
+    own_pools: frozenset[str] | None  # None: every pool
+    cohort_pools: frozenset[str]
+    blocked_models: dict[str, str]  # GPU model -> why the team's per-model quota refuses it
+    error: str | None = None
+
+
+def _limit(name: str, raw: Any) -> Limit:
+    if not isinstance(raw, dict):
+        raise QuotaSpecError(f"resources[{name}] must be an object")
+    unit = "gpu" if name.startswith(MODEL_PREFIX) else name
+    try:
+        vals = {k: to_units(unit, raw[k]) for k in ("guaranteed", "max", "lendingLimit") if raw.get(k) is not None}
+    except QuantityError as exc:
+        raise QuotaSpecError(f"resources[{name}]: {exc}") from exc
+    return Limit(guaranteed=vals.get("guaranteed", 0), max=vals.get("max"), lending=vals.get("lendingLimit"))
+
+
+def parse_team(obj: dict[str, Any]) -> Team:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    team = Team(name=str(meta.get("name") or ""), generation=int(meta.get("generation") or 0))
+    try:
+        team.namespaces = frozenset(str(n) for n in spec.get("namespaces") or [])
+        team.selector = spec.get("namespaceSelector")
+        team.pools = frozenset(str(p) for p in spec.get("pools") or [])
+        team.cohort = spec.get("cohort") or None
+        for name, raw in (spec.get("resources") or {}).items():
+            team.limits[name] = _limit(name, raw)
+        for model, raw in (spec.get("gpuModels") or {}).items():
+            team.limits[MODEL_PREFIX + model] = _limit(MODEL_PREFIX + model, raw)
+    except (QuotaSpecError, AttributeError, TypeError) as exc:
+        team.error = str(exc)
+    return team
+
+
+def _selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        present = key in labels
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and present and labels[key] in values):
+            return False
+        if (op == "Exists" and not present) or (op == "DoesNotExist" and present):
+            return False
+    return True
+
+
+class QuotaBook:
+    """All teams, their usage, and pod admission."""
+
+    def __init__(self, unmatched_policy: str = "shared", shared_pools: list[str] | None = None) -> None:
+        self.teams: dict[str, Team] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.unmatched_policy = unmatched_policy
+        self.shared_pools = frozenset(shared_pools or [])
+        self._team_of_ns: dict[str, str | None] = {}
+        self.version = 0  # bumped on every change of teams or usage: status writer watches it
+
+    # -- objects from the informers ------------------------------------------------------------
+    def upsert_team(self, obj: dict[str, Any]) -> Team:
+        team = parse_team(obj)
+        old = self.teams.get(team.name)
+        if old is not None:
+            team.used, team.pods = old.used, old.pods
+        self.teams[team.name] = team
+        self._reindex()
+        return team
+
+    def remove_team(self, name: str) -> None:
+        if self.teams.pop(name, None) is not None:
+            self._reindex()
+
+    def set_namespace(self, name: str, labels: dict[str, str] | None) -> None:
+        if labels is None:
+            self.namespace_labels.pop(name, None)
+        else:
+            self.namespace_labels[name] = labels
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Recompute namespace -> team and flag overlapping claims on both teams."""
+        claims: dict[str, list[str]] = {}
+        for team in self.teams.values():
+            for ns in self._namespaces_of(team):
+                claims.setdefault(ns, []).append(team.name)
+        conflicts: dict[str, set[str]] = {name: set() for name in self.teams}
+        self._team_of_ns = {}
+        for ns, names in claims.items():
+            if len(names) > 1:
+                for n in names:
+                    conflicts[n].update(x for x in names if x != n)
+            self._team_of_ns[ns] = sorted(names)[0] if len(names) == 1 else None
+        for name, team in self.teams.items():
+            team.conflicts = tuple(sorted(conflicts[name]))
+        self.version += 1
+
+    def _namespaces_of(self, team: Team) -> set[str]:
+        names = set(team.namespaces)
+        if team.selector:
+            names.update(ns for ns, labels in self.namespace_labels.items()
+                         if _selector_matches(team.selector, labels))
+        return names
+
+    def team_for(self, namespace: str) -> tuple[Team | None, str | None]:
+        """The pod's team, or an error when teams overlap on its namespace."""
+        if namespace in self._team_of_ns:
+            name = self._team_of_ns[namespace]
+            if name is None:
+                claimants = sorted(t.name for t in self.teams.values() if namespace in self._namespaces_of(t))
+                return None, (f"namespace {namespace} is claimed by several TeamQuotas "
+                              f"({', '.join(claimants)}); fix the overlap")
+            return self.teams[name], None
+        return None, None
+
+    # -- usage ---------------------------------------------------------------------------------
+    def account(self, team_name: str | None, request: dict[str, int], model: str | None, sign: int) -> None:
+        team = self.teams.get(team_name or "")
+        if team is None:
+            return
+        for res, amount in request.items():
+            team.used[res] = team.used.get(res, 0) + sign * amount
+        if model and request.get(GPU):
+            key = MODEL_PREFIX + model
+            team.used[key] = team.used.get(key, 0) + sign * request[GPU]
+        team.pods += sign
+        self.version += 1
+
+    def members(self, team: Team) -> list[Team]:
+        """The teams that share quota with `team` (itself included)."""
+        if not team.cohort:
+            return [team]
+        return [t for t in self.teams.values() if t.cohort == team.cohort]
+
+    def borrowed(self, team: Team, res: str) -> int:
+        lim = team.limits.get(res)
+        return max(0, team.used.get(res, 0) - (lim.guaranteed if lim else 0))
+
+    # -- admission -----------------------------------------------------------------------------
+    def admit(self, ask: PodAsk) -> Admission:
+        team, error = self.team_for(ask.namespace)
+        if error:
+            return Admission(None, False, frozenset(), frozenset(), {}, error)
+        if team is None:
+            if self.unmatched_policy == "reject" and self.teams:
+                return Admission(None, False, frozenset(), frozenset(), {},
+                                 f"namespace {ask.namespace} belongs to no TeamQuota and this cluster "
+                                 "rejects pods of no team")
+            pools = self.shared_pools if self.teams else None
+            return Admission(None, False, pools, frozenset(), {})
+        if team.error:
+            return Admission(team.name, False, frozenset(), frozenset(), {},
+                             f"team {team.name}: TeamQuota spec is invalid: {team.error}")
+        request = ask.request.as_dict()
+        borrowing = False
+        for res, amount in request.items():
+            verdict = self._check(team, res, amount)
+            if verdict is None:
+                continue
+            if isinstance(verdict, str):
+                return Admission(team.name, False, frozenset(), frozenset(), {}, verdict)
+            borrowing = True
+        blocked, model_borrow = self._models(team, ask)
+        cohort_pools = frozenset(p for t in self.members(team) if t is not team for p in t.pools)
+        return Admission(team.name, borrowing or model_borrow, team.pools,
+                         cohort_pools - team.pools, blocked)
+
+    def _check(self, team: Team, res: str, amount: int) -> str | bool | None:
+        """None: within guaranteed; True: admitted by borrowing; a sentence: refused."""
+        lim = team.limits.get(res)
+        used = team.used.get(res, 0)
+        if lim is None:
+            return None
+        after = used + amount
+        if lim.max is not None and after > lim.max:
+            return (f"team {team.name}: {_label(res)} {_fmt(res, used)} used + {_fmt(res, amount)} requested "
+                    f"> max {_fmt(res, lim.max)}")
+        if after <= lim.guaranteed:
+            return None
+        reserve = lim.guaranteed - lim.lendable
+        delta = max(0, after - reserve) - max(0, used - reserve)
+        free = self.cohort_free(team, res)
+        if delta > free:
+            return (f"team {team.name}: {_label(res)} {_fmt(res, used)} used + {_fmt(res, amount)} requested "
+                    f"> guaranteed {_fmt(res, lim.guaranteed)}, and cohort {team.cohort or '(none)'} has "
+                    f"only {_fmt(res, free)} left to lend")
+        return True
+
+    def cohort_free(self, team: Team, res: str) -> int:
+        """The cohort's shared capacity of `res` not yet used: each member puts in its lendable part
+        of `guaranteed` and uses the shared capacity with whatever it holds beyond its unlent part."""
+        cap = 0
+        use = 0
+        for t in self.members(team):
+            lim = t.limits.get(res)
+            if lim is None:
+                continue
+            cap += lim.lendable
+            use += max(0, t.used.get(res, 0) - (lim.guaranteed - lim.lendable))
+        return max(0, cap - use)
+
+    def _models(self, team: Team, ask: PodAsk) -> tuple[dict[str, str], bool]:
+        """GPU models the per-model quotas refuse (model -> the sentence why), and whether a model that
+        is admitted would be borrowed. Models the quota does not name are not limited."""
+        blocked: dict[str, str] = {}
+        borrow = False
+        if ask.request.gpu <= 0:
+            return blocked, borrow
+        for key in team.limits:
+            if not key.startswith(MODEL_PREFIX):
+                continue
+            verdict = self._check(team, key, ask.request.gpu)
+            if isinstance(verdict, str):
+                blocked[key[len(MODEL_PREFIX):]] = verdict
+            elif verdict is True:
+                borrow = True
+        return blocked, borrow
+
+
+def _label(res: str) -> str:
+    return res[len(MODEL_PREFIX):] + " GPUs" if res.startswith(MODEL_PREFIX) else res
+
+
+def _fmt(res: str, amount: int) -> str:
+    return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)

@@ -1,0 +1,113 @@
+"""Process wiring: build the state, feed it (demo generator or informers), serve, shut down gracefully."""
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from scheduler.binder import Binder
+from scheduler.config import Config
+from scheduler.metrics import Metrics
+from scheduler.server import Berth
+from scheduler.state import ClusterState
+
+log = logging.getLogger("berth")
+
+
+class StartupError(Exception):
+    """Berth cannot start (bad kubeconfig, unusable certificates, port taken)."""
+
+
+def tls_context(cert: str | None, key: str | None, client_ca: str | None) -> ssl.SSLContext | None:
+    if not cert:
+        return None
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        if client_ca:
+            # mTLS: the handshake itself refuses a caller without a certificate from this CA, before any
+            # handler runs (bind moves pods: it must not be open).
+            ctx.load_verify_locations(client_ca)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot use the TLS files: {exc}") from exc
+    return ctx
+
+
+async def serve(config: Config, demo: bool, kubeconfig: str | None,
+                tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+    state = ClusterState(config)
+    metrics = Metrics()
+    tasks: list[asyncio.Task[None]] = []
+    client = None
+    if demo:
+        from scheduler import demo as demo_cluster
+        demo_cluster.populate(state, config.demo.nodes, config.demo.seed)
+        binder = Binder(state, None, None)
+        berth = Berth(state, metrics, binder)
+    else:
+        from scheduler.informer import informers
+        from scheduler.kube import KubeClient, load_configuration
+        from scheduler.status import StatusWriter
+        try:
+            cfg = load_configuration(kubeconfig)
+        except Exception as exc:  # the kubernetes loader raises several unrelated types
+            raise StartupError(f"cannot load the cluster configuration: {exc}") from exc
+        client = KubeClient(cfg)
+        timeout = config.bind.timeout_seconds
+        binder = Binder(state, lambda a, ann: client.bind(a, ann, timeout), client.get_pod)
+        berth = Berth(state, metrics, binder, client.get_pod)
+        tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in informers(client, state)]
+        tasks.append(asyncio.create_task(StatusWriter(client, state).run(), name="status"))
+    tasks.append(asyncio.create_task(berth.housekeeping(), name="housekeeping"))
+
+    runner = web.AppRunner(berth.app(), access_log=None, keepalive_timeout=config.server.keepalive_timeout,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=tls_context(*tls),
+                       backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: {exc}") from exc
+    scheme = "https" if tls[0] else "http"
+    log.info("Berth serving on %s://%s:%s (%s, %s kernels)", scheme, config.server.host, config.server.port,
+             "demo cluster" if demo else "live cluster", "native" if _native() else "python")
+    gc.collect()
+    gc.freeze()  # the cluster picture is long-lived: keep the collector from rescanning it
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await _shutdown(berth, runner, tasks, config.server.shutdown_grace_seconds)
+    if client is not None:
+        await client.close()
+    return 0
+
+
+async def _shutdown(berth: Berth, runner: web.AppRunner, tasks: list[asyncio.Task[None]], grace: float) -> None:
+    """Stop accepting, let in-flight binds finish, release what is still unconfirmed."""
+    log.info("shutting down: finishing %d in-flight binds", berth.binder.in_flight)
+    berth.accepting = False
+    deadline = asyncio.get_running_loop().time() + grace
+    while berth.binder.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    await runner.cleanup()
+    for key in list(berth.state.reservations):
+        berth.state.forget(key)
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
+def _native() -> bool:
+    from scheduler import kernels
+    return kernels.NATIVE

@@ -1,0 +1,284 @@
+"""The HTTP service: kube-scheduler's four extender verbs plus health, metrics and debug views.
+
+Handlers parse, call into placement/binder/preempt and reply with Content-Length bodies (never
+chunked: Go would drop the connection). Bad input is a 4xx naming what is wrong, never a 500.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from scheduler import kernels as K
+from scheduler import preempt
+from scheduler.binder import Binder, BindError
+from scheduler.metrics import Metrics
+from scheduler.placement import OTHER_RESOURCE, REASON_NAMES, Reasons, explain, judge, run_filter, run_score
+from scheduler.podspec import PodAsk, PodError, pod_ask
+from scheduler.showback import account_gpu_seconds, team_rows
+from scheduler.state import ClusterState, pod_key
+from scheduler.wire import (
+    ExtenderArgs,
+    NodeNamesCache,
+    WireError,
+    binding_reply,
+    error_filter_reply,
+    filter_reply,
+    parse_binding_args,
+    parse_preemption_args,
+    preemption_reply,
+    prioritize_reply,
+)
+
+log = logging.getLogger("berth.server")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON = "application/json"
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type=JSON)
+
+
+class Berth:
+    def __init__(self, state: ClusterState, metrics: Metrics, binder: Binder,
+                 fetch_pod: Callable[[str, str], Awaitable[dict[str, Any] | None]] | None = None) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.binder = binder
+        self.fetch_pod = fetch_pod
+        self.names = NodeNamesCache(state.table)
+        self.seen_by_key: dict[str, PodAsk] = {}
+        self._timers = {v: metrics.duration.labels(v) for v in ("filter", "prioritize", "bind", "preempt")}
+        metrics.kernels_native.set(1 if K.NATIVE else 0)
+        self.accepting = True
+
+    # -- app -----------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.state.config.server.max_body_bytes,
+                              middlewares=[self._errors])
+        app.router.add_post("/scheduler/filter", self._timed("filter", self.filter))
+        app.router.add_post("/scheduler/prioritize", self._timed("prioritize", self.prioritize))
+        app.router.add_post("/scheduler/bind", self._timed("bind", self.bind))
+        app.router.add_post("/scheduler/preempt", self._timed("preempt", self.preempt))
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics_view)
+        app.router.add_get("/debug/state", self.debug_state)
+        app.router.add_get("/debug/nodes", self.debug_nodes)
+        app.router.add_get("/debug/teams", self.debug_teams)
+        app.router.add_route("*", "/debug/explain", self.debug_explain)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        verb = request.path.rsplit("/", 1)[-1]
+        try:
+            return await handler(request)
+        except WireError as exc:
+            self.metrics.errors.labels(verb, "bad_request").inc()
+            return _json({"error": exc.reason}, exc.status)
+        except web.HTTPRequestEntityTooLarge as exc:
+            self.metrics.errors.labels(verb, "too_large").inc()
+            return _json({"error": f"request body too large ({exc.text}); the limit is "
+                                   f"{self.state.config.server.max_body_bytes} bytes (server.max_body_bytes)"}, 413)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _json({"error": exc.reason}, exc.status)
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", request.path)
+            self.metrics.errors.labels(verb, "internal").inc()
+            return _json({"error": "internal error; see Berth's log"}, 500)
+
+    def _timed(self, verb: str, fn: Handler) -> Handler:
+        timer = self._timers[verb]
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            t0 = time.perf_counter()
+            try:
+                return await fn(request)
+            finally:
+                timer.observe(time.perf_counter() - t0)
+        return handler
+
+    def _ask(self, args_pod: dict[str, Any]) -> PodAsk:
+        ask = pod_ask(args_pod)
+        if ask.uid:
+            self.state.seen[ask.uid] = ask
+        return ask
+
+    # -- verbs ---------------------------------------------------------------------------------
+    async def filter(self, request: web.Request) -> web.Response:
+        args = self.names.parse(await request.read())
+        try:
+            ask = self._ask(args.pod)
+        except PodError as exc:
+            self.metrics.errors.labels("filter", "pod").inc()
+            return web.Response(body=error_filter_reply(args, f"berth: pod cannot be judged: {exc}"),
+                                content_type=JSON)
+        return web.Response(body=self._filter(args, ask), content_type=JSON)
+
+    def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
+        state, m = self.state, self.metrics
+        j = judge(state, ask)
+        n = len(args.names)
+        if j.admission.error:
+            m.filter_nodes.labels("unresolvable").inc(n)
+            m.rejections.labels("quota").inc(n)
+            sentence = f"berth: {j.admission.error}"
+            return filter_reply(args, [], {}, dict.fromkeys(args.names, sentence))
+        verdicts, passed = run_filter(state, j, args.slots)
+        if ask.request.other:
+            passed = self._other_resources(args, ask, verdicts)
+        if passed == n:
+            m.filter_nodes.labels("passed").inc(n)
+            return filter_reply(args, None, {}, {})
+        ok, failed, unres = [], {}, {}
+        reasons = Reasons(state, j)
+        slots = args.slots
+        for i, v in enumerate(verdicts):
+            if v == K.OK:
+                ok.append(i)
+            elif v == K.UNKNOWN:
+                failed[args.names[i]] = "berth: node is not in Berth's cache yet"
+            else:
+                text, hard = reasons.of(v, slots[i])
+                (unres if hard else failed)[args.names[i]] = text
+        for code, label in REASON_NAMES.items():
+            c = verdicts.count(code)
+            if c:
+                m.rejections.labels(label).inc(c)
+        m.filter_nodes.labels("passed").inc(len(ok))
+        m.filter_nodes.labels("failed").inc(len(failed))
+        m.filter_nodes.labels("unresolvable").inc(len(unres))
+        return filter_reply(args, ok, failed, unres)
+
+    def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
+        """Extended resources other than GPUs are rare: checked here, off the kernel path.
+        Berth does not track their use, so this only rejects nodes that do not have them at all."""
+        t = self.state.table
+        for i, s in enumerate(args.slots):
+            if verdicts[i] == K.OK:
+                facts = t.facts[s]
+                have = facts.other_alloc if facts else {}
+                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
+                    verdicts[i] = OTHER_RESOURCE
+        return verdicts.count(K.OK)
+
+    async def prioritize(self, request: web.Request) -> web.Response:
+        args = self.names.parse(await request.read())
+        try:
+            ask = self._ask(args.pod)
+        except PodError:
+            self.metrics.errors.labels("prioritize", "pod").inc()
+            return web.Response(body=prioritize_reply(args.names, [0] * len(args.names)), content_type=JSON)
+        scores = run_score(self.state, judge(self.state, ask), args.slots)
+        return web.Response(body=prioritize_reply(args.names, scores), content_type=JSON)
+
+    async def bind(self, request: web.Request) -> web.Response:
+        if not self.accepting:
+            raise WireError(503, "Berth is shutting down; retry against the new leader")
+        args = parse_binding_args(await request.read())
+        try:
+            result = await self.binder.bind(args)
+        except BindError as exc:
+            self.metrics.binds.labels(exc.result).inc()
+            log.info("bind %s/%s -> %s refused: %s", args.namespace, args.name, args.node, exc.reason,
+                     extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+            return web.Response(body=binding_reply(exc.reason), content_type=JSON)
+        self.metrics.binds.labels(result).inc()
+        log.debug("bound %s/%s -> %s (%s)", args.namespace, args.name, args.node, result,
+                  extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+        return web.Response(body=binding_reply(), content_type=JSON)
+
+    async def preempt(self, request: web.Request) -> web.Response:
+        args = parse_preemption_args(await request.read())
+        try:
+            ask = self._ask(args.pod)
+        except PodError as exc:
+            raise WireError(400, f"ExtenderPreemptionArgs.Pod cannot be judged: {exc}") from None
+        decision = preempt.process(self.state, ask, args)
+        for uids in decision.victims.values():
+            for uid in uids:
+                key = self.state.ledger.by_uid.get(uid)
+                entry = self.state.ledger.get(key) if key else None
+                self.metrics.victims.labels(entry.team if entry and entry.team else "").inc()
+        return web.Response(body=preemption_reply(decision.victims, decision.pdb), content_type=JSON)
+
+    # -- health, metrics, debug ----------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.state.ready and self.accepting:
+            return web.Response(text="ok")
+        pending = [k for k, v in self.state.synced.items() if not v] or ["informers"]
+        return web.Response(text=f"not ready: waiting for the initial list of {', '.join(pending)}", status=503)
+
+    async def metrics_view(self, request: web.Request) -> web.Response:
+        self.refresh_gauges()
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def refresh_gauges(self) -> None:
+        s, m = self.state, self.metrics
+        m.cache_nodes.set(len(s.table))
+        m.cache_pods.set(len(s.ledger))
+        m.cache_teams.set(len(s.quotas.teams))
+        m.reservations.set(len(s.reservations))
+        staleness = s.staleness()
+        m.staleness.set(staleness if staleness != float("inf") else -1)
+
+    async def debug_state(self, request: web.Request) -> web.Response:
+        out = self.state.summary()
+        out.update({"kernels": "native" if K.NATIVE else "python", "nodeNamesCacheHits": self.names.hits,
+                    "bindsInFlight": self.binder.in_flight})
+        return _json(out)
+
+    async def debug_nodes(self, request: web.Request) -> web.Response:
+        t = self.state.table
+        nodes = [self.state.node_view(t.slot_of[n]) for n in sorted(t.slot_of)]
+        return _json({"count": len(nodes), "nodes": nodes})
+
+    async def debug_teams(self, request: web.Request) -> web.Response:
+        return _json({"teams": team_rows(self.state)})
+
+    async def debug_explain(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            pod = orjson.loads(await request.read()) if request.can_read_body else None
+        else:
+            ns, name = request.query.get("namespace", "default"), request.query.get("pod")
+            if not name:
+                raise WireError(400, "explain needs ?namespace=..&pod=.. or a POSTed Pod")
+            pod = await self.fetch_pod(ns, name) if self.fetch_pod else None
+            if pod is None:
+                raise WireError(404, f"pod {pod_key(ns, name)} not found")
+        if not isinstance(pod, dict):
+            raise WireError(400, "explain: expected a Pod object")
+        try:
+            ask = pod_ask(pod)
+        except PodError as exc:
+            raise WireError(400, f"pod cannot be judged: {exc}") from None
+        names = request.query.get("nodes")
+        return _json(explain(self.state, ask, names.split(",") if names else None))
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    async def housekeeping(self, every: float = 1.0) -> None:
+        """Expire unconfirmed reservations, refresh gauges and count GPU-seconds, once a second."""
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            with contextlib.suppress(Exception):
+                self.state.reservations.expire()
+                self.refresh_gauges()
+                account_gpu_seconds(self.state, self.metrics, now - last)
+            last = now
+

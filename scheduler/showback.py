@@ -1,0 +1,77 @@
+"""Showback: per-team usage as Prometheus gauges, GPU-seconds, and the rows of /debug/teams and of
+TeamQuota status."""
+
+from typing import Any
+
+from scheduler.metrics import Metrics
+from scheduler.quantity import GPU, format_units
+from scheduler.quotas import MODEL_PREFIX, Team
+from scheduler.state import ClusterState
+
+
+def _fmt(res: str, amount: int) -> str:
+    return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
+
+
+def team_status(state: ClusterState, team: Team) -> dict[str, Any]:
+    """The TeamQuota status Berth writes back (quantities as strings, like Kubernetes does)."""
+    used = {r: _fmt(r, v) for r, v in sorted(team.used.items()) if v}
+    borrowed = {r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(team.limits)
+                if state.quotas.borrowed(team, r) > 0}
+    conditions = [_condition("Valid", team.error is None, "SpecError" if team.error else "Valid",
+                             team.error or "spec is valid", team.generation)]
+    overlap = ", ".join(team.conflicts)
+    conditions.append(_condition("NamespaceConflict", bool(team.conflicts), "Overlap" if overlap else "NoOverlap",
+                                 f"namespaces also claimed by {overlap}" if overlap else "no other team claims "
+                                 "these namespaces", team.generation))
+    return {"used": used, "borrowed": borrowed, "pods": team.pods, "conditions": conditions,
+            "observedGeneration": team.generation}
+
+
+def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message,
+            "observedGeneration": generation}
+
+
+def team_rows(state: ClusterState) -> list[dict[str, Any]]:
+    rows = []
+    for name in sorted(state.quotas.teams):
+        team = state.quotas.teams[name]
+        row = {"team": name, "cohort": team.cohort, "pools": sorted(team.pools)}
+        row.update(team_status(state, team))
+        row["limits"] = {r: {"guaranteed": _fmt(r, lim.guaranteed),
+                             "max": None if lim.max is None else _fmt(r, lim.max)}
+                         for r, lim in team.limits.items()}
+        rows.append(row)
+    return rows
+
+
+def export_team_gauges(state: ClusterState, m: Metrics) -> None:
+    for team in state.quotas.teams.values():
+        for res in set(team.used) | set(team.limits):
+            lim = team.limits.get(res)
+            m.team_used.labels(team.name, res).set(_scale(res, team.used.get(res, 0)))
+            if lim is not None:
+                m.team_guaranteed.labels(team.name, res).set(_scale(res, lim.guaranteed))
+                if lim.max is not None:
+                    m.team_max.labels(team.name, res).set(_scale(res, lim.max))
+                m.team_borrowed.labels(team.name, res).set(_scale(res, state.quotas.borrowed(team, res)))
+
+
+def _scale(res: str, amount: int) -> float:
+    return amount / 1000.0 if res == "cpu" else float(amount)  # cpu in cores, as Prometheus users expect
+
+
+def account_gpu_seconds(state: ClusterState, m: Metrics, elapsed: float) -> None:
+    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback)."""
+    totals: dict[tuple[str, str], int] = {}
+    for entry in state.ledger:
+        if entry.request.gpu:
+            k = (entry.team or "", entry.model or "")
+            totals[k] = totals.get(k, 0) + entry.request.gpu
+    for (team, model), gpus in totals.items():
+        m.gpu_seconds.labels(team, model).inc(gpus * elapsed)
+    export_team_gauges(state, m)
+
+
+__all__ = ["GPU", "account_gpu_seconds", "export_team_gauges", "team_rows", "team_status"]

@@ -1,0 +1,228 @@
+"""ClusterState: everything Berth knows, owned by the event loop.
+
+Informer events (or the demo generator) come in through `apply_*`; handlers read it without awaiting
+in between, so there are no locks and no torn reads. Everything here can be rebuilt from a list of
+the API server: decisions that must survive a restart are written on the pod as annotations.
+"""
+
+import logging
+import time
+from typing import Any
+
+from cachetools import TTLCache
+
+from scheduler.config import Config
+from scheduler.ledger import PodEntry, PodLedger, PoolUsage, Reservations
+from scheduler.nodetable import NodeTable
+from scheduler.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodAsk, PodError, pod_request
+from scheduler.quotas import QuotaBook
+
+log = logging.getLogger("berth.state")
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def pod_key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def parse_gpu_ids(raw: Any) -> int:
+    """Device mask from the berth.dev/gpu-ids annotation ("0,1,5"); 0 when absent or unreadable."""
+    if not raw or not isinstance(raw, str):
+        return 0
+    mask = 0
+    for part in raw.split(","):
+        part = part.strip()
+        if part.isdigit() and int(part) < 64:
+            mask |= 1 << int(part)
+    return mask
+
+
+def format_gpu_ids(mask: int) -> str:
+    return ",".join(str(i) for i in range(64) if mask >> i & 1)
+
+
+class ClusterState:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.table = NodeTable()
+        self.pools = PoolUsage()
+        self.quotas = QuotaBook(config.quotas.unmatched_pods, config.quotas.shared_pools)
+        self.ledger = PodLedger(self.table, self.pools, self._team_hook)
+        self.reservations = Reservations(config.bind.reservation_ttl_seconds, self._expired)
+        # Pods seen in filter/prioritize, so bind (which gets only names) knows what they ask for.
+        self.seen: TTLCache[str, PodAsk] = TTLCache(maxsize=50_000, ttl=600)
+        self.synced: dict[str, bool] = {}
+        self.last_event = 0.0  # monotonic time of the last informer event or bookmark
+        self.last_sync = 0.0  # wall time the last full list finished
+        self.started = time.monotonic()
+        self.expired_reservations = 0
+
+    # -- readiness -----------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return bool(self.synced) and all(self.synced.values())
+
+    def mark_synced(self, resource: str, synced: bool = True) -> None:
+        self.synced[resource] = synced
+        if synced:
+            self.last_sync = time.time()
+        self.touch()
+
+    def touch(self) -> None:
+        self.last_event = time.monotonic()
+
+    def staleness(self) -> float:
+        return time.monotonic() - self.last_event if self.last_event else float("inf")
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def apply_node(self, kind: str, node: dict[str, Any]) -> None:
+        name = (node.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
+        slot = self.table.slot_of.get(name)
+        if slot is not None:
+            self.ledger.node_removing(slot)
+        if kind == "DELETED":
+            self.table.remove(name)
+            return
+        try:
+            slot = self.table.upsert(node)
+        except ValueError as exc:
+            log.warning("node %s ignored: %s", name, exc)
+            self.table.remove(name)
+            return
+        self.pools.ensure(len(self.table.pools))
+        self.ledger.node_added(slot)
+
+    # -- pods ----------------------------------------------------------------------------------
+    def apply_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        key = pod_key(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        spec = pod.get("spec") or {}
+        node = spec.get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if kind == "DELETED" or phase in TERMINAL_PHASES:
+            self.reservations.pop(key, None)
+            self.ledger.release(key)
+            return
+        if not node:
+            return  # pending: holds nothing (a reservation of ours, if any, stays until confirmed or expired)
+        entry = self._entry_from_pod(key, meta, spec, node)
+        if entry is None:
+            return
+        held = self.ledger.get(key)
+        self.reservations.pop(key, None)
+        if held is not None and held.node == node and held.request == entry.request and (
+                held.gpu_ids == entry.gpu_ids or not entry.gpu_ids):
+            held.confirmed = True  # our reservation (or an earlier event) already accounts it
+            held.uid = entry.uid or held.uid
+            return
+        self.ledger.hold(entry)
+
+    def _entry_from_pod(self, key: str, meta: dict[str, Any], spec: dict[str, Any], node: str) -> PodEntry | None:
+        annotations = meta.get("annotations") or {}
+        try:
+            request = pod_request(spec)
+        except PodError as exc:
+            log.warning("pod %s on %s: cannot read its requests (%s); counting none", key, node, exc)
+            return None
+        team = annotations.get(ANN_TEAM)
+        if not team:
+            resolved, _ = self.quotas.team_for(key.split("/", 1)[0])
+            team = resolved.name if resolved else None
+        return PodEntry(
+            key=key, uid=str(meta.get("uid") or ""), node=node, request=request,
+            priority=int(spec.get("priority") or 0), team=team,
+            borrowing=annotations.get(ANN_BORROWING) == "true",
+            gpu_ids=parse_gpu_ids(annotations.get(ANN_GPU_IDS)), confirmed=True, since=time.monotonic(),
+        )
+
+    # -- teams ---------------------------------------------------------------------------------
+    def apply_team(self, kind: str, obj: dict[str, Any]) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        if not isinstance(name, str):
+            return
+        if kind == "DELETED":
+            self.quotas.remove_team(name)
+        else:
+            self.quotas.upsert_team(obj)
+        self._recount_teams()
+
+    def apply_namespace(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        name = meta.get("name")
+        if isinstance(name, str):
+            self.quotas.set_namespace(name, None if kind == "DELETED" else dict(meta.get("labels") or {}))
+            self._recount_teams()
+
+    def _recount_teams(self) -> None:
+        """Team usage from the ledger, after teams or their namespaces changed."""
+        for team in self.quotas.teams.values():
+            team.used, team.pods = {}, 0
+        for entry in self.ledger:
+            if entry.team not in self.quotas.teams:
+                resolved, _ = self.quotas.team_for(entry.key.split("/", 1)[0])
+                entry.team = resolved.name if resolved else entry.team
+            self._team_hook(entry, 1)
+
+    def _team_hook(self, entry: PodEntry, sign: int) -> None:
+        if sign > 0:  # remember the model: the node may be gone when the pod releases
+            slot = self.table.slot_of.get(entry.node)
+            facts = self.table.facts[slot] if slot is not None else None
+            entry.model = facts.gpu_model if facts else None
+        self.quotas.account(entry.team, entry.request.as_dict(), entry.model, sign)
+
+    # -- reservations (bind) ---------------------------------------------------------------------
+    def reserve(self, entry: PodEntry) -> None:
+        entry.confirmed = False
+        entry.since = time.monotonic()
+        self.ledger.hold(entry)
+        self.reservations[entry.key] = entry
+
+    def forget(self, key: str) -> None:
+        """A bind failed: give back what its reservation held."""
+        if self.reservations.pop(key, None) is not None:
+            self.ledger.release(key)
+
+    def _expired(self, key: str, entry: PodEntry) -> None:
+        held = self.ledger.get(key)
+        if held is entry and not held.confirmed:
+            log.warning("reservation of %s on %s expired unconfirmed; released", key, entry.node)
+            self.ledger.release(key)
+            self.expired_reservations += 1
+
+    # -- views -----------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {
+            "nodes": len(self.table),
+            "pods": len(self.ledger),
+            "teams": len(self.quotas.teams),
+            "reservations": len(self.reservations),
+            "expiredReservations": self.expired_reservations,
+            "ready": self.ready,
+            "synced": dict(self.synced),
+            "lastSync": self.last_sync,
+            "stalenessSeconds": None if self.last_event == 0 else round(self.staleness(), 3),
+            "gpuModels": list(self.table.models),
+            "pools": list(self.table.pools),
+        }
+
+    def node_view(self, slot: int) -> dict[str, Any]:
+        t = self.table
+        facts = t.facts[slot]
+        return {
+            "name": t.names[slot],
+            "pool": facts.pool if facts else "",
+            "gpuModel": facts.gpu_model if facts else None,
+            "allocatable": t.allocatable(slot),
+            "free": t.free(slot),
+            "gpuIdsUsed": format_gpu_ids(t.gpu_used[slot]),
+            "islands": facts.islands if facts else [],
+            "topologyError": facts.topology_error if facts else None,
+            "load": t.load[slot] if t.load[slot] >= 0 else None,
+            "unschedulable": bool(t.flags[slot] & 2),
+        }
+
+
+__all__ = ["GPU", "ClusterState", "format_gpu_ids", "parse_gpu_ids", "pod_key"]

@@ -1,0 +1,43 @@
+"""Writes TeamQuota status back to the API server: debounced (at most once per interval, and only
+what changed) and conflict-safe (a merge patch of the status subresource needs no resourceVersion)."""
+
+import asyncio
+import logging
+from typing import Any
+
+from scheduler.kube import KubeClient, KubeError
+from scheduler.showback import team_status
+from scheduler.state import ClusterState
+
+log = logging.getLogger("berth.status")
+
+
+class StatusWriter:
+    def __init__(self, client: KubeClient, state: ClusterState) -> None:
+        self.client = client
+        self.state = state
+        self.written: dict[str, dict[str, Any]] = {}
+        self._seen_version = -1
+
+    async def run(self) -> None:
+        interval = self.state.config.quotas.status_interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            if self.state.quotas.version == self._seen_version or not self.state.ready:
+                continue
+            self._seen_version = self.state.quotas.version
+            await self.flush()
+
+    async def flush(self) -> None:
+        for name, team in list(self.state.quotas.teams.items()):
+            status = team_status(self.state, team)
+            if self.written.get(name) == status:
+                continue
+            try:
+                await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}", status)
+                self.written[name] = status
+            except (KubeError, OSError, TimeoutError) as exc:
+                log.warning("status of TeamQuota %s not written: %s", name, exc, extra={"team": name})
+                self._seen_version = -1  # try again next round
+        for name in set(self.written) - set(self.state.quotas.teams):
+            del self.written[name]

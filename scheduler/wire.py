@@ -1,0 +1,238 @@
+"""The extender wire format: kube-scheduler's ExtenderArgs and friends in, their replies out.
+
+Field names are Capitalized (the upstream types have no JSON tags) and Go's decoder matches them
+case-insensitively, so we accept any case. A request kube-scheduler would never send gets a WireError
+(a 4xx naming the field); a pod that cannot be judged is the caller's business (the Error field).
+"""
+
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cachetools import LRUCache
+
+from scheduler.nodetable import NodeTable
+
+
+class WireError(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _field(obj: dict[str, Any], name: str) -> Any:
+    if name in obj:
+        return obj[name]
+    lower = name.lower()
+    for key, value in obj.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+def loads_object(body: bytes, what: str) -> dict[str, Any]:
+    if not body:
+        raise WireError(400, f"empty request body; expected {what} as JSON")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise WireError(400, f"request body must be a JSON object ({what}), got {type(data).__name__}")
+    return data
+
+
+@dataclass(slots=True)
+class ExtenderArgs:
+    pod: dict[str, Any]
+    names: list[str]
+    slots: array  # int32 slot per name, -1 where the node is not in the table
+    nodes: list[dict[str, Any]] | None  # full Node objects (nodeCacheCapable: false), else None
+
+
+class NodeNamesCache:
+    """kube-scheduler sends the same NodeNames again and again: remember the name list and its slots
+    by the raw bytes of the array, so a repeat skips decoding thousands of names and looking them up.
+    Hand-written because the key is a slice of the body that no JSON library exposes."""
+
+    MARK = b',"NodeNames":['
+
+    def __init__(self, table: NodeTable, size: int = 32) -> None:
+        self.table = table
+        self._lru: LRUCache[bytes, tuple[int, list[str], array]] = LRUCache(maxsize=size)
+        self.hits = 0
+
+    def slots_for(self, names: list[str]) -> array:
+        get = self.table.slot_of.get
+        return array("i", [get(n, -1) for n in names])
+
+    def parse(self, body: bytes) -> ExtenderArgs:
+        idx = body.rfind(self.MARK)
+        if idx > 0 and body.endswith(b"]}"):
+            tail = body[idx:]
+            hit = self._lru.get(tail)
+            if hit is not None:
+                try:
+                    head = orjson.loads(body[:idx] + b"}")
+                except orjson.JSONDecodeError:
+                    head = None
+                if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
+                    version, names, slots = hit
+                    if version != self.table.version:
+                        slots = self.slots_for(names)
+                        self._lru[tail] = (self.table.version, names, slots)
+                    self.hits += 1
+                    return ExtenderArgs(_pod(head), names, slots, None)
+        args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
+        if args.nodes is None and idx > 0 and body.endswith(b"]}"):
+            self._lru[body[idx:]] = (self.table.version, args.names, args.slots)
+        return args
+
+
+def _pod(data: dict[str, Any]) -> dict[str, Any]:
+    pod = _field(data, "Pod")
+    if not isinstance(pod, dict):
+        raise WireError(400, "ExtenderArgs.Pod: expected a Pod object")
+    return pod
+
+
+def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> ExtenderArgs:
+    pod = _pod(data)
+    raw_names = _field(data, "NodeNames")
+    raw_nodes = _field(data, "Nodes")
+    if raw_names is not None:
+        if not isinstance(raw_names, list):
+            raise WireError(400, "ExtenderArgs.NodeNames: expected a list of node names or null")
+        for i, n in enumerate(raw_names):
+            if not isinstance(n, str):
+                raise WireError(400, f"ExtenderArgs.NodeNames[{i}]: expected a string")
+        return ExtenderArgs(pod, raw_names, cache.slots_for(raw_names), None)
+    if raw_nodes is None:
+        return ExtenderArgs(pod, [], array("i"), None)
+    if not isinstance(raw_nodes, dict):
+        raise WireError(400, "ExtenderArgs.Nodes: expected a NodeList object or null")
+    items = raw_nodes.get("items") or []
+    if not isinstance(items, list):
+        raise WireError(400, "ExtenderArgs.Nodes.items: expected a list of Node objects")
+    names = []
+    for i, node in enumerate(items):
+        name = (node.get("metadata") or {}).get("name") if isinstance(node, dict) else None
+        if not isinstance(name, str):
+            raise WireError(400, f"ExtenderArgs.Nodes.items[{i}]: expected a Node with metadata.name")
+        names.append(name)
+    return ExtenderArgs(pod, names, cache.slots_for(names), items)
+
+
+def filter_reply(args: ExtenderArgs, passed: list[int] | None, failed: dict[str, str],
+                 unresolvable: dict[str, str], error: str = "") -> bytes:
+    """ExtenderFilterResult; `passed` None means every node passed. With full Nodes in, the survivors
+    go back as Nodes (the scheduler ignores NodeNames then); with NodeNames in, as NodeNames."""
+    if args.nodes is not None:
+        items = args.nodes if passed is None else [args.nodes[i] for i in passed]
+        nodes: Any = {"metadata": {}, "items": items}
+        names = None
+    else:
+        nodes = None
+        names = args.names if passed is None else [args.names[i] for i in passed]
+    return orjson.dumps({
+        "Nodes": nodes, "NodeNames": names, "FailedNodes": failed,
+        "FailedAndUnresolvableNodes": unresolvable, "Error": error,
+    })
+
+
+def error_filter_reply(args: ExtenderArgs | None, error: str) -> bytes:
+    return orjson.dumps({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
+                         "Error": error})
+
+
+def prioritize_reply(names: list[str], scores: Any) -> bytes:
+    return orjson.dumps([{"Host": n, "Score": int(s)} for n, s in zip(names, scores, strict=True)])
+
+
+@dataclass(slots=True)
+class BindingArgs:
+    name: str
+    namespace: str
+    uid: str
+    node: str
+
+
+def parse_binding_args(body: bytes) -> BindingArgs:
+    data = loads_object(body, "ExtenderBindingArgs")
+    values = []
+    for field in ("PodName", "PodNamespace", "PodUID", "Node"):
+        v = _field(data, field)
+        if not isinstance(v, str) or (not v and field != "PodUID"):
+            raise WireError(400, f"ExtenderBindingArgs.{field}: expected a non-empty string")
+        values.append(v)
+    return BindingArgs(*values)
+
+
+def binding_reply(error: str = "") -> bytes:
+    return orjson.dumps({"Error": error})
+
+
+@dataclass(slots=True)
+class PreemptionArgs:
+    pod: dict[str, Any]
+    victims: dict[str, list[str]]  # node -> victim pod UIDs
+    num_pdb_violations: dict[str, int]
+    full_pods: dict[str, dict[str, dict[str, Any]]]  # node -> uid -> Pod, when full victims were sent
+
+
+def parse_preemption_args(body: bytes) -> PreemptionArgs:
+    data = loads_object(body, "ExtenderPreemptionArgs")
+    pod = _field(data, "Pod")
+    if not isinstance(pod, dict):
+        raise WireError(400, "ExtenderPreemptionArgs.Pod: expected a Pod object")
+    victims: dict[str, list[str]] = {}
+    pdb: dict[str, int] = {}
+    full: dict[str, dict[str, dict[str, Any]]] = {}
+    meta = _field(data, "NodeNameToMetaVictims")
+    plain = _field(data, "NodeNameToVictims")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise WireError(400, "ExtenderPreemptionArgs.NodeNameToMetaVictims: expected an object")
+        for node, mv in meta.items():
+            uids, n = _meta_victims(mv, f"NodeNameToMetaVictims[{node}]")
+            victims[node], pdb[node] = uids, n
+    elif plain is not None:
+        if not isinstance(plain, dict):
+            raise WireError(400, "ExtenderPreemptionArgs.NodeNameToVictims: expected an object")
+        for node, v in plain.items():
+            pods = _field(v, "Pods") if isinstance(v, dict) else None
+            if not isinstance(pods, list) or not all(isinstance(p, dict) for p in pods):
+                raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: expected Pod objects")
+            by_uid = {str((p.get("metadata") or {}).get("uid") or ""): p for p in pods}
+            victims[node] = list(by_uid)
+            full[node] = by_uid
+            n = _field(v, "NumPDBViolations")
+            pdb[node] = n if isinstance(n, int) else 0
+    return PreemptionArgs(pod, victims, pdb, full)
+
+
+def _meta_victims(mv: Any, where: str) -> tuple[list[str], int]:
+    if not isinstance(mv, dict):
+        raise WireError(400, f"ExtenderPreemptionArgs.{where}: expected a MetaVictims object")
+    pods = _field(mv, "Pods") or []
+    if not isinstance(pods, list):
+        raise WireError(400, f"ExtenderPreemptionArgs.{where}.Pods: expected a list")
+    uids = []
+    for p in pods:
+        uid = _field(p, "UID") if isinstance(p, dict) else None
+        if not isinstance(uid, str):
+            raise WireError(400, f"ExtenderPreemptionArgs.{where}.Pods: each needs a string UID")
+        uids.append(uid)
+    n = _field(mv, "NumPDBViolations")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+        raise WireError(400, f"ExtenderPreemptionArgs.{where}.NumPDBViolations: expected an integer")
+    return uids, n or 0
+
+
+def preemption_reply(victims: dict[str, list[str]], pdb: dict[str, int]) -> bytes:
+    return orjson.dumps({"NodeNameToMetaVictims": {
+        node: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb.get(node, 0)}
+        for node, uids in victims.items()
+    }})

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds etcd, kube-apiserver, kube-scheduler and kubectl from the Go module proxy into a cache
+# outside git (BERTH_K8S_BIN, default ~/.cache/berth/k8s-<version>). Reuses what is already built.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+k8s_version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")
+bin=${BERTH_K8S_BIN:-$HOME/.cache/berth/k8s-$k8s_version}
+mkdir -p "$bin"
+cd "$here"
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$k8s_version" | cut -d. -f2)"
+build() {  # name package
+  if [ -x "$bin/$1" ]; then return; fi
+  echo "building $1 ($2) ..." >&2
+  CGO_ENABLED=0 go build -trimpath -tags=selinux,notest -ldflags "$ldflags" -o "$bin/$1.tmp" "$2"
+  mv "$bin/$1.tmp" "$bin/$1"
+}
+build etcd go.etcd.io/etcd/server/v3
+build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+build kubectl k8s.io/kubernetes/cmd/kubectl
+echo "$bin"

@@ -1,0 +1,163 @@
+"""Smoke tests of the load-testing kit: the typical extender under locust, and bench's request bodies."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import orjson
+import pytest
+
+from scheduler import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+LOADTESTS = ROOT / "loadtests"
+
+
+def load_typical() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("typical_extender", LOADTESTS / "typical_extender.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the typical extender exited early"
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture
+def typical_extender() -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, str(LOADTESTS / "typical_extender.py"), "--synthetic", "600", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_locust_scenario_runs_clean_against_typical_extender(typical_extender: str, tmp_path: Path) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    argv = [
+        str(locust),
+        "-f",
+        str(LOADTESTS / "locustfile.py"),
+        "--headless",
+        "-u",
+        "4",
+        "-r",
+        "4",
+        "-t",
+        "3s",
+        "--only-summary",
+        "--exit-code-on-error",
+        "1",
+        "--host",
+        typical_extender,
+        "--csv",
+        str(tmp_path / "run"),
+    ]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (tmp_path / "run_stats.csv").open() as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    for verb in ("filter", "prioritize", "bind"):
+        assert int(rows[verb]["Request Count"]) > 0, rows.keys()
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def sample_nodes(count: int) -> list[dict]:
+    return list(load_typical().synthetic_nodes(count).values())
+
+
+def test_bench_bodies_look_like_kube_scheduler_requests(tmp_path: Path) -> None:
+    infos = sample_nodes(40)
+    cases = [bench.Case("filter", "names", 30), bench.Case("filter", "nodelist", 20), bench.Case("bind")]
+    pod = bench.make_pod("llm-finetune-7b-x2k9q-0")
+    bodies = bench.build_bodies(infos, cases, tmp_path, pod, seed=1)
+
+    raw = bodies.files[("names", 30)].read_bytes()
+    args = orjson.loads(raw)
+    assert list(args) == ["Pod", "Nodes", "NodeNames"]  # Go's field order and names
+    assert b'"Nodes":null' in raw
+    assert len(orjson.dumps(args["Pod"])) > 2048
+    assert len(args["NodeNames"]) == 30 and set(args["NodeNames"]) <= {i["name"] for i in infos}
+    assert args["Pod"]["status"]["phase"] == "Pending" and len(args["Pod"]["spec"]["containers"]) == 2
+
+    listed = orjson.loads(bodies.files[("nodelist", 20)].read_bytes())
+    assert listed["NodeNames"] is None and len(listed["Nodes"]["items"]) == 20
+    node = listed["Nodes"]["items"][0]
+    assert 3000 <= len(orjson.dumps(node)) <= 10_000
+    assert node["metadata"]["labels"]["kubernetes.io/hostname"] == node["metadata"]["name"]
+    assert len(node["status"]["images"]) == 10
+
+
+def test_typical_extender_request_and_score_follow_the_contract() -> None:
+    typical = load_typical()
+    pod = bench.make_pod("job-0", gpus=2, cpu="1500m", memory="1Gi")
+    pod["spec"]["initContainers"] = [{"resources": {"requests": {"cpu": "4"}}}]
+    pod["spec"]["overhead"] = {"cpu": "100m", "memory": "64Mi"}
+    want = typical.pod_request(pod)
+    # trainer 1500m + sidecar 50m < init 4000m; memory 1Gi + 64Mi + overhead 64Mi; GPUs from limits.
+    assert want == {"cpu": 4100, "memory": 2**30 + 128 * 2**20, "nvidia.com/gpu": 2}
+    node = {
+        "allocatable": {"cpu": 10_000, "memory": 10 * 2**30, "nvidia.com/gpu": 8, "pods": 110},
+        "free": {"cpu": 8_000, "memory": 6 * 2**30, "nvidia.com/gpu": 2, "pods": 1},
+    }
+    want = {"cpu": 1_000, "memory": 2**30, "nvidia.com/gpu": 2}
+    assert typical.score(node, want) == 6  # ((7000/10000) + (5/10)) / 2 * 10 = 6.0
+    node["free"]["pods"] = 0
+    assert typical.misfit_reasons(node, want) == ["Too many pods"] and typical.score(node, want) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "p50", "p99", "rps"),
+    [("655.00us", 0.655, 2.5, 1517.3), ("1.10ms", 1.1, 2.5, 1517.3), ("1.20s", 1200.0, 2.5, 1517.3)],
+)
+def test_parse_wrk(text: str, p50: float, p99: float, rps: float) -> None:
+    output = f"""Running 1s test @ http://127.0.0.1:1/scheduler/filter
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   651.79us  113.72us   2.87ms   91.82%
+    Req/Sec     1.52k    35.11     1.57k    80.00%
+  Latency Distribution
+     50%  {text}
+     75%  700.00us
+     90%  800.00us
+     99%    2.50ms
+  1517 requests in 1.00s, 10.41MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   {rps}
+Transfer/sec:     10.37MB
+BIND ok=1514 rejected=3
+"""
+    result = bench.parse_wrk(output)
+    assert (result.p50_ms, result.p99_ms, result.rps, result.requests) == (pytest.approx(p50), p99, rps, 1517)
+    assert result.errors == 3
