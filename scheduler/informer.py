@@ -45,8 +45,9 @@ class Informer:
         self.optional = optional  # a missing CRD is "nothing to watch yet", not an outage
         self.known: set[str] = set()
         self.rv = ""
-        self.relists = 0
+        self.lists = 0  # full lists done: the first, then one per 410 Gone or lost watch
         self.events = 0
+        state.informers[resource] = self
 
     async def run(self) -> None:
         self.state.mark_synced(self.resource, False)
@@ -59,7 +60,6 @@ class Informer:
                     await self._watch()
             except Gone:
                 log.info("%s: watch expired (410 Gone); relisting", self.resource)
-                self.relists += 1
             except KubeError as exc:
                 if exc.status == 404 and self.optional:
                     log.warning("%s: not served by the API server (CRD not installed?); retrying in 30 s",
@@ -103,6 +103,7 @@ class Informer:
             ns, _, name = key.rpartition("/")
             self.apply("DELETED", {"metadata": {"name": name, "namespace": ns or None}})
         self.known = seen
+        self.lists += 1
         self.state.mark_synced(self.resource, True)
         log.info("%s: listed %d objects at resourceVersion %s", self.resource, len(seen), self.rv)
 

@@ -60,9 +60,10 @@ class KubeClient:
 
     def headers(self, content_type: str | None = None) -> dict[str, str]:
         h = {"Accept": "application/json", "User-Agent": "berth/0.1"}
-        token = self.cfg.get_api_key_with_prefix("authorization")  # refreshes rotated in-cluster tokens
-        if token:
-            h["Authorization"] = token
+        # auth_settings() names the header across client versions and refreshes rotated in-cluster tokens.
+        for auth in self.cfg.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                h[auth["key"]] = auth["value"]
         if content_type:
             h["Content-Type"] = content_type
         return h

@@ -22,7 +22,7 @@ class QuotaSpecError(ValueError):
 @dataclass(slots=True)
 class Limit:
     guaranteed: int = 0
-    max: int | None = None  # None: no cap besides what the cohort lends
+    max: int | None = None  # None (only when built by hand): no cap besides what the cohort lends
     lending: int | None = None  # None: all of the unused guaranteed share may be lent
 
     @property
@@ -65,7 +65,9 @@ def _limit(name: str, raw: Any) -> Limit:
         vals = {k: to_units(unit, raw[k]) for k in ("guaranteed", "max", "lendingLimit") if raw.get(k) is not None}
     except QuantityError as exc:
         raise QuotaSpecError(f"resources[{name}]: {exc}") from exc
-    return Limit(guaranteed=vals.get("guaranteed", 0), max=vals.get("max"), lending=vals.get("lendingLimit"))
+    guaranteed = vals.get("guaranteed", 0)
+    # The CRD: "max: Unset means guaranteed (no borrowing)".
+    return Limit(guaranteed=guaranteed, max=vals.get("max", guaranteed), lending=vals.get("lendingLimit"))
 
 
 def parse_team(obj: dict[str, Any]) -> Team:
@@ -215,9 +217,13 @@ class QuotaBook:
                 return Admission(team.name, False, frozenset(), frozenset(), {}, verdict)
             borrowing = True
         blocked, model_borrow = self._models(team, ask)
-        cohort_pools = frozenset(p for t in self.members(team) if t is not team for p in t.pools)
-        return Admission(team.name, borrowing or model_borrow, team.pools,
-                         cohort_pools - team.pools, blocked)
+        own = self.pools_of(team)
+        cohort_pools = frozenset(p for t in self.members(team) if t is not team for p in self.pools_of(t))
+        return Admission(team.name, borrowing or model_borrow, own, cohort_pools - own, blocked)
+
+    def pools_of(self, team: Team) -> frozenset[str]:
+        """The CRD: "pools ... Empty means the shared pools"."""
+        return team.pools or self.shared_pools
 
     def _check(self, team: Team, res: str, amount: int) -> str | bool | None:
         """None: within guaranteed; True: admitted by borrowing; a sentence: refused."""
@@ -235,9 +241,10 @@ class QuotaBook:
         delta = max(0, after - reserve) - max(0, used - reserve)
         free = self.cohort_free(team, res)
         if delta > free:
+            why = (f"cohort {team.cohort} has only {_fmt(res, free)} left to lend" if team.cohort
+                   else f"team {team.name} is in no cohort to borrow from")
             return (f"team {team.name}: {_label(res)} {_fmt(res, used)} used + {_fmt(res, amount)} requested "
-                    f"> guaranteed {_fmt(res, lim.guaranteed)}, and cohort {team.cohort or '(none)'} has "
-                    f"only {_fmt(res, free)} left to lend")
+                    f"> guaranteed {_fmt(res, lim.guaranteed)}, and {why}")
         return True
 
     def cohort_free(self, team: Team, res: str) -> int:

@@ -157,9 +157,11 @@ def resource_part(t: Any, s: int, cpu: int, mem: int, most: bool) -> float:
     um = t.used_mem[s] + mem
     if uc > ac or um > am:
         return 0.0
+    # float() each operand as C's <double> casts do: int / int in Python divides exactly and rounds
+    # once, which differs from C beyond 2**53 (nodes with ~1 PiB of memory) and can flip a score.
     if most:
-        return ((10 * uc) / ac + (10 * um) / am) / 2.0
-    return ((10 * (ac - uc)) / ac + (10 * (am - um)) / am) / 2.0
+        return (float(10 * uc) / float(ac) + float(10 * um) / float(am)) / 2.0
+    return (float(10 * (ac - uc)) / float(ac) + float(10 * (am - um)) / float(am)) / 2.0
 
 
 def choose_devices(islands: array, s: int, free: int, gpu: int, topo: int) -> int:

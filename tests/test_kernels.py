@@ -1,0 +1,544 @@
+"""The filter and score kernels: the Cython module agrees exactly with its pure-Python twin on random
+clusters, and both implement the placement rules (each verdict, packing, topology, load, pools)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from array import array
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import scheduler.kernels as kernels
+from scheduler.config import Config
+from scheduler.kernels import _python
+from scheduler.nodetable import NodeTable
+from scheduler.placement import score_params
+
+try:
+    from scheduler.kernels import _native
+except ImportError as exc:
+    _native = None
+    NATIVE_IMPORT_ERROR = str(exc)
+else:
+    NATIVE_IMPORT_ERROR = ""
+
+NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
+NOW = 1_760_000_000.0  # a fixed "now" for load freshness, so examples replay exactly
+GI = 1 << 30
+MODELS = ("NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L4")
+POOLS = ("", "a100", "h100", "shared")
+# Indices into the params array (scheduler.kernels._python)
+W_PACK, W_TOPO, W_LOAD, W_POOL, W_AVAIL, W_RES, MOST, P_NOW, MAX_AGE = range(9)
+
+
+def native_module() -> ModuleType:
+    """The Cython kernels; a missing build fails the test, unless the twins were asked for explicitly."""
+    if _native is None:
+        if NO_EXTENSIONS:
+            pytest.skip("scheduler.kernels._native is not built and BERTH_NO_EXTENSIONS is set: "
+                        "only the pure-Python twins are tested")
+        pytest.fail(f"scheduler.kernels._native cannot be imported ({NATIVE_IMPORT_ERROR}); "
+                    "run `make install` to compile the Cython kernels")
+    return _native
+
+
+@pytest.fixture(params=["python", "native"])
+def impl(request: pytest.FixtureRequest) -> ModuleType:
+    return _python if request.param == "python" else native_module()
+
+
+def test_native_selected_unless_disabled() -> None:
+    if NO_EXTENSIONS:
+        assert kernels.NATIVE is False
+        assert kernels.filter_nodes is _python.filter_nodes
+    else:
+        assert kernels.NATIVE is True, f"Cython kernels not in use: {NATIVE_IMPORT_ERROR or 'import succeeded'}"
+        assert kernels.filter_nodes is native_module().filter_nodes
+        assert kernels.score_nodes is native_module().score_nodes
+
+
+# --------------------------------------------------------------------------------------------------
+# Node objects
+# --------------------------------------------------------------------------------------------------
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def node_obj(name: str, cpu: str = "32", mem: str = "128Gi", pods: str | None = "110", gpus: int = 0,
+             model: str | None = MODELS[0], pool: str | None = "a100", islands: list[list[int]] | None = None,
+             topology: str | None = None, unschedulable: bool = False, load: str | None = None,
+             load_time: str | None = None) -> dict[str, Any]:
+    """A Node as the informer sees it; `topology` overrides the annotation built from `islands`."""
+    alloc: dict[str, str] = {"cpu": cpu, "memory": mem}
+    if pods is not None:
+        alloc["pods"] = pods
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    if gpus:
+        alloc["nvidia.com/gpu"] = str(gpus)
+        if model:
+            labels["nvidia.com/gpu.product"] = model
+    if pool is not None:
+        labels["berth.dev/pool"] = pool
+    if islands is not None:
+        annotations["berth.dev/gpu-topology"] = orjson.dumps({"islands": islands}).decode()
+    if topology is not None:
+        annotations["berth.dev/gpu-topology"] = topology
+    if load is not None:
+        annotations["berth.dev/load"] = load
+    if load_time is not None:
+        annotations["berth.dev/load-time"] = load_time
+    return {"metadata": {"name": name, "labels": labels, "annotations": annotations},
+            "spec": {"unschedulable": True} if unschedulable else {},
+            "status": {"allocatable": alloc}}
+
+
+def set_used(t: NodeTable, name: str, cpu: int = 0, mem: int = 0, pods: int = 0, gpus: tuple[int, ...] = ()) -> None:
+    """What the ledger would have written for pods holding these resources."""
+    s = t.slot_of[name]
+    mask = 0
+    for g in gpus:
+        mask |= 1 << g
+    t.used_cpu[s], t.used_mem[s], t.used_pods[s] = cpu, mem, pods
+    t.gpu_used[s] = mask & t.gpu_mask[s]
+    t.used_gpu[s] = t.gpu_used[s].bit_count()
+
+
+# --------------------------------------------------------------------------------------------------
+# Property: native == twin on random clusters
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """A drawn cluster, kept as plain data so a failing example prints readably."""
+
+    nodes: list[dict[str, Any]]
+    removed: list[str]
+    late: list[dict[str, Any]]  # added after the removals: they reuse freed slots
+    used: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)  # cpu, mem, pods, gpu mask
+
+    def build(self) -> NodeTable:
+        t = NodeTable(capacity=8)  # small, so growth is exercised too
+        for node in self.nodes:
+            t.upsert(node)
+        for name in self.removed:
+            t.remove(name)
+        for node in self.late:
+            t.upsert(node)
+        for name, (cpu, mem, pods, mask) in self.used.items():
+            s = t.slot_of[name]
+            t.used_cpu[s], t.used_mem[s], t.used_pods[s] = cpu, mem, pods
+            t.gpu_used[s] = mask & t.gpu_mask[s]
+            t.used_gpu[s] = t.gpu_used[s].bit_count()
+        return t
+
+
+@st.composite
+def island_lists(draw: st.DrawFn, gpus: int) -> list[list[int]]:
+    """1-4 disjoint islands over a permutation of the GPUs; GPUs left out become singletons."""
+    order = draw(st.permutations(range(gpus)))
+    count = draw(st.integers(1, min(4, gpus)))
+    cuts = sorted(draw(st.lists(st.integers(1, gpus - 1), min_size=count - 1, max_size=count - 1, unique=True))
+                  ) if count > 1 else []
+    bounds = [0, *cuts, gpus]
+    groups = [sorted(order[a:b]) for a, b in itertools.pairwise(bounds)]
+    if draw(st.booleans()) and len(groups) > 1:
+        groups = groups[:-1]  # leave some GPUs unlisted
+    return groups
+
+
+def memories() -> st.SearchStrategy[int]:
+    # Mostly realistic nodes; sometimes huge (up to 2**58 bytes: 10x still fits in int64), where the
+    # conversion of large integers to double is where a twin could round differently from C.
+    return st.one_of(st.sampled_from([64, 256, 1024, 2048]).map(lambda g: g * GI),
+                     st.integers(0, 4096).map(lambda g: g * GI), st.integers(0, 1 << 42),
+                     st.integers(1 << 50, 1 << 58))
+
+
+@st.composite
+def node_dicts(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    gpus = draw(st.sampled_from([0, 4, 8]))
+    topology = None
+    islands = None
+    if gpus:
+        kind = draw(st.sampled_from(["islands", "islands", "none", "garbage"]))
+        if kind == "islands":
+            islands = draw(island_lists(gpus))
+        elif kind == "garbage":
+            topology = draw(st.sampled_from(['{"islands": [[0, 99]]}', "not json", '{"islands": []}']))
+    load = draw(st.one_of(st.none(), st.floats(-0.5, 1.5).map(lambda x: f"{x:.3f}"), st.just("nan"),
+                          st.just("high")))
+    load_time = draw(st.one_of(st.none(), st.integers(-900, 900).map(lambda d: iso(NOW + d)), st.just("yesterday")))
+    return node_obj(
+        name,
+        cpu=f"{draw(st.one_of(st.sampled_from([8_000, 32_000, 96_000, 192_000]), st.integers(0, 256_000)))}m",
+        mem=str(draw(memories())),
+        pods=draw(st.one_of(st.none(), st.integers(0, 4).map(str), st.integers(0, 250).map(str))),
+        gpus=gpus,
+        model=draw(st.one_of(st.none(), st.sampled_from(MODELS))),
+        pool=draw(st.one_of(st.none(), st.sampled_from(POOLS))),
+        islands=islands,
+        topology=topology,
+        unschedulable=draw(st.integers(0, 7)) == 0,
+        load=load,
+        load_time=load_time,
+    )
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> Cluster:
+    count = draw(st.integers(1, 24))
+    names = [f"node-{i}" for i in range(count)]
+    nodes = [draw(node_dicts(n)) for n in names]
+    # Updates of existing nodes (a relabel, a new allocatable) go through upsert too.
+    nodes += [draw(node_dicts(n)) for n in draw(st.lists(st.sampled_from(names), max_size=3))]
+    removed = draw(st.lists(st.sampled_from(names), max_size=count // 2 + 1, unique=True))
+    late = [draw(node_dicts(f"late-{i}")) for i in range(draw(st.integers(0, 3)))]
+    cluster = Cluster(nodes, removed, late)
+    table = cluster.build()
+    for name in table.slot_of:
+        s = table.slot_of[name]
+        ac, am, ap = table.alloc_cpu[s], table.alloc_mem[s], table.alloc_pods[s]
+        cluster.used[name] = (
+            draw(st.one_of(st.just(0), st.integers(0, ac + ac // 4 + 1))),  # over-committed: a kubelet restart
+            draw(st.one_of(st.just(0), st.integers(0, am + 1))),
+            draw(st.one_of(st.just(0), st.integers(0, ap + 1))),
+            draw(st.integers(0, (1 << 64) - 1)) if draw(st.booleans()) else 0,
+        )
+    return cluster
+
+
+@dataclass
+class Pod:
+    cpu: int
+    mem: int
+    gpu: int
+    topo: int
+
+
+pods = st.builds(Pod, cpu=st.one_of(st.integers(0, 16_000), st.integers(0, 256_000)),
+                 mem=st.one_of(st.integers(0, 1024).map(lambda g: g * GI), st.integers(0, 1 << 50)),
+                 gpu=st.integers(0, 8), topo=st.sampled_from([0, 1, 2]))
+weights = st.one_of(st.just(0.0), st.floats(0.0, 100.0, allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def params_arrays(draw: st.DrawFn) -> array:
+    ws = [draw(weights) for _ in range(6)]
+    most = draw(st.sampled_from([0.0, 1.0]))
+    max_age = draw(st.sampled_from([0.0, 60.0, 300.0, 1e9]))
+    return array("d", [*ws, most, NOW, max_age])
+
+
+@given(cluster=clusters(), pod=pods, data=st.data(), params=params_arrays())
+@settings(max_examples=250, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_native_matches_twin(cluster: Cluster, pod: Pod, data: st.DataObject, params: array) -> None:
+    native = native_module()
+    t = cluster.build()
+    npools, nmodels = len(t.pools), len(t.models)
+    # Every slot once (live and deleted), plus unknown (-1) and repeated ones, in any order.
+    extra = data.draw(st.lists(st.integers(-1, t.size - 1), max_size=8), label="extra slots")
+    slots = array("i", data.draw(st.permutations([*range(t.size), *extra]), label="slots"))
+    pool_ok = bytes(data.draw(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=npools + 1, max_size=npools + 1),
+                              label="pool_ok"))
+    model_ok = data.draw(st.one_of(st.just(b""), st.just(b""), st.binary(min_size=nmodels + 1, max_size=nmodels + 1)
+                                   .map(lambda b: bytes(x % 4 != 0 for x in b))), label="model_ok")
+    pool_avail = array("d", data.draw(st.lists(st.floats(0.0, 1.0), min_size=npools + 1, max_size=npools + 1),
+                                      label="pool_avail"))
+    args = (slots, pod.cpu, pod.mem, pod.gpu, pod.topo)
+
+    out_py, out_c = bytearray(len(slots)), bytearray(len(slots))
+    passed_py = _python.filter_nodes(t, *args, pool_ok, model_ok, out_py)
+    passed_c = native.filter_nodes(t, *args, pool_ok, model_ok, out_c)
+    for v in set(out_py):
+        event(f"verdict {v}")
+    assert list(out_c) == list(out_py)
+    assert passed_c == passed_py
+
+    score_py, score_c = array("q", bytes(8 * len(slots))), array("q", bytes(8 * len(slots)))
+    _python.score_nodes(t, *args, pool_ok, pool_avail, params, score_py)
+    native.score_nodes(t, *args, pool_ok, pool_avail, params, score_c)
+    assert list(score_c) == list(score_py)
+
+
+def test_huge_memory_scores_agree() -> None:
+    """Regression: the twin divided Python ints exactly while C rounds each operand to double first,
+    so on a node with ~64 PiB the resource part landed on either side of a rounding boundary."""
+    native = native_module()
+    t = NodeTable()
+    s = t.upsert(node_obj("big", cpu="1", mem=str(2**56 + 9)))
+    t.used_mem[s] = (2**56 + 4) // 10
+    params = array("d", [0, 0, 0, 0, 0, 1.0, 1.0, NOW, 300])  # resources only, most allocated
+    out = {}
+    for mod in (_python, native):
+        o = array("q", [0])
+        mod.score_nodes(t, array("i", [s]), 0, 0, 0, 0, b"\x01\x01", array("d", [0.0, 0.0]), params, o)
+        out[mod.__name__] = o[0]
+    assert len(set(out.values())) == 1, out
+
+
+# --------------------------------------------------------------------------------------------------
+# Filter rules, on both implementations
+# --------------------------------------------------------------------------------------------------
+
+
+def table(*nodes: dict[str, Any]) -> NodeTable:
+    t = NodeTable()
+    for n in nodes:
+        t.upsert(n)
+    return t
+
+
+def verdicts(mod: ModuleType, t: NodeTable, names: list[str | None], cpu: int = 0, mem: int = 0, gpu: int = 0,
+             topo: int = 0, pool_ok: bytes | None = None, model_ok: bytes = b"") -> list[int]:
+    slots = array("i", [t.slot_of.get(n, -1) if n else -1 for n in names])
+    pool_ok = pool_ok if pool_ok is not None else b"\x01" * (len(t.pools) + 1)
+    out = bytearray(len(slots))
+    passed = mod.filter_nodes(t, slots, cpu, mem, gpu, topo, pool_ok, model_ok, out)
+    assert passed == out.count(kernels.OK)
+    return list(out)
+
+
+def scores(mod: ModuleType, t: NodeTable, names: list[str], cpu: int = 0, mem: int = 0, gpu: int = 0,
+           topo: int = 0, pool_ok: bytes | None = None, params: array | None = None,
+           pool_avail: array | None = None) -> list[int]:
+    slots = array("i", [t.slot_of.get(n, -1) for n in names])
+    pool_ok = pool_ok if pool_ok is not None else b"\x01" * (len(t.pools) + 1)
+    pool_avail = pool_avail if pool_avail is not None else array("d", [0.0] * (len(t.pools) + 1))
+    params = params if params is not None else default_params()
+    out = array("q", bytes(8 * len(slots)))
+    mod.score_nodes(t, slots, cpu, mem, gpu, topo, pool_ok, pool_avail, params, out)
+    return list(out)
+
+
+def default_params() -> array:
+    return score_params(Config(), NOW)
+
+
+def only(weight: int, most: bool = False, max_age: float = 300.0) -> array:
+    """Params that score a single part, so the score is that part rounded."""
+    p = array("d", [0.0] * 9)
+    p[weight] = 1.0
+    p[MOST], p[P_NOW], p[MAX_AGE] = (1.0 if most else 0.0), NOW, max_age
+    return p
+
+
+def test_unknown_nodes(impl: ModuleType) -> None:
+    t = table(node_obj("a"), node_obj("gone"))
+    t.remove("gone")
+    slots = array("i", [-1, 1, 0])  # slot 1 belonged to the removed node
+    out = bytearray(3)
+    assert impl.filter_nodes(t, slots, 0, 0, 0, 0, b"\x01\x01", b"", out) == 1
+    assert list(out) == [kernels.UNKNOWN, kernels.UNKNOWN, kernels.OK]
+    score = array("q", bytes(24))
+    impl.score_nodes(t, slots, 0, 0, 0, 0, b"\x01\x01", array("d", [1.0, 1.0]), default_params(), score)
+    assert score[0] == score[1] == 0 and score[2] > 0
+
+
+def test_unschedulable_checked_before_pool(impl: ModuleType) -> None:
+    t = table(node_obj("cordoned", unschedulable=True), node_obj("open"))
+    assert verdicts(impl, t, ["cordoned", "open"]) == [kernels.UNSCHEDULABLE, kernels.OK]
+    assert verdicts(impl, t, ["cordoned", "open"], pool_ok=b"\x00\x00") == [kernels.UNSCHEDULABLE, kernels.POOL]
+
+
+def test_pool(impl: ModuleType) -> None:
+    t = table(node_obj("own", pool="a"), node_obj("cohort", pool="b"), node_obj("other", pool="c"))
+    assert verdicts(impl, t, ["own", "cohort", "other"], pool_ok=bytes([1, 2, 0, 0])) == [
+        kernels.OK, kernels.OK, kernels.POOL]
+
+
+def test_model(impl: ModuleType) -> None:
+    t = table(node_obj("a100", gpus=8, model=MODELS[0]), node_obj("h100", gpus=8, model=MODELS[1]),
+              node_obj("unlabelled", gpus=8, model=None), node_obj("cpu"))
+    t.intern_model(MODELS[2])  # a model seen after model_ok was built: id beyond model_ok
+    l4 = node_obj("l4", gpus=8, model=MODELS[2])
+    t.upsert(l4)
+    names: list[str | None] = ["a100", "h100", "unlabelled", "l4"]
+    only_h100 = bytes([0, 1, 0])  # ids 0 (A100), 1 (H100); the trailing byte; L4 (id 2) left out
+    assert verdicts(impl, t, names, gpu=1, model_ok=only_h100[:2]) == [
+        kernels.MODEL, kernels.OK, kernels.MODEL, kernels.MODEL]
+    assert verdicts(impl, t, names, gpu=1, model_ok=b"") == [kernels.OK] * 4  # empty: any model
+    # CPU pods ignore the GPU model; the CPU node then fails on GPUs, not on the model
+    assert verdicts(impl, t, [*names, "cpu"], gpu=0, model_ok=only_h100) == [kernels.OK] * 5
+    assert verdicts(impl, t, ["cpu"], gpu=1, model_ok=b"") == [kernels.GPU]
+    assert verdicts(impl, t, ["cpu"], gpu=1, model_ok=b"\x01\x01\x01\x00") == [kernels.MODEL]
+
+
+def test_pods(impl: ModuleType) -> None:
+    t = table(node_obj("room", pods="10"), node_obj("full", pods="10"), node_obj("none", pods="0"))
+    set_used(t, "room", pods=9)
+    set_used(t, "full", pods=10)
+    assert verdicts(impl, t, ["room", "full", "none"]) == [kernels.OK, kernels.PODS, kernels.PODS]
+
+
+def test_cpu_and_memory_boundaries(impl: ModuleType) -> None:
+    t = table(node_obj("n", cpu="4", mem="16Gi"))
+    set_used(t, "n", cpu=1000, mem=4 * GI)
+    assert verdicts(impl, t, ["n"], cpu=3000, mem=12 * GI) == [kernels.OK]  # exactly full
+    assert verdicts(impl, t, ["n"], cpu=3001, mem=12 * GI) == [kernels.CPU]
+    assert verdicts(impl, t, ["n"], cpu=3000, mem=12 * GI + 1) == [kernels.MEMORY]
+    assert verdicts(impl, t, ["n"], cpu=3001, mem=12 * GI + 1) == [kernels.CPU]  # cpu is checked first
+
+
+def test_gpu_count(impl: ModuleType) -> None:
+    t = table(node_obj("g", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]), node_obj("cpu"))
+    set_used(t, "g", gpus=(0, 1, 4))
+    assert verdicts(impl, t, ["g", "cpu"], gpu=5) == [kernels.OK, kernels.GPU]
+    assert verdicts(impl, t, ["g"], gpu=6) == [kernels.GPU]
+    assert verdicts(impl, t, ["g", "cpu"], gpu=0) == [kernels.OK, kernels.OK]
+
+
+def test_topology_required(impl: ModuleType) -> None:
+    t = table(node_obj("split", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+              node_obj("whole", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+              node_obj("nvswitch", gpus=8))  # no annotation: one island of all GPUs
+    set_used(t, "split", gpus=(0, 1, 4, 5))  # 4 free, 2 per island
+    set_used(t, "whole", gpus=(0, 1, 2, 3))  # 4 free, all in island 2
+    set_used(t, "nvswitch", gpus=(0, 2, 4, 6))
+    names: list[str | None] = ["split", "whole", "nvswitch"]
+    assert verdicts(impl, t, names, gpu=4, topo=2) == [kernels.TOPOLOGY, kernels.OK, kernels.OK]
+    assert verdicts(impl, t, names, gpu=4, topo=1) == [kernels.OK] * 3  # preferred never rejects
+    assert verdicts(impl, t, names, gpu=4, topo=0) == [kernels.OK] * 3
+    assert verdicts(impl, t, names, gpu=2, topo=2) == [kernels.OK] * 3
+    assert verdicts(impl, t, names, gpu=5, topo=2) == [kernels.GPU] * 3  # too few GPUs comes first
+
+
+def test_topology_island_too_small(impl: ModuleType) -> None:
+    t = table(node_obj("pcie", gpus=4, islands=[[0], [1], [2], [3]]),
+              node_obj("bad", gpus=4, topology="not json"))  # unreadable: one island, never rejects
+    assert verdicts(impl, t, ["pcie", "bad"], gpu=2, topo=2) == [kernels.TOPOLOGY, kernels.OK]
+    assert verdicts(impl, t, ["pcie"], gpu=1, topo=2) == [kernels.OK]
+
+
+# --------------------------------------------------------------------------------------------------
+# Score rules, on both implementations
+# --------------------------------------------------------------------------------------------------
+
+
+def test_best_fit_island(impl: ModuleType) -> None:
+    t = table(node_obj("n", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]))
+    set_used(t, "n", gpus=(0, 1))  # island 1: 2 free, island 2: 4 free
+    s = t.slot_of["n"]
+    free = t.gpu_mask[s] & ~t.gpu_used[s]
+    assert _python.best_island(t.islands, s, free, 2) == (2, 4)
+    assert _python.best_island(t.islands, s, free, 3) == (4, 4)
+    assert _python.best_island(t.islands, s, free, 5) == (-1, 0)
+    # topology part = 10 * (1 - (best - gpu) / size): exact fill of island 1 scores 10
+    assert scores(impl, t, ["n"], gpu=2, params=only(W_TOPO)) == [10]
+    assert scores(impl, t, ["n"], gpu=3, params=only(W_TOPO)) == [8]  # 4-free island: 7.5 rounds up
+    assert scores(impl, t, ["n"], gpu=5, params=only(W_TOPO)) == [0]
+
+
+def test_never_break_an_empty_node(impl: ModuleType) -> None:
+    t = table(node_obj("empty", gpus=8), node_obj("half", gpus=8))
+    set_used(t, "half", gpus=(0, 1, 2, 3))
+    empty, half = scores(impl, t, ["empty", "half"], gpu=1)
+    assert half > empty
+    assert scores(impl, t, ["empty", "half"], gpu=1, params=only(W_PACK)) == [0, 6]  # 6.25
+    # a pod that takes the whole node does not break it: packing is full
+    assert scores(impl, t, ["empty"], gpu=8, params=only(W_PACK)) == [10]
+
+
+def test_topology_prefers_exact_island_fill(impl: ModuleType) -> None:
+    islands = [[0, 1, 2, 3], [4, 5, 6, 7]]
+    t = table(node_obj("exact", gpus=8, islands=islands), node_obj("loose", gpus=8, islands=islands))
+    set_used(t, "exact", gpus=(0, 1))  # free 2 + 4: a 2-GPU pod fills island 1
+    set_used(t, "loose", gpus=(0, 4))  # free 3 + 3: same packing, but leaves one GPU of an island
+    exact, loose = scores(impl, t, ["exact", "loose"], gpu=2)
+    assert exact > loose
+
+
+def test_load(impl: ModuleType) -> None:
+    fresh, stale = iso(NOW - 60), iso(NOW - 301)
+    t = table(node_obj("idle", load="0", load_time=fresh), node_obj("busy", load="1", load_time=fresh),
+              node_obj("stale", load="0", load_time=stale), node_obj("unknown"),
+              node_obj("edge", load="0", load_time=iso(NOW - 300)), node_obj("undated", load="0.2"))
+    names = ["idle", "busy", "stale", "unknown", "edge", "undated"]
+    assert scores(impl, t, names, cpu=100, params=only(W_LOAD)) == [10, 0, 5, 5, 10, 5]
+    assert scores(impl, t, names, cpu=100, params=only(W_LOAD, max_age=1e12)) == [10, 0, 10, 5, 10, 8]
+
+
+def test_own_pool_above_borrowed(impl: ModuleType) -> None:
+    t = table(node_obj("own", pool="a", gpus=8), node_obj("borrowed", pool="b", gpus=8))
+    pool_ok = bytes([1, 2, 0])
+    assert scores(impl, t, ["own", "borrowed"], gpu=1, pool_ok=pool_ok, params=only(W_POOL)) == [10, 0]
+    own, borrowed = scores(impl, t, ["own", "borrowed"], gpu=1, pool_ok=pool_ok)
+    assert own > borrowed
+
+
+def test_least_and_most_allocated(impl: ModuleType) -> None:
+    t = table(node_obj("empty", cpu="10", mem="10Gi"), node_obj("used", cpu="10", mem="10Gi"))
+    set_used(t, "used", cpu=5000, mem=5 * GI)
+    req = {"cpu": 1000, "mem": GI}
+    assert scores(impl, t, ["empty", "used"], **req, params=only(W_RES)) == [9, 4]
+    assert scores(impl, t, ["empty", "used"], **req, params=only(W_RES, most=True)) == [1, 6]
+    assert scores(impl, t, ["empty"], cpu=11_000, params=only(W_RES)) == [0]  # does not fit: 0
+
+
+def test_cpu_pods_prefer_nodes_without_gpus(impl: ModuleType) -> None:
+    t = table(node_obj("gpu", gpus=8), node_obj("plain"))
+    gpu, plain = scores(impl, t, ["gpu", "plain"], cpu=1000, mem=GI)
+    assert plain > gpu
+    assert scores(impl, t, ["gpu", "plain"], cpu=1000, params=only(W_PACK)) == [0, 10]
+
+
+def test_no_weights_scores_zero(impl: ModuleType) -> None:
+    t = table(node_obj("n", gpus=8))
+    params = array("d", [0.0] * 6 + [0.0, NOW, 300.0])
+    assert scores(impl, t, ["n"], gpu=1, params=params) == [0]
+
+
+# --------------------------------------------------------------------------------------------------
+# choose_devices (bind time; only the twin exists)
+# --------------------------------------------------------------------------------------------------
+
+
+def _mask(*gpus: int) -> int:
+    return sum(1 << g for g in gpus)
+
+
+def _devices(islands: list[list[int]], used: tuple[int, ...], gpu: int, topo: int) -> int:
+    t = table(node_obj("n", gpus=8, islands=islands))
+    set_used(t, "n", gpus=used)
+    s = t.slot_of["n"]
+    return kernels.choose_devices(t.islands, s, t.gpu_mask[s] & ~t.gpu_used[s], gpu, topo)
+
+
+QUADS = [[0, 1, 2, 3], [4, 5, 6, 7]]
+PAIRS = [[0, 1], [2, 3], [4, 5], [6, 7]]
+
+
+def test_choose_devices_best_fit_lowest_indices() -> None:
+    assert _devices(QUADS, (0,), 2, 0) == _mask(1, 2)  # island 1 (3 free) fits best
+    assert _devices(QUADS, (0,), 3, 2) == _mask(1, 2, 3)
+    assert _devices(QUADS, (0,), 4, 1) == _mask(4, 5, 6, 7)  # only island 2 holds 4
+    assert _devices(QUADS, (5,), 1, 0) == _mask(4)  # 3-free island 2 before the empty island 1
+    assert _devices(PAIRS, (0, 2), 2, 2) == _mask(4, 5)  # lowest of the equally good islands
+    assert _devices([[3, 1, 2, 0], [7, 6, 5, 4]], (), 8, 0) == 0xFF  # islands as listed, any order
+
+
+def test_choose_devices_spans_fullest_islands_first() -> None:
+    # island 1 has 2 free, island 2 has 3 free: no island holds 4, so take island 1's first
+    for topo in (0, 1):
+        assert _devices(QUADS, (0, 1, 4), 4, topo) == _mask(2, 3, 5, 6)
+    # pairs with 1, 2, 1, 2 free: the 1-free islands go first, lowest index first
+    assert _devices(PAIRS, (0, 4), 3, 0) == _mask(1, 5, 2)
+    assert _devices(PAIRS, (0, 4), 6, 1) == _mask(1, 2, 3, 5, 6, 7)
+
+
+def test_choose_devices_required_and_impossible() -> None:
+    assert _devices(QUADS, (0, 1, 4), 4, 2) == 0  # required, and no island has 4 free
+    assert _devices(QUADS, (0, 1, 4), 6, 0) == 0  # more than the node has free
+    assert _devices(QUADS, (), 0, 0) == 0
