@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: in-cluster configuration)")
     s.add_argument("--demo", action="store_true", help="serve an embedded, seeded demo cluster; no API server")
     s.add_argument("--demo-nodes", type=int, help="demo cluster size (default 1000, at most 15000)")
-    s.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    s.add_argument("--tls-port", type=int, help="with --tls-cert: port of the HTTPS verbs (default 8443)")
+    s.add_argument("--tls-cert", help="serve the verbs over HTTPS with this certificate (PEM)")
     s.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     s.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -57,6 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+    if args.tls_port is not None:
+        config.server.tls_port = args.tls_port
     if args.demo_nodes is not None:
         if not 1 <= args.demo_nodes <= 15000:
             print("berth: --demo-nodes must be from 1 to 15000", file=sys.stderr)

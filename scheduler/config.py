@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8888
+    tls_port: int = 8443  # with --tls-cert: the verbs move here; `port` keeps only health and metrics
     max_body_bytes: int = DEFAULT_MAX_BODY
     keepalive_timeout: float = 120.0  # above Go's 90 s idle timeout, so kube-scheduler never sends on a dead conn
     shutdown_grace_seconds: float = 10.0
@@ -78,6 +79,7 @@ _CHOICES = {
 }
 _RANGES = {
     "server.port": (0, 65535),
+    "server.tls_port": (0, 65535),
     "server.max_body_bytes": (1024, 1 << 34),
     "demo.nodes": (1, 15000),
 }

@@ -65,17 +65,13 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         tasks.append(asyncio.create_task(StatusWriter(client, state).run(), name="status"))
     tasks.append(asyncio.create_task(berth.housekeeping(), name="housekeeping"))
 
-    runner = web.AppRunner(berth.app(), access_log=None, keepalive_timeout=config.server.keepalive_timeout,
-                           handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=tls_context(*tls),
-                       backlog=1024, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: {exc}") from exc
-    scheme = "https" if tls[0] else "http"
-    log.info("Berth serving on %s://%s:%s (%s, %s kernels)", scheme, config.server.host, config.server.port,
+    ctx = tls_context(*tls)
+    runners = [await _listen(berth.app(verbs=ctx is None), config, config.server.port, None)]
+    if ctx is not None:
+        runners.append(await _listen(berth.app(), config, config.server.tls_port, ctx))
+    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
+             config.server.host, config.server.tls_port if ctx else config.server.port,
+             f", health and metrics on port {config.server.port}" if ctx else "",
              "demo cluster" if demo else "live cluster", "native" if _native() else "python")
     gc.collect()
     gc.freeze()  # the cluster picture is long-lived: keep the collector from rescanning it
@@ -85,20 +81,35 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await _shutdown(berth, runner, tasks, config.server.shutdown_grace_seconds)
+    await _shutdown(berth, runners, tasks, config.server.shutdown_grace_seconds)
     if client is not None:
         await client.close()
     return 0
 
 
-async def _shutdown(berth: Berth, runner: web.AppRunner, tasks: list[asyncio.Task[None]], grace: float) -> None:
+async def _listen(app: web.Application, config: Config, port: int, ctx: ssl.SSLContext | None) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.server.keepalive_timeout,
+                           handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, port, ssl_context=ctx, backlog=1024, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {config.server.host}:{port}: {exc}") from exc
+    return runner
+
+
+async def _shutdown(berth: Berth, runners: list[web.AppRunner], tasks: list[asyncio.Task[None]],
+                    grace: float) -> None:
     """Stop accepting, let in-flight binds finish, release what is still unconfirmed."""
     log.info("shutting down: finishing %d in-flight binds", berth.binder.in_flight)
     berth.accepting = False
     deadline = asyncio.get_running_loop().time() + grace
     while berth.binder.in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)
-    await runner.cleanup()
+    for runner in runners:
+        await runner.cleanup()
     for key in list(berth.state.reservations):
         berth.state.forget(key)
     for t in tasks:

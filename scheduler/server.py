@@ -59,20 +59,23 @@ class Berth:
         self.accepting = True
 
     # -- app -----------------------------------------------------------------------------------
-    def app(self) -> web.Application:
+    def app(self, verbs: bool = True) -> web.Application:
+        """The whole API; with verbs=False only health, readiness and metrics (the plain port in TLS
+        mode, for kubelet probes and Prometheus, while the verbs need a client certificate)."""
         app = web.Application(client_max_size=self.state.config.server.max_body_bytes,
                               middlewares=[self._errors])
-        app.router.add_post("/scheduler/filter", self._timed("filter", self.filter))
-        app.router.add_post("/scheduler/prioritize", self._timed("prioritize", self.prioritize))
-        app.router.add_post("/scheduler/bind", self._timed("bind", self.bind))
-        app.router.add_post("/scheduler/preempt", self._timed("preempt", self.preempt))
+        if verbs:
+            app.router.add_post("/scheduler/filter", self._timed("filter", self.filter))
+            app.router.add_post("/scheduler/prioritize", self._timed("prioritize", self.prioritize))
+            app.router.add_post("/scheduler/bind", self._timed("bind", self.bind))
+            app.router.add_post("/scheduler/preempt", self._timed("preempt", self.preempt))
+            app.router.add_get("/debug/state", self.debug_state)
+            app.router.add_get("/debug/nodes", self.debug_nodes)
+            app.router.add_get("/debug/teams", self.debug_teams)
+            app.router.add_route("*", "/debug/explain", self.debug_explain)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_view)
-        app.router.add_get("/debug/state", self.debug_state)
-        app.router.add_get("/debug/nodes", self.debug_nodes)
-        app.router.add_get("/debug/teams", self.debug_teams)
-        app.router.add_route("*", "/debug/explain", self.debug_explain)
         return app
 
     @web.middleware
@@ -87,9 +90,12 @@ class Berth:
             self.metrics.errors.labels(verb, "too_large").inc()
             return _json({"error": f"request body too large ({exc.text}); the limit is "
                                    f"{self.state.config.server.max_body_bytes} bytes (server.max_body_bytes)"}, 413)
+        except web.HTTPMethodNotAllowed as exc:
+            return _json({"error": f"{request.method} is not allowed on {request.path}; use "
+                                   f"{', '.join(sorted(exc.allowed_methods))}"}, 405)
         except web.HTTPException as exc:
             if exc.status >= 400:
-                return _json({"error": exc.reason}, exc.status)
+                return _json({"error": f"{exc.reason}: {request.path}"}, exc.status)
             raise
         except (asyncio.CancelledError, ConnectionResetError):
             raise

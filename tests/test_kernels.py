@@ -50,6 +50,11 @@ def native_module() -> ModuleType:
     return _native
 
 
+@pytest.fixture(scope="module")
+def native() -> ModuleType:
+    return native_module()
+
+
 @pytest.fixture(params=["python", "native"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
     return _python if request.param == "python" else native_module()
@@ -244,8 +249,8 @@ def params_arrays(draw: st.DrawFn) -> array:
 @given(cluster=clusters(), pod=pods, data=st.data(), params=params_arrays())
 @settings(max_examples=250, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-def test_native_matches_twin(cluster: Cluster, pod: Pod, data: st.DataObject, params: array) -> None:
-    native = native_module()
+def test_native_matches_twin(native: ModuleType, cluster: Cluster, pod: Pod, data: st.DataObject,
+                             params: array) -> None:
     t = cluster.build()
     npools, nmodels = len(t.pools), len(t.models)
     # Every slot once (live and deleted), plus unknown (-1) and repeated ones, in any order.
@@ -273,10 +278,9 @@ def test_native_matches_twin(cluster: Cluster, pod: Pod, data: st.DataObject, pa
     assert list(score_c) == list(score_py)
 
 
-def test_huge_memory_scores_agree() -> None:
+def test_huge_memory_scores_agree(native: ModuleType) -> None:
     """Regression: the twin divided Python ints exactly while C rounds each operand to double first,
     so on a node with ~64 PiB the resource part landed on either side of a rounding boundary."""
-    native = native_module()
     t = NodeTable()
     s = t.upsert(node_obj("big", cpu="1", mem=str(2**56 + 9)))
     t.used_mem[s] = (2**56 + 4) // 10
