@@ -17,6 +17,9 @@ ANN_GPU_MODELS = "berth.dev/gpu-models"
 ANN_TOPOLOGY = "berth.dev/topology"
 
 TOPOLOGY_MODES = {"none": 0, "preferred": 1, "required": 2}
+# Largest amounts the kernels' integer arrays can hold without overflow (GPU counts are C ints there).
+MAX_UNITS = 1 << 62
+MAX_GPUS = 1 << 31
 
 
 class PodError(ValueError):
@@ -56,16 +59,30 @@ def _container_requests(container: Any) -> dict[str, int]:
     if not isinstance(container, dict):
         raise PodError("a container is not an object")
     resources = container.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise PodError(f"container {container.get('name')!r}: resources must be an object")
     requests = resources.get("requests") or {}
     limits = resources.get("limits") or {}
     if not isinstance(requests, dict) or not isinstance(limits, dict):
         raise PodError(f"container {container.get('name')!r}: resources must be objects")
     merged = {k: v for k, v in limits.items() if k not in ("cpu", "memory")}
     merged.update(requests)
+    return {name: _units(name, value, f"container {container.get('name')!r}") for name, value in merged.items()}
+
+
+def _units(resource: str, value: Any, where: str) -> int:
     try:
-        return {name: to_units(name, value) for name, value in merged.items()}
-    except QuantityError as exc:
-        raise PodError(f"container {container.get('name')!r}: {exc}") from exc
+        amount = to_units(resource, value)
+    except (QuantityError, ArithmeticError, ValueError) as exc:  # also Decimal overflow, NaN, Infinity
+        raise PodError(f"{where}: {resource}: {value!r} is not a Kubernetes quantity") from exc
+    _check_range(resource, amount, where)
+    return amount
+
+
+def _check_range(resource: str, amount: int, where: str) -> None:
+    limit = MAX_GPUS if resource == GPU else MAX_UNITS
+    if not 0 <= amount < limit:
+        raise PodError(f"{where}: {resource} must be from 0 to {limit - 1} units, got {amount}")
 
 
 def _add(into: dict[str, int], more: dict[str, int]) -> None:
@@ -98,10 +115,11 @@ def effective_requests(spec: dict[str, Any]) -> dict[str, int]:
             _max(init_peak, with_sidecars)
     _max(total, init_peak)
     overhead = spec.get("overhead") or {}
-    try:
-        _add(total, {k: to_units(k, v) for k, v in overhead.items()})
-    except (QuantityError, AttributeError) as exc:
-        raise PodError(f"spec.overhead: {exc}") from exc
+    if not isinstance(overhead, dict):
+        raise PodError("spec.overhead must be an object")
+    _add(total, {k: _units(k, v, "spec.overhead") for k, v in overhead.items()})
+    for k, v in total.items():
+        _check_range(k, v, "the pod's total request")
     return total
 
 
@@ -156,6 +174,6 @@ def _gpu_models(annotations: dict[str, Any]) -> tuple[str, ...]:
 
 def _topology(annotations: dict[str, Any]) -> int:
     raw = annotations.get(ANN_TOPOLOGY, "none")
-    if raw not in TOPOLOGY_MODES:
+    if not isinstance(raw, str) or raw not in TOPOLOGY_MODES:
         raise PodError(f"{ANN_TOPOLOGY} must be one of required, preferred, none (got {raw!r})")
     return TOPOLOGY_MODES[raw]

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from scheduler.ledger import PodEntry
 from scheduler.placement import judge
-from scheduler.podspec import PodAsk
+from scheduler.podspec import GPU, PodAsk
+from scheduler.quotas import MODEL_PREFIX
 from scheduler.state import ClusterState
 from scheduler.wire import PreemptionArgs
 
@@ -28,8 +29,9 @@ def process(state: ClusterState, ask: PodAsk, args: PreemptionArgs) -> PreemptDe
     if j.admission.error:
         return decision  # evicting pods frees no quota for this pod: nothing to do
     needs = {k for k, v in ask.request.as_dict().items() if v > 0}
-    taken: dict[str, dict[str, int]] = {}  # team -> resource -> already given up in this decision
     for node, uids in args.victims.items():
+        # kube-scheduler preempts on one of the candidate nodes only: each is judged on its own.
+        taken: dict[str, dict[str, int]] = {}  # team -> resource -> already given up on this node
         kept = _keep(state, j.admission.team, needs, uids, taken, decision.refused)
         if kept and _makes_room(state, ask, node, kept):
             decision.victims[node] = [e.uid if isinstance(e, PodEntry) else e for e in kept]
@@ -66,13 +68,18 @@ def _protected(state: ClusterState, team: str | None, needs: set[str], victim: P
         return None
     gone = taken.setdefault(victim.team, {})
     req = victim.request.as_dict()
-    for res in needs:
+    if victim.model and req.get(GPU):  # its GPUs also count against the per-model quota of its node's model
+        req[MODEL_PREFIX + victim.model] = req[GPU]
+    for res in req:
+        if res not in needs and not (res.startswith(MODEL_PREFIX) and GPU in needs):
+            continue
         lim = other.limits.get(res)
-        if lim is None or not req.get(res):
+        if lim is None:
             continue
         after = other.used.get(res, 0) - gone.get(res, 0) - req[res]
         if after < lim.guaranteed:
-            return f"team {victim.team} would fall below its guaranteed {res}"
+            label = res[len(MODEL_PREFIX):] + " GPUs" if res.startswith(MODEL_PREFIX) else res
+            return f"team {victim.team} would fall below its guaranteed {label}"
     for res, amount in req.items():
         gone[res] = gone.get(res, 0) + amount
     return None
