@@ -1012,14 +1012,18 @@ def command_line() -> str:
     return shlex.join(head + argv[1:])
 
 
-def environment_notes(args: argparse.Namespace, pinning_note: str, bodies: dict[str, int]) -> list[str]:
+def environment_notes(
+    args: argparse.Namespace, pinning_note: str, bodies: dict[str, int], load_before: float
+) -> list[str]:
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False).stdout
     wrk_version = wrk.split("[")[0].strip()
+    # Anything else running on these 2 cores skews the numbers: say how busy the machine was.
+    load = f"load average (1 min) {load_before:.2f} before, {os.getloadavg()[0]:.2f} after"
     return [
         f"date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"command: `{command_line()}`",
         f"nproc: {os.cpu_count()}; CPU: {cpu_model()}; Python {platform.python_version()}; {wrk_version}",
-        f"pinning: {pinning_note}; wrk -t1, {args.warmup} s warm-up then {args.duration} s per case",
+        f"pinning: {pinning_note}; wrk -t1, {args.warmup} s warm-up then {args.duration} s per case; {load}",
         "bodies: " + ", ".join(f"{k} {v / 1024:,.0f} KiB" for k, v in bodies.items()),
         f"pod: {args.pod_gpus} GPU(s) + 8 CPU + 32Gi, two containers; filter notes give how many nodes fit",
         f"bind: pods in the unteamed namespace {BIND_NAMESPACE} asking 10m CPU + 16Mi, each first seeded "
@@ -1084,6 +1088,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"typical extender not found at {args.typical_script} (run from a checkout)", file=sys.stderr)
         return 2
     pin, pin_note = make_pinning(args.server_cpu, args.client_cpu)
+    load_before = os.getloadavg()[0]
     results: list[Measurement] = []
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
@@ -1096,7 +1101,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"bench: {name} failed: {exc}", file=sys.stderr)
                 return 1
         sizes = {p.stem.removeprefix("body-"): p.stat().st_size for p in sorted(workdir.glob("body-*.json"))}
-    notes = environment_notes(args, pin_note, sizes)
+    notes = environment_notes(args, pin_note, sizes, load_before)
     print(report(results, args.servers, markdown=False))
     print("\n".join(notes))
     if args.markdown:

@@ -109,7 +109,10 @@ def _value(kind: Any, raw: Any, path: str) -> Any:
         return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(raw)]
     ok = isinstance(raw, kind) and not isinstance(raw, bool)
     if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
-        raw, ok = float(raw), True
+        try:
+            raw, ok = float(raw), True
+        except OverflowError:
+            raise ConfigError(f"{path}: expected float, got an integer too large for one") from None
     if not ok:
         raise ConfigError(f"{path}: expected {kind.__name__}, got {raw!r}")
     if path in _CHOICES and raw not in _CHOICES[path]:
@@ -128,8 +131,18 @@ def load_config(path: str | Path | None) -> Config:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an integer past Python's digit limit
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
     return _build(Config, data if data is not None else {}, "")
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's message spans several lines; the error must fit on one."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())

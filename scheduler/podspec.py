@@ -17,9 +17,9 @@ ANN_GPU_MODELS = "berth.dev/gpu-models"
 ANN_TOPOLOGY = "berth.dev/topology"
 
 TOPOLOGY_MODES = {"none": 0, "preferred": 1, "required": 2}
-# Largest amounts the kernels' integer arrays can hold without overflow (GPU counts are C ints there).
+# Bounds that keep the kernels' 64-bit sums (and 32-bit GPU counts) from overflowing; far above any real pod.
 MAX_UNITS = 1 << 62
-MAX_GPUS = 1 << 31
+MAX_GPUS = 1 << 20
 
 
 class PodError(ValueError):

@@ -1,15 +1,16 @@
 """The preempt verb: of the victims kube-scheduler proposes, keep those Berth's quotas allow.
 
 A team below its guaranteed share gets room back from teams that are borrowing, never taking a team
-below its own guaranteed share; victims of the preemptor's own team (and pods of no team) follow pod
-priority only, as kube-scheduler chose them. A node whose remaining victims no longer make room for
-the pod is dropped: kube-scheduler must never evict for nothing.
+below its own guaranteed share of what the node lacks for the pod (per GPU model too); victims of the
+preemptor's own team (and pods of no team) follow pod priority only, as kube-scheduler chose them.
+Each candidate node is judged on its own (kube-scheduler preempts on one of them). A node whose
+remaining victims no longer make room for the pod is dropped: kube-scheduler must never evict for nothing.
 """
 
 from dataclasses import dataclass
 
 from scheduler.ledger import PodEntry
-from scheduler.placement import judge
+from scheduler.placement import Judgement, judge
 from scheduler.podspec import GPU, PodAsk
 from scheduler.quotas import MODEL_PREFIX
 from scheduler.state import ClusterState
@@ -30,13 +31,47 @@ def process(state: ClusterState, ask: PodAsk, args: PreemptionArgs) -> PreemptDe
         return decision  # evicting pods frees no quota for this pod: nothing to do
     needs = {k for k, v in ask.request.as_dict().items() if v > 0}
     for node, uids in args.victims.items():
+        if not _eligible(state, j, node):
+            # In-tree filters failed there before Berth's filter ran, so kube-scheduler offers nodes
+            # this pod may never use (another team's pool, a refused GPU model, a cordon).
+            continue
         # kube-scheduler preempts on one of the candidate nodes only: each is judged on its own.
         taken: dict[str, dict[str, int]] = {}  # team -> resource -> already given up on this node
-        kept = _keep(state, j.admission.team, needs, uids, taken, decision.refused)
+        kept = _keep(state, j.admission.team, _short(state, ask, node) or needs, uids, taken, decision.refused)
         if kept and _makes_room(state, ask, node, kept):
             decision.victims[node] = [e.uid if isinstance(e, PodEntry) else e for e in kept]
             decision.pdb[node] = args.num_pdb_violations.get(node, 0)
     return decision
+
+
+def _short(state: ClusterState, ask: PodAsk, node: str) -> set[str]:
+    """The resources the pod lacks on `node`: only those are reclaimed from other teams. (Every pod needs
+    cpu and memory; a team far below its cpu guarantee must still give back the GPUs it borrowed.)
+    Extended resources other than GPUs are not tracked per node, so they always count as lacking."""
+    t = state.table
+    slot = t.slot_of.get(node)
+    if slot is None:
+        return set()
+    r = ask.request
+    short = set(r.other)
+    if t.alloc_cpu[slot] - t.used_cpu[slot] < r.cpu:
+        short.add("cpu")
+    if t.alloc_mem[slot] - t.used_mem[slot] < r.memory:
+        short.add("memory")
+    if (t.gpu_mask[slot] & ~t.gpu_used[slot]).bit_count() < r.gpu:
+        short.add(GPU)
+    return short
+
+
+def _eligible(state: ClusterState, j: Judgement, node: str) -> bool:
+    t = state.table
+    slot = t.slot_of.get(node)
+    if slot is None or t.flags[slot] & 2 or j.pool_ok[t.pool[slot]] == 0:
+        return False
+    if j.ask.request.gpu and j.model_ok:
+        m = t.model[slot]
+        return 0 <= m < len(j.model_ok) and j.model_ok[m] == 1
+    return True
 
 
 def _keep(state: ClusterState, team: str | None, needs: set[str], uids: list[str],

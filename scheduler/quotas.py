@@ -43,6 +43,7 @@ class Team:
     pods: int = 0
     conflicts: tuple[str, ...] = ()  # other teams claiming one of our namespaces
     error: str | None = None
+    status: dict[str, Any] | None = None  # status as last read from the API server (for merge patches)
 
 
 @dataclass(slots=True)
@@ -73,7 +74,8 @@ def _limit(name: str, raw: Any) -> Limit:
 def parse_team(obj: dict[str, Any]) -> Team:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    team = Team(name=str(meta.get("name") or ""), generation=int(meta.get("generation") or 0))
+    team = Team(name=str(meta.get("name") or ""), generation=int(meta.get("generation") or 0),
+                status=obj.get("status") if isinstance(obj.get("status"), dict) else None)
     try:
         team.namespaces = frozenset(str(n) for n in spec.get("namespaces") or [])
         team.selector = spec.get("namespaceSelector")

@@ -212,6 +212,9 @@ class Berth:
         except PodError as exc:
             raise WireError(400, f"ExtenderPreemptionArgs.Pod cannot be judged: {exc}") from None
         decision = preempt.process(self.state, ask, args)
+        log.info("preempt for %s/%s: %d candidate nodes, %d kept; spared: %s", ask.namespace, ask.name,
+                 len(args.victims), len(decision.victims), "; ".join(sorted(set(decision.refused.values()))) or "none",
+                 extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "preempt"})
         for uids in decision.victims.values():
             for uid in uids:
                 key = self.state.ledger.by_uid.get(uid)

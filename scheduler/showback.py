@@ -1,6 +1,7 @@
 """Showback: per-team usage as Prometheus gauges, GPU-seconds, and the rows of /debug/teams and of
 TeamQuota status."""
 
+from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.metrics import Metrics
@@ -13,8 +14,9 @@ def _fmt(res: str, amount: int) -> str:
     return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
 
 
-def team_status(state: ClusterState, team: Team) -> dict[str, Any]:
-    """The TeamQuota status Berth writes back (quantities as strings, like Kubernetes does)."""
+def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The TeamQuota status Berth writes back (quantities as strings, like Kubernetes does).
+    A condition keeps its lastTransitionTime from `previous` while its status does not change."""
     used = {r: _fmt(r, v) for r, v in sorted(team.used.items()) if v}
     borrowed = {r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(team.limits)
                 if state.quotas.borrowed(team, r) > 0}
@@ -24,6 +26,11 @@ def team_status(state: ClusterState, team: Team) -> dict[str, Any]:
     conditions.append(_condition("NamespaceConflict", bool(team.conflicts), "Overlap" if overlap else "NoOverlap",
                                  f"namespaces also claimed by {overlap}" if overlap else "no other team claims "
                                  "these namespaces", team.generation))
+    before = {c["type"]: c for c in (previous or {}).get("conditions", [])}
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for c in conditions:
+        old = before.get(c["type"])
+        c["lastTransitionTime"] = old["lastTransitionTime"] if old and old["status"] == c["status"] else now
     return {"used": used, "borrowed": borrowed, "pods": team.pods, "conditions": conditions,
             "observedGeneration": team.generation}
 

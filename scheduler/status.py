@@ -12,6 +12,18 @@ from scheduler.state import ClusterState
 log = logging.getLogger("berth.status")
 
 
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch from `old` to `new`: keys that disappeared are set to null, because a merge
+    patch merges maps (a team that stops borrowing must lose its `borrowed` entry)."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        patch[key] = merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    return patch
+
+
 class StatusWriter:
     def __init__(self, client: KubeClient, state: ClusterState) -> None:
         self.client = client
@@ -30,11 +42,13 @@ class StatusWriter:
 
     async def flush(self) -> None:
         for name, team in list(self.state.quotas.teams.items()):
-            status = team_status(self.state, team)
+            old = self.written.get(name) or team.status or {}
+            status = team_status(self.state, team, old)
             if self.written.get(name) == status:
                 continue
             try:
-                await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}", status)
+                await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}",
+                                               merge_patch(old, status))
                 self.written[name] = status
             except (KubeError, OSError, TimeoutError) as exc:
                 log.warning("status of TeamQuota %s not written: %s", name, exc, extra={"team": name})

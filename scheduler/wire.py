@@ -113,7 +113,9 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
         return ExtenderArgs(pod, [], array("i"), None)
     if not isinstance(raw_nodes, dict):
         raise WireError(400, "ExtenderArgs.Nodes: expected a NodeList object or null")
-    items = raw_nodes.get("items") or []
+    items = raw_nodes.get("items")
+    if items is None:
+        items = []
     if not isinstance(items, list):
         raise WireError(400, "ExtenderArgs.Nodes.items: expected a list of Node objects")
     names = []
@@ -205,11 +207,16 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
             pods = _field(v, "Pods") if isinstance(v, dict) else None
             if not isinstance(pods, list) or not all(isinstance(p, dict) for p in pods):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: expected Pod objects")
+            if not all(isinstance(p.get("metadata") or {}, dict) for p in pods):
+                raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: metadata must be objects")
             by_uid = {str((p.get("metadata") or {}).get("uid") or ""): p for p in pods}
             victims[node] = list(by_uid)
             full[node] = by_uid
             n = _field(v, "NumPDBViolations")
-            pdb[node] = n if isinstance(n, int) else 0
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
+                raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].NumPDBViolations: "
+                                     "expected an integer")
+            pdb[node] = n or 0
     return PreemptionArgs(pod, victims, pdb, full)
 
 

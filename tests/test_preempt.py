@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
@@ -161,6 +163,27 @@ def test_per_model_guaranteed_is_protected_too() -> None:
     assert d.victims == {"h100-0": [uid("research", "h")]}
 
 
+def test_only_what_the_node_lacks_is_reclaimed() -> None:
+    """Every pod needs cpu and memory: a team far below its cpu guarantee still gives back borrowed GPUs."""
+    research = {GPU: {"guaranteed": 8, "max": 24}, "cpu": {"guaranteed": "64", "max": "96"},
+                "memory": {"guaranteed": "512Gi", "max": "1Ti"}}
+    state = demo_cluster(research_gpus=research)
+    run(state, "research", "own", "a100-0", 8)
+    run(state, "research", "burst", "h100-0", 4, priority=1)
+    run(state, "scratch", "s0", "h100-0", 4, priority=2000)
+    team = state.quotas.teams["research"]
+    assert team.used["cpu"] == 2000 < team.limits["cpu"].guaranteed  # borrowing GPUs only
+    d = process(state, urgent(4), args({"h100-0": [uid("research", "burst")]}))
+    assert d.victims == {"h100-0": [uid("research", "burst")]}
+
+    # but where the node lacks cpu, research's cpu guarantee is protected
+    state.apply_pod("ADDED", make_pod("research", "cpu-job", "h100-2", "60", "64Gi", 0, priority=1))
+    big = pod_ask(make_pod("training", "cpu-hungry", None, "40", "4Gi", 0, priority=1000))
+    d = process(state, big, args({"h100-2": [uid("research", "cpu-job")]}))
+    assert d.victims == {}
+    assert d.refused == {uid("research", "cpu-job"): "team research would fall below its guaranteed cpu"}
+
+
 def test_unknown_uids_pass_through() -> None:
     state = demo_cluster()
     run(state, "research", "a", "h100-0", 4, priority=1)  # research is not borrowing: protected
@@ -215,3 +238,54 @@ def test_full_victim_pods_are_understood_too() -> None:
     d = process(state, urgent(4), parse_preemption_args(orjson.dumps(body)))
     assert orjson.loads(preemption_reply(d.victims, d.pdb)) == {"NodeNameToMetaVictims": {
         "h100-1": {"Pods": [{"UID": uid("scratch", "job")}], "NumPDBViolations": 2}}}
+
+
+pod_st = st.tuples(st.sampled_from(["a", "b", "scratch"]), st.integers(0, 2), st.integers(1, 4), st.integers(0, 5))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ga=st.integers(0, 8), gb=st.integers(0, 8), pods=st.lists(pod_st, max_size=12),
+       preemptor=st.sampled_from(["a", "b", "scratch"]), want=st.integers(1, 8),
+       picks=st.lists(st.booleans(), min_size=12, max_size=12), unknown=st.booleans())
+def test_preempt_invariants(ga: int, gb: int, pods: list[tuple[str, int, int, int]], preemptor: str, want: int,
+                            picks: list[bool], unknown: bool) -> None:
+    state = ClusterState(Config())
+    for i in range(3):
+        state.apply_node("ADDED", make_node(f"h100-{i}", "h100", 96, 1024, 8, H100, [list(range(8))], None, NOW,
+                                            "zone-1"))
+    for name, g in (("a", ga), ("b", gb)):
+        state.apply_team("ADDED", teamquota(name, ["h100"], {GPU: {"guaranteed": g, "max": 24}}))
+    free = [8, 8, 8]
+    on_node: dict[str, list[str]] = {}
+    for i, (ns, n, g, prio) in enumerate(pods):
+        if free[n] >= g:
+            free[n] -= g
+            run(state, ns, f"p{i}", f"h100-{n}", g, priority=prio)
+            if picks[i]:
+                on_node.setdefault(f"h100-{n}", []).append(uid(ns, f"p{i}"))
+    if unknown:
+        on_node.setdefault("h100-0", []).append("uid-not-ours")
+    before = {t.name: dict(t.used) for t in state.quotas.teams.values()}
+    ask = urgent(want, preemptor)
+    d = process(state, ask, args(on_node))
+
+    assert {t.name: t.used for t in state.quotas.teams.values()} == before  # judging evicts nothing
+    if state.quotas.admit(ask).error:
+        assert d.victims == {}
+    mine = state.quotas.team_for(preemptor)[0]
+    for node, uids in d.victims.items():
+        assert uids and set(uids) <= set(on_node[node])
+        entries = [state.ledger.get(state.ledger.by_uid[u]) for u in uids if u in state.ledger.by_uid]
+        prios = [e.priority for e in entries if e is not None]
+        assert prios == sorted(prios)
+        slot = state.table.slot_of[node]
+        short_gpu = (state.table.gpu_mask[slot] & ~state.table.gpu_used[slot]).bit_count() < want
+        for team in state.quotas.teams.values():
+            if mine is not None and team.name == mine.name:
+                continue
+            given_up = sum(e.request.gpu for e in entries if e is not None and e.team == team.name)
+            if given_up and short_gpu:
+                assert team.used[GPU] - given_up >= team.limits[GPU].guaranteed
+        if len(entries) == len(uids):  # all accounted: the freed GPUs make room
+            freed = sum(e.request.gpu for e in entries if e is not None)
+            assert (state.table.gpu_mask[slot] & ~state.table.gpu_used[slot]).bit_count() + freed >= want

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from kubernetes import client as kclient
 
+from scheduler.quantity import milli, whole
 from tests.e2e import harness as h
 from tests.e2e.conftest import BerthHandle
 from tests.e2e.objects import create_namespace, create_nodes, delete_pod, node, pod
-from scheduler.quantity import milli, whole
 
 
 def wait_bound(api: kclient.CoreV1Api, ns: str, name: str, timeout: float = 60) -> str:

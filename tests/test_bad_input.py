@@ -1,0 +1,158 @@
+"""Requests kube-scheduler would never send: each is a 4xx naming what is wrong, never a 500, and the
+server answers a valid filter exactly as before afterwards."""
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from scheduler.config import Config
+from tests.conftest import GoWire, Serve, demo_cluster
+
+LIMIT = 16 * 1024
+
+
+@pytest.fixture
+async def small(serve: Serve) -> TestClient:
+    """Berth with a small body limit (server.max_body_bytes)."""
+    config = Config()
+    config.server.max_body_bytes = LIMIT
+    return await serve(demo_cluster(config))
+
+
+async def post(client: TestClient, path: str, body: bytes) -> tuple[int, str]:
+    r = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    text = await r.text()
+    assert "Content-Length" in r.headers
+    return r.status, text
+
+
+async def still_serves(client: TestClient, go: GoWire, expected: bytes | None = None) -> bytes:
+    """A valid filter gets a valid reply; with `expected`, byte for byte the reply it got before."""
+    r = await client.post("/scheduler/filter", data=go.args(go.pod(), go.names()[:40], True))
+    body = await r.read()
+    assert r.status == 200
+    reply = orjson.loads(body)
+    assert reply["Error"] == "" and reply["NodeNames"]
+    if expected is not None:
+        assert body == expected
+    return body
+
+
+def pod_args(go: GoWire, **replace: object) -> bytes:
+    args: dict[str, object] = {"Pod": go.pod_object(), "Nodes": None, "NodeNames": go.names()[:3]}
+    args.update(replace)
+    return orjson.dumps({k: v for k, v in args.items() if v is not DROP})
+
+
+DROP = object()
+MALFORMED = [b"", b"{", b'{"Pod":', b"nul", b'{"Pod":{}}x', b"\xff\xfe{}", b'{"Pod":{"a":1,}}', b"[" * 5000]
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize", "bind", "preempt"])
+@pytest.mark.parametrize("body", MALFORMED, ids=range(len(MALFORMED)))
+async def test_malformed_json_is_400(client: TestClient, go: GoWire, verb: str, body: bytes) -> None:
+    before = await still_serves(client, go)
+    status, text = await post(client, f"/scheduler/{verb}", body)
+    assert status == 400
+    error = orjson.loads(text)["error"]
+    assert "not valid JSON" in error or (body == b"" and "empty request body" in error), error
+    await still_serves(client, go, before)
+
+
+def wrong_shapes(go: GoWire) -> list[tuple[str, bytes, str]]:
+    """(verb, body, what the error must name)"""
+    pod = go.pod_object()
+    bind = {"PodName": "p", "PodNamespace": "default", "PodUID": "u", "Node": go.names()[0]}
+    out = []
+    for verb in ("filter", "prioritize"):
+        out += [
+            (verb, b"[]", "ExtenderArgs"),
+            (verb, b'"Pod"', "ExtenderArgs"),
+            (verb, pod_args(go, Pod=DROP), "ExtenderArgs.Pod"),
+            (verb, pod_args(go, Pod=[pod]), "ExtenderArgs.Pod"),
+            (verb, pod_args(go, Pod="pod"), "ExtenderArgs.Pod"),
+            (verb, pod_args(go, NodeNames="node-a"), "ExtenderArgs.NodeNames"),
+            (verb, pod_args(go, NodeNames={"node-a": 1}), "ExtenderArgs.NodeNames"),
+            (verb, pod_args(go, NodeNames=["node-a", 7]), "ExtenderArgs.NodeNames[1]"),
+            (verb, pod_args(go, NodeNames=[None]), "ExtenderArgs.NodeNames[0]"),
+            (verb, pod_args(go, NodeNames=None, Nodes={"items": {"a": 1}}), "ExtenderArgs.Nodes.items"),
+            (verb, pod_args(go, NodeNames=None, Nodes={"items": {}}), "ExtenderArgs.Nodes.items"),
+            (verb, pod_args(go, NodeNames=None, Nodes={"items": "node"}), "ExtenderArgs.Nodes.items"),
+            (verb, pod_args(go, NodeNames=None, Nodes={"items": [{"metadata": {}}]}), "ExtenderArgs.Nodes.items[0]"),
+            (verb, pod_args(go, NodeNames=None, Nodes=["node"]), "ExtenderArgs.Nodes"),
+        ]
+    for field in bind:
+        where = f"ExtenderBindingArgs.{field}"
+        out.append(("bind", orjson.dumps({k: v for k, v in bind.items() if k != field}), where))
+        out += [("bind", orjson.dumps({**bind, field: bad}), where) for bad in (5, None, ["p"])]
+    node = go.names()[0]
+    meta = "ExtenderPreemptionArgs.NodeNameToMetaVictims"
+    victims = "ExtenderPreemptionArgs.NodeNameToVictims"
+    for bad, where in [
+        ({"Pod": "x", "NodeNameToMetaVictims": {}}, "ExtenderPreemptionArgs.Pod"),
+        ({"NodeNameToMetaVictims": {}}, "ExtenderPreemptionArgs.Pod"),
+        ({"Pod": pod, "NodeNameToMetaVictims": []}, meta),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: []}}, f"{meta}[{node}]"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": {"UID": "u"}}}}, f"{meta}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": ["u"]}}}, f"{meta}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [{"UID": 5}]}}}, f"{meta}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": "1"}}},
+         f"{meta}[{node}].NumPDBViolations"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
+         f"{meta}[{node}].NumPDBViolations"),
+        ({"Pod": pod, "NodeNameToVictims": "x"}, victims),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [1]}}}, f"{victims}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": "x"}]}}}, f"{victims}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
+         f"{victims}[{node}].NumPDBViolations"),
+    ]:
+        out.append(("preempt", orjson.dumps(bad), where))
+    return out
+
+
+async def test_wrong_shape_is_400_naming_the_field(client: TestClient, go: GoWire) -> None:
+    before = await still_serves(client, go)
+    for verb, body, field in wrong_shapes(go):
+        status, text = await post(client, f"/scheduler/{verb}", body)
+        assert status == 400, (verb, body[:200], text)
+        assert field in orjson.loads(text)["error"], (verb, body[:200], text)
+    await still_serves(client, go, before)
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize", "bind", "preempt"])
+async def test_body_over_the_limit_is_413(small: TestClient, go: GoWire, verb: str) -> None:
+    before = await still_serves(small, go)
+    body = go.args(go.pod(), go.names()[:200], False)
+    assert len(body) > LIMIT
+    status, text = await post(small, f"/scheduler/{verb}", body)
+    assert status == 413
+    assert "max_body_bytes" in orjson.loads(text)["error"]
+    await still_serves(small, go, before)
+
+
+async def test_body_at_the_limit_is_served(small: TestClient, go: GoWire) -> None:
+    body = go.args(go.pod(), go.names()[:5], True)
+    padded = body[:-1] + b" " * (LIMIT - len(body)) + b"}"
+    assert len(padded) == LIMIT
+    status, _ = await post(small, "/scheduler/filter", padded)
+    assert status == 200
+    status, _ = await post(small, "/scheduler/filter", padded[:-1] + b" }")
+    assert status == 413
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize", "bind", "preempt"])
+async def test_wrong_method_is_405(client: TestClient, go: GoWire, verb: str) -> None:
+    before = await still_serves(client, go)
+    for method in ("GET", "PUT", "DELETE"):
+        r = await client.request(method, f"/scheduler/{verb}")
+        assert r.status == 405
+        assert "POST" in orjson.loads(await r.read())["error"]
+    await still_serves(client, go, before)
+
+
+@pytest.mark.parametrize("path", ["/scheduler/filterx", "/scheduler", "/filter", "/scheduler/filter/", "/"])
+async def test_unknown_path_is_404(client: TestClient, go: GoWire, path: str) -> None:
+    before = await still_serves(client, go)
+    status, text = await post(client, path, go.args(go.pod(), go.names()[:3], True))
+    assert status == 404 and orjson.loads(text)["error"]
+    await still_serves(client, go, before)
