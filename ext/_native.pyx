@@ -224,3 +224,174 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
                 continue
             r = floor(total / wsum + 0.5)
             out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
+
+
+# ---- reply builders: JSON bytes written straight into one buffer (the twins are in _python.py) ----
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memcpy
+
+cdef bytes _HOST = b'{"Host":'
+cdef list _SCORE = [(',"Score":%d}' % k).encode() for k in range(11)]
+
+
+def prioritize_json(list frags, const long long[::1] scores):
+    """HostPriorityList: [{"Host":"n1","Score":7},...] from pre-quoted names."""
+    cdef Py_ssize_t i, n = len(frags), total = 2, pos = 0, ln
+    cdef long long s
+    cdef bytes frag, suffix
+    cdef char* out
+    for i in range(n):
+        s = scores[i]
+        s = 0 if s < 0 else (10 if s > 10 else s)
+        total += 8 + PyBytes_GET_SIZE(<bytes>frags[i]) + PyBytes_GET_SIZE(<bytes>_SCORE[s]) + 1
+    result = PyBytes_FromStringAndSize(NULL, total - (1 if n else 0))
+    out = PyBytes_AS_STRING(result)
+    out[pos] = b'['
+    pos += 1
+    for i in range(n):
+        if i:
+            out[pos] = b','
+            pos += 1
+        memcpy(out + pos, <char*>_HOST, 8)
+        pos += 8
+        frag = <bytes>frags[i]
+        ln = PyBytes_GET_SIZE(frag)
+        memcpy(out + pos, PyBytes_AS_STRING(frag), ln)
+        pos += ln
+        s = scores[i]
+        s = 0 if s < 0 else (10 if s > 10 else s)
+        suffix = <bytes>_SCORE[s]
+        ln = PyBytes_GET_SIZE(suffix)
+        memcpy(out + pos, PyBytes_AS_STRING(suffix), ln)
+        pos += ln
+    out[pos] = b']'
+    return result
+
+
+def pick_json(list frags, const unsigned char[::1] verdicts, unsigned char want):
+    """The quoted names whose verdict is `want`, comma-separated (the inside of a JSON array)."""
+    cdef Py_ssize_t i, n = len(frags), total = 0, pos = 0, ln, count = 0
+    cdef bytes frag
+    cdef char* out
+    for i in range(n):
+        if verdicts[i] == want:
+            total += PyBytes_GET_SIZE(<bytes>frags[i])
+            count += 1
+    if count == 0:
+        return b""
+    result = PyBytes_FromStringAndSize(NULL, total + count - 1)
+    out = PyBytes_AS_STRING(result)
+    for i in range(n):
+        if verdicts[i] == want:
+            if pos:
+                out[pos] = b','
+                pos += 1
+            frag = <bytes>frags[i]
+            ln = PyBytes_GET_SIZE(frag)
+            memcpy(out + pos, PyBytes_AS_STRING(frag), ln)
+            pos += ln
+    return result
+
+
+cdef inline int _too_small(const Table* t, int s, int code, long long cpu, long long mem, int gpu) noexcept nogil:
+    cdef int k, best = 0, c
+    if code == CPU:
+        return t.alloc_cpu[s] < cpu
+    if code == MEMORY:
+        return t.alloc_mem[s] < mem
+    if code == GPU:
+        return t.alloc_gpu[s] < gpu
+    if code == TOPOLOGY:
+        for k in range(MAX_ISLANDS):
+            c = popcount(t.islands[s * MAX_ISLANDS + k])
+            if c > best:
+                best = c
+        return best < gpu
+    return 0
+
+
+def reason_ids(t, const int[::1] slots, const unsigned char[::1] verdicts, long long cpu, long long mem,
+               int gpu, int[::1] out):
+    """Groups failed nodes by the sentence they get: out[i] indexes the returned list of
+    (code, sample slot); -1 for nodes that passed. The sentence depends on the verdict, the pool or
+    GPU model for those verdicts, and whether the node is too small even when empty."""
+    cdef _Views v = _Views(t)
+    cdef const Table* tab = &v.tab
+    cdef Py_ssize_t i, j, n = slots.shape[0], k = 0
+    cdef int s, code
+    cdef long long key
+    cdef long long keys[64]
+    distinct = []
+    for i in range(n):
+        code = verdicts[i]
+        s = slots[i]
+        if code == OK:
+            out[i] = -1
+            continue
+        if code == UNKNOWN or s < 0:
+            key = UNKNOWN << 40
+        elif code == POOL:
+            key = (<long long>code << 40) | tab.pool[s]
+        elif code == MODEL:
+            key = (<long long>code << 40) | (tab.model[s] + 1)
+        else:
+            key = (<long long>code << 40) | _too_small(tab, s, code, cpu, mem, gpu)
+        for j in range(k):
+            if keys[j] == key:
+                break
+        else:
+            j = k
+            if k < 64:
+                keys[k] = key
+                k += 1
+                distinct.append((code, s))
+            else:
+                j = 63  # more than 64 distinct sentences: the rest share the last one
+        out[i] = <int>j
+    return distinct
+
+
+def failed_json(list frags, const int[::1] ids, list texts, const unsigned char[::1] hard):
+    """The insides of FailedNodes and FailedAndUnresolvableNodes: "node":"reason",... for nodes whose
+    ids[i] >= 0; texts[id] is the quoted reason, hard[id] 1 for unresolvable. Also the two counts."""
+    cdef Py_ssize_t i, n = len(frags), ln
+    cdef Py_ssize_t tot[2]
+    cdef Py_ssize_t pos[2]
+    cdef Py_ssize_t cnt[2]
+    cdef int which, idx
+    cdef bytes frag, text
+    cdef char* outs[2]
+    tot[0] = tot[1] = 0
+    pos[0] = pos[1] = 0
+    cnt[0] = cnt[1] = 0
+    for i in range(n):
+        idx = ids[i]
+        if idx < 0:
+            continue
+        which = hard[idx]
+        cnt[which] += 1
+        tot[which] += PyBytes_GET_SIZE(<bytes>frags[i]) + 2 + PyBytes_GET_SIZE(<bytes>texts[idx])
+    soft_b = PyBytes_FromStringAndSize(NULL, tot[0] - 1 if tot[0] else 0)
+    hard_b = PyBytes_FromStringAndSize(NULL, tot[1] - 1 if tot[1] else 0)
+    outs[0] = PyBytes_AS_STRING(soft_b)
+    outs[1] = PyBytes_AS_STRING(hard_b)
+    for i in range(n):
+        idx = ids[i]
+        if idx < 0:
+            continue
+        which = hard[idx]
+        if pos[which]:
+            outs[which][pos[which]] = b','
+            pos[which] += 1
+        frag = <bytes>frags[i]
+        ln = PyBytes_GET_SIZE(frag)
+        memcpy(outs[which] + pos[which], PyBytes_AS_STRING(frag), ln)
+        pos[which] += ln
+        outs[which][pos[which]] = b':'
+        pos[which] += 1
+        text = <bytes>texts[idx]
+        ln = PyBytes_GET_SIZE(text)
+        memcpy(outs[which] + pos[which], PyBytes_AS_STRING(text), ln)
+        pos[which] += ln
+    return soft_b, hard_b, cnt[0], cnt[1]

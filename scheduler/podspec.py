@@ -8,7 +8,7 @@ limits where only limits are set (the API server defaults requests from limits f
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.quantity import GPU, QuantityError, to_units
+from scheduler.quantity import GPU, QuantityError, to_decimal, to_units
 
 ANN_TEAM = "berth.dev/team"
 ANN_BORROWING = "berth.dev/borrowing"
@@ -20,6 +20,7 @@ TOPOLOGY_MODES = {"none": 0, "preferred": 1, "required": 2}
 # Bounds that keep the kernels' 64-bit sums (and 32-bit GPU counts) from overflowing; far above any real pod.
 MAX_UNITS = 1 << 62
 MAX_GPUS = 1 << 20
+MAX_DIGITS = 20  # 1e20 of anything is out of range whatever the unit
 
 
 class PodError(ValueError):
@@ -72,11 +73,21 @@ def _container_requests(container: Any) -> dict[str, int]:
 
 def _units(resource: str, value: Any, where: str) -> int:
     try:
-        amount = to_units(resource, value)
+        magnitude = to_decimal(value)
+        # checked before converting: making "1e999999" an int would hold the event loop for minutes
+        huge = magnitude.is_finite() and magnitude.adjusted() >= MAX_DIGITS
+        amount = 0 if huge else to_units(resource, value)
     except (QuantityError, ArithmeticError, ValueError) as exc:  # also Decimal overflow, NaN, Infinity
-        raise PodError(f"{where}: {resource}: {value!r} is not a Kubernetes quantity") from exc
+        raise PodError(f"{where}: {resource}: {_short(value)} is not a Kubernetes quantity") from exc
+    if huge:
+        raise PodError(f"{where}: {resource} {_short(value)} is far beyond what any node has")
     _check_range(resource, amount, where)
     return amount
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:36]}...{text[-1]}"
 
 
 def _check_range(resource: str, amount: int, where: str) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,7 +20,15 @@ from scheduler import kernels as K
 from scheduler import preempt
 from scheduler.binder import Binder, BindError
 from scheduler.metrics import Metrics
-from scheduler.placement import OTHER_RESOURCE, REASON_NAMES, Reasons, explain, judge, run_filter, run_score
+from scheduler.placement import (
+    REASON_NAMES,
+    Judgement,
+    Reasons,
+    explain,
+    judge,
+    run_filter,
+    run_score,
+)
 from scheduler.podspec import PodAsk, PodError, pod_ask
 from scheduler.showback import account_gpu_seconds, team_rows
 from scheduler.state import ClusterState, pod_key
@@ -33,12 +42,12 @@ from scheduler.wire import (
     parse_binding_args,
     parse_preemption_args,
     preemption_reply,
-    prioritize_reply,
 )
 
 log = logging.getLogger("berth.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
+UNKNOWN_NODE = "berth: node is not in Berth's cache yet"
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -139,55 +148,46 @@ class Berth:
         if j.admission.error:
             m.filter_nodes.labels("unresolvable").inc(n)
             m.rejections.labels("quota").inc(n)
-            sentence = f"berth: {j.admission.error}"
-            return filter_reply(args, [], {}, dict.fromkeys(args.names, sentence))
+            sentence = orjson.dumps(f"berth: {j.admission.error}")
+            return filter_reply(args, b"", b"", b",".join(f + b":" + sentence for f in args.frags), [])
         verdicts, passed = run_filter(state, j, args.slots)
         if ask.request.other:
             passed = self._other_resources(args, ask, verdicts)
         if passed == n:
             m.filter_nodes.labels("passed").inc(n)
-            return filter_reply(args, None, {}, {})
-        ok, failed, unres = [], {}, {}
-        reasons = Reasons(state, j)
-        slots = args.slots
-        for i, v in enumerate(verdicts):
-            if v == K.OK:
-                ok.append(i)
-            elif v == K.UNKNOWN:
-                failed[args.names[i]] = "berth: node is not in Berth's cache yet"
-            else:
-                text, hard = reasons.of(v, slots[i])
-                (unres if hard else failed)[args.names[i]] = text
+            return filter_reply(args, None, b"", b"")
+        return self._partial_reply(args, j, verdicts, passed)
+
+    def _partial_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
+        """Some nodes failed: group them by sentence (kernel), word each group once, write the maps."""
+        r, m = j.ask.request, self.metrics
+        ids = array("i", bytes(4 * len(verdicts)))
+        groups = K.reason_ids(self.state.table, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids)
+        reasons = Reasons(self.state, j)
+        worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
+        texts = [orjson.dumps(text) for text, _ in worded]
+        hard = bytes(int(h) for _, h in worded)
+        failed, unres, n_failed, n_unres = K.failed_json(args.frags, ids, texts, hard)
         for code, label in REASON_NAMES.items():
             c = verdicts.count(code)
             if c:
                 m.rejections.labels(label).inc(c)
-        m.filter_nodes.labels("passed").inc(len(ok))
-        m.filter_nodes.labels("failed").inc(len(failed))
-        m.filter_nodes.labels("unresolvable").inc(len(unres))
-        return filter_reply(args, ok, failed, unres)
-
-    def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
-        """Extended resources other than GPUs are rare: checked here, off the kernel path.
-        Berth does not track their use, so this only rejects nodes that do not have them at all."""
-        t = self.state.table
-        for i, s in enumerate(args.slots):
-            if verdicts[i] == K.OK:
-                facts = t.facts[s]
-                have = facts.other_alloc if facts else {}
-                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
-                    verdicts[i] = OTHER_RESOURCE
-        return verdicts.count(K.OK)
+        m.filter_nodes.labels("passed").inc(passed)
+        m.filter_nodes.labels("failed").inc(n_failed)
+        m.filter_nodes.labels("unresolvable").inc(n_unres)
+        index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
+        return filter_reply(args, K.pick_json(args.frags, verdicts, K.OK), failed, unres, index)
 
     async def prioritize(self, request: web.Request) -> web.Response:
         args = self.names.parse(await request.read())
         try:
             ask = self._ask(args.pod)
-        except PodError:
+        except PodError:  # prioritize has no error field; a pod that cannot be judged gets no preference
             self.metrics.errors.labels("prioritize", "pod").inc()
-            return web.Response(body=prioritize_reply(args.names, [0] * len(args.names)), content_type=JSON)
-        scores = run_score(self.state, judge(self.state, ask), args.slots)
-        return web.Response(body=prioritize_reply(args.names, scores), content_type=JSON)
+            scores = array("q", bytes(8 * len(args.names)))
+        else:
+            scores = run_score(self.state, judge(self.state, ask), args.slots)
+        return web.Response(body=K.prioritize_json(args.frags, scores), content_type=JSON)
 
     async def bind(self, request: web.Request) -> web.Response:
         if not self.accepting:

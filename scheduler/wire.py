@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from cachetools import LRUCache
 
 from scheduler.nodetable import NodeTable
 
@@ -50,44 +49,73 @@ class ExtenderArgs:
     names: list[str]
     slots: array  # int32 slot per name, -1 where the node is not in the table
     nodes: list[dict[str, Any]] | None  # full Node objects (nodeCacheCapable: false), else None
+    frags: list[bytes]  # each name JSON-quoted, ready to be copied into a reply
+    known: "_Known | None" = None  # the cache entry these names came from
+
+    def all_names_json(self) -> bytes:
+        """The inside of a NodeNames array holding every requested name (joined once per list)."""
+        if self.known is not None:
+            if self.known.joined is None:
+                self.known.joined = b",".join(self.frags)
+            return self.known.joined
+        return b",".join(self.frags)
+
+
+@dataclass(slots=True)
+class _Known:
+    tail: bytes
+    version: int
+    names: list[str]
+    slots: array
+    frags: list[bytes]
+    joined: bytes | None = None
 
 
 class NodeNamesCache:
-    """kube-scheduler sends the same NodeNames again and again: remember the name list and its slots
-    by the raw bytes of the array, so a repeat skips decoding thousands of names and looking them up.
-    Hand-written because the key is a slice of the body that no JSON library exposes."""
+    """kube-scheduler sends the same NodeNames again and again: remember the names, their slots and
+    their quoted reply fragments by the raw bytes of the array, so a repeat skips decoding thousands
+    of names and looking them up. Hand-written because the key is a slice of the body that no JSON
+    library exposes; entries are compared by length, then memcmp (cheaper than hashing the slice)."""
 
     MARK = b',"NodeNames":['
 
-    def __init__(self, table: NodeTable, size: int = 32) -> None:
+    def __init__(self, table: NodeTable, size: int = 8) -> None:
         self.table = table
-        self._lru: LRUCache[bytes, tuple[int, list[str], array]] = LRUCache(maxsize=size)
+        self.size = size
+        self._known: list[_Known] = []
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
         get = self.table.slot_of.get
         return array("i", [get(n, -1) for n in names])
 
+    def _lookup(self, tail: bytes) -> _Known | None:
+        for i, k in enumerate(self._known):
+            if len(k.tail) == len(tail) and k.tail == tail:
+                if i:
+                    self._known.insert(0, self._known.pop(i))
+                if k.version != self.table.version:
+                    k.slots, k.version = self.slots_for(k.names), self.table.version
+                return k
+        return None
+
     def parse(self, body: bytes) -> ExtenderArgs:
         idx = body.rfind(self.MARK)
-        if idx > 0 and body.endswith(b"]}"):
-            tail = body[idx:]
-            hit = self._lru.get(tail)
-            if hit is not None:
-                try:
-                    head = orjson.loads(body[:idx] + b"}")
-                except orjson.JSONDecodeError:
-                    head = None
-                if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
-                    version, names, slots = hit
-                    if version != self.table.version:
-                        slots = self.slots_for(names)
-                        self._lru[tail] = (self.table.version, names, slots)
-                    self.hits += 1
-                    return ExtenderArgs(_pod(head), names, slots, None)
+        tail = body[idx:] if idx > 0 and body.endswith(b"]}") else b""
+        known = self._lookup(tail) if tail else None
+        if known is not None:
+            try:
+                head = orjson.loads(body[:idx] + b"}")
+            except orjson.JSONDecodeError:
+                head = None
+            if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
+                self.hits += 1
+                return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
         args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
-        if args.nodes is None and idx > 0 and body.endswith(b"]}"):
-            self._lru[body[idx:]] = (self.table.version, args.names, args.slots)
+        if args.nodes is None and tail:
+            args.known = _Known(tail, self.table.version, args.names, args.slots, args.frags)
+            self._known.insert(0, args.known)
+            del self._known[self.size:]
         return args
 
 
@@ -108,9 +136,9 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
         for i, n in enumerate(raw_names):
             if not isinstance(n, str):
                 raise WireError(400, f"ExtenderArgs.NodeNames[{i}]: expected a string")
-        return ExtenderArgs(pod, raw_names, cache.slots_for(raw_names), None)
+        return ExtenderArgs(pod, raw_names, cache.slots_for(raw_names), None, quoted(raw_names))
     if raw_nodes is None:
-        return ExtenderArgs(pod, [], array("i"), None)
+        return ExtenderArgs(pod, [], array("i"), None, [])
     if not isinstance(raw_nodes, dict):
         raise WireError(400, "ExtenderArgs.Nodes: expected a NodeList object or null")
     items = raw_nodes.get("items")
@@ -120,37 +148,36 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
         raise WireError(400, "ExtenderArgs.Nodes.items: expected a list of Node objects")
     names = []
     for i, node in enumerate(items):
-        name = (node.get("metadata") or {}).get("name") if isinstance(node, dict) else None
+        meta = node.get("metadata") if isinstance(node, dict) else None
+        name = meta.get("name") if isinstance(meta, dict) else None
         if not isinstance(name, str):
             raise WireError(400, f"ExtenderArgs.Nodes.items[{i}]: expected a Node with metadata.name")
         names.append(name)
-    return ExtenderArgs(pod, names, cache.slots_for(names), items)
+    return ExtenderArgs(pod, names, cache.slots_for(names), items, quoted(names))
 
 
-def filter_reply(args: ExtenderArgs, passed: list[int] | None, failed: dict[str, str],
-                 unresolvable: dict[str, str], error: str = "") -> bytes:
-    """ExtenderFilterResult; `passed` None means every node passed. With full Nodes in, the survivors
-    go back as Nodes (the scheduler ignores NodeNames then); with NodeNames in, as NodeNames."""
+def quoted(names: list[str]) -> list[bytes]:
+    return [orjson.dumps(n) for n in names]
+
+
+def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unresolvable: bytes,
+                 passed_index: list[int] | None = None) -> bytes:
+    """ExtenderFilterResult from JSON fragments: `passed` is the inside of the NodeNames array (None:
+    every node passed), `failed` / `unresolvable` the insides of the two maps. With full Nodes in, the
+    survivors go back as Nodes (the scheduler ignores NodeNames then), chosen by `passed_index`."""
     if args.nodes is not None:
-        items = args.nodes if passed is None else [args.nodes[i] for i in passed]
-        nodes: Any = {"metadata": {}, "items": items}
-        names = None
+        items = args.nodes if passed_index is None else [args.nodes[i] for i in passed_index]
+        head = b'{"Nodes":' + orjson.dumps({"metadata": {}, "items": items}) + b',"NodeNames":null'
     else:
-        nodes = None
-        names = args.names if passed is None else [args.names[i] for i in passed]
-    return orjson.dumps({
-        "Nodes": nodes, "NodeNames": names, "FailedNodes": failed,
-        "FailedAndUnresolvableNodes": unresolvable, "Error": error,
-    })
+        names = args.all_names_json() if passed is None else passed
+        head = b'{"Nodes":null,"NodeNames":[' + names + b"]"
+    return (head + b',"FailedNodes":{' + failed + b'},"FailedAndUnresolvableNodes":{' + unresolvable
+            + b'},"Error":""}')
 
 
 def error_filter_reply(args: ExtenderArgs | None, error: str) -> bytes:
     return orjson.dumps({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                          "Error": error})
-
-
-def prioritize_reply(names: list[str], scores: Any) -> bytes:
-    return orjson.dumps([{"Host": n, "Score": int(s)} for n, s in zip(names, scores, strict=True)])
 
 
 @dataclass(slots=True)

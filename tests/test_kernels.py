@@ -277,6 +277,13 @@ def test_native_matches_twin(native: ModuleType, cluster: Cluster, pod: Pod, dat
     native.score_nodes(t, *args, pool_ok, pool_avail, params, score_c)
     assert list(score_c) == list(score_py)
 
+    # Failed nodes are grouped by the sentence they get the same way by both.
+    ids_py, ids_c = array("i", bytes(4 * len(slots))), array("i", bytes(4 * len(slots)))
+    groups_py = _python.reason_ids(t, slots, bytes(out_py), pod.cpu, pod.mem, pod.gpu, ids_py)
+    groups_c = native.reason_ids(t, slots, bytes(out_c), pod.cpu, pod.mem, pod.gpu, ids_c)
+    assert groups_c == groups_py
+    assert list(ids_c) == list(ids_py)
+
 
 def test_huge_memory_scores_agree(native: ModuleType) -> None:
     """Regression: the twin divided Python ints exactly while C rounds each operand to double first,

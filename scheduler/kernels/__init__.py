@@ -21,21 +21,28 @@ from scheduler.kernels._python import (
 
 NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
 
+_twins = (_python.filter_nodes, _python.score_nodes, _python.prioritize_json, _python.pick_json,
+          _python.reason_ids, _python.failed_json)
+NATIVE = False
 if NO_EXTENSIONS:
-    filter_nodes = _python.filter_nodes
-    score_nodes = _python.score_nodes
-    NATIVE = False
+    filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json = _twins
 else:
     try:
-        from scheduler.kernels._native import filter_nodes, score_nodes
+        from scheduler.kernels._native import (
+            failed_json,
+            filter_nodes,
+            pick_json,
+            prioritize_json,
+            reason_ids,
+            score_nodes,
+        )
 
         NATIVE = True
     except ImportError:  # not built (e.g. a source checkout without `pip install`): the twins still serve
-        filter_nodes = _python.filter_nodes
-        score_nodes = _python.score_nodes
-        NATIVE = False
+        filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json = _twins
 
 __all__ = [
     "CPU", "GPU", "MEMORY", "MODEL", "NATIVE", "OK", "PODS", "POOL", "TOPOLOGY", "UNKNOWN",
-    "UNSCHEDULABLE", "choose_devices", "filter_nodes", "node_score_parts", "score_nodes",
+    "UNSCHEDULABLE", "choose_devices", "failed_json", "filter_nodes", "node_score_parts", "pick_json",
+    "prioritize_json", "reason_ids", "score_nodes",
 ]

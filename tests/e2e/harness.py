@@ -100,8 +100,11 @@ class ControlPlane:
 
     ADMIN_TOKEN = "berth-e2e-admin-token"
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, apiserver_flags: list[str] | None = None) -> None:
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="berth-e2e-"))
+        # Extra kube-apiserver flags, after the defaults (a repeated flag's last value wins), e.g. a short
+        # --etcd-compaction-interval for a test of expired watches.
+        self.apiserver_flags = list(apiserver_flags or [])
         self.bin = k8s_bin()
         self.etcd_port = free_port()
         self.peer_port = free_port()
@@ -147,6 +150,7 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
             "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             "--watch-cache=true", "--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000",
+            *self.apiserver_flags,
         ], d).start()
         wait_until(self._ready, 90, "kube-apiserver /readyz", every=0.3)
 
@@ -211,8 +215,10 @@ class ControlPlane:
 
 def scheduler_config(cp: ControlPlane, path: Path, berth_url: str | None, scheduler_name: str,
                      node_cache_capable: bool = True, percentage: int | None = None, qps: int = 500,
-                     leader_elect: bool = False, lock: str = "berth-scheduler") -> Path:
-    """A KubeSchedulerConfiguration: one profile; with berth_url, Berth as its extender."""
+                     leader_elect: bool = False, lock: str = "berth-scheduler",
+                     tls: dict[str, str] | None = None) -> Path:
+    """A KubeSchedulerConfiguration: one profile; with berth_url, Berth as its extender. With tls (the
+    extender's tlsConfig: caFile, certFile, keyFile, ...) the extender is called with enableHTTPS."""
     cfg: dict[str, Any] = {
         "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": str(cp.admin_kubeconfig), "qps": qps, "burst": qps * 2},
@@ -226,6 +232,8 @@ def scheduler_config(cp: ControlPlane, path: Path, berth_url: str | None, schedu
         cfg["extenders"] = [{"urlPrefix": f"{berth_url}/scheduler", "filterVerb": "filter",
                              "prioritizeVerb": "prioritize", "bindVerb": "bind", "preemptVerb": "preempt",
                              "weight": 5, "nodeCacheCapable": node_cache_capable, "httpTimeout": "5s"}]
+        if tls:
+            cfg["extenders"][0].update({"enableHTTPS": True, "tlsConfig": dict(tls)})
     path.write_text(yaml.safe_dump(cfg))
     return path
 

@@ -104,7 +104,6 @@ def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, 
                 for p in api.list_namespaced_pod(ns).items:
                     print(p.metadata.name, p.spec.node_name, p.metadata.deletion_timestamp,
                           p.status.nominated_node_name, (p.metadata.annotations or {}).get("berth.dev/borrowing"))
-            print([ (n["name"], n["free"]) for n in berth.get("/debug/nodes")["nodes"] if n["name"][:2] in ("qa", "qb")])
             raise
         assert bound(api, teams["team-a"]) >= GUARANTEED, "reclaim never takes team-a below its guarantee"
         # team-b's pool held 8 of team-a's borrowed pods: only preemption can have freed them.
