@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import copy
 import os
 import queue
 import re
@@ -101,6 +100,13 @@ def json_values() -> st.SearchStrategy[Any]:
                         | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
 
 
+# built once: hypothesis strategies are costly to construct and validate, cheap to draw from
+JSON_VALUES = json_values()
+QUANTITIES = st.sampled_from(ODD_QUANTITIES) | st.from_regex(
+    r"[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,7})?(m|k|M|G|T|E|Ki|Mi|Gi|Ei|u|n)?", fullmatch=True)
+OPS = st.sampled_from(["replace", "replace", "delete", "recase", "quantity"])
+
+
 def paths(obj: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
     if prefix:
         yield prefix
@@ -124,24 +130,24 @@ QUANTITY_PATH = re.compile(r"^(cpu|memory|nvidia\.com/gpu|pods|ephemeral-storage
 @st.composite
 def mutated(draw: st.DrawFn, template: dict[str, Any]) -> bytes:
     """The valid payload with one to three fields replaced, deleted, re-cased or given odd quantities."""
-    obj = copy.deepcopy(template)
+    obj = orjson.loads(orjson.dumps(template))  # a deep copy, faster than copy.deepcopy
     for _ in range(draw(st.integers(1, 3))):
         all_paths = list(paths(obj))
         if not all_paths:
             break
+        op = draw(OPS)
         quantities = [p for p in all_paths if isinstance(p[-1], str) and QUANTITY_PATH.match(p[-1])]
-        op = draw(st.sampled_from(["replace", "replace", "delete", "recase", "quantity"]))
-        path = draw(st.sampled_from(quantities if op == "quantity" and quantities else all_paths))
+        choices = quantities if op == "quantity" and quantities else all_paths
+        path = choices[draw(st.integers(0, len(choices) - 1))]
         holder, key = parent(obj, path), path[-1]
         if op == "delete":
             del holder[key]
         elif op == "recase" and isinstance(key, str):
             holder[draw(st.sampled_from([key.lower(), key.upper(), key.swapcase()]))] = holder.pop(key)
         elif op == "quantity":
-            holder[key] = draw(st.sampled_from(ODD_QUANTITIES) | st.from_regex(
-                r"[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,7})?(m|k|M|G|T|E|Ki|Mi|Gi|Ei|u|n)?", fullmatch=True))
+            holder[key] = draw(QUANTITIES)
         else:
-            holder[key] = draw(json_values())
+            holder[key] = draw(JSON_VALUES)
     return orjson.dumps(obj)
 
 
@@ -162,7 +168,7 @@ def nested(draw: st.DrawFn, limit: int) -> bytes:
 @st.composite
 def near_limit(draw: st.DrawFn, template: dict[str, Any], limit: int) -> bytes:
     """A valid payload padded to just under or just over the body limit (a huge annotation or pod name)."""
-    obj = copy.deepcopy(template)
+    obj = orjson.loads(orjson.dumps(template))
     holder: dict[str, Any] = obj["Pod"]["metadata"].setdefault("annotations", {}) if "Pod" in obj else obj
     key = "example.com/blob" if "Pod" in obj else "PodName"
     char, width = draw(st.sampled_from([("x", 1), ("\u00e9", 2), ("\u2603", 3), ('"', 2), ("\\", 2), ("\n", 2)]))
@@ -188,7 +194,7 @@ def verb_bodies(templates: Templates, verb: str, limit: int) -> st.SearchStrateg
         pick_b,
         pick_t.flatmap(mutated), pick_t.flatmap(mutated), pick_t.flatmap(mutated),
         pick_b.flatmap(truncated),
-        json_values().map(orjson.dumps),
+        JSON_VALUES.map(orjson.dumps),
         st.binary(max_size=1024),
         nested(limit),
         pick_t.flatmap(lambda t: near_limit(t, limit)),

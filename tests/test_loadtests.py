@@ -39,7 +39,7 @@ def free_port() -> int:
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "the typical extender exited early"
+        assert proc.poll() is None, "the server exited early"
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=1) as reply:
                 if reply.status == 200:
@@ -63,7 +63,31 @@ def typical_extender() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
+@pytest.fixture
+def berth_demo() -> Iterator[str]:
+    """`berth serve --demo`, the server the README's locust command targets."""
+    port = free_port()
+    argv = [sys.executable, "-m", "scheduler", "serve", "--demo", "--demo-nodes", "2000", "--port", str(port)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_locust_scenario_runs_clean_against_berth(berth_demo: str, tmp_path: Path) -> None:
+    run_locust(berth_demo, tmp_path)
+
+
 def test_locust_scenario_runs_clean_against_typical_extender(typical_extender: str, tmp_path: Path) -> None:
+    run_locust(typical_extender, tmp_path)
+
+
+def run_locust(host: str, tmp_path: Path) -> None:
+    """A short bounded headless run; every verb is exercised and nothing fails."""
     locust = Path(sys.executable).parent / "locust"
     argv = [
         str(locust),
@@ -80,7 +104,7 @@ def test_locust_scenario_runs_clean_against_typical_extender(typical_extender: s
         "--exit-code-on-error",
         "1",
         "--host",
-        typical_extender,
+        host,
         "--csv",
         str(tmp_path / "run"),
     ]
