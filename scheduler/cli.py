@@ -73,13 +73,25 @@ def _serve(args: argparse.Namespace) -> int:
     from scheduler import logs, run
     logs.setup(config.log_level)
     try:
-        return asyncio.run(run.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
-                                     tls=(args.tls_cert, args.tls_key, args.client_ca)))
+        return _event_loop_runner()(run.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
+                                              tls=(args.tls_cert, args.tls_key, args.client_ca)))
     except run.StartupError as exc:
         print(f"berth: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
+
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    """uvloop when installed (measured in docs/BENCHMARKS.md); BERTH_NO_UVLOOP=1 keeps asyncio's loop."""
+    import os
+    if not os.environ.get("BERTH_NO_UVLOOP"):
+        try:
+            import uvloop
+            return uvloop.run
+        except ImportError:
+            pass
+    return asyncio.run
 
 
 def _explain(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ chunked: Go would drop the connection). Bad input is a 4xx naming what is wrong,
 """
 
 import asyncio
-import contextlib
+import gc
 import logging
 import time
 from array import array
@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from cachetools import TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler import kernels as K
@@ -62,7 +63,8 @@ class Berth:
         self.binder = binder
         self.fetch_pod = fetch_pod
         self.names = NodeNamesCache(state.table)
-        self.seen_by_key: dict[str, PodAsk] = {}
+        # Pods seen in filter, by namespace/name: what `explain` reads when there is no API server (demo).
+        self.recent_pods: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=600)
         self._timers = {v: metrics.duration.labels(v) for v in ("filter", "prioritize", "bind", "preempt")}
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True
@@ -128,6 +130,8 @@ class Berth:
         ask = pod_ask(args_pod)
         if ask.uid:
             self.state.seen[ask.uid] = ask
+        if self.fetch_pod is None:
+            self.recent_pods[pod_key(ask.namespace, ask.name)] = args_pod
         return ask
 
     # -- verbs ---------------------------------------------------------------------------------
@@ -139,7 +143,11 @@ class Berth:
             self.metrics.errors.labels("filter", "pod").inc()
             return web.Response(body=error_filter_reply(args, f"berth: pod cannot be judged: {exc}"),
                                 content_type=JSON)
-        return web.Response(body=self._filter(args, ask), content_type=JSON)
+        body = self._filter(args, ask)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],
+                      extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "filter"})
+        return web.Response(body=body, content_type=JSON)
 
     def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
         state, m = self.state, self.metrics
@@ -187,6 +195,11 @@ class Berth:
             scores = array("q", bytes(8 * len(args.names)))
         else:
             scores = run_score(self.state, judge(self.state, ask), args.slots)
+            if log.isEnabledFor(logging.DEBUG) and len(scores):
+                best = max(range(len(scores)), key=scores.__getitem__)
+                log.debug("prioritize %s/%s: best %s (%d of 10) among %d", ask.namespace, ask.name,
+                          args.names[best], scores[best], len(scores),
+                          extra={"pod": f"{ask.namespace}/{ask.name}", "node": args.names[best], "verb": "prioritize"})
         return web.Response(body=K.prioritize_json(args.frags, scores), content_type=JSON)
 
     async def bind(self, request: web.Request) -> web.Response:
@@ -266,7 +279,7 @@ class Berth:
             ns, name = request.query.get("namespace", "default"), request.query.get("pod")
             if not name:
                 raise WireError(400, "explain needs ?namespace=..&pod=.. or a POSTed Pod")
-            pod = await self.fetch_pod(ns, name) if self.fetch_pod else None
+            pod = await self.fetch_pod(ns, name) if self.fetch_pod else self.recent_pods.get(pod_key(ns, name))
             if pod is None:
                 raise WireError(404, f"pod {pod_key(ns, name)} not found")
         if not isinstance(pod, dict):
@@ -279,15 +292,25 @@ class Berth:
         return _json(explain(self.state, ask, names.split(",") if names else None))
 
     # -- housekeeping ----------------------------------------------------------------------------
-    async def housekeeping(self, every: float = 1.0) -> None:
-        """Expire unconfirmed reservations, refresh gauges and count GPU-seconds, once a second."""
-        last = time.monotonic()
+    async def housekeeping(self, every: float = 1.0, freeze_every: float = 30.0) -> None:
+        """Expire unconfirmed reservations, refresh gauges and count GPU-seconds, once a second; keep the
+        long-lived cluster picture out of the cyclic collector's way (frozen objects are never rescanned,
+        so a full collection does not stall a filter call for tens of milliseconds)."""
+        last = last_freeze = time.monotonic()
+        synced = False
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
-            with contextlib.suppress(Exception):
+            try:
                 self.state.reservations.expire()
                 self.refresh_gauges()
                 account_gpu_seconds(self.state, self.metrics, now - last)
+            except Exception:
+                log.exception("housekeeping failed")
+            if (self.state.ready and not synced) or now - last_freeze > freeze_every:
+                if not synced:
+                    gc.collect()
+                gc.freeze()
+                synced, last_freeze = synced or self.state.ready, now
             last = now
 

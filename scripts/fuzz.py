@@ -127,19 +127,31 @@ def parent(obj: Any, path: tuple[Any, ...]) -> Any:
 QUANTITY_PATH = re.compile(r"^(cpu|memory|nvidia\.com/gpu|pods|ephemeral-storage|example\.com/.*)$")
 
 
+_PATHS: dict[int, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]] = {}
+
+
+def template_paths(template: dict[str, Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Every path into a template, and those that hold a quantity (computed once per template)."""
+    if id(template) not in _PATHS:
+        every = list(paths(template))
+        _PATHS[id(template)] = every, [p for p in every if isinstance(p[-1], str) and QUANTITY_PATH.match(p[-1])]
+    return _PATHS[id(template)]
+
+
 @st.composite
 def mutated(draw: st.DrawFn, template: dict[str, Any]) -> bytes:
     """The valid payload with one to three fields replaced, deleted, re-cased or given odd quantities."""
     obj = orjson.loads(orjson.dumps(template))  # a deep copy, faster than copy.deepcopy
+    every, quantities = template_paths(template)
     for _ in range(draw(st.integers(1, 3))):
-        all_paths = list(paths(obj))
-        if not all_paths:
-            break
         op = draw(OPS)
-        quantities = [p for p in all_paths if isinstance(p[-1], str) and QUANTITY_PATH.match(p[-1])]
-        choices = quantities if op == "quantity" and quantities else all_paths
+        choices = quantities if op == "quantity" and quantities else every
         path = choices[draw(st.integers(0, len(choices) - 1))]
-        holder, key = parent(obj, path), path[-1]
+        try:
+            holder, key = parent(obj, path), path[-1]
+            holder[key]  # an earlier mutation may have removed or replaced it
+        except (KeyError, IndexError, TypeError):
+            continue
         if op == "delete":
             del holder[key]
         elif op == "recase" and isinstance(key, str):
@@ -257,13 +269,20 @@ class Tally:
 
 
 # -- the live run ----------------------------------------------------------------------------------------
-def generate(templates: Templates, limit: int, count: int, out: queue.Queue[tuple[str, bytes] | None]) -> None:
-    """Hypothesis draws `count` bodies into `out` (run in a thread), then None."""
-    @settings(max_examples=count, deadline=None, database=None, phases=[Phase.generate],
+def generate(templates: Templates, limit: int, count: int, out: queue.Queue[tuple[str, bytes] | None],
+             batch: int = 16) -> None:
+    """Hypothesis draws `count` bodies into `out` (run in a thread), then None. Each example is a batch of
+    bodies: the engine's per-example bookkeeping costs more than drawing one body."""
+    left = count
+
+    @settings(max_examples=-(-count // batch), deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(bodies(templates, limit))
-    def draw(item: tuple[str, bytes]) -> None:
-        out.put(item)
+    @given(st.lists(bodies(templates, limit), min_size=batch, max_size=batch, unique_by=lambda item: item[1]))
+    def draw(items: list[tuple[str, bytes]]) -> None:
+        nonlocal left
+        for item in items[:left]:
+            out.put(item)
+        left -= min(left, len(items))
 
     try:
         draw()
@@ -397,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=10_000, help="bodies to send (default 10,000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent keep-alive connections (default 8)")
-    p.add_argument("--max-body", type=int, default=1 << 20, help="server.max_body_bytes for the run (default 1 MiB)")
+    p.add_argument("--max-body", type=int, default=256 << 10, help="server.max_body_bytes for the run (default 256 KiB)")
     args = p.parse_args(argv)
     port = free_port()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

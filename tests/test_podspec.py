@@ -1,6 +1,7 @@
 """What a pod asks for: effective requests exactly as kube-scheduler computes them
 (k8s.io/component-helpers resource.PodRequests), Kubernetes quantities, and Berth's pod annotations."""
 
+import time
 from typing import Any
 
 import pytest
@@ -151,6 +152,16 @@ def test_bad_quantity_in_overhead_and_totals() -> None:
         pod_request(spec([c(mem="3Ei"), c(mem="3Ei")]))
     with pytest.raises(PodError):
         pod_request(spec([c(limits={GPU: "100000000"})]))
+
+
+@pytest.mark.parametrize("huge", ["1e999999", "1e300000Ei", "-1e999999", "9" * 5000, "1e20"])
+def test_huge_quantities_are_refused_at_once(huge: str) -> None:
+    """Turning "1e999999" into an int takes minutes: it must be refused before that, not after."""
+    started = time.perf_counter()
+    for resource in ("cpu", "memory", GPU):
+        with pytest.raises(PodError, match=resource):
+            pod_request(spec([{"name": "c", "resources": {"requests": {resource: huge}}}]))
+    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.parametrize("bad_spec", [

@@ -111,6 +111,15 @@ async def test_cpu_pod_passes_only_shared_pool(client: TestClient, go: GoWire) -
     assert survivors and set(survivors) <= shared
 
 
+async def test_extended_resource_no_node_has(client: TestClient, go: GoWire) -> None:
+    pod = go.pod().replace(b'"requests":{"cpu":"8"', b'"requests":{"example.com/fpga":"1","cpu":"8"')
+    names = go.names()[:10]
+    status, reply = await call(client, "filter", go.args(pod, names, True))
+    assert status == 200 and reply["Error"] == "" and reply["NodeNames"] == []
+    check_filter_result(reply, names, True)
+    assert any("example.com/fpga" in why for why in reply["FailedAndUnresolvableNodes"].values())
+
+
 async def test_repeated_node_names_give_the_same_reply(client: TestClient, go: GoWire) -> None:
     """kube-scheduler resends the same NodeNames: the cached path must answer exactly like the first."""
     body = go.args(go.pod(), mixed_names(go), True)

@@ -1,0 +1,52 @@
+"""`/debug/explain`: per-node verdicts and score parts for a pod, and `berth explain` against it."""
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from scheduler.binder import Binder
+from scheduler.config import Config
+from scheduler.demo import make_node, make_pod
+from scheduler.metrics import Metrics
+from scheduler.server import Berth
+from scheduler.state import ClusterState
+
+
+@pytest.fixture
+async def client() -> TestClient:
+    state = ClusterState(Config())
+    now = "2030-01-01T00:00:00Z"
+    state.apply_node("ADDED", make_node("half", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB",
+                                        [[0, 1, 2, 3], [4, 5, 6, 7]], None, now, "z1"))
+    state.apply_node("ADDED", make_node("empty", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB",
+                                        [[0, 1, 2, 3, 4, 5, 6, 7]], None, now, "z1"))
+    state.apply_node("ADDED", make_node("cpu", "shared", 32, 128, 0, None, None, None, now, "z1"))
+    state.apply_pod("ADDED", make_pod("default", "held", "half", "1", "1Gi", 2, {"berth.dev/gpu-ids": "0,1"}))
+    for kind in ("nodes", "pods"):
+        state.mark_synced(kind)
+    c = TestClient(TestServer(Berth(state, Metrics(), Binder(state, None, None)).app()))
+    await c.start_server()
+    yield c
+    await c.close()
+
+
+async def test_explain_shows_verdicts_and_parts(client: TestClient) -> None:
+    pod = make_pod("default", "pair", None, "1", "1Gi", 2)
+    r = await client.post("/debug/explain", data=orjson.dumps(pod))
+    assert r.status == 200
+    out = await r.json()
+    rows = {row["node"]: row for row in out["nodes"]}
+    assert out["request"]["nvidia.com/gpu"] == 2
+    assert out["nodes"][0]["node"] == "half", "best node first"
+    assert rows["half"]["parts"]["topology"] == 10.0 and rows["half"]["parts"]["gpu_packing"] == 5.0
+    assert rows["empty"]["parts"]["gpu_packing"] == 0.0
+    assert rows["half"]["score"] > rows["empty"]["score"]
+    assert rows["cpu"]["fits"] is False and "nvidia.com/gpu" in rows["cpu"]["reason"]
+
+
+async def test_explain_by_name_needs_a_pod(client: TestClient) -> None:
+    r = await client.get("/debug/explain")
+    assert r.status == 400
+    r = await client.get("/debug/explain?namespace=default&pod=nope")
+    assert r.status == 404
+    assert "nope" in (await r.json())["error"]
