@@ -166,6 +166,18 @@ class Berth:
             return filter_reply(args, None, b"", b"")
         return self._partial_reply(args, j, verdicts, passed)
 
+    def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
+        """Extended resources other than GPUs are rare: checked here, off the kernel path. Berth does
+        not track their use, so this only rejects nodes that lack them altogether."""
+        t = self.state.table
+        for i, s in enumerate(args.slots):
+            if verdicts[i] == K.OK:
+                facts = t.facts[s]
+                have = facts.other_alloc if facts else {}
+                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
+                    verdicts[i] = OTHER_RESOURCE
+        return verdicts.count(K.OK)
+
     def _partial_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
         """Some nodes failed: group them by sentence (kernel), word each group once, write the maps."""
         r, m = j.ask.request, self.metrics

@@ -99,7 +99,7 @@ def test_writes_berth_needs_are_allowed(cp: h.ControlPlane, api: kclient.CoreV1A
         res = cp.kubectl("auth", "can-i", *args, check=False, kubeconfig=berth_kubeconfig)
         return res.stdout.strip() == "yes"
 
-    assert can_i("create", "pods/binding", "-n", ns)
+    assert can_i("create", "pods", "--subresource=binding", "-n", ns)  # "pods/binding" would mean the pod "binding"
     assert can_i("patch", "teamquotas.berth.dev", "--subresource=status")
     assert can_i("update", "teamquotas.berth.dev", "--subresource=status")
     assert can_i("watch", "pods", "--all-namespaces")
