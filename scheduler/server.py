@@ -22,6 +22,7 @@ from scheduler import preempt
 from scheduler.binder import Binder, BindError
 from scheduler.metrics import Metrics
 from scheduler.placement import (
+    OTHER_RESOURCE,
     REASON_NAMES,
     Judgement,
     Reasons,
