@@ -2,6 +2,7 @@
 ride out a flaky API server, a sampler reading the API server all along, the GPU invariants themselves,
 Berth's cache against a fresh list, mTLS certificates and a Berth handle for TLS mode."""
 
+import contextlib
 import http.client
 import json
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -96,6 +98,21 @@ def wait_all_bound(api: kclient.CoreV1Api, ns: str, names: Iterable[str], timeou
                          f"last events: {reasons}")
 
 
+def bound_count(api: kclient.CoreV1Api, ns: str) -> int:
+    return sum(1 for p in api.list_namespaced_pod(ns).items if p.spec.node_name)
+
+
+def delete_group(api: kclient.CoreV1Api, ns: str, group: str) -> None:
+    """Remove a test's pods and nodes (namespaces stay: without kube-controller-manager they never finish
+    terminating)."""
+    for p in api.list_namespaced_pod(ns).items:
+        with contextlib.suppress(ApiException):
+            api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
+    for n in api.list_node(label_selector=f"e2e-group={group}").items:
+        with contextlib.suppress(ApiException):
+            api.delete_node(n.metadata.name)
+
+
 # -- invariants --------------------------------------------------------------------------------------------
 def gpu_problems(pods: Iterable[kclient.V1Pod], capacity: Mapping[str, int], require_ids: bool = True) -> list[str]:
     """What breaks the GPU invariants among the bound pods on the nodes of `capacity` (node -> GPUs): a node
@@ -146,11 +163,12 @@ class GpuSampler(threading.Thread):
         self.samples = 0
         self.errors = 0
         self.max_held = 0
+        self.timeline: list[tuple[float, int]] = []  # (monotonic time, GPUs held on the nodes) per sample
         self.problems: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 pods = self.api.list_pod_for_all_namespaces(_request_timeout=5).items
             except Exception:  # the API server may be restarting
@@ -159,16 +177,17 @@ class GpuSampler(threading.Thread):
                 self.samples += 1
                 found = gpu_problems(pods, self.capacity)
                 self.problems += [f"t={time.strftime('%H:%M:%S')}: {p}" for p in found]
-                self.max_held = max(self.max_held, sum(gpus_of(p) for p in pods
-                                                       if p.spec.node_name in self.capacity))
-            self._stop.wait(self.every)
+                held = sum(gpus_of(p) for p in pods if p.spec.node_name in self.capacity)
+                self.max_held = max(self.max_held, held)
+                self.timeline.append((time.monotonic(), held))
+            self._halt.wait(self.every)
 
     def __enter__(self) -> "GpuSampler":
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(10)
 
     def assert_clean(self, min_samples: int = 10) -> None:
@@ -229,6 +248,26 @@ def berth_log(proc: h.Proc) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
+
+def watch_expired(cp: h.ControlPlane, path: str, resource_version: str, field_selector: str = "") -> bool:
+    """Whether the API server answers a watch of `path` from `resource_version` with 410 Gone (an HTTP 410 or
+    an ERROR event with code 410): the history after that version is no longer available."""
+    query = urllib.parse.urlencode({"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": "1",
+                                    **({"fieldSelector": field_selector} if field_selector else {})})
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"{cp.url}{path}?{query}", headers={"Authorization": f"Bearer {cp.ADMIN_TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            line = r.readline()
+    except urllib.error.HTTPError as exc:
+        return exc.code == 410
+    if not line.strip():
+        return False
+    event = json.loads(line)
+    return bool(event.get("type") == "ERROR" and event.get("object", {}).get("code") == 410)
 
 
 # -- mTLS --------------------------------------------------------------------------------------------------

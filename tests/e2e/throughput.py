@@ -23,6 +23,7 @@ import contextlib
 import os
 import platform
 import shlex
+import signal
 import ssl
 import subprocess
 import sys
@@ -222,28 +223,39 @@ class Result:
 
 
 class BindWatch:
-    """Watches a namespace's pods and notes when each `p-*` pod is first seen bound."""
+    """Watches a namespace's pods and notes when each `p-*` pod is first seen bound. The API server
+    closes a watch whose reader falls behind (this process is busy creating pods): resume from the last
+    resourceVersion seen, as an informer does."""
 
     def __init__(self, api: Api, ns: str, rv: str, expect: int) -> None:
         self.api, self.ns, self.rv, self.expect = api, ns, rv, expect
         self.bound: dict[str, float] = {}
         self.unschedulable = 0
-        self.done = asyncio.Event()
+        self.rewatches = 0
 
     async def run(self) -> None:
-        async for event in self.api.watch(f"/api/v1/namespaces/{self.ns}/pods", self.rv):
-            obj = event.get("object") or {}
-            name = (obj.get("metadata") or {}).get("name", "")
-            if event.get("type") not in ("ADDED", "MODIFIED") or not name.startswith("p-"):
-                continue
-            if (obj.get("spec") or {}).get("nodeName"):
-                self.bound.setdefault(name, time.monotonic())
-                if len(self.bound) >= self.expect:
-                    self.done.set()
+        while True:
+            async for event in self.api.watch(f"/api/v1/namespaces/{self.ns}/pods", self.rv):
+                if self._event(event):
                     return
-            elif any(c.get("type") == "PodScheduled" and c.get("status") == "False"
-                     for c in (obj.get("status") or {}).get("conditions") or []):
-                self.unschedulable += 1
+            self.rewatches += 1
+
+    def _event(self, event: dict[str, Any]) -> bool:
+        obj = event.get("object") or {}
+        meta = obj.get("metadata") or {}
+        if event.get("type") == "ERROR":
+            raise RuntimeError(f"watch of {self.ns} failed: {obj.get('message')}")
+        self.rv = meta.get("resourceVersion") or self.rv
+        name = meta.get("name", "")
+        if event.get("type") not in ("ADDED", "MODIFIED") or not name.startswith("p-"):
+            return False
+        if (obj.get("spec") or {}).get("nodeName"):
+            self.bound.setdefault(name, time.monotonic())
+            return len(self.bound) >= self.expect
+        if any(c.get("type") == "PodScheduled" and c.get("status") == "False"
+               for c in (obj.get("status") or {}).get("conditions") or []):
+            self.unschedulable += 1
+        return False
 
 
 async def wait_for(check: Any, timeout: float, what: str, every: float = 0.2) -> Any:
@@ -328,12 +340,13 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
         t0 = time.monotonic()
         await api.create_all(f"/api/v1/namespaces/{ns}/pods", bodies)
         res.create_seconds = time.monotonic() - t0
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(watch.done.wait(), args.timeout)
+        await asyncio.wait([watcher], timeout=args.timeout)
         res.cpu, res.peak = await sampler.stop()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
+        if not watcher.done():
+            watcher.cancel()
+            say(f"timed out after {args.timeout:.0f}s with {len(watch.bound)}/{len(bodies)} pods bound")
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher  # raises what ended the watch early, if anything did
         res.bound, res.unschedulable, res.load = len(watch.bound), watch.unschedulable, os.getloadavg()
         if watch.bound:
             res.seconds = max(watch.bound.values()) - t0
@@ -373,6 +386,9 @@ async def start_berth(cp: h.ControlPlane, api: Api, kubeconfig: Path, nodes: int
 
 
 async def bench(args: argparse.Namespace) -> list[Result]:
+    task = asyncio.current_task()
+    if task is not None:  # SIGTERM: unwind, so the control plane and schedulers are stopped
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     cp = h.ControlPlane().start()
     results: list[Result] = []
     try:
