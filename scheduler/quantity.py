@@ -41,8 +41,15 @@ def whole(value: object) -> int:
     return math.ceil(to_decimal(value))
 
 
+MAX_DIGITS = 20  # 1e20 of anything is out of range whatever the unit
+
+
 def to_units(resource: str, value: object) -> int:
-    """The integer Berth stores for `resource`: millicores for cpu, whole units otherwise."""
+    """The integer Berth stores for `resource`: millicores for cpu, whole units otherwise.
+    Absurd magnitudes ("1e999999") are refused before the integer conversion, which would take minutes."""
+    d = to_decimal(value)
+    if not d.is_finite() or d.adjusted() >= MAX_DIGITS:
+        raise QuantityError(f"{value!r} is out of range")
     return milli(value) if resource == "cpu" else whole(value)
 
 

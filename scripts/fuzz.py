@@ -48,6 +48,7 @@ ODD_QUANTITIES = ["abc", "", "1e1000000", "NaN", "Infinity", "-1", "-0.5", "1E",
                   "1.5.5", "--1", "Gi", "1e-1000000", "9223372036854775807", "1e18", " 1", "1 ", "0x10", "\uff11"]
 BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\xe2\x82", b"\x80"]
 Send = Callable[[str, bytes], Awaitable["Reply"]]
+MAX_PROBLEMS = 50  # then stop: enough to diagnose, and a hung server would otherwise take hours
 
 
 # -- valid payloads --------------------------------------------------------------------------------------
@@ -387,7 +388,7 @@ async def pump(templates: Templates, limit: int, count: int, concurrency: int, s
                 await work.put(item)
 
     async def worker() -> None:
-        while (item := await work.get()) is not None:
+        while len(tally.problems) < MAX_PROBLEMS and (item := await work.get()) is not None:
             verb, body = item
             try:
                 tally.add(verb, await send(verb, body))
@@ -397,7 +398,13 @@ async def pump(templates: Templates, limit: int, count: int, concurrency: int, s
             if done % 10_000 == 0:
                 print(f"  {done:,} sent", flush=True)
 
-    await asyncio.gather(feed(), *(worker() for _ in range(concurrency)))
+    feeder = asyncio.create_task(feed())
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if not feeder.done():  # stopped early: too many problems (a server that hangs would take forever)
+        print(f"stopped after {MAX_PROBLEMS} problems")
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
 
 
 def report(tally: Tally, count: int, elapsed: float, concurrency: int, limit: int) -> None:
@@ -416,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=10_000, help="bodies to send (default 10,000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent keep-alive connections (default 8)")
-    p.add_argument("--max-body", type=int, default=256 << 10, help="server.max_body_bytes for the run (default 256 KiB)")
+    p.add_argument("--max-body", type=int, default=256 << 10,
+                   help="server.max_body_bytes for the run (default 256 KiB)")
     args = p.parse_args(argv)
     port = free_port()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

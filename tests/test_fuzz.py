@@ -109,7 +109,8 @@ def test_fuzzed_bodies_never_get_5xx(target: Target, data: st.DataObject) -> Non
 def test_still_answers_after_fuzzing(target: Target) -> None:
     target.still_correct()
     seen = Counter(target.tally.statuses)
-    if seen:  # the fuzz test ran first: it reached every kind of answer
+    if seen:  # the fuzz test ran first: it sent what it should and reached every kind of answer
+        assert sum(seen.values()) >= BODIES * 0.9, seen
         assert seen["200"] and seen["400"] and seen["413"], seen
         assert not [s for s in seen if s.startswith("5")], seen
 
