@@ -144,18 +144,28 @@ class ClusterState:
         name = (obj.get("metadata") or {}).get("name")
         if not isinstance(name, str):
             return
+        before = self._membership()
         if kind == "DELETED":
             self.quotas.remove_team(name)
         else:
             self.quotas.upsert_team(obj)
-        self._recount_teams()
+        if self._membership() != before:
+            self._recount_teams()
 
     def apply_namespace(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         name = meta.get("name")
         if isinstance(name, str):
+            before = self._membership()
             self.quotas.set_namespace(name, None if kind == "DELETED" else dict(meta.get("labels") or {}))
-            self._recount_teams()
+            if self._membership() != before:
+                self._recount_teams()
+
+    def _membership(self) -> tuple[frozenset[str], dict[str, str | None]]:
+        """The teams and which namespace belongs to which: all that team usage depends on. The recount walks
+        every pod (~200 ms at 150,000), so events that change neither (a TeamQuota status write coming back
+        through the watch, a namespace of no team) skip it; upsert_team keeps a team's usage."""
+        return frozenset(self.quotas.teams), dict(self.quotas._team_of_ns)
 
     def _recount_teams(self) -> None:
         """Team usage from the ledger, after teams or their namespaces changed."""

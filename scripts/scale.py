@@ -2,14 +2,14 @@
 """Memory and initial-sync time of a Berth process at scale (default 7,500 nodes, 150,000 pods).
 
 Berth is started as its own process (`python -m scheduler serve`, through a tiny boot snippet that only
-adds a SIGUSR1 = gc.collect() handler, and tracemalloc when asked) and fed through its real list/watch
+adds a SIGUSR1 = gc.collect() handler, and a profiler in profiling copies) and fed through its real list/watch
 code path (scheduler/informer.py -> KubeClient -> orjson -> ClusterState):
 
 - nodes, namespaces and TeamQuotas always come from a real kube-apiserver on loopback
   (tests/e2e/harness.py), created there first;
 - pods come from
   `--pods-from replay` (default): a replay server on loopback that answers `GET /api/v1/pods?limit=500&
-  continue=...` with pages of realistic pod JSON (~4 KB per pod, as the API server returns a running
+  continue=...` with pages of realistic pod JSON (~4.6 KB per pod, as the API server returns a running
   Deployment pod: managedFields, probes, projected token volume, container statuses...), gzip-encoded
   like the API server's (level 1, bodies >= 128 KiB, when the client accepts gzip), and an empty watch;
   every other request is proxied to the real API server. Berth's kubeconfig points at the replay server.
@@ -20,28 +20,31 @@ Measured: wall time from Berth's process start to `/readyz` 200; VmRSS (and VmHW
 /proc/<pid>/status right after that, and again after a gc settle (SIGUSR1 -> gc.collect(), then a few
 seconds idle); `/debug/state` counts prove what is held. Targets: <= 300 MB RSS, <= 15 s sync.
 
-Profiling (`--profile`): `python -X importtime` of Berth's imports; a tracemalloc copy of the process
-(env BERTH_SCALE_TRACEMALLOC, read by the boot snippet only); cProfile of the pods informer's full list
-driven in this process against the replay server.
+Profiling (`--profile`): `python -X importtime` of Berth's imports; the cost of one informer event of each
+kind against the full ClusterState (in this process); then two copies of the Berth process started by the
+boot snippet with env BERTH_SCALE_PROFILE=cprofile or =tracemalloc (read by the snippet only, nothing in
+scheduler/), each reporting where the time or the memory went up to /readyz, and the time the cyclic
+garbage collector took (gc.callbacks). `--ab` also starts Berth with the informer's page prefetch and/or its
+GC pause taken out again (BERTH_SCALE_UNDO, boot snippet only), interleaved, for before/after numbers.
+`--probe-list` times raw pod lists from kube-apiserver by style (page size, gzip, watch-list).
 
-    python scripts/scale.py                         # 7,500 nodes, 150,000 replayed pods
-    python scripts/scale.py --pods-from apiserver   # the 150,000 pods created in kube-apiserver
-    python scripts/scale.py --nodes 500 --pods 10000 --profile --markdown /tmp/scale.md
+    python scripts/scale.py                                   # 7,500 nodes, 150,000 replayed pods
+    python scripts/scale.py --repeat 2 --ab --profile --markdown /tmp/scale.md
+    python scripts/scale.py --pods-from apiserver --ab --probe-list   # 150,000 pods in kube-apiserver (~3 min)
+    python scripts/scale.py --nodes 500 --pods 10000 --profile        # quick
 """
 
 import argparse
 import asyncio
 import base64
 import contextlib
-import cProfile
 import gzip
-import io
 import os
-import pstats
 import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,26 +67,73 @@ TEAMS = 10
 NAMESPACES = 50
 BOUND = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"  # Berth's pod informer selector
 
-# Runs Berth exactly as `python -m scheduler serve ...`, plus: SIGUSR1 runs gc.collect() (the "gc settle"),
-# and with BERTH_SCALE_TRACEMALLOC=<file>, tracemalloc is on and SIGUSR2 writes the top allocation sites.
+# Runs Berth exactly as `python -m scheduler serve ...`, plus: SIGUSR1 runs gc.collect() (the "gc settle").
+# Profiling copies only (BERTH_SCALE_PROFILE=cprofile|tracemalloc, BERTH_SCALE_OUT=<file>): the profiler runs
+# from the start, collector pauses are timed, and SIGUSR2 writes the report to <file> (then <file>.done).
+# A/B copies only (BERTH_SCALE_UNDO=prefetch,gc-pause): the informer's list without those two changes.
 BOOT = r"""
-import gc, os, signal, sys
-out = os.environ.get("BERTH_SCALE_TRACEMALLOC")
-if out:
-    import tracemalloc
-    tracemalloc.start(int(os.environ.get("BERTH_SCALE_TRACEMALLOC_FRAMES", "1")))
+import gc, os, signal, sys, time
+mode, out = os.environ.get("BERTH_SCALE_PROFILE"), os.environ.get("BERTH_SCALE_OUT")
+if mode and out:
+    gcs = {"n": [0, 0, 0], "s": [0.0, 0.0, 0.0], "t0": 0.0}
+    def on_gc(phase, info):
+        if phase == "start":
+            gcs["t0"] = time.perf_counter()
+        else:
+            gcs["n"][info["generation"]] += 1
+            gcs["s"][info["generation"]] += time.perf_counter() - gcs["t0"]
+    gc.callbacks.append(on_gc)
+    if mode == "tracemalloc":
+        import tracemalloc
+        tracemalloc.start(int(os.environ.get("BERTH_SCALE_FRAMES", "1")))
+    else:
+        import cProfile, pstats
+        prof = cProfile.Profile()
+        prof.enable()
     def dump(*_):
-        gc.collect()
-        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
-        current, peak = tracemalloc.get_traced_memory()
         with open(out, "w") as f:
-            f.write(f"traced now {current / 2**20:.1f} MiB, traced peak {peak / 2**20:.1f} MiB\n")
-            for key in ("lineno", "filename"):
-                f.write(f"-- top by {key}\n")
-                for s in snap.statistics(key)[:25]:
-                    f.write(f"{s.size / 2**20:8.1f} MiB {s.count:9d} blocks  {s.traceback}\n")
+            f.write("cyclic GC: " + ", ".join(f"gen{g} {gcs['n'][g]}x {gcs['s'][g]:.2f}s" for g in range(3)) + "\n")
+            if mode == "tracemalloc":
+                snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+                now, peak = tracemalloc.get_traced_memory()
+                f.write(f"traced now {now / 2**20:.1f} MiB, traced peak {peak / 2**20:.1f} MiB\n")
+                for key in ("lineno", "filename"):
+                    f.write(f"-- top by {key}\n")
+                    for st in snap.statistics(key)[:20]:
+                        f.write(f"{st.size / 2**20:8.1f} MiB {st.count:9d} blocks  {st.traceback}\n")
+            else:
+                prof.disable()
+                for key in ("tottime", "cumulative"):
+                    f.write(f"-- top by {key}\n")
+                    pstats.Stats(prof, stream=f).sort_stats(key).print_stats(22)
         open(out + ".done", "w").close()
     signal.signal(signal.SIGUSR2, dump)
+undo = os.environ.get("BERTH_SCALE_UNDO", "")  # A/B runs: put back the informer's list as it was
+if undo:
+    import contextlib
+    from scheduler import informer as inf
+    if "gc-pause" in undo:
+        inf._GcPause.during = staticmethod(contextlib.nullcontext)
+    if "prefetch" in undo:
+        async def sequential(self, seen):
+            cont = ""
+            while True:
+                try:
+                    page = await self._fetch(cont)
+                except inf.KubeError as exc:
+                    if exc.status != 410:
+                        raise
+                    seen.clear()
+                    cont = ""
+                    continue
+                meta = page.get("metadata") or {}
+                cont = meta.get("continue") or ""
+                if not cont:
+                    self.rv = meta.get("resourceVersion") or ""
+                yield page
+                if not cont:
+                    return
+        inf.Informer._pages = sequential
 signal.signal(signal.SIGUSR1, lambda *_: gc.collect())
 from scheduler.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -273,6 +323,7 @@ class ReplayServer:
         self.upstream = upstream.rstrip("/") if upstream else None
         self.compress = compress
         self.pages_served = 0
+        self.pages_by_path: dict[str, int] = {}
         self.watches = 0
         self.proxied = 0
         self._cache: dict[tuple[str, int, int, bool], bytes] = {}
@@ -297,10 +348,10 @@ class ReplayServer:
         return self
 
     async def stop(self) -> None:
-        if self._session:
-            await self._session.close()
         if self._runner:
             await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
 
     def prepare(self, limit: int = 500) -> None:
         """Build (and compress) every page a `limit`-sized list will ask for, before the clock starts."""
@@ -326,6 +377,7 @@ class ReplayServer:
         gz = self.compress and "gzip" in request.headers.get("Accept-Encoding", "")
         body = self._page(request.path, start, limit, gz)
         self.pages_served += 1
+        self.pages_by_path[request.path] = self.pages_by_path.get(request.path, 0) + 1
         headers = {"Content-Type": "application/json"}
         if body[:2] == b"\x1f\x8b":
             headers["Content-Encoding"] = "gzip"
@@ -413,6 +465,8 @@ def kubeconfig_token(path: Path) -> str:
 # -- a Berth process and what it holds ------------------------------------------------------------------------
 @dataclass
 class Sync:
+    variant: str = "as is"
+    run: int = 1
     seconds: float = 0.0  # process start -> /readyz 200
     cpu_seconds: float = 0.0  # Berth's own CPU (user + system) up to then
     rss_mb: float = 0.0
@@ -420,10 +474,7 @@ class Sync:
     settled_rss_mb: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
     listed: dict[str, float] = field(default_factory=dict)  # resource -> seconds from start, from Berth's log
-
-    @property
-    def ok(self) -> bool:
-        return self.settled_rss_mb <= TARGET_RSS_MB and self.seconds <= TARGET_SYNC_S
+    others_cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds of the servers during the sync
 
 
 def berth_command(kubeconfig: Path, port: int) -> list[str]:
@@ -516,12 +567,18 @@ class BerthProcess:
         return out
 
 
-async def measure_sync(kubeconfig: Path, log: Path, timeout: float = 300, settle: float = 3.0) -> Sync:
-    berth = BerthProcess(kubeconfig, log).start()
+async def measure_sync(kubeconfig: Path, log: Path, timeout: float = 300, settle: float = 3.0,
+                       others: dict[str, int] | None = None, variant: tuple[str, dict[str, str]] = ("as is", {})
+                       ) -> Sync:
+    """Start Berth, wait for /readyz 200, read its memory. `others`: name -> pid of servers whose CPU
+    seconds during the sync are recorded too."""
+    before = {name: cpu_seconds(pid) for name, pid in (others or {}).items()}
+    berth = BerthProcess(kubeconfig, log, variant[1]).start()
     try:
-        res = Sync()
+        res = Sync(variant[0])
         res.seconds = await berth.wait_ready(timeout)
         res.cpu_seconds = cpu_seconds(berth.pid)
+        res.others_cpu = {name: cpu_seconds((others or {})[name]) - t for name, t in before.items()}
         vm = vm_status(berth.pid)
         res.rss_mb, res.hwm_mb = vm["VmRSS"], vm["VmHWM"]
         res.state = orjson.loads((await berth.get("/debug/state"))[1])
@@ -558,55 +615,127 @@ def import_time() -> str:
             f"importer too): " + ", ".join(f"{n} {c / 1e3:.0f} ms" for n, c in top))
 
 
-async def tracemalloc_copy(kubeconfig: Path, log: Path, frames: int = 1, timeout: float = 900) -> str:
-    """Run a copy of Berth with tracemalloc on; after sync, the top allocation sites it still holds."""
-    out = log.with_suffix(".tracemalloc.txt")
-    env = {"BERTH_SCALE_TRACEMALLOC": str(out), "BERTH_SCALE_TRACEMALLOC_FRAMES": str(frames)}
-    berth = BerthProcess(kubeconfig, log, env).start()
+async def profiled_copy(kubeconfig: Path, log: Path, mode: str, timeout: float = 900) -> str:
+    """A copy of the Berth process with a profiler on from the start (`cprofile` or `tracemalloc`); the
+    report is taken as soon as /readyz turns 200 (so it covers imports, startup and the initial lists)."""
+    out = log.with_suffix(f".{mode}.txt")
+    berth = BerthProcess(kubeconfig, log, {"BERTH_SCALE_PROFILE": mode, "BERTH_SCALE_OUT": str(out)}).start()
     try:
         took = await berth.wait_ready(timeout)
+        rss = vm_status(berth.pid)["VmRSS"]
         os.kill(berth.pid, signal.SIGUSR2)
-        done = Path(str(out) + ".done")
+        done = Path(f"{out}.done")
         for _ in range(600):
             if done.exists():
                 break
             await asyncio.sleep(0.1)
-        return f"(sync under tracemalloc: {took:.1f}s, RSS {vm_status(berth.pid)['VmRSS']:.0f} MB)\n" + out.read_text()
+        return f"sync under {mode}: {took:.1f}s, VmRSS {rss:.0f} MB\n" + _trim_pstats(out.read_text())
     finally:
         berth.stop()
 
 
-async def profile_pods_list(server: str, token: str, page_size: int = 500, top: int = 25) -> str:
-    """cProfile of Informer._list for pods (aiohttp read + gunzip + orjson + ClusterState.apply_pod),
-    driven in this process against the replay server."""
+def event_costs(nodes: int, pods: int, gpu_every: int) -> str:
+    """In this process: a ClusterState holding the whole cluster, then the time one informer event of each
+    kind takes on the event loop (every handler of Berth waits behind it)."""
     from scheduler.config import Config
-    from scheduler.informer import Informer
-    from scheduler.kube import KubeClient, load_configuration
     from scheduler.state import ClusterState
 
-    kc = write_kubeconfig(Path(f"/tmp/berth-scale-profile-{os.getpid()}.kubeconfig"), server, token)
-    client = KubeClient(load_configuration(str(kc)))
     state = ClusterState(Config())
-    inf = Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=BOUND, page_size=page_size)
-    prof = cProfile.Profile()
-    t0 = time.perf_counter()
-    prof.enable()
-    await inf._list()
-    prof.disable()
-    wall = time.perf_counter() - t0
-    await client.close()
-    kc.unlink()
-    buf = io.StringIO()
-    stats = pstats.Stats(prof, stream=buf)
-    stats.sort_stats("tottime").print_stats(top)
-    head = f"pods list in-process: {len(state.ledger)} pods in {wall:.2f}s under cProfile\n"
-    return head + _trim_pstats(buf.getvalue())
+    for k in range(NAMESPACES):
+        state.apply_namespace("ADDED", namespace_object(k))
+    for t in range(TEAMS):
+        state.apply_team("ADDED", teamquota_object(t))
+    for i in range(nodes):
+        state.apply_node("ADDED", node_object(i, gpu_every))
+    for i in range(pods):
+        state.apply_pod("ADDED", pod_object(i, nodes, gpu_every))
+    extra = pod_object(pods, nodes, gpu_every)
+    extra["metadata"]["name"] += "-x"
+    new_ns = {"metadata": {"name": "brand-new", "labels": {"berth.dev/team": "none"}}}
+    events = [("pod ADDED", lambda: state.apply_pod("ADDED", extra)),
+              ("pod DELETED", lambda: state.apply_pod("DELETED", extra)),
+              ("node MODIFIED (20 pods on it)", lambda: state.apply_node("MODIFIED", node_object(1, gpu_every))),
+              ("namespace ADDED (no team)", lambda: state.apply_namespace("ADDED", new_ns)),
+              ("namespace MODIFIED (same labels)", lambda: state.apply_namespace("MODIFIED", namespace_object(0))),
+              ("TeamQuota MODIFIED (same spec)", lambda: state.apply_team("MODIFIED", teamquota_object(0)))]
+    rows = [f"ClusterState with {len(state.table)} nodes, {len(state.ledger)} pods, {len(state.quotas.teams)} teams:"]
+    for name, fn in events:
+        t0 = time.perf_counter()
+        fn()
+        rows.append(f"  {name:34s} {1e3 * (time.perf_counter() - t0):8.2f} ms")
+    return "\n".join(rows)
+
+
+LIST_PROBES = [  # (what, query, gzip, watch-list)
+    ("paginated, limit=500, Berth's field selector, gzip (what Berth does)", {"limit": "500", "fieldSelector": BOUND},
+     True, False),
+    ("paginated, limit=500, Berth's field selector, no gzip", {"limit": "500", "fieldSelector": BOUND}, False, False),
+    ("paginated, limit=500, no field selector, gzip", {"limit": "500"}, True, False),
+    ("paginated, limit=5000, Berth's field selector, gzip", {"limit": "5000", "fieldSelector": BOUND}, True, False),
+    ("watch-list (sendInitialEvents=true), Berth's field selector", {"fieldSelector": BOUND}, True, True),
+]
+
+
+async def probe_lists(url: str, token: str, apiserver_pid: int) -> str:
+    """How long kube-apiserver takes to hand over every pod, and its CPU for it, by list style. The client
+    reads raw bytes (no JSON parse), so the wall time is the server's."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    rows = ["| list style | wall s | kube-apiserver CPU s | MB received |", "|---|---:|---:|---:|"]
+    async with aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(ssl=ctx)) as session:
+        for what, query, gz, stream in LIST_PROBES:
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
+                       "Accept-Encoding": "gzip" if gz else "identity"}
+            cpu0, t0 = cpu_seconds(apiserver_pid), time.monotonic()
+            fetch = _watch_list if stream else _paginated_list
+            size = await fetch(session, url, query, headers)
+            rows.append(f"| {what} | {time.monotonic() - t0:.1f} | {cpu_seconds(apiserver_pid) - cpu0:.1f} | "
+                        f"{size / 1e6:.0f} |")
+    return "\n".join(rows)
+
+
+async def _paginated_list(session: aiohttp.ClientSession, url: str, query: dict[str, str],
+                          headers: dict[str, str]) -> int:
+    size, cont = 0, ""
+    while True:
+        params = query | ({"continue": cont} if cont else {})
+        async with session.get(f"{url}/api/v1/pods", params=params, headers=headers) as r:
+            body = await r.read()
+            size += len(body)
+            head = body[:8192]
+            if r.headers.get("Content-Encoding") == "gzip":
+                head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, 8192)
+        meta = head.split(b'"metadata":', 1)[1].split(b"}", 1)[0] + b"}"
+        cont = orjson.loads(meta).get("continue") or ""
+        if not cont:
+            return size
+
+
+async def _watch_list(session: aiohttp.ClientSession, url: str, query: dict[str, str],
+                      headers: dict[str, str]) -> int:
+    params = query | {"watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
+                      "allowWatchBookmarks": "true"}
+    size, tail = 0, b""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with session.get(f"{url}/api/v1/pods", params=params, headers=headers, timeout=timeout) as r:
+        gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if r.headers.get("Content-Encoding") == "gzip" else None
+        async for chunk in r.content.iter_any():
+            size += len(chunk)
+            text = gunzip.decompress(chunk) if gunzip else chunk
+            if b"initial-events-end" in tail[-64:] + text:  # the bookmark that ends the initial state
+                return size
+            tail = text[-64:]
+    raise RuntimeError("the watch-list ended before its initial-events-end bookmark")
 
 
 def _trim_pstats(text: str) -> str:
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-    return "\n".join(line.replace(str(ROOT) + "/", "").replace(sys.prefix, "<venv>") for line in lines[start:])
+    keep = []
+    for line in text.splitlines():
+        noise = line.lstrip().startswith(("Ordered by", "List reduced")) or " function calls" in line
+        if line.strip() and not noise:
+            keep.append(line.replace(str(ROOT) + "/", "").replace(sys.prefix + "/lib/python3.11/site-packages/", ""))
+    return "\n".join(keep)
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
@@ -631,19 +760,25 @@ async def populate(cp: Any, api: Any, args: argparse.Namespace) -> None:
     if args.pods_from != "apiserver":
         return
     t0 = time.monotonic()
-    by_ns: dict[str, list[bytes]] = {}
-    for i in range(args.pods):
-        p = pod_object(i, args.nodes, args.gpu_every, server_fields=False)
-        by_ns.setdefault(p["metadata"]["namespace"], []).append(orjson.dumps(p))
-    await asyncio.gather(*(api.create_all(f"/api/v1/namespaces/{ns}/pods", bodies) for ns, bodies in by_ns.items()))
-    took = time.monotonic() - t0
-    say(f"{args.pods} pods created in the API server in {took:.0f}s ({args.pods / took:.0f}/s)")
+    for start in range(0, args.pods, 10_000):
+        posts = []
+        for i in range(start, min(start + 10_000, args.pods)):
+            p = pod_object(i, args.nodes, args.gpu_every, server_fields=False)
+            posts.append((f"/api/v1/namespaces/{p['metadata']['namespace']}/pods", orjson.dumps(p)))
+        await api.post_all(posts)
+        done = start + len(posts)
+        say(f"  {done} pods created in the API server ({done / (time.monotonic() - t0):.0f}/s)")
+
+
+VARIANTS = [("as is", {}), ("without prefetch", {"BERTH_SCALE_UNDO": "prefetch"}),
+            ("without GC pause", {"BERTH_SCALE_UNDO": "gc-pause"}),
+            ("without both (as before)", {"BERTH_SCALE_UNDO": "prefetch,gc-pause"})]
 
 
 @dataclass
 class Report:
     args: argparse.Namespace
-    sync: Sync
+    runs: list[Sync]
     replay: dict[str, int] = field(default_factory=dict)
     profile: dict[str, str] = field(default_factory=dict)
 
@@ -668,12 +803,26 @@ async def run(args: argparse.Namespace) -> Report:
             say(f"replay server {replay.url}: {args.pods} pods ({_mb(replay.lists['/api/v1/pods'])} MB of JSON) "
                 f"ready in {time.monotonic() - t0:.1f}s")
             kubeconfig = write_kubeconfig(cp.dir / "berth-replay.kubeconfig", replay.url, kubeconfig_token(berth_kc))
-        report = Report(args, await measure_sync(kubeconfig, cp.dir / "berth-scale.log", args.timeout,
-                                                  args.settle))
+        report = Report(args, [])
+        others = _server_pids(cp) | ({"replay server": os.getpid()} if replay else {})
+        for k in range(args.repeat):
+            for v, variant in enumerate(VARIANTS if args.ab else VARIANTS[:1]):
+                log = cp.dir / f"berth-scale-{k}-{v}.log"
+                s = await measure_sync(kubeconfig, log, args.timeout, args.settle, others, variant)
+                s.run = k + 1
+                report.runs.append(s)
+                say(f"run {s.run} ({s.variant}): ready in {s.seconds:.2f}s, VmRSS {s.settled_rss_mb:.0f} MB "
+                    f"(load average {os.getloadavg()[0]:.2f})")
         if replay:
-            report.replay = {"pages": replay.pages_served, "watches": replay.watches, "proxied": replay.proxied}
+            n = len(report.runs)
+            report.replay = {"pages": replay.pages_served // n, "watches": replay.watches // n,
+                             "proxied": replay.proxied // n}
+        if args.probe_list:
+            say("probing kube-apiserver list styles ...")
+            report.profile["kube-apiserver list styles"] = await probe_lists(cp.url, cp.ADMIN_TOKEN,
+                                                                            _server_pids(cp)["kube-apiserver"])
         if args.profile:
-            report.profile = await profile(args, kubeconfig, cp.dir, replay, kubeconfig_token(berth_kc))
+            report.profile.update(await profile(cp.dir, kubeconfig, args))
         return report
     finally:
         if replay:
@@ -685,14 +834,18 @@ async def run(args: argparse.Namespace) -> Report:
             h.cleanup(cp.dir)
 
 
-async def profile(args: argparse.Namespace, kubeconfig: Path, work: Path, replay: ReplayServer | None,
-                  token: str) -> dict[str, str]:
+def _server_pids(cp: Any) -> dict[str, int]:
+    procs = {"kube-apiserver": cp.apiserver, "etcd": cp.etcd}
+    return {name: p.popen.pid for name, p in procs.items() if p is not None and p.popen is not None}
+
+
+async def profile(work: Path, kubeconfig: Path, args: argparse.Namespace) -> dict[str, str]:
     out = {"imports": import_time()}
-    say("profiling: tracemalloc copy of Berth ...")
-    out["tracemalloc"] = await tracemalloc_copy(kubeconfig, work / "berth-tracemalloc.log")
-    if replay:
-        say("profiling: cProfile of the pods list in-process ...")
-        out["cprofile"] = await profile_pods_list(replay.url, token)
+    say("profiling: informer event costs at full size, in this process ...")
+    out["event costs"] = event_costs(args.nodes, args.pods, args.gpu_every)
+    for mode in ("cprofile", "tracemalloc"):
+        say(f"profiling: a {mode} copy of Berth ...")
+        out[mode] = await profiled_copy(kubeconfig, work / f"berth-{mode}.log", mode)
     return out
 
 
@@ -702,8 +855,8 @@ def _mb(items: list[bytes]) -> int:
 
 # -- reporting -------------------------------------------------------------------------------------------------
 def render(report: Report, argv: list[str]) -> str:
-    s, a = report.sync, report.args
-    held = s.state
+    a = report.args
+    held = report.runs[-1].state
     lines = [
         "# Berth at scale: initial sync and memory", "",
         f"`python scripts/scale.py {' '.join(argv)}`", "", *machine_facts(), "",
@@ -711,24 +864,29 @@ def render(report: Report, argv: list[str]) -> str:
         f"{TEAMS} TeamQuotas (kube-apiserver); {a.pods} pods from "
         + ("the replay server (recorded list pages, gzip like the API server)." if a.pods_from == "replay"
            else "kube-apiserver."), "",
-        "| measure | value | target |", "|---|---:|---:|",
-        f"| process start -> /readyz 200 | {s.seconds:.2f} s | <= {TARGET_SYNC_S} s |",
-        f"| Berth CPU time during that | {s.cpu_seconds:.2f} s | |",
-        f"| VmRSS right after sync | {s.rss_mb:.0f} MB | |",
-        f"| VmRSS after gc.collect() + {a.settle:.0f} s idle | {s.settled_rss_mb:.0f} MB | <= {TARGET_RSS_MB} MB |",
-        f"| VmHWM (peak RSS) | {s.hwm_mb:.0f} MB | |", "",
-        f"`/debug/state`: nodes {held.get('nodes')}, pods {held.get('pods')}, teams {held.get('teams')}, "
+        f"| run | informer list | start -> /readyz 200 (target <= {TARGET_SYNC_S} s) | CPU s until then | "
+        f"VmRSS at ready | VmRSS after gc.collect() + {a.settle:.0f} s (target <= {TARGET_RSS_MB} MB) | VmHWM (peak) | "
+        "initial list done at (s from start) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
+        *(f"| {s.run} | {s.variant} | {s.seconds:.2f} s | {_cpu(s)} | {s.rss_mb:.0f} MB | {s.settled_rss_mb:.0f} MB | "
+          f"{s.hwm_mb:.0f} MB | " + ", ".join(f"{r} {t:.2f}" for r, t in s.listed.items()) + " |"
+          for s in report.runs), "",
+        f"`/debug/state` after sync: nodes {held.get('nodes')}, pods {held.get('pods')}, teams {held.get('teams')}, "
         f"ready {held.get('ready')}; informers "
         + ", ".join(f"{k}: lists {v['lists']} rv {v['resourceVersion']}" for k, v in held.get("informers", {}).items()),
-        "", "Initial list done (seconds from process start, from Berth's log): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in s.listed.items()),
     ]
     if report.replay:
-        lines += ["", f"Replay server: {report.replay['pages']} pod pages served, {report.replay['watches']} watches, "
-                      f"{report.replay['proxied']} requests proxied to kube-apiserver."]
+        r = report.replay
+        lines += ["", f"Replay server, per Berth start: {r['pages']} pod pages served, {r['watches']} watches, "
+                      f"{r['proxied']} requests proxied to kube-apiserver."]
     for name, text in report.profile.items():
-        lines += ["", f"## {name}", "", "```", text.rstrip(), "```"]
+        fence = [] if text.startswith("|") else ["```"]
+        lines += ["", f"## {name}", "", *fence, text.rstrip(), *fence]
     return "\n".join(lines) + "\n"
+
+
+def _cpu(s: Sync) -> str:
+    return f"Berth {s.cpu_seconds:.1f}; " + ", ".join(f"{k} {v:.1f}" for k, v in s.others_cpu.items())
 
 
 def machine_facts() -> list[str]:
@@ -738,15 +896,22 @@ def machine_facts() -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="scripts/scale.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--nodes", type=int, default=7500)
-    p.add_argument("--pods", type=int, default=150_000)
-    p.add_argument("--pods-from", choices=["replay", "apiserver"], default="replay")
+    p.add_argument("--nodes", type=int, default=7500, help="nodes created in kube-apiserver (default 7500)")
+    p.add_argument("--pods", type=int, default=150_000, help="pods (default 150000)")
+    p.add_argument("--pods-from", choices=["replay", "apiserver"], default="replay",
+                   help="replay server (default) or pods created in kube-apiserver")
     p.add_argument("--gpu-every", type=int, default=4, help="every Nth node has 8 GPUs")
     p.add_argument("--no-gzip", action="store_true", help="replay pages uncompressed (the API server gzips)")
     p.add_argument("--concurrency", type=int, default=64, help="concurrent POSTs when creating objects")
     p.add_argument("--settle", type=float, default=3.0, help="seconds idle after gc.collect() before the RSS read")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for /readyz")
-    p.add_argument("--profile", action="store_true", help="also: import times, tracemalloc copy, cProfile of the list")
+    p.add_argument("--repeat", type=int, default=1, help="measure this many Berth starts (same data)")
+    p.add_argument("--ab", action="store_true", help="each start also without the informer's prefetch and/or GC "
+                   "pause (put back in the process by the boot snippet), interleaved")
+    p.add_argument("--profile", action="store_true",
+                   help="also: import times, event costs, cProfile and tracemalloc copies")
+    p.add_argument("--probe-list", action="store_true",
+                   help="also time raw pod lists from kube-apiserver by style (pages, gzip, watch-list)")
     p.add_argument("--markdown", help="write the report here")
     p.add_argument("--keep", action="store_true", help="keep the control plane's directory (logs)")
     return p.parse_args(argv)
@@ -760,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text)
-    held = report.sync.state
+    held = report.runs[-1].state
     return 0 if held.get("nodes") == args.nodes and held.get("pods") == args.pods else 1
 
 

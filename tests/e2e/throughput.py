@@ -25,6 +25,7 @@ import platform
 import shlex
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -79,13 +80,16 @@ class Api:
         return await self.request("GET", path, params=params)
 
     async def create_all(self, path: str, bodies: list[bytes]) -> None:
-        """POST every body, `concurrency` at a time (a fixed pool of workers on one shared iterator)."""
-        queue = iter(bodies)
+        await self.post_all([(path, body) for body in bodies])
+
+    async def post_all(self, posts: list[tuple[str, bytes]]) -> None:
+        """POST every (path, body), `concurrency` at a time (a fixed pool of workers on one iterator)."""
+        queue = iter(posts)
 
         async def worker() -> None:
-            for body in queue:
+            for path, body in queue:
                 await self.request("POST", path, body)
-        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(bodies)))))
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(posts)))))
 
     async def watch(self, path: str, rv: str) -> AsyncIterator[dict[str, Any]]:
         params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true", "timeoutSeconds": "3600"}
@@ -184,16 +188,22 @@ class CpuSampler:
         return peaks
 
 
-def limiting(cpu: dict[str, float], ncpu: int) -> str:
-    """What most likely limits a run, from its CPU picture."""
+def limiting(r: "Result", ncpu: int) -> str:
+    """What most likely limits a run, from its CPU picture and its timeline."""
+    cpu = r.cpu
     busy = sum(cpu.values())
     top = max((k for k in cpu if k != "other"), key=lambda k: cpu[k])
+    notes = []
+    if r.seconds and r.seconds - r.create_seconds < 0.1 * r.seconds:
+        notes.append("binding kept pace with pod creation (API server writes)")
     if busy >= 0.9 * 100 * ncpu:
         other = f", other processes {cpu['other']:.0f}%" if cpu.get("other", 0) >= 20 else ""
-        return f"machine CPU ({busy:.0f}% of {100 * ncpu}%): {top} {cpu[top]:.0f}%{other}"
-    if cpu[top] >= 90 and top in ("berth", "client"):
-        return f"{top}: one core ({cpu[top]:.0f}%)"
-    return f"{top} {cpu[top]:.0f}% (no CPU saturated: serial scheduling-loop latency)"
+        notes.append(f"machine CPU ({busy:.0f}% of {100 * ncpu}%): {top} {cpu[top]:.0f}%{other}")
+    elif cpu[top] >= 90 and top in ("berth", "client"):
+        notes.append(f"{top}: one core ({cpu[top]:.0f}%)")
+    else:
+        notes.append(f"{top} {cpu[top]:.0f}%, no CPU saturated: the serial scheduling loop's latency")
+    return "; ".join(notes)
 
 
 # -- one measured run ----------------------------------------------------------------------------------------
@@ -211,6 +221,9 @@ class Result:
     cpu: dict[str, float] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)
     cache_empty: bool | None = None
+    verbs: dict[str, tuple[int, float]] = field(default_factory=dict)  # Berth: verb -> (calls, mean ms)
+    names_cache_hits: int = 0  # Berth's NodeNames cache hits during the run
+    run: int = 1
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @property
@@ -306,6 +319,19 @@ class BerthRun:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def verb_totals(self, api: Api) -> dict[str, list[float]]:
+        """verb -> [seconds, calls] from Berth's berth_request_duration_seconds histogram."""
+        async with api.session.get(f"{self.url}/metrics") as r:
+            text = await r.text()
+        out: dict[str, list[float]] = {}
+        for line in text.splitlines():
+            for part, index in (("_sum", 0), ("_count", 1)):
+                prefix = f"berth_request_duration_seconds{part}{{verb=\""
+                if line.startswith(prefix):
+                    verb = line[len(prefix):].split('"', 1)[0]
+                    out.setdefault(verb, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+        return out
+
     async def wait_empty(self, api: Api, timeout: float = 60) -> bool:
         """Berth's ledger holds no pod and no reservation, and every node is back to all-free."""
         async def ledger_empty() -> bool:
@@ -334,6 +360,8 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
         bodies = pod_bodies(args.pods, scheduler, args.gpu_every)
         rv = (await api.get(f"/api/v1/namespaces/{ns}/pods", {"limit": "1"}))["metadata"]["resourceVersion"]
         watch = BindWatch(api, ns, rv, len(bodies))
+        verbs0 = await berth.verb_totals(api) if berth else {}
+        hits0 = (await api.get(f"{berth.url}/debug/state"))["nodeNamesCacheHits"] if berth else 0
         watcher = asyncio.create_task(watch.run())
         sampler = CpuSampler(pids(cp, sched, berth))
         sampler.start()
@@ -348,6 +376,9 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher  # raises what ended the watch early, if anything did
         res.bound, res.unschedulable, res.load = len(watch.bound), watch.unschedulable, os.getloadavg()
+        if berth:
+            res.verbs = verb_means(verbs0, await berth.verb_totals(api))
+            res.names_cache_hits = (await api.get(f"{berth.url}/debug/state"))["nodeNamesCacheHits"] - hits0
         if watch.bound:
             res.seconds = max(watch.bound.values()) - t0
             res.first_bind = min(watch.bound.values()) - t0
@@ -357,6 +388,15 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
     if berth:
         res.cache_empty = await berth.wait_empty(api)
     return res
+
+
+def verb_means(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, tuple[int, float]]:
+    out = {}
+    for verb, (secs, calls) in after.items():
+        s0, c0 = before.get(verb, [0.0, 0.0])
+        if calls > c0:
+            out[verb] = (int(calls - c0), 1e3 * (secs - s0) / (calls - c0))
+    return out
 
 
 def pids(cp: h.ControlPlane, sched: h.Proc, berth: BerthRun | None) -> dict[str, int]:
@@ -402,10 +442,12 @@ async def bench(args: argparse.Namespace) -> list[Result]:
                 for mode in args.modes:
                     berth = await start_berth(cp, api, berth_kc, n) if mode == "berth" else None
                     try:
-                        for pct in args.pcts:
-                            r = await measure(cp, api, args, n, pct, berth)
-                            results.append(r)
-                            say(describe(r))
+                        for rep in range(args.repeat):
+                            for pct in args.pcts:
+                                r = await measure(cp, api, args, n, pct, berth)
+                                r.run = rep + 1
+                                results.append(r)
+                                say(describe(r))
                     finally:
                         if berth:
                             berth.proc.stop()
@@ -427,40 +469,58 @@ def describe(r: Result) -> str:
     return (f"{r.nodes} nodes, pct {r.pct_label}, {r.mode}: {r.bound}/{r.pods} bound in {r.seconds:.2f}s = "
             f"{r.rate:.0f} pods/s (created in {r.create_seconds:.2f}s, first bind {r.first_bind:.2f}s, "
             f"{r.unschedulable} unschedulable events); CPU {cpu}"
-            + ("" if r.cache_empty is None else f"; Berth cache empty after delete: {r.cache_empty}"))
+            + ("" if r.cache_empty is None else f"; Berth cache empty after delete: {r.cache_empty}")
+            + "".join(f"; Berth {v} {ms:.2f} ms x{n}" for v, (n, ms) in sorted(r.verbs.items())))
 
 
 # -- reporting -------------------------------------------------------------------------------------------------
 def summary_table(results: list[Result]) -> list[str]:
-    rows = ["| nodes | pct | pods | pods/s alone | pods/s with Berth | ratio |", "|---:|---:|---:|---:|---:|---:|"]
-    keys = sorted({(r.nodes, r.pct if r.pct is not None else -1) for r in results})
-    for nodes, pct in keys:
-        by = {r.mode: r for r in results if r.nodes == nodes and (r.pct if r.pct is not None else -1) == pct}
-        plain, berth = by.get("plain"), by.get("berth")
-        ratio = f"{berth.rate / plain.rate:.2f}" if plain and berth and plain.rate else "-"
-        label = "default" if pct < 0 else str(pct)
-        pods = (plain or berth).pods if (plain or berth) else 0
-        rows.append(f"| {nodes} | {label} | {pods} | {_rate(plain)} | {_rate(berth)} | {ratio} |")
+    rows = ["| nodes | pct | pods | runs | pods/s alone | pods/s with Berth | ratio |",
+            "|---:|---:|---:|---:|---:|---:|---:|"]
+    for nodes, pct in sorted({(r.nodes, r.pct if r.pct is not None else -1) for r in results}):
+        same = [r for r in results if r.nodes == nodes and (r.pct if r.pct is not None else -1) == pct]
+        plain = _median([r.rate for r in same if r.mode == "plain"])
+        berth = _median([r.rate for r in same if r.mode == "berth"])
+        ratio = f"{berth / plain:.2f}" if plain and berth else "-"
+        complete = all(r.bound == r.pods for r in same)
+        runs = max(r.run for r in same)
+        rows.append(f"| {nodes} | {'default' if pct < 0 else pct} | {same[0].pods} | {runs} | {_num(plain)} | "
+                    f"{_num(berth)} | {ratio} |" + ("" if complete else " (some pods never bound)"))
     return rows
 
 
-def _rate(r: Result | None) -> str:
-    if r is None:
-        return "-"
-    return f"{r.rate:.0f}" + ("" if r.bound == r.pods else f" ({r.bound}/{r.pods} bound)")
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def detail_table(results: list[Result], ncpu: int) -> list[str]:
-    head = ("| nodes | pct | scheduler | pods/s | create s | first bind s | last bind s | "
-            + " | ".join(f"{p} %CPU (peak)" for p in PROCS) + " | other %CPU | limited by | Berth cache empty |")
+    head = ("| nodes | pct | scheduler | run | pods/s | create s | first bind s | last bind s | "
+            + " | ".join(f"{p} %CPU (peak)" for p in PROCS)
+            + " | other %CPU | CPU ms per pod | Berth mean ms (calls) | limited by | Berth cache empty |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         cpu = " | ".join(f"{r.cpu[p]:.0f} ({r.peak.get(p, 0):.0f})" if p in r.cpu else "-" for p in PROCS)
         empty = "-" if r.cache_empty is None else ("yes" if r.cache_empty else "NO")
-        rows.append(f"| {r.nodes} | {r.pct_label} | {r.mode} | {r.rate:.0f} | {r.create_seconds:.2f} | "
-                    f"{r.first_bind:.2f} | {r.seconds:.2f} | {cpu} | {r.cpu.get('other', 0):.0f} | "
-                    f"{limiting(r.cpu, ncpu)} | {empty} |")
+        verbs = ", ".join(f"{v} {ms:.2f} ({n})" for v, (n, ms) in sorted(r.verbs.items())) or "-"
+        if r.mode == "berth":
+            verbs += f"; NodeNames cache hits {r.names_cache_hits}"
+        rows.append(f"| {r.nodes} | {r.pct_label} | {r.mode} | {r.run} | {r.rate:.0f} | {r.create_seconds:.2f} | "
+                    f"{r.first_bind:.2f} | {r.seconds:.2f} | {cpu} | {r.cpu.get('other', 0):.0f} | {per_pod(r)} | "
+                    f"{verbs} | {limiting(r, ncpu)} | {empty} |")
     return rows
+
+
+def per_pod(r: Result) -> str:
+    """CPU milliseconds each of our processes spent per bound pod, and their total."""
+    if not r.bound:
+        return "-"
+    ms = {p: 10 * r.cpu[p] * r.seconds / r.bound for p in PROCS if p in r.cpu}  # % x s / pods -> ms
+    short = {"kube-apiserver": "apiserver", "kube-scheduler": "scheduler"}
+    return f"{sum(ms.values()):.1f}: " + ", ".join(f"{short.get(p, p)} {v:.1f}" for p, v in ms.items())
 
 
 def machine_facts() -> list[str]:
@@ -483,9 +543,11 @@ def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -
              f"client QPS {args.qps}, burst {2 * args.qps}. One kube-scheduler at a time; Berth runs only for "
              "its own runs. pct = percentageOfNodesToScore (default: adaptive, max(5, 50 - nodes/125)%).", "",
              *summary_table(results), "",
+             "pods/s is the median over the runs of a case (all runs are in the table below).", "",
              "Per run: %CPU is averaged over the run (100 = one core; peak over 0.5 s samples in brackets). "
              "`client` is this benchmark process (creating pods and watching them); `other` is the rest of "
-             "the machine (other users' processes).", "",
+             "the machine (other users' processes). CPU ms per pod: CPU time of each of our processes over the run "
+             "divided by the pods bound (the cost that fills 2 cores).", "",
              *detail_table(results, ncpu), ""]
     return "\n".join(lines)
 
@@ -496,6 +558,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--pods", type=int, default=2000, help="pods per run (default 2000)")
     p.add_argument("--pcts", default="default,100", help="percentageOfNodesToScore values; 'default' = unset")
     p.add_argument("--modes", default="plain,berth", help="plain, berth or both (default plain,berth)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each case; the summary shows the median")
     p.add_argument("--gpu-every", type=int, default=10, help="every Nth pod asks for 1 GPU (0: none)")
     p.add_argument("--gpu-node-every", type=int, default=4, help="every Nth node has 8 GPUs (0: none)")
     p.add_argument("--qps", type=int, default=2000, help="kube-scheduler client QPS (burst is twice that)")
