@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-e2e locust certs lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-e2e bench-scale locust certs lint clean
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -42,14 +42,18 @@ lint: install
 cluster: install k8s  ## a local control plane + Berth + berth-scheduler to try by hand
 	$(PY) -m tests.e2e.cluster_cli
 
-bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typical extender
-	$(PY) -m scheduler bench --markdown docs/bench-latest.md
+bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typical extender (needs wrk)
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) -m scheduler bench --markdown docs/benchmarks/bench.md
 
 bench-quality: install  ## GPU placement quality: Berth's policy vs kube-scheduler's LeastAllocated
-	$(PY) -m scheduler.quality --markdown docs/bench-quality-latest.md
+	$(PY) -m scheduler.quality --markdown docs/benchmarks/quality.md
 
 bench-e2e: install k8s  ## pods/s of kube-scheduler alone and through Berth, on the local control plane
-	$(PY) -m tests.e2e.throughput
+	$(PY) -m tests.e2e.throughput --nodes 1000,5000 --pods 2000 --repeat 2 --markdown docs/benchmarks/e2e-throughput.md
+
+bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,000 pods
+	$(PY) scripts/scale.py --pods-from apiserver --repeat 2 --ab --probe-list --markdown docs/benchmarks/scale-apiserver.md
 
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)

@@ -332,6 +332,9 @@ class BerthRun:
                     out.setdefault(verb, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
         return out
 
+    async def names_cache_hits(self, api: Api) -> int:
+        return int((await api.get(f"{self.url}/debug/state"))["nodeNamesCacheHits"])
+
     async def wait_empty(self, api: Api, timeout: float = 60) -> bool:
         """Berth's ledger holds no pod and no reservation, and every node is back to all-free."""
         async def ledger_empty() -> bool:
@@ -347,6 +350,7 @@ class BerthRun:
 
 async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes: int, pct: int | None,
                   berth: BerthRun | None) -> Result:
+    """One run: a fresh namespace and kube-scheduler, a warm-up pod, the timed stream, then cleanup."""
     mode = "berth" if berth else "plain"
     scheduler = BERTH if berth else PLAIN
     res = Result(nodes, pct, mode, args.pods)
@@ -357,37 +361,43 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
     sched = h.start_scheduler(cp, f"kube-scheduler-{ns}", cfg)
     try:
         await warm_up(api, ns, scheduler, sched, berth)
-        bodies = pod_bodies(args.pods, scheduler, args.gpu_every)
-        rv = (await api.get(f"/api/v1/namespaces/{ns}/pods", {"limit": "1"}))["metadata"]["resourceVersion"]
-        watch = BindWatch(api, ns, rv, len(bodies))
-        verbs0 = await berth.verb_totals(api) if berth else {}
-        hits0 = (await api.get(f"{berth.url}/debug/state"))["nodeNamesCacheHits"] if berth else 0
-        watcher = asyncio.create_task(watch.run())
-        sampler = CpuSampler(pids(cp, sched, berth))
-        sampler.start()
-        t0 = time.monotonic()
-        await api.create_all(f"/api/v1/namespaces/{ns}/pods", bodies)
-        res.create_seconds = time.monotonic() - t0
-        await asyncio.wait([watcher], timeout=args.timeout)
-        res.cpu, res.peak = await sampler.stop()
-        if not watcher.done():
-            watcher.cancel()
-            say(f"timed out after {args.timeout:.0f}s with {len(watch.bound)}/{len(bodies)} pods bound")
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher  # raises what ended the watch early, if anything did
-        res.bound, res.unschedulable, res.load = len(watch.bound), watch.unschedulable, os.getloadavg()
-        if berth:
-            res.verbs = verb_means(verbs0, await berth.verb_totals(api))
-            res.names_cache_hits = (await api.get(f"{berth.url}/debug/state"))["nodeNamesCacheHits"] - hits0
-        if watch.bound:
-            res.seconds = max(watch.bound.values()) - t0
-            res.first_bind = min(watch.bound.values()) - t0
+        await timed_stream(api, ns, args, pod_bodies(args.pods, scheduler, args.gpu_every),
+                           pids(cp, sched, berth), berth, res)
     finally:
         sched.stop()
     await delete_pods(api, ns)
     if berth:
         res.cache_empty = await berth.wait_empty(api)
     return res
+
+
+async def timed_stream(api: Api, ns: str, args: argparse.Namespace, bodies: list[bytes], procs: dict[str, int],
+                       berth: BerthRun | None, res: Result) -> None:
+    """Create every pod as fast as possible and time until the watch has seen each one bound."""
+    rv = (await api.get(f"/api/v1/namespaces/{ns}/pods", {"limit": "1"}))["metadata"]["resourceVersion"]
+    watch = BindWatch(api, ns, rv, len(bodies))
+    verbs0 = await berth.verb_totals(api) if berth else {}
+    hits0 = await berth.names_cache_hits(api) if berth else 0
+    watcher = asyncio.create_task(watch.run())
+    sampler = CpuSampler(procs)
+    sampler.start()
+    t0 = time.monotonic()
+    await api.create_all(f"/api/v1/namespaces/{ns}/pods", bodies)
+    res.create_seconds = time.monotonic() - t0
+    await asyncio.wait([watcher], timeout=args.timeout)
+    res.cpu, res.peak = await sampler.stop()
+    if not watcher.done():
+        watcher.cancel()
+        say(f"timed out after {args.timeout:.0f}s with {len(watch.bound)}/{len(bodies)} pods bound")
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher  # raises what ended the watch early, if anything did
+    res.bound, res.unschedulable, res.load = len(watch.bound), watch.unschedulable, os.getloadavg()
+    if berth:
+        res.verbs = verb_means(verbs0, await berth.verb_totals(api))
+        res.names_cache_hits = await berth.names_cache_hits(api) - hits0
+    if watch.bound:
+        res.seconds = max(watch.bound.values()) - t0
+        res.first_bind = min(watch.bound.values()) - t0
 
 
 def verb_means(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, tuple[int, float]]:
