@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import socket
@@ -49,10 +50,9 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> 
     pytest.fail(f"{url} not ready after {timeout} s")
 
 
-@pytest.fixture
-def typical_extender() -> Iterator[str]:
-    port = free_port()
-    argv = [sys.executable, str(LOADTESTS / "typical_extender.py"), "--synthetic", "600", "--port", str(port)]
+@contextlib.contextmanager
+def serving(argv: list[str], port: int) -> Iterator[str]:
+    """Run a server on `port` until the block ends; yields its URL once /readyz answers."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,21 +61,23 @@ def typical_extender() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def typical_extender() -> Iterator[str]:
+    port = free_port()
+    with serving([sys.executable, str(LOADTESTS / "typical_extender.py"), "--synthetic", "600", "--port",
+                  str(port)], port) as url:
+        yield url
 
 
 @pytest.fixture
 def berth_demo() -> Iterator[str]:
     """`berth serve --demo`, the server the README's locust command targets."""
     port = free_port()
-    argv = [sys.executable, "-m", "scheduler", "serve", "--demo", "--demo-nodes", "2000", "--port", str(port)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+    with serving([sys.executable, "-m", "scheduler", "serve", "--demo", "--demo-nodes", "2000", "--port",
+                  str(port)], port) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_locust_scenario_runs_clean_against_berth(berth_demo: str, tmp_path: Path) -> None:
