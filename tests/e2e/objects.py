@@ -27,12 +27,12 @@ def node(name: str, group: str, cpu: str = "32", memory: str = "128Gi", gpus: in
 
 def pod(name: str, group: str, gpus: int = 0, cpu: str = "1", memory: str = "1Gi", scheduler: str = BERTH,
         node_name: str | None = None, annotations: dict[str, str] | None = None, priority: int | None = None,
-        priority_class: str | None = None) -> dict[str, Any]:
+        priority_class: str | None = None, grace_period: int = 0) -> dict[str, Any]:
     res: dict[str, Any] = {"requests": {"cpu": cpu, "memory": memory}}
     if gpus:
         res["limits"] = {"nvidia.com/gpu": str(gpus)}
     spec: dict[str, Any] = {"schedulerName": scheduler, "nodeSelector": {"e2e-group": group},
-                            "terminationGracePeriodSeconds": 0,
+                            "terminationGracePeriodSeconds": grace_period,
                             "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10", "resources": res}]}
     if node_name:
         spec["nodeName"] = node_name

@@ -1,6 +1,7 @@
 """Team quotas with the real kube-scheduler: a burst far beyond the quotas, a Berth restart in the
 middle, reclaim by preemption, and the API server sampled throughout."""
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +48,30 @@ class Sampler(threading.Thread):
             time.sleep(0.2)
 
 
+class Kubelet(threading.Thread):
+    """Stands in for the kubelets these nodes do not have: a pod deleted with a grace period (as
+    preemption deletes its victims) stays Terminating, holding its GPUs, until a kubelet confirms it.
+    Confirming a moment later, as a real kubelet does, makes the delete event reach kube-scheduler after
+    the preemptor waits for it (with grace 0 the victims vanish inside the preemptor's own cycle)."""
+
+    def __init__(self, api: kclient.CoreV1Api, namespaces: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.api, self.namespaces = api, namespaces
+        self.stop = threading.Event()
+        self.confirmed = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for ns in self.namespaces:
+                for p in self.api.list_namespaced_pod(ns).items:
+                    if p.metadata.deletion_timestamp:
+                        time.sleep(0.5)
+                        with contextlib.suppress(kclient.ApiException):
+                            self.api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
+                            self.confirmed += 1
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def teams(cp: h.ControlPlane, api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi) -> Iterator[dict[str, str]]:
     suffix = int(time.time())
@@ -69,13 +94,15 @@ def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, 
                                                            berth: BerthHandle, berth_scheduler: h.Proc,
                                                            teams: dict[str, str]) -> None:
     h.wait_until(lambda: berth.get("/debug/state")["teams"] >= 2, 10, "Berth sees the TeamQuotas")
-    sampler = Sampler(api, teams)
+    sampler, kubelet = Sampler(api, teams), Kubelet(api, list(teams.values()))
     sampler.start()
+    kubelet.start()
     try:
         # team-a: 32 one-GPU pods at once, far beyond its max of 24; Berth is killed in the middle.
         with ThreadPoolExecutor(8) as pool:
             futures = [pool.submit(api.create_namespaced_pod, teams["team-a"],
-                                   pod(f"a-{i}", "quota", gpus=1, cpu="100m", priority_class="e2e-low"))
+                                   pod(f"a-{i}", "quota", gpus=1, cpu="100m", priority_class="e2e-low",
+                                       grace_period=30))
                        for i in range(32)]
             time.sleep(1.0)
             berth.kill()
@@ -108,13 +135,16 @@ def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, 
         assert bound(api, teams["team-a"]) >= GUARANTEED, "reclaim never takes team-a below its guarantee"
         # team-b's pool held 8 of team-a's borrowed pods: only preemption can have freed them.
         assert berth.metric("berth_preemption_victims_total", team="team-a") >= MAX - GUARANTEED
+        assert kubelet.confirmed >= MAX - GUARANTEED, "the victims were evicted, not left Terminating"
         assert bound(api, teams["team-a"]) == GUARANTEED
 
         out = h.wait_until(lambda: _teamquota_table(cp, f"{GUARANTEED}"), 20, "kubectl get teamquotas")
         print(out)
     finally:
         sampler.stop.set()
+        kubelet.stop.set()
         sampler.join()
+        kubelet.join()
     assert sampler.samples, "the sampler ran"
     for s in sampler.samples:
         assert s["team-a"] <= MAX and s["team-b"] <= MAX, s
