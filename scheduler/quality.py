@@ -37,6 +37,7 @@ from scheduler import kernels
 from scheduler.binder import Binder
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
+from scheduler.kernels._python import lowest_bits
 from scheduler.ledger import PodEntry
 from scheduler.placement import judge, run_filter, run_score
 from scheduler.podspec import PodAsk, PodRequest, pod_ask
@@ -170,13 +171,7 @@ def least_allocated(t: Any, s: int, r: PodRequest) -> int:
 
 def lowest_free(free: int, n: int) -> int:
     """The device plugin's choice without topology: the `n` lowest free indices."""
-    out = 0
-    while n > 0 and free:
-        bit = free & -free
-        out |= bit
-        free ^= bit
-        n -= 1
-    return out
+    return lowest_bits(free, n)
 
 
 class LeastAllocatedPolicy(Policy):

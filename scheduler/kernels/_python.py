@@ -175,19 +175,20 @@ def choose_devices(islands: array, s: int, free: int, gpu: int, topo: int) -> in
     masks = [islands[base + k] for k in range(MAX_ISLANDS) if islands[base + k]]
     if best >= 0:
         isl = next(m for m in masks if (m & free).bit_count() == best)
-        return _lowest(isl & free, gpu)
+        return lowest_bits(isl & free, gpu)
     if topo == 2:
         return 0
     chosen = 0
     for m in sorted(masks, key=lambda m: ((m & free).bit_count(), m)):
-        chosen |= _lowest(m & free & ~chosen, gpu - chosen.bit_count())
+        chosen |= lowest_bits(m & free & ~chosen, gpu - chosen.bit_count())
         if chosen.bit_count() == gpu:
             return chosen
     rest = free & ~chosen  # GPUs in no island
-    return chosen | _lowest(rest, gpu - chosen.bit_count())
+    return chosen | lowest_bits(rest, gpu - chosen.bit_count())
 
 
-def _lowest(mask: int, n: int) -> int:
+def lowest_bits(mask: int, n: int) -> int:
+    """The `n` lowest set bits of `mask` (the lowest free device indices)."""
     out = 0
     while n > 0 and mask:
         bit = mask & -mask
