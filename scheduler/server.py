@@ -66,7 +66,7 @@ class Berth:
         self.names = NodeNamesCache(state.table)
         # Pods seen in filter, by namespace/name: what `explain` reads when there is no API server (demo).
         self.recent_pods: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=600)
-        self._timers = {v: metrics.duration.labels(v) for v in ("filter", "prioritize", "bind", "preempt")}
+        self.timers = {v: metrics.duration.labels(v) for v in ("filter", "prioritize", "bind", "preempt")}
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True
 
@@ -96,12 +96,9 @@ class Berth:
         try:
             return await handler(request)
         except WireError as exc:
-            self.metrics.errors.labels(verb, "bad_request").inc()
-            return _json({"error": exc.reason}, exc.status)
+            return web.Response(body=self.refused(verb, exc), status=exc.status, content_type=JSON)
         except web.HTTPRequestEntityTooLarge as exc:
-            self.metrics.errors.labels(verb, "too_large").inc()
-            return _json({"error": f"request body too large ({exc.text}); the limit is "
-                                   f"{self.state.config.server.max_body_bytes} bytes (server.max_body_bytes)"}, 413)
+            return web.Response(body=self.too_large(verb, exc.text or ""), status=413, content_type=JSON)
         except web.HTTPMethodNotAllowed as exc:
             return _json({"error": f"{request.method} is not allowed on {request.path}; use "
                                    f"{', '.join(sorted(exc.allowed_methods))}"}, 405)
@@ -112,12 +109,26 @@ class Berth:
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:
-            log.exception("unexpected error in %s", request.path)
-            self.metrics.errors.labels(verb, "internal").inc()
-            return _json({"error": "internal error; see Berth's log"}, 500)
+            return web.Response(body=self.failed(verb, request.path), status=500, content_type=JSON)
+
+    # The three error replies, shared with the hot-path connection handler (verbs_http.py).
+    def refused(self, verb: str, exc: WireError) -> bytes:
+        self.metrics.errors.labels(verb, "bad_request").inc()
+        return orjson.dumps({"error": exc.reason})
+
+    def too_large(self, verb: str, detail: str) -> bytes:
+        self.metrics.errors.labels(verb, "too_large").inc()
+        return orjson.dumps({"error": f"request body too large ({detail}); the limit is "
+                                      f"{self.state.config.server.max_body_bytes} bytes (server.max_body_bytes)"})
+
+    def failed(self, verb: str, path: str, exc: BaseException | None = None) -> bytes:
+        """For an unexpected exception: `exc`, or the one being handled, goes into the log with its trace."""
+        log.error("unexpected error in %s", path, exc_info=exc or True)
+        self.metrics.errors.labels(verb, "internal").inc()
+        return orjson.dumps({"error": "internal error; see Berth's log"})
 
     def _timed(self, verb: str, fn: Handler) -> Handler:
-        timer = self._timers[verb]
+        timer = self.timers[verb]
 
         async def handler(request: web.Request) -> web.StreamResponse:
             t0 = time.perf_counter()
@@ -136,19 +147,20 @@ class Berth:
         return ask
 
     # -- verbs ---------------------------------------------------------------------------------
-    async def filter(self, request: web.Request) -> web.Response:
-        args = self.names.parse(await request.read())
+    # Each verb is bytes in, bytes out (a WireError for bad input): aiohttp's handlers below and the
+    # hot-path connection handler (verbs_http.py) both call these.
+    def filter_body(self, raw: bytes) -> bytes:
+        args = self.names.parse(raw)
         try:
             ask = self._ask(args.pod)
         except PodError as exc:
             self.metrics.errors.labels("filter", "pod").inc()
-            return web.Response(body=error_filter_reply(args, f"berth: pod cannot be judged: {exc}"),
-                                content_type=JSON)
+            return error_filter_reply(args, f"berth: pod cannot be judged: {exc}")
         body = self._filter(args, ask)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],
                       extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "filter"})
-        return web.Response(body=body, content_type=JSON)
+        return body
 
     def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
         state, m = self.state, self.metrics
@@ -199,8 +211,8 @@ class Berth:
         index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
         return filter_reply(args, K.pick_json(args.frags, verdicts, K.OK), failed, unres, index)
 
-    async def prioritize(self, request: web.Request) -> web.Response:
-        args = self.names.parse(await request.read())
+    def prioritize_body(self, raw: bytes) -> bytes:
+        args = self.names.parse(raw)
         try:
             ask = self._ask(args.pod)
         except PodError:  # prioritize has no error field; a pod that cannot be judged gets no preference
@@ -213,26 +225,26 @@ class Berth:
                 log.debug("prioritize %s/%s: best %s (%d of 10) among %d", ask.namespace, ask.name,
                           args.names[best], scores[best], len(scores),
                           extra={"pod": f"{ask.namespace}/{ask.name}", "node": args.names[best], "verb": "prioritize"})
-        return web.Response(body=K.prioritize_json(args.frags, scores), content_type=JSON)
+        return K.prioritize_json(args.frags, scores)
 
-    async def bind(self, request: web.Request) -> web.Response:
+    async def bind_body(self, raw: bytes) -> bytes:
         if not self.accepting:
             raise WireError(503, "Berth is shutting down; retry against the new leader")
-        args = parse_binding_args(await request.read())
+        args = parse_binding_args(raw)
         try:
             result = await self.binder.bind(args)
         except BindError as exc:
             self.metrics.binds.labels(exc.result).inc()
             log.info("bind %s/%s -> %s refused: %s", args.namespace, args.name, args.node, exc.reason,
                      extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
-            return web.Response(body=binding_reply(exc.reason), content_type=JSON)
+            return binding_reply(exc.reason)
         self.metrics.binds.labels(result).inc()
         log.debug("bound %s/%s -> %s (%s)", args.namespace, args.name, args.node, result,
                   extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
-        return web.Response(body=binding_reply(), content_type=JSON)
+        return binding_reply()
 
-    async def preempt(self, request: web.Request) -> web.Response:
-        args = parse_preemption_args(await request.read())
+    def preempt_body(self, raw: bytes) -> bytes:
+        args = parse_preemption_args(raw)
         try:
             ask = self._ask(args.pod)
         except PodError as exc:
@@ -246,7 +258,19 @@ class Berth:
                 key = self.state.ledger.by_uid.get(uid)
                 entry = self.state.ledger.get(key) if key else None
                 self.metrics.victims.labels(entry.team if entry and entry.team else "").inc()
-        return web.Response(body=preemption_reply(decision.victims, decision.pdb), content_type=JSON)
+        return preemption_reply(decision.victims, decision.pdb)
+
+    async def filter(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.filter_body(await request.read()), content_type=JSON)
+
+    async def prioritize(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.prioritize_body(await request.read()), content_type=JSON)
+
+    async def bind(self, request: web.Request) -> web.Response:
+        return web.Response(body=await self.bind_body(await request.read()), content_type=JSON)
+
+    async def preempt(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.preempt_body(await request.read()), content_type=JSON)
 
     # -- health, metrics, debug ----------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:

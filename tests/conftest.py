@@ -4,6 +4,7 @@ byte-shaped like kube-scheduler's `json.Marshal` of the extender/v1 types (tests
 The e2e suite has its own conftest under tests/e2e/; nothing here is named like its fixtures.
 """
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -11,12 +12,15 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient
+from aiohttp.web_runner import BaseRunner
+from yarl import URL
 
 from scheduler.binder import Binder
 from scheduler.config import Config
 from scheduler.demo import populate
 from scheduler.metrics import Metrics
+from scheduler.run import Listener, _listen
 from scheduler.server import Berth
 from scheduler.state import ClusterState
 
@@ -94,14 +98,43 @@ def go(demo_state: ClusterState) -> GoWire:
     return GoWire(demo_state)
 
 
+class BerthServer(BaseTestServer):
+    """Berth's own listener, as `berth serve` opens it (verb POSTs on the hot-path connection handler,
+    everything else handed to aiohttp), on an ephemeral loopback port, for aiohttp's TestClient."""
+
+    def __init__(self, berth: Berth) -> None:
+        super().__init__()
+        self.berth = berth
+        self.listener: Listener | None = None
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        raise NotImplementedError("start_server opens Berth's listener itself")
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.berth.state.config.server.host = "127.0.0.1"
+        self.listener = await _listen(self.berth, self.berth.state.config, 0, None, verbs=True)
+        self.runner, self.port, self.scheme = self.listener.runner, self.listener.port, "http"
+        self._root = URL(f"http://127.0.0.1:{self.port}")
+
+    async def close(self) -> None:
+        if self.listener is not None and not self.closed:
+            await self.listener.close()
+            self._root, self.port, self._closed = None, None, True
+
+
+def berth_client(state: ClusterState) -> TestClient:
+    return TestClient(BerthServer(Berth(state, Metrics(), Binder(state, None, None))))
+
+
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
     """Start Berth (demo binder: binds recorded in memory) for a state; closed after the test."""
     clients: list[TestClient] = []
 
     async def start(state: ClusterState) -> TestClient:
-        app = Berth(state, Metrics(), Binder(state, None, None)).app()
-        client = TestClient(TestServer(app))
+        client = berth_client(state)
         await client.start_server()
         clients.append(client)
         return client

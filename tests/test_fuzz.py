@@ -13,15 +13,12 @@ from types import ModuleType
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from scheduler.binder import Binder
 from scheduler.config import Config
-from scheduler.metrics import Metrics
-from scheduler.server import Berth
-from tests.conftest import GoWire, demo_cluster
+from tests.conftest import GoWire, berth_client, demo_cluster
 
 LIMIT = 64 * 1024
 BATCH = 8
@@ -59,8 +56,7 @@ class Target:
         assert self.reference.status == 200 and orjson.loads(self.reference.body)["NodeNames"]
 
     async def _start(self) -> TestClient:
-        app = Berth(self.state, Metrics(), Binder(self.state, None, None)).app()
-        client = TestClient(TestServer(app))
+        client = berth_client(self.state)
         await client.start_server()
         return client
 

@@ -2,14 +2,14 @@
 
 import asyncio
 
-from aiohttp import web
+import orjson
 
 from scheduler.binder import Binder
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
 from scheduler.metrics import Metrics
 from scheduler.podspec import pod_ask
-from scheduler.run import _shutdown
+from scheduler.run import _listen, _shutdown
 from scheduler.server import Berth
 from scheduler.state import ClusterState
 from scheduler.wire import BindingArgs
@@ -35,14 +35,24 @@ async def test_shutdown_finishes_in_flight_binds_and_releases_reservations() -> 
     await asyncio.sleep(0.01)
     assert binder.in_flight == 1 and state.table.free(0)["nvidia.com/gpu"] == 6
 
-    runner = web.AppRunner(berth.app())
-    await runner.setup()
-    stopping = asyncio.create_task(_shutdown(berth, [runner], [], grace=5.0))
+    state.config.server.host = "127.0.0.1"
+    listener = await _listen(berth, state.config, 0, None, verbs=True)
+    # An idle kube-scheduler connection on the hot-path handler: shutdown must close it, not hang on it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+    body = orjson.dumps({"Pod": make_pod("default", "b", None, "1", "1Gi", 1), "Nodes": None, "NodeNames": ["n1"]})
+    writer.write(b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    stopping = asyncio.create_task(_shutdown(berth, [listener], [], grace=5.0))
     await asyncio.sleep(0.05)
     assert not berth.accepting and not stopping.done(), "shutdown waits for the in-flight bind"
     release.set()
     assert await bind_a == "bound"
     await stopping
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    assert b"n1" in await reader.readexactly(length)
+    assert await asyncio.wait_for(reader.read(), 2) == b"", "the idle connection is closed at shutdown"
+    writer.close()
     assert written == ["a"]
     # The bind wrote its Binding, but no watch event confirmed it before exit: nothing stays reserved.
     assert len(state.reservations) == 0
