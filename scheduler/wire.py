@@ -69,6 +69,8 @@ class _Known:
     slots: array
     frags: list[bytes]
     joined: bytes | None = None
+    # The last failed-node maps written for these names: (ids, texts, hard, failed_json's result).
+    failed: tuple[array, list[bytes], bytes, tuple[bytes, bytes, int, int]] | None = None
 
 
 class NodeNamesCache:
@@ -89,9 +91,10 @@ class NodeNamesCache:
         get = self.table.slot_of.get
         return array("i", [get(n, -1) for n in names])
 
-    def _lookup(self, tail: bytes) -> _Known | None:
+    def _lookup(self, body: bytes, at: int) -> _Known | None:
+        size = len(body) - at
         for i, k in enumerate(self._known):
-            if len(k.tail) == len(tail) and k.tail == tail:
+            if len(k.tail) == size and body.startswith(k.tail, at):  # memcmp in place, no copy of the tail
                 if i:
                     self._known.insert(0, self._known.pop(i))
                 if k.version != self.table.version:
@@ -100,9 +103,12 @@ class NodeNamesCache:
         return None
 
     def parse(self, body: bytes) -> ExtenderArgs:
-        idx = body.rfind(self.MARK)
-        tail = body[idx:] if idx > 0 and body.endswith(b"]}") else b""
-        known = self._lookup(tail) if tail else None
+        # Searched from the front: the Pod comes first and is a few KB, the names are up to 300 KB. A quote
+        # inside a JSON string is escaped, so the mark cannot sit in one; if a Pod ever held it as a key,
+        # the head below would not parse and the request would take the full path.
+        idx = body.find(self.MARK)
+        cacheable = idx > 0 and body.endswith(b"]}")
+        known = self._lookup(body, idx) if cacheable else None
         if known is not None:
             try:
                 head = orjson.loads(body[:idx] + b"}")
@@ -112,8 +118,8 @@ class NodeNamesCache:
                 self.hits += 1
                 return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
         args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
-        if args.nodes is None and tail:
-            args.known = _Known(tail, self.table.version, args.names, args.slots, args.frags)
+        if args.nodes is None and cacheable:
+            args.known = _Known(body[idx:], self.table.version, args.names, args.slots, args.frags)
             self._known.insert(0, args.known)
             del self._known[self.size:]
         return args
@@ -167,12 +173,12 @@ def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unreso
     survivors go back as Nodes (the scheduler ignores NodeNames then), chosen by `passed_index`."""
     if args.nodes is not None:
         items = args.nodes if passed_index is None else [args.nodes[i] for i in passed_index]
-        head = b'{"Nodes":' + orjson.dumps({"metadata": {}, "items": items}) + b',"NodeNames":null'
+        head = [b'{"Nodes":', orjson.dumps({"metadata": {}, "items": items}), b',"NodeNames":null']
     else:
-        names = args.all_names_json() if passed is None else passed
-        head = b'{"Nodes":null,"NodeNames":[' + names + b"]"
-    return (head + b',"FailedNodes":{' + failed + b'},"FailedAndUnresolvableNodes":{' + unresolvable
-            + b'},"Error":""}')
+        head = [b'{"Nodes":null,"NodeNames":[', args.all_names_json() if passed is None else passed, b"]"]
+    # One join, one copy: chained `+` would copy a 400 KB reply once per piece.
+    return b"".join([*head, b',"FailedNodes":{', failed, b'},"FailedAndUnresolvableNodes":{', unresolvable,
+                     b'},"Error":""}'])
 
 
 def error_filter_reply(args: ExtenderArgs | None, error: str) -> bytes:

@@ -251,3 +251,33 @@ def test_fixtures_are_go_shaped(go: GoWire) -> None:
     spec = pod["spec"]
     assert spec["initContainers"][1]["restartPolicy"] == "Always" and spec["overhead"]
     assert pod["status"]["conditions"][0]["lastProbeTime"] is None
+
+
+def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: ClusterState) -> None:
+    """The same NodeNames bytes again (the names cache and the failed-maps cache both hit) get exactly
+    the reply a fresh server gives for the cluster as it is now."""
+    from scheduler.binder import Binder
+    from scheduler.demo import make_pod
+    from scheduler.metrics import Metrics
+    from scheduler.server import Berth
+
+    def fresh_reply(body: bytes) -> bytes:
+        return Berth(demo_state, Metrics(), Binder(demo_state, None, None)).filter_body(body)
+
+    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    body = go.args(go.pod(), go.names())
+    first = berth.filter_body(body)
+    assert berth.filter_body(body) == first == fresh_reply(body)
+    fits = orjson.loads(first)["NodeNames"]
+    failed_before = orjson.loads(first)["FailedNodes"] | orjson.loads(first)["FailedAndUnresolvableNodes"]
+    assert fits and failed_before
+    # Fill one node that fitted: it now fails (a new failed entry); the map must not be the cached one.
+    slot = demo_state.table.slot_of[fits[0]]
+    free = demo_state.table.free(slot)
+    demo_state.apply_pod("ADDED", make_pod("default", "filler", fits[0], f"{free['cpu']}m", str(free["memory"]),
+                                           free.get("nvidia.com/gpu", 0)))
+    second = berth.filter_body(body)
+    assert second == fresh_reply(body) != first
+    reply = orjson.loads(second)
+    assert fits[0] not in reply["NodeNames"] and fits[0] in reply["FailedNodes"]
+    assert berth.names.hits >= 2
