@@ -213,24 +213,26 @@ class Berth:
         worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
         texts = [orjson.dumps(text) for text, _ in worded]
         hard = bytes(int(h) for _, h in worded)
-        # Consecutive pods of one team see the same failures on the same names (the pool's nodes above
-        # all): reuse the last maps written for this NodeNames list when nothing in them changed.
+        # Consecutive pods of one team see the same failures on the same names (the nodes outside the
+        # team's pools above all). ids[i] is -1 exactly where a node passed, so equal ids, sentences and
+        # hard flags on the same names make the same reply: reuse the last one written.
         known = args.known
-        last = known.failed if known is not None else None
+        last = known.partial if known is not None else None
         if last is not None and last[0] == ids and last[1] == texts and last[2] == hard:
-            failed, unres, n_failed, n_unres = last[3]
+            reply, n_failed, n_unres = last[3:]
         else:
-            failed, unres, n_failed, n_unres = maps = K.failed_json(args.frags, ids, texts, hard)
+            failed, unres, n_failed, n_unres = K.failed_json(args.frags, ids, texts, hard)
+            index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
+            reply = filter_reply(args, K.pick_json(args.frags, verdicts, K.OK), failed, unres, index)
             if known is not None:
-                known.failed = (ids, texts, hard, maps)
+                known.partial = (ids, texts, hard, reply, n_failed, n_unres)
         for code in {code for code, _ in groups}:
             self._rejected[code].inc(verdicts.count(code))
         judged = self._judged
         judged["passed"].inc(passed)
         judged["failed"].inc(n_failed)
         judged["unresolvable"].inc(n_unres)
-        index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
-        return filter_reply(args, K.pick_json(args.frags, verdicts, K.OK), failed, unres, index)
+        return reply
 
     def prioritize_body(self, raw: bytes) -> bytes:
         args = self.names.parse(raw)

@@ -69,8 +69,8 @@ class _Known:
     slots: array
     frags: list[bytes]
     joined: bytes | None = None
-    # The last failed-node maps written for these names: (ids, texts, hard, failed_json's result).
-    failed: tuple[array, list[bytes], bytes, tuple[bytes, bytes, int, int]] | None = None
+    # The last partial filter reply written for these names: (ids, texts, hard, reply, failed, unresolvable).
+    partial: tuple[array, list[bytes], bytes, bytes, int, int] | None = None
 
 
 class NodeNamesCache:
@@ -85,6 +85,7 @@ class NodeNamesCache:
         self.table = table
         self.size = size
         self._known: list[_Known] = []
+        self._last_head: tuple[bytes, Any] = (b"", None)
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
@@ -102,6 +103,20 @@ class NodeNamesCache:
                 return k
         return None
 
+    def _head(self, body: bytes, idx: int) -> Any:
+        """The request before NodeNames, decoded; filter and then prioritize send the same pod's bytes,
+        so the last one is kept (read only, never changed by its users)."""
+        last_bytes, last = self._last_head
+        if len(last_bytes) == idx and body.startswith(last_bytes):
+            return last
+        head_bytes = body[:idx]
+        try:
+            head = orjson.loads(head_bytes + b"}")
+        except orjson.JSONDecodeError:
+            return None
+        self._last_head = (head_bytes, head)
+        return head
+
     def parse(self, body: bytes) -> ExtenderArgs:
         # Searched from the front: the Pod comes first and is a few KB, the names are up to 300 KB. A quote
         # inside a JSON string is escaped, so the mark cannot sit in one; if a Pod ever held it as a key,
@@ -110,10 +125,7 @@ class NodeNamesCache:
         cacheable = idx > 0 and body.endswith(b"]}")
         known = self._lookup(body, idx) if cacheable else None
         if known is not None:
-            try:
-                head = orjson.loads(body[:idx] + b"}")
-            except orjson.JSONDecodeError:
-                head = None
+            head = self._head(body, idx)
             if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
                 self.hits += 1
                 return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
