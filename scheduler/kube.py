@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from cachetools import TTLCache
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
@@ -50,6 +51,7 @@ class KubeClient:
         self.cfg = cfg
         self.base = cfg.host.rstrip("/")
         self._ssl = _ssl_context(cfg)
+        self._auth: TTLCache[str, dict[str, str]] = TTLCache(maxsize=1, ttl=10)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
             json_serialize=lambda o: orjson.dumps(o).decode(),
@@ -59,11 +61,15 @@ class KubeClient:
         await self.session.close()
 
     def headers(self, content_type: str | None = None) -> dict[str, str]:
-        h = {"Accept": "application/json", "User-Agent": "berth/0.1"}
-        # auth_settings() names the header across client versions and refreshes rotated in-cluster tokens.
-        for auth in self.cfg.auth_settings().values():
-            if auth.get("in") == "header" and auth.get("value"):
-                h[auth["key"]] = auth["value"]
+        h = self._auth.get("headers")
+        if h is None:
+            h = self._auth["headers"] = {"Accept": "application/json", "User-Agent": "berth/0.1"}
+            # auth_settings() names the header across client versions and refreshes rotated in-cluster
+            # tokens; it re-reads the configuration, so it runs every few seconds, not for every bind.
+            for auth in self.cfg.auth_settings().values():
+                if auth.get("in") == "header" and auth.get("value"):
+                    h[auth["key"]] = auth["value"]
+        h = dict(h)
         if content_type:
             h["Content-Type"] = content_type
         return h

@@ -219,13 +219,15 @@ class Berth:
         known = args.known
         last = known.partial if known is not None else None
         if last is not None and last[0] == ids and last[1] == texts and last[2] == hard:
-            reply, n_failed, n_unres = last[3:]
+            picked, reply, n_failed, n_unres = last[3:]
         else:
             failed, unres, n_failed, n_unres = K.failed_json(args.frags, ids, texts, hard)
             index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
-            reply = filter_reply(args, K.pick_json(args.frags, verdicts, K.OK), failed, unres, index)
+            picked = K.pick_json(args.frags, verdicts, K.OK)
+            reply = filter_reply(args, picked, failed, unres, index)
             if known is not None:
-                known.partial = (ids, texts, hard, reply, n_failed, n_unres)
+                known.partial = (ids, texts, hard, picked, reply, n_failed, n_unres)
+        self.names.offer_survivors(args, picked, verdicts)
         for code in {code for code, _ in groups}:
             self._rejected[code].inc(verdicts.count(code))
         judged = self._judged

@@ -7,6 +7,7 @@ case-insensitively, so we accept any case. A request kube-scheduler would never 
 
 from array import array
 from dataclasses import dataclass
+from itertools import compress
 from typing import Any
 
 import orjson
@@ -69,8 +70,13 @@ class _Known:
     slots: array
     frags: list[bytes]
     joined: bytes | None = None
-    # The last partial filter reply written for these names: (ids, texts, hard, reply, failed, unresolvable).
-    partial: tuple[array, list[bytes], bytes, bytes, int, int] | None = None
+    # The last partial filter reply written for these names:
+    # (ids, texts, hard, the passing names' JSON, reply, failed count, unresolvable count).
+    partial: tuple[array, list[bytes], bytes, bytes, bytes, int, int] | None = None
+
+
+# verdict -> 1 where a node passed (verdict 0, kernels.OK), else 0: selectors for itertools.compress
+_PASSED = bytes([1] + [0] * 255)
 
 
 class NodeNamesCache:
@@ -86,6 +92,7 @@ class NodeNamesCache:
         self.size = size
         self._known: list[_Known] = []
         self._last_head: tuple[bytes, Any] = (b"", None)
+        self._survivors: tuple[bytes, ExtenderArgs, bytes] | None = None
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
@@ -101,7 +108,31 @@ class NodeNamesCache:
                 if k.version != self.table.version:
                     k.slots, k.version = self.slots_for(k.names), self.table.version
                 return k
-        return None
+        return self._survivors_of(body, at)
+
+    def offer_survivors(self, parent: ExtenderArgs, picked: bytes, verdicts: bytearray) -> None:
+        """kube-scheduler sends prioritize exactly the NodeNames filter returned, in that order
+        (extender.go builds the feasible list from the reply): remember the last filter's survivors so
+        the prioritize call that follows finds its names already mapped. Materialized only on a hit."""
+        if parent.nodes is None:
+            self._survivors = (picked, parent, verdicts.translate(_PASSED))
+
+    def _survivors_of(self, body: bytes, at: int) -> _Known | None:
+        if self._survivors is None:
+            return None
+        picked, parent, selectors = self._survivors
+        start = at + len(self.MARK)
+        if len(body) - start != len(picked) + 2 or not body.startswith(picked, start):
+            return None
+        self._survivors = None
+        names = list(compress(parent.names, selectors))
+        slots = array("i", compress(parent.slots, selectors))
+        if parent.known is None or parent.known.version != self.table.version:
+            slots = self.slots_for(names)
+        known = _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
+        self._known.insert(0, known)
+        del self._known[self.size:]
+        return known
 
     def _head(self, body: bytes, idx: int) -> Any:
         """The request before NodeNames, decoded; filter and then prioritize send the same pod's bytes,

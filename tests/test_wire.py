@@ -281,3 +281,26 @@ def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: Cl
     reply = orjson.loads(second)
     assert fits[0] not in reply["NodeNames"] and fits[0] in reply["FailedNodes"]
     assert berth.names.hits >= 2
+
+
+def test_prioritize_after_filter_finds_the_survivors_mapped(go: GoWire, demo_state: ClusterState) -> None:
+    """kube-scheduler sends prioritize the NodeNames filter returned, in order: that list is already
+    mapped (a names-cache hit), and the scores equal a fresh server's."""
+    from scheduler.binder import Binder
+    from scheduler.metrics import Metrics
+    from scheduler.server import Berth
+
+    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    reply = orjson.loads(berth.filter_body(go.args(go.pod(), go.names())))
+    survivors = reply["NodeNames"]
+    assert survivors and reply["FailedNodes"] | reply["FailedAndUnresolvableNodes"], "a partial reply"
+    hits = berth.names.hits
+    body = go.args(go.pod(), survivors)
+    scores = berth.prioritize_body(body)
+    assert berth.names.hits == hits + 1
+    fresh = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    assert scores == fresh.prioritize_body(body)
+    assert [h["Host"] for h in orjson.loads(scores)] == survivors
+    # A list that differs by one name is not taken for the survivors.
+    other = go.args(go.pod(), survivors[:-1])
+    assert berth.prioritize_body(other) == fresh.prioritize_body(other)
