@@ -229,7 +229,7 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
 # ---- reply builders: JSON bytes written straight into one buffer (the twins are in _python.py) ----
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cdef bytes _HOST = b'{"Host":'
 cdef list _SCORE = [(',"Score":%d}' % k).encode() for k in range(11)]
@@ -395,3 +395,153 @@ def failed_json(list frags, const int[::1] ids, list texts, const unsigned char[
         memcpy(outs[which] + pos[which], PyBytes_AS_STRING(text), ln)
         pos[which] += ln
     return soft_b, hard_b, cnt[0], cnt[1]
+
+
+# ---- NodeNames -> slots without a Python object per name (twin: map_names in _python.py) ----
+# kube-scheduler checks nodes on 16 goroutines, so the order of NodeNames (and so its bytes) changes
+# from call to call and the bytes-keyed cache misses; decoding 5,000 names into str, hashing them and
+# quoting them again took ~1.6 ms. This reads the array in place and finds each name by a hash of its
+# quoted bytes in an open-addressing table whose keys are copied into one contiguous buffer (the
+# comparisons stay in cache instead of visiting thousands of scattered bytes objects).
+
+from cpython.array cimport array as carray, clone, resize
+from cpython.list cimport PyList_Append
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memchr
+
+cdef carray _INT_TEMPLATE = carray("i")
+
+
+cdef inline uint64_t _hash(const char* p, Py_ssize_t n) noexcept nogil:
+    """8 bytes per step (multiply-xorshift); exactness comes from the memcmp, not from the hash."""
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>n, w
+    while n >= 8:
+        memcpy(&w, p, 8)
+        h = (h ^ w) * 0xFF51AFD7ED558CCDULL
+        h ^= h >> 32
+        p += 8
+        n -= 8
+    w = 0
+    memcpy(&w, p, n)
+    h = (h ^ w) * 0xC4CEB9FE1A85EC53ULL
+    return h ^ (h >> 29)
+
+
+cdef class _NameIndex:
+    cdef int* buckets
+    cdef uint64_t* hashes  # per slot
+    cdef Py_ssize_t* offset  # per slot, into keys
+    cdef int* length  # per slot; 0: no node in that slot
+    cdef char* keys
+    cdef Py_ssize_t mask
+    cdef readonly long long version
+    cdef readonly list quoted
+
+    def __cinit__(self, t):
+        cdef list quoted = t.quoted
+        cdef Py_ssize_t n = len(quoted), cap = 16, s, b, total = 0, at = 0
+        cdef bytes q
+        for s in range(n):
+            if quoted[s] is not None:
+                total += PyBytes_GET_SIZE(<bytes>quoted[s])
+        while cap < 2 * n + 2:
+            cap *= 2
+        self.buckets = <int*>malloc(cap * sizeof(int))
+        self.hashes = <uint64_t*>malloc((n + 1) * sizeof(uint64_t))
+        self.offset = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+        self.length = <int*>malloc((n + 1) * sizeof(int))
+        self.keys = <char*>malloc(total + 1)
+        if not (self.buckets and self.hashes and self.offset and self.length and self.keys):
+            raise MemoryError()
+        self.mask = cap - 1
+        self.version = t.version
+        self.quoted = quoted
+        for b in range(cap):
+            self.buckets[b] = -1
+        for s in range(n):
+            self.length[s] = 0
+            if quoted[s] is None:
+                continue
+            q = <bytes>quoted[s]
+            self.offset[s] = at
+            self.length[s] = <int>PyBytes_GET_SIZE(q)
+            memcpy(self.keys + at, PyBytes_AS_STRING(q), self.length[s])
+            at += self.length[s]
+            self.hashes[s] = _hash(PyBytes_AS_STRING(q), self.length[s])
+            b = self.hashes[s] & self.mask
+            while self.buckets[b] >= 0:
+                b = (b + 1) & self.mask
+            self.buckets[b] = <int>s
+
+    def __dealloc__(self):
+        free(self.buckets)
+        free(self.hashes)
+        free(self.offset)
+        free(self.length)
+        free(self.keys)
+
+    cdef inline int find(self, const char* p, Py_ssize_t n) noexcept nogil:
+        cdef uint64_t h = _hash(p, n)
+        cdef Py_ssize_t b = h & self.mask
+        cdef int s
+        while True:
+            s = self.buckets[b]
+            if s < 0:
+                return -1
+            if self.hashes[s] == h and self.length[s] == n and memcmp(self.keys + self.offset[s], p, n) == 0:
+                return s
+            b = (b + 1) & self.mask
+
+
+cdef _NameIndex _index_of(t):
+    cdef _NameIndex idx = getattr(t, "_name_index", None)
+    # Rebuilt when the set of names changes (version) or the quoted list grew or was replaced.
+    if idx is None or idx.version != t.version or idx.quoted is not t.quoted or len(t.quoted) != len(idx.quoted):
+        idx = _NameIndex(t)
+        t._name_index = idx
+    return idx
+
+
+def map_names(t, bytes body, Py_ssize_t start, Py_ssize_t end):
+    """body[start:end] is the inside of a NodeNames array as Go writes it ("a","b", no spaces, no
+    escapes): its slots (-1 for names not in the table), names and quoted names, the table's own
+    objects where the name is known. None for anything else: the caller takes the general JSON path."""
+    if start < 0 or end > PyBytes_GET_SIZE(body) or start > end:
+        return None
+    cdef _NameIndex idx = _index_of(t)
+    cdef const char* p = PyBytes_AS_STRING(body)
+    cdef const char* close
+    cdef Py_ssize_t pos = start, q, i, count = 0
+    cdef int s
+    cdef list names = [], frags = [], tnames = t.names, quoted = idx.quoted
+    cdef carray slots = clone(_INT_TEMPLATE, (end - start) // 2 + 1, False)
+    while pos < end:
+        if p[pos] != b'"':
+            return None
+        q = pos
+        close = <const char*>memchr(p + pos + 1, b'"', end - pos - 1)
+        if close == NULL:
+            return None
+        pos = close - p + 1
+        for i in range(q + 1, pos - 1):
+            if p[i] == b'\\' or <unsigned char>p[i] < 0x20:
+                return None
+        s = idx.find(p + q, pos - q)
+        if s >= 0:
+            PyList_Append(names, tnames[s])
+            PyList_Append(frags, quoted[s])
+        else:
+            try:
+                PyList_Append(names, body[q + 1:pos - 1].decode("utf-8"))
+            except UnicodeDecodeError:
+                return None
+            PyList_Append(frags, body[q:pos])
+        slots.data.as_ints[count] = s
+        count += 1
+        if pos < end:
+            if p[pos] != b',' or pos + 1 == end:
+                return None
+            pos += 1
+    resize(slots, count)
+    return slots, names, frags

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from scheduler.gpu_topology import TopologyError, islands_to_masks, parse_topology_annotation
 from scheduler.quantity import GPU, QuantityError, to_units
 
@@ -63,6 +65,7 @@ class NodeTable:
         self.capacity = 0
         self.size = 0  # slots ever used; kernels never see slots >= size
         self.names: list[str | None] = []
+        self.quoted: list[bytes | None] = []  # each name as a JSON string, what replies and map_names use
         self.facts: list[NodeFacts | None] = []
         self.slot_of: dict[str, int] = {}
         self.free_slots: list[int] = []
@@ -82,6 +85,7 @@ class NodeTable:
             getattr(self, attr).extend(_zeros(code, extra))
         self.islands.extend(_zeros("Q", extra * MAX_ISLANDS))
         self.names.extend([None] * extra)
+        self.quoted.extend([None] * extra)
         self.facts.extend([None] * extra)
         self.capacity = capacity
 
@@ -122,6 +126,7 @@ class NodeTable:
             self.size += 1
         self.slot_of[name] = slot
         self.names[slot] = name
+        self.quoted[slot] = orjson.dumps(name)
         self.version += 1
         return slot
 
@@ -135,6 +140,7 @@ class NodeTable:
         for i in range(MAX_ISLANDS):
             self.islands[base + i] = 0
         self.names[slot] = None
+        self.quoted[slot] = None
         self.facts[slot] = None
         self.free_slots.append(slot)
         self.version += 1

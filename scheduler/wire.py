@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from scheduler import kernels as K
 from scheduler.nodetable import NodeTable
 
 
@@ -148,6 +149,21 @@ class NodeNamesCache:
         self._last_head = (head_bytes, head)
         return head
 
+    def _mapped(self, body: bytes, idx: int) -> ExtenderArgs | None:
+        """A new list (kube-scheduler's NodeNames order varies call to call): names mapped in place by
+        the kernel, the head decoded alone; None when either is not as Go writes it."""
+        head = self._head(body, idx)
+        if not (isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None):
+            return None
+        mapped = K.map_names(self.table, body, idx + len(self.MARK), len(body) - 2)
+        if mapped is None:
+            return None
+        slots, names, frags = mapped
+        known = _Known(body[idx:], self.table.version, names, slots, frags)
+        self._known.insert(0, known)
+        del self._known[self.size:]
+        return ExtenderArgs(_pod(head), names, slots, None, frags, known)
+
     def parse(self, body: bytes) -> ExtenderArgs:
         # Searched from the front: the Pod comes first and is a few KB, the names are up to 300 KB. A quote
         # inside a JSON string is escaped, so the mark cannot sit in one; if a Pod ever held it as a key,
@@ -160,6 +176,10 @@ class NodeNamesCache:
             if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
                 self.hits += 1
                 return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
+        if cacheable:
+            args = self._mapped(body, idx)
+            if args is not None:
+                return args
         args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
         if args.nodes is None and cacheable:
             args.known = _Known(body[idx:], self.table.version, args.names, args.slots, args.frags)

@@ -22,15 +22,16 @@ from scheduler.kernels._python import (
 NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
 
 _twins = (_python.filter_nodes, _python.score_nodes, _python.prioritize_json, _python.pick_json,
-          _python.reason_ids, _python.failed_json)
+          _python.reason_ids, _python.failed_json, _python.map_names)
 NATIVE = False
 if NO_EXTENSIONS:
-    filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json = _twins
+    filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json, map_names = _twins
 else:
     try:
         from scheduler.kernels._native import (
             failed_json,
             filter_nodes,
+            map_names,
             pick_json,
             prioritize_json,
             reason_ids,
@@ -39,10 +40,10 @@ else:
 
         NATIVE = True
     except ImportError:  # not built (e.g. a source checkout without `pip install`): the twins still serve
-        filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json = _twins
+        filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json, map_names = _twins
 
 __all__ = [
     "CPU", "GPU", "MEMORY", "MODEL", "NATIVE", "OK", "PODS", "POOL", "TOPOLOGY", "UNKNOWN",
-    "UNSCHEDULABLE", "choose_devices", "failed_json", "filter_nodes", "node_score_parts", "pick_json",
+    "UNSCHEDULABLE", "choose_devices", "failed_json", "filter_nodes", "map_names", "node_score_parts", "pick_json",
     "prioritize_json", "reason_ids", "score_nodes",
 ]

@@ -9,6 +9,8 @@ import math
 from array import array
 from typing import Any
 
+import orjson
+
 MAX_ISLANDS = 8
 
 # Filter verdicts, in the order the checks run.
@@ -266,3 +268,24 @@ def failed_json(frags: list[bytes], ids: array, texts: list[bytes], hard: bytes)
         if idx >= 0:
             parts[hard[idx]].append(f + b":" + texts[idx])
     return b",".join(parts[0]), b",".join(parts[1]), len(parts[0]), len(parts[1])
+
+
+def map_names(t: Any, body: bytes, start: int, end: int) -> tuple[array, list[str], list[bytes]] | None:
+    """body[start:end] is the inside of a NodeNames array as Go writes it ("a","b", no spaces, no
+    escapes): its slots (-1 for names not in the table), names and quoted names, the table's own
+    objects where the name is known. None for anything else: the caller takes the general JSON path."""
+    inner = body[start:end]
+    if b"\\" in inner:
+        return None
+    try:
+        names = orjson.loads(b"[" + inner + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if any(type(n) is not str for n in names):
+        return None
+    get = t.slot_of.get
+    slots = array("i", [get(n, -1) for n in names])
+    frags = [t.quoted[s] if s >= 0 else orjson.dumps(n) for s, n in zip(slots, names, strict=True)]
+    if b",".join(frags) != inner:  # whitespace or another spelling: not Go's bytes
+        return None
+    return slots, [t.names[s] if s >= 0 else n for s, n in zip(slots, names, strict=True)], frags
