@@ -229,7 +229,15 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
 # ---- reply builders: JSON bytes written straight into one buffer (the twins are in _python.py) ----
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.object cimport PyObject
 from libc.string cimport memcmp, memcpy
+
+# Names are read through borrowed pointers: a `bytes` local would INCREF/DECREF every name object,
+# a write to thousands of scattered cache lines per reply (about a third of prioritize_json's time).
+cdef extern from "Python.h":
+    PyObject* _item "PyList_GET_ITEM"(object, Py_ssize_t)
+    char* _data "PyBytes_AS_STRING"(PyObject*)
+    Py_ssize_t _size "PyBytes_GET_SIZE"(PyObject*)
 
 cdef bytes _HOST = b'{"Host":'
 cdef list _SCORE = [(',"Score":%d}' % k).encode() for k in range(11)]
@@ -239,12 +247,13 @@ def prioritize_json(list frags, const long long[::1] scores):
     """HostPriorityList: [{"Host":"n1","Score":7},...] from pre-quoted names."""
     cdef Py_ssize_t i, n = len(frags), total = 2, pos = 0, ln
     cdef long long s
-    cdef bytes frag, suffix
+    cdef PyObject* frag
+    cdef PyObject* suffix
     cdef char* out
     for i in range(n):
         s = scores[i]
         s = 0 if s < 0 else (10 if s > 10 else s)
-        total += 8 + PyBytes_GET_SIZE(<bytes>frags[i]) + PyBytes_GET_SIZE(<bytes>_SCORE[s]) + 1
+        total += 8 + _size(_item(frags, i)) + _size(_item(_SCORE, s)) + 1
     result = PyBytes_FromStringAndSize(NULL, total - (1 if n else 0))
     out = PyBytes_AS_STRING(result)
     out[pos] = b'['
@@ -255,15 +264,15 @@ def prioritize_json(list frags, const long long[::1] scores):
             pos += 1
         memcpy(out + pos, <char*>_HOST, 8)
         pos += 8
-        frag = <bytes>frags[i]
-        ln = PyBytes_GET_SIZE(frag)
-        memcpy(out + pos, PyBytes_AS_STRING(frag), ln)
+        frag = _item(frags, i)
+        ln = _size(frag)
+        memcpy(out + pos, _data(frag), ln)
         pos += ln
         s = scores[i]
         s = 0 if s < 0 else (10 if s > 10 else s)
-        suffix = <bytes>_SCORE[s]
-        ln = PyBytes_GET_SIZE(suffix)
-        memcpy(out + pos, PyBytes_AS_STRING(suffix), ln)
+        suffix = _item(_SCORE, s)
+        ln = _size(suffix)
+        memcpy(out + pos, _data(suffix), ln)
         pos += ln
     out[pos] = b']'
     return result
@@ -272,11 +281,11 @@ def prioritize_json(list frags, const long long[::1] scores):
 def pick_json(list frags, const unsigned char[::1] verdicts, unsigned char want):
     """The quoted names whose verdict is `want`, comma-separated (the inside of a JSON array)."""
     cdef Py_ssize_t i, n = len(frags), total = 0, pos = 0, ln, count = 0
-    cdef bytes frag
+    cdef PyObject* frag
     cdef char* out
     for i in range(n):
         if verdicts[i] == want:
-            total += PyBytes_GET_SIZE(<bytes>frags[i])
+            total += _size(_item(frags, i))
             count += 1
     if count == 0:
         return b""
@@ -287,9 +296,9 @@ def pick_json(list frags, const unsigned char[::1] verdicts, unsigned char want)
             if pos:
                 out[pos] = b','
                 pos += 1
-            frag = <bytes>frags[i]
-            ln = PyBytes_GET_SIZE(frag)
-            memcpy(out + pos, PyBytes_AS_STRING(frag), ln)
+            frag = _item(frags, i)
+            ln = _size(frag)
+            memcpy(out + pos, _data(frag), ln)
             pos += ln
     return result
 
@@ -360,7 +369,8 @@ def failed_json(list frags, const int[::1] ids, list texts, const unsigned char[
     cdef Py_ssize_t pos[2]
     cdef Py_ssize_t cnt[2]
     cdef int which, idx
-    cdef bytes frag, text
+    cdef PyObject* frag
+    cdef PyObject* text
     cdef char* outs[2]
     tot[0] = tot[1] = 0
     pos[0] = pos[1] = 0
@@ -371,7 +381,7 @@ def failed_json(list frags, const int[::1] ids, list texts, const unsigned char[
             continue
         which = hard[idx]
         cnt[which] += 1
-        tot[which] += PyBytes_GET_SIZE(<bytes>frags[i]) + 2 + PyBytes_GET_SIZE(<bytes>texts[idx])
+        tot[which] += _size(_item(frags, i)) + 2 + _size(_item(texts, idx))
     soft_b = PyBytes_FromStringAndSize(NULL, tot[0] - 1 if tot[0] else 0)
     hard_b = PyBytes_FromStringAndSize(NULL, tot[1] - 1 if tot[1] else 0)
     outs[0] = PyBytes_AS_STRING(soft_b)
@@ -384,15 +394,15 @@ def failed_json(list frags, const int[::1] ids, list texts, const unsigned char[
         if pos[which]:
             outs[which][pos[which]] = b','
             pos[which] += 1
-        frag = <bytes>frags[i]
-        ln = PyBytes_GET_SIZE(frag)
-        memcpy(outs[which] + pos[which], PyBytes_AS_STRING(frag), ln)
+        frag = _item(frags, i)
+        ln = _size(frag)
+        memcpy(outs[which] + pos[which], _data(frag), ln)
         pos[which] += ln
         outs[which][pos[which]] = b':'
         pos[which] += 1
-        text = <bytes>texts[idx]
-        ln = PyBytes_GET_SIZE(text)
-        memcpy(outs[which] + pos[which], PyBytes_AS_STRING(text), ln)
+        text = _item(texts, idx)
+        ln = _size(text)
+        memcpy(outs[which] + pos[which], _data(text), ln)
         pos[which] += ln
     return soft_b, hard_b, cnt[0], cnt[1]
 
@@ -498,6 +508,10 @@ cdef _NameIndex _index_of(t):
     cdef _NameIndex idx = getattr(t, "_name_index", None)
     # Rebuilt when the set of names changes (version) or the quoted list grew or was replaced.
     if idx is None or idx.version != t.version or idx.quoted is not t.quoted or len(t.quoted) != len(idx.quoted):
+        # The quoted names are re-made in one burst so they sit next to each other in memory: reply
+        # builders copy thousands of them per call in request order, and scattered objects (made one
+        # by one as nodes arrived) cost a cache miss each (122 vs ~70 µs for 5,000 scores).
+        t.quoted[:] = [None if q is None else bytes(bytearray(q)) for q in t.quoted]
         idx = _NameIndex(t)
         t._name_index = idx
     return idx
