@@ -92,6 +92,7 @@ class VerbConnection(asyncio.Protocol):
         self.busy = False
         self.active_at = time.monotonic()
         self._queue: list[tuple[bytes, bytes, bool]] = []
+        self._bind_task: asyncio.Future[bytes] | None = None
         self._url = b""
         self._body: list[bytes] = []
         self._size = 0
@@ -227,8 +228,9 @@ class VerbConnection(asyncio.Protocol):
                 reply = berth.preempt_body(body)
             else:
                 self.busy = True
-                task = asyncio.ensure_future(berth.bind_body(body))
-                task.add_done_callback(lambda t: self._bound(t, keep, t0))
+                # Held here: the event loop keeps only a weak reference to a running task.
+                self._bind_task = asyncio.ensure_future(berth.bind_body(body))
+                self._bind_task.add_done_callback(lambda t: self._bound(t, keep, t0))
                 return
         except WireError as exc:
             self._write(exc.status, berth.refused(name, exc), keep)
@@ -240,7 +242,7 @@ class VerbConnection(asyncio.Protocol):
 
     def _bound(self, task: asyncio.Future[bytes], keep: bool, t0: float) -> None:
         berth = self.server.berth
-        self.busy = False
+        self.busy, self._bind_task = False, None
         berth.timers["bind"].observe(time.perf_counter() - t0)
         if task.cancelled():
             self.transport.close()

@@ -157,3 +157,14 @@ async def test_bad_json_bind_and_connection_close(listener: Listener) -> None:
     status, headers, reply = await read_reply(reader)
     assert status == 200 and "Error" in orjson.loads(reply) and headers["connection"] == "close"
     assert await reader.read() == b""
+
+
+async def test_requests_behind_a_bind_are_answered_after_it_in_order(listener: Listener) -> None:
+    names = GoWire(listener.verbs.berth.state).names()  # type: ignore[union-attr]
+    reader, writer = await connect(listener)
+    writer.write(request("/scheduler/bind", GoWire.binding("q", "default", "uid-q", names[0]))
+                 + request("/scheduler/filter", filter_args(listener)))
+    first, second = await read_reply(reader), await read_reply(reader)
+    assert set(orjson.loads(first[2])) == {"Error"}, "the bind's reply comes first"
+    assert orjson.loads(second[2])["NodeNames"] is not None, "then the filter queued behind it"
+    writer.close()
