@@ -494,6 +494,8 @@ end
 
 function init(args)
   prefix, uid_prefix, limit = args[1], args[2], tonumber(args[3])
+  -- wrk calls request() once to check the script before it sends anything: that call makes pod 0
+  counter = -1
 end
 
 function node_of(i)
