@@ -46,6 +46,10 @@ class _HandOff(Exception):
     """Raised from a parser callback: this request is not a verb, give the connection to aiohttp."""
 
 
+class _TooLong(Exception):
+    """Raised from a parser callback: a request target longer than any verb's."""
+
+
 class VerbServer:
     """Shared by all verb connections of one listening socket."""
 
@@ -141,6 +145,8 @@ class VerbConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HandOff):
                 self._hand_off(b"".join(self._chunks))
+            elif isinstance(exc.__context__, _TooLong):
+                self._write(400, b'{"error":"request target longer than %d bytes"}' % FIRST_LINE_LIMIT, False)
             else:
                 self._write(500, self.server.berth.failed("http", "a verb connection"), keep_alive=False)
         except httptools.HttpParserError as exc:
@@ -175,6 +181,8 @@ class VerbConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > FIRST_LINE_LIMIT:
+            raise _TooLong
 
     def on_header(self, name: bytes, value: bytes) -> None:
         low = name.lower()

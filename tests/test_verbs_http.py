@@ -168,3 +168,14 @@ async def test_requests_behind_a_bind_are_answered_after_it_in_order(listener: L
     assert set(orjson.loads(first[2])) == {"Error"}, "the bind's reply comes first"
     assert orjson.loads(second[2])["NodeNames"] is not None, "then the filter queued behind it"
     writer.close()
+
+
+async def test_an_endless_request_target_is_400_not_memory(listener: Listener) -> None:
+    reader, writer = await connect(listener)
+    writer.write(request("/scheduler/filter", filter_args(listener)))
+    assert (await read_reply(reader))[0] == 200
+    writer.write(b"POST /scheduler/filter" + b"x" * 20_000)
+    status, headers, reply = await read_reply(reader)
+    assert status == 400 and "request target longer than 8192 bytes" in orjson.loads(reply)["error"]
+    assert headers["connection"] == "close"
+    writer.close()
