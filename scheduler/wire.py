@@ -92,7 +92,7 @@ class NodeNamesCache:
         self.table = table
         self.size = size
         self._known: list[_Known] = []
-        self._last_head: tuple[bytes, Any] = (b"", None)
+        self._last_head: tuple[bytes, dict[str, Any] | None] = (b"", None)
         self._survivors: tuple[bytes, ExtenderArgs, bytes] | None = None
         self.hits = 0
 
@@ -130,14 +130,18 @@ class NodeNamesCache:
         slots = array("i", compress(parent.slots, selectors))
         if parent.known is None or parent.known.version != self.table.version:
             slots = self.slots_for(names)
-        known = _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
+        return self._remember(_Known(body[at:], self.table.version, names, slots,
+                                     list(compress(parent.frags, selectors))))
+
+    def _remember(self, known: _Known) -> _Known:
         self._known.insert(0, known)
         del self._known[self.size:]
         return known
 
-    def _head(self, body: bytes, idx: int) -> Any:
-        """The request before NodeNames, decoded; filter and then prioritize send the same pod's bytes,
-        so the last one is kept (read only, never changed by its users)."""
+    def _head(self, body: bytes, idx: int) -> dict[str, Any] | None:
+        """The request before NodeNames, decoded, when it is as Go writes it ({"Pod":..,"Nodes":null});
+        filter and then prioritize send the same pod's bytes, so the last one is kept (read only, never
+        changed by its users)."""
         last_bytes, last = self._last_head
         if len(last_bytes) == idx and body.startswith(last_bytes):
             return last
@@ -146,23 +150,10 @@ class NodeNamesCache:
             head = orjson.loads(head_bytes + b"}")
         except orjson.JSONDecodeError:
             return None
-        self._last_head = (head_bytes, head)
-        return head
-
-    def _mapped(self, body: bytes, idx: int) -> ExtenderArgs | None:
-        """A new list (kube-scheduler's NodeNames order varies call to call): names mapped in place by
-        the kernel, the head decoded alone; None when either is not as Go writes it."""
-        head = self._head(body, idx)
         if not (isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None):
             return None
-        mapped = K.map_names(self.table, body, idx + len(self.MARK), len(body) - 2)
-        if mapped is None:
-            return None
-        slots, names, frags = mapped
-        known = _Known(body[idx:], self.table.version, names, slots, frags)
-        self._known.insert(0, known)
-        del self._known[self.size:]
-        return ExtenderArgs(_pod(head), names, slots, None, frags, known)
+        self._last_head = (head_bytes, head)
+        return head
 
     def parse(self, body: bytes) -> ExtenderArgs:
         # Searched from the front: the Pod comes first and is a few KB, the names are up to 300 KB. A quote
@@ -170,21 +161,21 @@ class NodeNamesCache:
         # the head below would not parse and the request would take the full path.
         idx = body.find(self.MARK)
         cacheable = idx > 0 and body.endswith(b"]}")
-        known = self._lookup(body, idx) if cacheable else None
-        if known is not None:
-            head = self._head(body, idx)
-            if isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None:
+        head = self._head(body, idx) if cacheable else None
+        if head is not None:
+            known = self._lookup(body, idx)
+            if known is not None:
                 self.hits += 1
                 return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
-        if cacheable:
-            args = self._mapped(body, idx)
-            if args is not None:
-                return args
+            # A new list (kube-scheduler's NodeNames order varies call to call): mapped in place.
+            mapped = K.map_names(self.table, body, idx + len(self.MARK), len(body) - 2)
+            if mapped is not None:
+                slots, names, frags = mapped
+                known = self._remember(_Known(body[idx:], self.table.version, names, slots, frags))
+                return ExtenderArgs(_pod(head), names, slots, None, frags, known)
         args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
         if args.nodes is None and cacheable:
-            args.known = _Known(body[idx:], self.table.version, args.names, args.slots, args.frags)
-            self._known.insert(0, args.known)
-            del self._known[self.size:]
+            args.known = self._remember(_Known(body[idx:], self.table.version, args.names, args.slots, args.frags))
         return args
 
 
