@@ -47,13 +47,13 @@ bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typic
 	$(PY) -m scheduler bench --markdown docs/benchmarks/bench.md
 
 bench-quality: install  ## GPU placement quality: Berth's policy vs kube-scheduler's LeastAllocated
-	$(PY) -m scheduler.quality --markdown docs/benchmarks/quality.md
+	$(PY) -m loadtests.quality --markdown docs/benchmarks/quality.md
 
 bench-e2e: install k8s  ## pods/s of kube-scheduler alone and through Berth, on the local control plane
-	$(PY) -m tests.e2e.throughput --nodes 1000,5000 --pods 2000 --repeat 2 --markdown docs/benchmarks/e2e-throughput.md
+	$(PY) -m loadtests.throughput --nodes 1000,5000 --pods 2000 --repeat 2 --markdown docs/benchmarks/e2e-throughput.md
 
 bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,000 pods
-	$(PY) scripts/scale.py --pods-from apiserver --repeat 2 --ab --probe-list --markdown docs/benchmarks/scale-apiserver.md
+	$(PY) -m loadtests.scale --pods-from apiserver --repeat 2 --ab --probe-list --markdown docs/benchmarks/scale-apiserver.md
 
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)

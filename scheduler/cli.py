@@ -5,8 +5,8 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from scheduler import gpu_topology
 from scheduler.config import ConfigError, load_config
+from scheduler.gpu import topology as gpu_topology
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--namespace", "-n", default="default")
     e.add_argument("pod")
     b = sub.add_parser("bench", help="latency and throughput of Berth's verbs (see docs/BENCHMARKS.md)")
-    from scheduler import bench
+    from loadtests import bench
     bench.add_arguments(b)
     return p
 
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "topology":
         return gpu_topology.run(args)
     if args.command == "bench":
-        from scheduler import bench
+        from loadtests import bench
         return bench.run(args)
     if args.command == "explain":
         return _explain(args)
@@ -70,7 +70,8 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
         print("berth: --tls-cert and --tls-key go together; --client-ca needs them", file=sys.stderr)
         return 2
-    from scheduler import logs, run
+    from scheduler import app as run
+    from scheduler.observability import logs
     logs.setup(config.log_level)
     try:
         return _event_loop_runner()(run.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,

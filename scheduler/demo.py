@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from scheduler.state import ClusterState
+from scheduler.cluster.state import ClusterState
 
 # (pool, share of nodes, cpu, memory Gi, gpus, model, islands)
 SHAPES: list[tuple[str, float, int, int, int, str | None, list[list[int]] | None]] = [

@@ -16,13 +16,13 @@ from aiohttp.test_utils import BaseTestServer, TestClient
 from aiohttp.web_runner import BaseRunner
 from yarl import URL
 
-from scheduler.binder import Binder
+from scheduler.app import Listener, _listen
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import populate
-from scheduler.metrics import Metrics
-from scheduler.run import Listener, _listen
-from scheduler.server import Berth
-from scheduler.state import ClusterState
+from scheduler.extender.server import Berth
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.binder import Binder
 
 GO_FIXTURES = Path(__file__).parent / "fixtures" / "go"
 DEMO_NODES = 200

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
-from scheduler.state import ClusterState
 from tests.conftest import demo_cluster
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,12 +4,12 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from scheduler.binder import Binder
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
-from scheduler.metrics import Metrics
-from scheduler.server import Berth
-from scheduler.state import ClusterState
+from scheduler.extender.server import Berth
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.binder import Binder
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.gpu_topology import (
+from scheduler.gpu.topology import (
     ANNOTATION,
     Topology,
     TopologyError,

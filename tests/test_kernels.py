@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import scheduler.kernels as kernels
+from scheduler.cluster.nodetable import NodeTable
 from scheduler.config import Config
 from scheduler.kernels import _python
-from scheduler.nodetable import NodeTable
-from scheduler.placement import score_params
+from scheduler.policy.placement import score_params
 
 try:
     from scheduler.kernels import _native

@@ -17,7 +17,7 @@ from types import ModuleType
 import orjson
 import pytest
 
-from scheduler import bench
+from loadtests import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"

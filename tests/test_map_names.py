@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler.cluster.nodetable import NodeTable
 from scheduler.demo import make_node
 from scheduler.kernels import _python
-from scheduler.nodetable import NodeTable
 from tests.test_kernels import native_module
 
 

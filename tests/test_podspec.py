@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.podspec import ANN_GPU_MODELS, ANN_TOPOLOGY, PodError, effective_requests, pod_ask, pod_request
+from scheduler.model.podspec import ANN_GPU_MODELS, ANN_TOPOLOGY, PodError, effective_requests, pod_ask, pod_request
 from tests.conftest import GoWire
 
 GI, MI, KI = 1 << 30, 1 << 20, 1 << 10

@@ -13,12 +13,12 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
-from scheduler.podspec import GPU, PodAsk, pod_ask
-from scheduler.preempt import process
-from scheduler.state import ClusterState
-from scheduler.wire import PreemptionArgs, parse_preemption_args, preemption_reply
+from scheduler.extender.wire import PreemptionArgs, parse_preemption_args, preemption_reply
+from scheduler.model.podspec import GPU, PodAsk, pod_ask
+from scheduler.policy.preempt import process
 
 NOW = "2024-05-01T00:00:00Z"
 H100 = "NVIDIA-H100-80GB-HBM3"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler import quality
-from scheduler.quality import SIZES, Result
+from loadtests import quality
+from loadtests.quality import SIZES, Result
 
 NODES, EVENTS = 64, 400
 

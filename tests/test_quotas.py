@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
-from scheduler.ledger import PodEntry
-from scheduler.placement import judge
-from scheduler.podspec import GPU, PodAsk, PodRequest, pod_ask
-from scheduler.quotas import MODEL_PREFIX, Limit, QuotaBook, Team
-from scheduler.showback import team_status
-from scheduler.state import ClusterState
+from scheduler.model.podspec import GPU, PodAsk, PodRequest, pod_ask
+from scheduler.observability.showback import team_status
+from scheduler.policy.placement import judge
+from scheduler.policy.quotas import MODEL_PREFIX, Limit, QuotaBook, Team
 
 NOW = "2024-05-01T00:00:00Z"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -649,7 +649,7 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
 def test_reclaim_may_take_a_cohort_above_its_guaranteed_total_until_preemption() -> None:
     """The one way a cohort's usage exceeds the sum of its guaranteed: a lender takes back its own share
     while another team still holds it borrowed. Admission allows it (guaranteed always fits); preemption
-    of the borrower's pods (scheduler.preempt) gives the nodes back."""
+    of the borrower's pods (scheduler.policy.preempt) gives the nodes back."""
     state = h100_cluster(3)
     state.apply_team("ADDED", teamquota("a", gpus(8, 8), cohort="c"))
     state.apply_team("ADDED", teamquota("b", gpus(8, 24), cohort="c"))

@@ -1,4 +1,4 @@
-"""scripts/scale.py at a small size: a real Berth process lists 200 nodes and 2,000 pods page by page from
+"""loadtests/scale.py at a small size: a real Berth process lists 200 nodes and 2,000 pods page by page from
 the replay server (everything replayed, no API server needed) and holds them all; /readyz turns 200.
 Only counts are asserted, never timings."""
 
@@ -12,7 +12,7 @@ NODES, PODS = 200, 2000
 
 
 def _load_scale() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("berth_scale_script", ROOT / "scripts" / "scale.py")
+    spec = importlib.util.spec_from_file_location("berth_scale_script", ROOT / "loadtests" / "scale.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up here

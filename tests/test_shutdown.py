@@ -4,15 +4,15 @@ import asyncio
 
 import orjson
 
-from scheduler.binder import Binder
+from scheduler.app import _listen, _shutdown
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
-from scheduler.metrics import Metrics
-from scheduler.podspec import pod_ask
-from scheduler.run import _listen, _shutdown
-from scheduler.server import Berth
-from scheduler.state import ClusterState
-from scheduler.wire import BindingArgs
+from scheduler.extender.server import Berth
+from scheduler.extender.wire import BindingArgs
+from scheduler.model.podspec import pod_ask
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.binder import Binder
 
 
 async def test_shutdown_finishes_in_flight_binds_and_releases_reservations() -> None:

@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from scheduler.binder import Binder
+from scheduler.app import Listener, _listen
 from scheduler.config import Config
-from scheduler.metrics import Metrics
-from scheduler.run import Listener, _listen
-from scheduler.server import Berth
-from scheduler.verbs_http import verb_of
+from scheduler.extender.server import Berth
+from scheduler.extender.verbs_http import verb_of
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.binder import Binder
 from tests.conftest import GoWire, demo_cluster
 
 LIMIT = 64 * 1024

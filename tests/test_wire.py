@@ -7,8 +7,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from scheduler.ledger import PodEntry
-from scheduler.state import ClusterState
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState
 from tests.conftest import GoWire
 
 FILTER_KEYS = {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
@@ -256,10 +256,10 @@ def test_fixtures_are_go_shaped(go: GoWire) -> None:
 def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: ClusterState) -> None:
     """The same NodeNames bytes again (the names cache and the failed-maps cache both hit) get exactly
     the reply a fresh server gives for the cluster as it is now."""
-    from scheduler.binder import Binder
     from scheduler.demo import make_pod
-    from scheduler.metrics import Metrics
-    from scheduler.server import Berth
+    from scheduler.extender.server import Berth
+    from scheduler.observability.metrics import Metrics
+    from scheduler.policy.binder import Binder
 
     def fresh_reply(body: bytes) -> bytes:
         return Berth(demo_state, Metrics(), Binder(demo_state, None, None)).filter_body(body)
@@ -286,9 +286,9 @@ def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: Cl
 def test_prioritize_after_filter_finds_the_survivors_mapped(go: GoWire, demo_state: ClusterState) -> None:
     """kube-scheduler sends prioritize the NodeNames filter returned, in order: that list is already
     mapped (a names-cache hit), and the scores equal a fresh server's."""
-    from scheduler.binder import Binder
-    from scheduler.metrics import Metrics
-    from scheduler.server import Berth
+    from scheduler.extender.server import Berth
+    from scheduler.observability.metrics import Metrics
+    from scheduler.policy.binder import Binder
 
     berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
     reply = orjson.loads(berth.filter_body(go.args(go.pod(), go.names())))

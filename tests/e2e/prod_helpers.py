@@ -23,7 +23,7 @@ import urllib3
 from kubernetes import client as kclient
 from kubernetes.client.rest import ApiException
 
-from scheduler.quantity import whole
+from scheduler.model.quantity import whole
 from tests.e2e import harness as h
 from tests.e2e.conftest import BerthHandle
 from tests.e2e.objects import pod

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from kubernetes import client as kclient
 
-from scheduler.quantity import milli, whole
+from scheduler.model.quantity import milli, whole
 from tests.e2e import harness as h
 from tests.e2e.conftest import BerthHandle
 from tests.e2e.objects import create_namespace, create_nodes, delete_pod, node, pod

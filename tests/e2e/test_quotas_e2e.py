@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kubernetes import client as kclient
 
-from scheduler.quantity import whole
+from scheduler.model.quantity import whole
 from tests.e2e import harness as h
 from tests.e2e.conftest import BerthHandle
 from tests.e2e.objects import create_namespace, create_nodes, node, pod

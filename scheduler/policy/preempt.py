@@ -9,12 +9,12 @@ remaining victims no longer make room for the pod is dropped: kube-scheduler mus
 
 from dataclasses import dataclass
 
-from scheduler.ledger import PodEntry
-from scheduler.placement import Judgement, judge
-from scheduler.podspec import GPU, PodAsk
-from scheduler.quotas import MODEL_PREFIX
-from scheduler.state import ClusterState
-from scheduler.wire import PreemptionArgs
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState
+from scheduler.extender.wire import PreemptionArgs
+from scheduler.model.podspec import GPU, PodAsk
+from scheduler.policy.placement import Judgement, judge
+from scheduler.policy.quotas import MODEL_PREFIX
 
 
 @dataclass(slots=True)

@@ -7,9 +7,9 @@ Capitalized field names and `"Nodes":null` (nodeCacheCapable), or a full NodeLis
 Servers: `berth` (native kernels), `berth-pure` (BERTH_NO_EXTENSIONS=1, the pure-Python twins) and
 `typical` (loadtests/typical_extender.py mirroring a fresh Berth's demo cluster, or `--synthetic N`).
 
-    python -m scheduler.bench                        # everything, ~5 minutes on 2 cores
-    python -m scheduler.bench --quick                # smoke run: 500 nodes, 1 s per case
-    python -m scheduler.bench --servers typical --synthetic 7500 --markdown bench.md
+    python -m loadtests.bench                        # everything, ~5 minutes on 2 cores
+    python -m loadtests.bench --quick                # smoke run: 500 nodes, 1 s per case
+    python -m loadtests.bench --servers typical --synthetic 7500 --markdown bench.md
 """
 
 from __future__ import annotations
@@ -1009,7 +1009,7 @@ def cpu_model() -> str:
 def command_line() -> str:
     argv = list(sys.argv)
     head = (
-        ["python", "-m", "scheduler.bench"] if argv and argv[0].endswith("bench.py") else [Path(argv[0]).name]
+        ["python", "-m", "loadtests.bench"] if argv and argv[0].endswith("bench.py") else [Path(argv[0]).name]
     )
     return shlex.join(head + argv[1:])
 

@@ -28,10 +28,10 @@ garbage collector took (gc.callbacks). `--ab` also starts Berth with the informe
 GC pause taken out again (BERTH_SCALE_UNDO, boot snippet only), interleaved, for before/after numbers.
 `--probe-list` times raw pod lists from kube-apiserver by style (page size, gzip, watch-list).
 
-    python scripts/scale.py                                   # 7,500 nodes, 150,000 replayed pods
-    python scripts/scale.py --repeat 2 --ab --profile --markdown /tmp/scale.md
-    python scripts/scale.py --pods-from apiserver --ab --probe-list   # 150,000 pods in kube-apiserver (~3 min)
-    python scripts/scale.py --nodes 500 --pods 10000 --profile        # quick
+    python -m loadtests.scale                                   # 7,500 nodes, 150,000 replayed pods
+    python -m loadtests.scale --repeat 2 --ab --profile --markdown /tmp/scale.md
+    python -m loadtests.scale --pods-from apiserver --ab --probe-list   # 150,000 pods in kube-apiserver (~3 min)
+    python -m loadtests.scale --nodes 500 --pods 10000 --profile        # quick
 """
 
 import argparse
@@ -111,7 +111,7 @@ if mode and out:
 undo = os.environ.get("BERTH_SCALE_UNDO", "")  # A/B runs: put back the informer's list as it was
 if undo:
     import contextlib
-    from scheduler import informer as inf
+    from scheduler.cluster import informer as inf
     if "gc-pause" in undo:
         inf._GcPause.during = staticmethod(contextlib.nullcontext)
     if "prefetch" in undo:
@@ -596,7 +596,8 @@ async def measure_sync(kubeconfig: Path, log: Path, timeout: float = 300, settle
 def import_time() -> str:
     """Cumulative import time of what `berth serve` imports, biggest top-level modules first
     (python -X importtime; one cold-ish run, so only the order of magnitude counts)."""
-    code = "import scheduler.cli, scheduler.run, scheduler.informer, scheduler.kube, scheduler.status, scheduler.server"
+    code = ("import scheduler.cli, scheduler.app, scheduler.cluster.informer, scheduler.cluster.kube, "
+            "scheduler.cluster.status, scheduler.extender.server")
     res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True)
     cum_by_package: dict[str, int] = {}
@@ -637,8 +638,8 @@ async def profiled_copy(kubeconfig: Path, log: Path, mode: str, timeout: float =
 def event_costs(nodes: int, pods: int, gpu_every: int) -> str:
     """In this process: a ClusterState holding the whole cluster, then the time one informer event of each
     kind takes on the event loop (every handler of Berth waits behind it)."""
+    from scheduler.cluster.state import ClusterState
     from scheduler.config import Config
-    from scheduler.state import ClusterState
 
     state = ClusterState(Config())
     for k in range(NAMESPACES):
@@ -784,8 +785,9 @@ class Report:
 
 
 async def run(args: argparse.Namespace) -> Report:
+    from loadtests.throughput import Api
+
     from tests.e2e import harness as h
-    from tests.e2e.throughput import Api
 
     cp = h.ControlPlane().start()
     replay: ReplayServer | None = None
@@ -859,7 +861,7 @@ def render(report: Report, argv: list[str]) -> str:
     held = report.runs[-1].state
     lines = [
         "# Berth at scale: initial sync and memory", "",
-        f"`python scripts/scale.py {' '.join(argv)}`", "", *machine_facts(), "",
+        f"`python -m loadtests.scale {' '.join(argv)}`", "", *machine_facts(), "",
         f"{a.nodes} nodes (kube-apiserver; every {a.gpu_every}th with 8 GPUs), {NAMESPACES} namespaces, "
         f"{TEAMS} TeamQuotas (kube-apiserver); {a.pods} pods from "
         + ("the replay server (recorded list pages, gzip like the API server)." if a.pods_from == "replay"
@@ -890,12 +892,12 @@ def _cpu(s: Sync) -> str:
 
 
 def machine_facts() -> list[str]:
-    from tests.e2e.throughput import machine_facts as facts
+    from loadtests.throughput import machine_facts as facts
     return facts()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="scripts/scale.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="loadtests/scale.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=7500, help="nodes created in kube-apiserver (default 7500)")
     p.add_argument("--pods", type=int, default=150_000, help="pods (default 150000)")
     p.add_argument("--pods-from", choices=["replay", "apiserver"], default="replay",

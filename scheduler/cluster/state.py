@@ -11,11 +11,11 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
+from scheduler.cluster.nodetable import NodeTable
 from scheduler.config import Config
-from scheduler.ledger import PodEntry, PodLedger, PoolUsage, Reservations
-from scheduler.nodetable import NodeTable
-from scheduler.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodAsk, PodError, pod_request
-from scheduler.quotas import QuotaBook
+from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodAsk, PodError, pod_request
+from scheduler.policy.quotas import QuotaBook
 
 log = logging.getLogger("berth.state")
 

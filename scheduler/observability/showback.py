@@ -4,10 +4,10 @@ TeamQuota status."""
 from datetime import UTC, datetime
 from typing import Any
 
-from scheduler.metrics import Metrics
-from scheduler.quantity import GPU, format_units
-from scheduler.quotas import MODEL_PREFIX, Team
-from scheduler.state import ClusterState
+from scheduler.cluster.state import ClusterState
+from scheduler.model.quantity import GPU, format_units
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.quotas import MODEL_PREFIX, Team
 
 
 def _fmt(res: str, amount: int) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from scheduler.quantity import GPU, QuantityError, to_decimal, to_units
+from scheduler.model.quantity import GPU, QuantityError, to_decimal, to_units
 
 ANN_TEAM = "berth.dev/team"
 ANN_BORROWING = "berth.dev/borrowing"

@@ -1,4 +1,4 @@
-"""`python -m scheduler.quality`: how well Berth places GPU pods, against kube-scheduler's default.
+"""`python -m loadtests.quality`: how well Berth places GPU pods, against kube-scheduler's default.
 
 A seeded stream of 1/2/4/8-GPU pods arrives (Poisson) and departs (exponential lifetimes) on a cluster of
 8-GPU nodes, half with two 4-GPU NVLink islands and half with one 8-GPU NVSwitch island. The same stream
@@ -13,8 +13,8 @@ is replayed twice in one run:
 Both take the highest-scoring feasible node (ties: the lowest node name). A pod that fits nowhere is
 tried again a few times as pods leave, the same for both, then counted as unplaced.
 
-    python -m scheduler.quality                          # 512 nodes, 50,000 arrivals: ~20 s with the native kernels
-    python -m scheduler.quality --nodes 64 --events 500  # a quick look
+    python -m loadtests.quality                          # 512 nodes, 50,000 arrivals: ~20 s with the native kernels
+    python -m loadtests.quality --nodes 64 --events 500  # a quick look
 """
 
 from __future__ import annotations
@@ -34,15 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from scheduler import kernels
-from scheduler.binder import Binder
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
+from scheduler.extender.wire import BindingArgs
 from scheduler.kernels._python import lowest_bits
-from scheduler.ledger import PodEntry
-from scheduler.placement import judge, run_filter, run_score
-from scheduler.podspec import PodAsk, PodRequest, pod_ask
-from scheduler.state import ClusterState, pod_key
-from scheduler.wire import BindingArgs
+from scheduler.model.podspec import PodAsk, PodRequest, pod_ask
+from scheduler.policy.binder import Binder
+from scheduler.policy.placement import judge, run_filter, run_score
 
 GPUS = 8
 MODEL = "NVIDIA-A100-SXM4-80GB"
@@ -422,7 +422,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scheduler.quality", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.quality", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     if args.nodes < 2 or args.events < 10 or not 0 < args.load <= 2:
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args.nodes, args.events, args.seed, args.load)
     print(report(args, results, markdown=False))
     if args.markdown:
-        command = shlex.join(["python", "-m", "scheduler.quality", *(sys.argv[1:] if argv is None else argv)])
+        command = shlex.join(["python", "-m", "loadtests.quality", *(sys.argv[1:] if argv is None else argv)])
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         text = report(args, results, markdown=True)
         text = text.replace("\n\n", f"\n\n- command: `{command}`\n- date: {stamp}\n", 1)

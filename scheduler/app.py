@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from scheduler.binder import Binder
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
-from scheduler.metrics import Metrics
-from scheduler.server import Berth
-from scheduler.state import ClusterState
-from scheduler.verbs_http import VerbServer
+from scheduler.extender.server import Berth
+from scheduler.extender.verbs_http import VerbServer
+from scheduler.observability.metrics import Metrics
+from scheduler.policy.binder import Binder
 
 log = logging.getLogger("berth")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
@@ -67,9 +67,9 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         binder = Binder(state, None, None)
         berth = Berth(state, metrics, binder)
     else:
-        from scheduler.informer import informers
-        from scheduler.kube import KubeClient, load_configuration
-        from scheduler.status import StatusWriter
+        from scheduler.cluster.informer import informers
+        from scheduler.cluster.kube import KubeClient, load_configuration
+        from scheduler.cluster.status import StatusWriter
         try:
             cfg = load_configuration(kubeconfig)
         except Exception as exc:  # the kubernetes loader raises several unrelated types

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from scheduler.kube import KubeClient, KubeError
-from scheduler.state import ClusterState
+from scheduler.cluster.kube import KubeClient, KubeError
+from scheduler.cluster.state import ClusterState
 
 log = logging.getLogger("berth.informer")
 Apply = Callable[[str, dict[str, Any]], None]
@@ -29,7 +29,7 @@ class Gone(Exception):
 class _GcPause:
     """The cyclic collector is off while any list is being applied. Each page of 500 pods allocates
     ~50,000 dicts and lists that the collector would examine and promote again and again (~3.5 s of a
-    150,000-pod initial sync, measured by scripts/scale.py); those objects hold no cycles and go with
+    150,000-pod initial sync, measured by loadtests/scale.py); those objects hold no cycles and go with
     their reference counts. Counted, so the concurrent lists of several informers nest."""
 
     depth = 0
@@ -125,7 +125,7 @@ class Informer:
         """The pages of one full list; the last one sets self.rv. A 410 on a continue token restarts the
         list (and empties `seen`). The next page is requested before this one is handed out, so the API
         server encodes it while Berth applies this one: the two overlap instead of taking turns (150,000
-        pods from a real kube-apiserver on 2 cores: see scripts/scale.py --ab)."""
+        pods from a real kube-apiserver on 2 cores: see loadtests/scale.py --ab)."""
         pending = self._fetch("")
         try:
             while True:

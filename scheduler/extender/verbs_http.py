@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from scheduler.wire import WireError
+from scheduler.extender.wire import WireError
 
 if TYPE_CHECKING:
-    from scheduler.server import Berth
+    from scheduler.extender.server import Berth
 
 PREFIX = b"/scheduler/"
 VERBS = (b"filter", b"prioritize", b"bind", b"preempt")

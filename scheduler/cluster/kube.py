@@ -15,7 +15,7 @@ from cachetools import TTLCache
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
-from scheduler.wire import BindingArgs
+from scheduler.extender.wire import BindingArgs
 
 
 class KubeError(Exception):

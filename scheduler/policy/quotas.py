@@ -9,8 +9,8 @@ binds see each other's reservations at once.
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.podspec import GPU, PodAsk
-from scheduler.quantity import QuantityError, format_units, to_units
+from scheduler.model.podspec import GPU, PodAsk
+from scheduler.model.quantity import QuantityError, format_units, to_units
 
 MODEL_PREFIX = GPU + "/"  # usage key of one GPU model: "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3"
 

@@ -5,9 +5,9 @@ import asyncio
 import logging
 from typing import Any
 
-from scheduler.kube import KubeClient, KubeError
-from scheduler.showback import team_status
-from scheduler.state import ClusterState
+from scheduler.cluster.kube import KubeClient, KubeError
+from scheduler.cluster.state import ClusterState
+from scheduler.observability.showback import team_status
 
 log = logging.getLogger("berth.status")
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from cachetools import TTLCache
 
+from scheduler.cluster.nodetable import NodeTable
 from scheduler.kernels import choose_devices
-from scheduler.nodetable import NodeTable
-from scheduler.podspec import PodRequest
+from scheduler.model.podspec import PodRequest
 
 
 @dataclass(slots=True)

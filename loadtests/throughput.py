@@ -1,6 +1,6 @@
 """End-to-end scheduling throughput: the real kube-scheduler alone, and with Berth as its extender.
 
-`make bench-e2e` (`python -m tests.e2e.throughput`). On the local control plane (tests/e2e/harness.py:
+`make bench-e2e` (`python -m loadtests.throughput`). On the local control plane (tests/e2e/harness.py:
 etcd + kube-apiserver, no kubelets), for each node count: create the nodes (concurrent POSTs; every
 4th node has 8 GPUs, all in pool `shared`), then schedule the same stream of pods
 
@@ -545,7 +545,7 @@ def machine_facts() -> list[str]:
 def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -> str:
     ncpu = os.cpu_count() or 1
     lines = ["# End-to-end scheduling throughput: kube-scheduler alone vs with Berth", "",
-             f"`{' '.join(shlex.quote(a) for a in ['python', '-m', 'tests.e2e.throughput', *argv])}`", "",
+             f"`{' '.join(shlex.quote(a) for a in ['python', '-m', 'loadtests.throughput', *argv])}`", "",
              *machine_facts(), "",
              f"{args.pods} pods per run (100m CPU, 256Mi; every {args.gpu_every}th asks for 1 GPU), all created up "
              f"front by {args.concurrency} concurrent POSTs; pods/s = pods / (first POST -> last pod seen bound). "
@@ -563,7 +563,7 @@ def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tests.e2e.throughput", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m loadtests.throughput", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1000,5000", help="comma-separated node counts (default 1000,5000)")
     p.add_argument("--pods", type=int, default=2000, help="pods per run (default 2000)")
     p.add_argument("--pcts", default="default,100", help="percentageOfNodesToScore values; 'default' = unset")

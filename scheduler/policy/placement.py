@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler import kernels as K
+from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.kernels import _python as twin
-from scheduler.podspec import GPU, PodAsk
-from scheduler.quantity import format_units
-from scheduler.quotas import Admission
-from scheduler.state import ClusterState
+from scheduler.model.podspec import GPU, PodAsk
+from scheduler.model.quantity import format_units
+from scheduler.policy.quotas import Admission
 
 OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
 REASON_NAMES = {

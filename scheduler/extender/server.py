@@ -18,23 +18,8 @@ from cachetools import LRUCache, TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler import kernels as K
-from scheduler import preempt
-from scheduler.binder import Binder, BindError
-from scheduler.metrics import Metrics
-from scheduler.placement import (
-    OTHER_RESOURCE,
-    REASON_NAMES,
-    Judgement,
-    Reasons,
-    explain,
-    judge,
-    run_filter,
-    run_score,
-)
-from scheduler.podspec import PodAsk, PodError, pod_ask
-from scheduler.showback import account_gpu_seconds, team_rows
-from scheduler.state import ClusterState, pod_key
-from scheduler.wire import (
+from scheduler.cluster.state import ClusterState, pod_key
+from scheduler.extender.wire import (
     ExtenderArgs,
     NodeNamesCache,
     WireError,
@@ -44,6 +29,21 @@ from scheduler.wire import (
     parse_binding_args,
     parse_preemption_args,
     preemption_reply,
+)
+from scheduler.model.podspec import PodAsk, PodError, pod_ask
+from scheduler.observability.metrics import Metrics
+from scheduler.observability.showback import account_gpu_seconds, team_rows
+from scheduler.policy import preempt
+from scheduler.policy.binder import Binder, BindError
+from scheduler.policy.placement import (
+    OTHER_RESOURCE,
+    REASON_NAMES,
+    Judgement,
+    Reasons,
+    explain,
+    judge,
+    run_filter,
+    run_score,
 )
 
 log = logging.getLogger("berth.server")

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from scheduler import kernels as K
-from scheduler.nodetable import NodeTable
+from scheduler.cluster.nodetable import NodeTable
 
 
 class WireError(Exception):

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from scheduler.gpu_topology import TopologyError, islands_to_masks, parse_topology_annotation
-from scheduler.quantity import GPU, QuantityError, to_units
+from scheduler.gpu.topology import TopologyError, islands_to_masks, parse_topology_annotation
+from scheduler.model.quantity import GPU, QuantityError, to_units
 
 MAX_ISLANDS = 8
 MAX_GPUS = 64  # device masks are 64-bit

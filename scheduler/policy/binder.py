@@ -9,13 +9,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
+from scheduler.extender.wire import BindingArgs
 from scheduler.kernels import OK, choose_devices
 from scheduler.kernels import _python as twin
-from scheduler.ledger import PodEntry
-from scheduler.placement import Reasons, judge
-from scheduler.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
-from scheduler.state import ClusterState, format_gpu_ids, pod_key
-from scheduler.wire import BindingArgs
+from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
+from scheduler.policy.placement import Reasons, judge
 
 log = logging.getLogger("berth.bind")
 
