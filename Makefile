@@ -36,8 +36,10 @@ test-unit: install
 test-e2e: install k8s
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
-lint: install
+lint: install  ## ruff check, ruff format --check and mypy, all clean
 	$(VENV)/bin/ruff check scheduler tests loadtests
+	$(VENV)/bin/ruff format --check scheduler tests loadtests
+	$(VENV)/bin/mypy
 
 cluster: install k8s  ## a local control plane + Berth + berth-scheduler to try by hand
 	$(PY) -m tests.e2e.cluster_cli
