@@ -133,11 +133,15 @@ class Informer:
 
     async def _list_pages(self) -> None:
         seen: set[str] = set()
-        async with contextlib.aclosing(self._pages(seen)) as pages:
-            async for page in pages:
-                for obj in page.get("items") or []:
-                    seen.add(object_key(obj))
-                    self.apply("ADDED", obj)
+        try:
+            async with contextlib.aclosing(self._pages(seen)) as pages:
+                async for page in pages:
+                    for obj in page.get("items") or []:
+                        seen.add(object_key(obj))
+                        self.apply("ADDED", obj)
+        except BaseException:
+            self.known |= seen  # applied already: the next list must delete what is gone by then
+            raise
         for key in self.known - seen:  # deleted while we were not watching
             ns, _, name = key.rpartition("/")
             self.apply("DELETED", {"metadata": {"name": name, "namespace": ns or None}})
@@ -158,6 +162,7 @@ class Informer:
                     page = await pending
                 except KubeError as exc:
                     if exc.status == 410:  # the continue token expired: start the list again
+                        self.known |= seen  # applied from the aborted pages: deleted unless listed again
                         seen.clear()
                         pending = self._fetch("")
                         continue
