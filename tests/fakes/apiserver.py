@@ -18,6 +18,7 @@ not replay history from its resourceVersion: it sends what its script says.
 
 import asyncio
 import copy
+import inspect
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -77,6 +78,15 @@ class Json:
     code: int = 200
 
 
+@dataclass
+class Raw:
+    """Reply: these bytes, as is (a body that is not JSON, as a proxy in front of the API server sends)."""
+
+    body: bytes
+    code: int = 200
+    content_type: str = "text/plain"
+
+
 class Abort:
     """Watch step: break the connection (no end of the chunked body)."""
 
@@ -100,8 +110,8 @@ class Watch:
     steps: list[Step] = field(default_factory=list)
 
 
-Action = Callable[["FakeApiServer", Request], Any]  # returns a reply, or None for the default answer
-Reply = Status | Json | Watch | Action
+Action = Callable[["FakeApiServer", Request], Any]  # a reply or None (the default answer), or a coroutine of one
+Reply = Status | Json | Raw | Watch | Action
 
 
 def status_object(code: int, message: str, reason: str = "") -> dict[str, Any]:
@@ -241,12 +251,16 @@ class FakeApiServer:
             reply = script.popleft()
             if callable(reply):
                 reply = reply(self, req)
+                if inspect.isawaitable(reply):
+                    reply = await reply
         if reply is None:
             reply = self._default(req)
         if isinstance(reply, Watch):
             return await self._stream(request, req.path, reply)
         if isinstance(reply, Status):
             return _json(reply.body(), reply.code)
+        if isinstance(reply, Raw):
+            return web.Response(body=reply.body, status=reply.code, content_type=reply.content_type)
         assert isinstance(reply, Json), reply
         return _json(reply.body, reply.code)
 
