@@ -55,7 +55,7 @@ def team(name: str, gpus: int = 4) -> dict[str, Any]:
 
 # -- what the state holds, comparable between two states --------------------------------------------
 def nodes_of(state: ClusterState) -> dict[str, Any]:
-    return {state.table.names[s]: state.node_view(s) for s in state.table.slot_of.values()}
+    return {name: state.node_view(slot) for name, slot in state.table.slot_of.items()}
 
 
 def pods_of(state: ClusterState) -> dict[str, Any]:

@@ -172,7 +172,7 @@ async def test_a_rotated_token_is_picked_up_once_the_cached_headers_expire(api: 
         asked.append(c.api_key["authorization"])
         c.api_key["authorization"] = next(tokens)
 
-    cfg.refresh_api_key_hook = refresh
+    cfg.refresh_api_key_hook = refresh  # type: ignore[assignment]  # the client's stubs say None
     client = KubeClient(cfg)
     try:
         await client.get_pod("ml", "a")

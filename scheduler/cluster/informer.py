@@ -9,7 +9,7 @@ import contextlib
 import gc
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -150,7 +150,7 @@ class Informer:
         self.state.mark_synced(self.resource, True)
         log.info("%s: listed %d objects at resourceVersion %s", self.resource, len(seen), self.rv)
 
-    async def _pages(self, seen: set[str]) -> AsyncIterator[dict[str, Any]]:
+    async def _pages(self, seen: set[str]) -> AsyncGenerator[dict[str, Any], None]:
         """The pages of one full list; the last one sets self.rv. A 410 on a continue token restarts the
         list (and empties `seen`). The next page is requested before this one is handed out, so the API
         server encodes it while Berth applies this one: the two overlap instead of taking turns (150,000
