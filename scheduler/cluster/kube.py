@@ -6,7 +6,7 @@ deserialisation (the typed client would build Python objects for every pod on ev
 """
 
 import ssl
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -66,7 +66,8 @@ class KubeClient:
             h = self._auth["headers"] = {"Accept": "application/json", "User-Agent": "berth/0.1"}
             # auth_settings() names the header across client versions and refreshes rotated in-cluster
             # tokens; it re-reads the configuration, so it runs every few seconds, not for every bind.
-            for auth in self.cfg.auth_settings().values():
+            settings = cast(dict[str, dict[str, Any]], self.cfg.auth_settings())
+            for auth in settings.values():
                 if auth.get("in") == "header" and auth.get("value"):
                     h[auth["key"]] = auth["value"]
         h = dict(h)

@@ -13,10 +13,13 @@ log = logging.getLogger("berth.status")
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch from `old` to `new`: keys that disappeared are set to null, because a merge
-    patch merges maps (a team that stops borrowing must lose its `borrowed` entry)."""
+    """A JSON merge patch from `old` to `new`, of what changed only (empty when nothing did): keys that
+    disappeared are set to null, because a merge patch merges maps (a team that stops borrowing must lose
+    its `borrowed` entry); lists are sent whole, as a merge patch replaces them."""
     patch: dict[str, Any] = {}
     for key, value in new.items():
+        if key in old and old[key] == value:
+            continue
         before = old.get(key)
         patch[key] = merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
     for key in old.keys() - new.keys():
@@ -44,11 +47,12 @@ class StatusWriter:
         for name, team in list(self.state.quotas.teams.items()):
             old = self.written.get(name) or team.status or {}
             status = team_status(self.state, team, old)
-            if self.written.get(name) == status:
+            patch = merge_patch(old, status)
+            if not patch:  # what the API server holds already (after a restart: what the object says)
+                self.written[name] = status
                 continue
             try:
-                await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}",
-                                               merge_patch(old, status))
+                await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}", patch)
                 self.written[name] = status
             except (KubeError, OSError, TimeoutError) as exc:
                 log.warning("status of TeamQuota %s not written: %s", name, exc, extra={"team": name})

@@ -18,7 +18,7 @@ class JsonLines(logging.Formatter):
                 out[key] = record.__dict__[key]
         if record.exc_info:
             out["error"] = self.formatException(record.exc_info)
-        return orjson.dumps(out).decode()
+        return orjson.dumps(out, default=str).decode()  # an odd extra is text, not a lost record
 
 
 def setup(level: str) -> None:

@@ -1,0 +1,1 @@
+"""Stand-ins for the processes Berth talks to, for unit tests."""
