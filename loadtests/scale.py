@@ -786,7 +786,6 @@ class Report:
 
 async def run(args: argparse.Namespace) -> Report:
     from loadtests.throughput import Api
-
     from tests.e2e import harness as h
 
     cp = h.ControlPlane().start()
