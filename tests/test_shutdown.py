@@ -9,7 +9,7 @@ from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
 from scheduler.extender.server import Berth
-from scheduler.extender.wire import BindingArgs
+from scheduler.model.binding import BindingArgs
 from scheduler.model.podspec import pod_ask
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder

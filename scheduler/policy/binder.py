@@ -11,9 +11,9 @@ from typing import Any
 
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
-from scheduler.extender.wire import BindingArgs
 from scheduler.kernels import OK, choose_devices
 from scheduler.kernels import _python as twin
+from scheduler.model.binding import BindingArgs
 from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
 from scheduler.policy.placement import Reasons, judge
 
