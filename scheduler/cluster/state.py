@@ -165,7 +165,7 @@ class ClusterState:
         """The teams and which namespace belongs to which: all that team usage depends on. The recount walks
         every pod (~200 ms at 150,000), so events that change neither (a TeamQuota status write coming back
         through the watch, a namespace of no team) skip it; upsert_team keeps a team's usage."""
-        return frozenset(self.quotas.teams), dict(self.quotas._team_of_ns)
+        return frozenset(self.quotas.teams), self.quotas.namespace_teams()
 
     def _recount_teams(self) -> None:
         """Team usage from the ledger, after teams or their namespaces changed."""
