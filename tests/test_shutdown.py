@@ -30,7 +30,7 @@ async def test_shutdown_finishes_in_flight_binds_and_releases_reservations() -> 
     binder = Binder(state, slow_write, None)
     berth = Berth(state, Metrics(), binder)
     ask = pod_ask(make_pod("default", "a", None, "1", "1Gi", 2))
-    state.seen[ask.uid] = ask  # what filter remembers for bind
+    state.seen.remember(ask)  # what filter remembers for bind
     bind_a = asyncio.create_task(binder.bind(BindingArgs("a", "default", "uid-default-a", "n1")))
     await asyncio.sleep(0.01)
     assert binder.in_flight == 1 and state.table.free(0)["nvidia.com/gpu"] == 6

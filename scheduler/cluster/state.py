@@ -9,12 +9,11 @@ import logging
 import time
 from typing import Any
 
-from cachetools import TTLCache
-
 from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
 from scheduler.cluster.nodetable import NodeTable
+from scheduler.cluster.seen import SeenPods
 from scheduler.config import Config
-from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodAsk, PodError, pod_request
+from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodError, pod_request
 from scheduler.policy.quotas import QuotaBook
 
 log = logging.getLogger("berth.state")
@@ -50,8 +49,8 @@ class ClusterState:
         self.quotas = QuotaBook(config.quotas.unmatched_pods, config.quotas.shared_pools)
         self.ledger = PodLedger(self.table, self.pools, self._team_hook)
         self.reservations = Reservations(config.bind.reservation_ttl_seconds, self._expired)
-        # Pods seen in filter/prioritize, so bind (which gets only names) knows what they ask for.
-        self.seen: TTLCache[str, PodAsk] = TTLCache(maxsize=50_000, ttl=600)
+        # Pods seen by the verbs, so bind (which gets only names) knows what they ask for.
+        self.seen = SeenPods()
         self.synced: dict[str, bool] = {}
         self.last_event = 0.0  # monotonic time of the last informer event or bookmark
         self.last_sync = 0.0  # wall time the last full list finished

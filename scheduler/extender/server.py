@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from cachetools import LRUCache, TTLCache
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scheduler import kernels as K
@@ -64,15 +63,12 @@ class Berth:
         self.binder = binder
         self.fetch_pod = fetch_pod
         self.names = NodeNamesCache(state.table)
-        # Pods seen in filter, by namespace/name: what `explain` reads when there is no API server (demo).
-        self.recent_pods: TTLCache[str, dict[str, Any]] = TTLCache(maxsize=10_000, ttl=600)
         self.timers = {v: metrics.duration.labels(v) for v in ("filter", "prioritize", "bind", "preempt")}
         # Counter children bound once: labels() takes a lock and a dict lookup on every call.
         self._rejected = {code: metrics.rejections.labels(label) for code, label in REASON_NAMES.items()}
         self._judged = {r: metrics.filter_nodes.labels(r) for r in ("passed", "failed", "unresolvable")}
-        # What a pod asks, by (uid, resourceVersion): kube-scheduler sends the same pod to filter and then
-        # prioritize, and again after each failed attempt; the spec of one resourceVersion never changes.
-        self._asks: LRUCache[tuple[str, str], PodAsk] = LRUCache(maxsize=4096)
+        self.seen = state.seen
+        self.by_name = fetch_pod is None  # index pods by namespace/name: what explain reads without an API server
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True
 
@@ -147,16 +143,11 @@ class Berth:
     def _ask(self, args_pod: dict[str, Any]) -> PodAsk:
         meta = args_pod.get("metadata")
         uid, version = (meta.get("uid"), meta.get("resourceVersion")) if isinstance(meta, dict) else (None, None)
-        key = (uid, version) if isinstance(uid, str) and isinstance(version, str) and uid and version else None
-        ask = self._asks.get(key) if key else None
+        seen = self.seen
+        ask = seen.recall(uid, version)
         if ask is None:
             ask = pod_ask(args_pod)
-            if key:
-                self._asks[key] = ask
-        if ask.uid:
-            self.state.seen[ask.uid] = ask
-        if self.fetch_pod is None:
-            self.recent_pods[pod_key(ask.namespace, ask.name)] = args_pod
+        seen.remember(ask, version, self.by_name)
         return ask
 
     # -- verbs ---------------------------------------------------------------------------------
@@ -341,7 +332,13 @@ class Berth:
             ns, name = request.query.get("namespace", "default"), request.query.get("pod")
             if not name:
                 raise WireError(400, "explain needs ?namespace=..&pod=.. or a POSTed Pod")
-            pod = await self.fetch_pod(ns, name) if self.fetch_pod else self.recent_pods.get(pod_key(ns, name))
+            if self.fetch_pod is None:
+                seen = self.seen.by_name(ns, name)
+                if seen is None:
+                    raise WireError(404, f"pod {pod_key(ns, name)} not found")
+                names = request.query.get("nodes")
+                return _json(explain(self.state, seen, names.split(",") if names else None))
+            pod = await self.fetch_pod(ns, name)
             if pod is None:
                 raise WireError(404, f"pod {pod_key(ns, name)} not found")
         if not isinstance(pod, dict):

@@ -70,7 +70,7 @@ class Binder:
 
     async def _ask(self, args: BindingArgs) -> tuple[PodAsk, bool]:
         key = pod_key(args.namespace, args.name)
-        ask = self.state.seen.get(args.uid) if args.uid else None
+        ask = self.state.seen.by_uid(args.uid) if args.uid else None
         if ask is None and self.fetch is not None:
             pod = await self.fetch(args.namespace, args.name)
             if pod is None:
