@@ -56,7 +56,6 @@ class ClusterState:
         self.last_sync = 0.0  # wall time the last full list finished
         self.started = time.monotonic()
         self.expired_reservations = 0
-        self.informers: dict[str, Any] = {}  # resource -> Informer, for /debug/state only
 
     # -- readiness -----------------------------------------------------------------------------
     @property
@@ -216,8 +215,6 @@ class ClusterState:
             "stalenessSeconds": None if self.last_event == 0 else round(self.staleness(), 3),
             "gpuModels": list(self.table.models),
             "pools": list(self.table.pools),
-            "informers": {name: {"resourceVersion": i.rv, "lists": i.lists, "events": i.events}
-                          for name, i in self.informers.items()},
         }
 
     def node_view(self, slot: int) -> dict[str, Any]:
