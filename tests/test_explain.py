@@ -54,6 +54,49 @@ async def test_explain_by_name_needs_a_pod(client: TestClient) -> None:
     assert "nope" in (await r.json())["error"]
 
 
+POD_YAML = b"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+  namespace: default
+  creationTimestamp: "2030-01-01T00:00:00Z"
+spec:
+  containers:
+  - name: main
+    image: trainer:1
+    resources:
+      requests: {cpu: "1", memory: 1Gi, nvidia.com/gpu: "2"}
+      limits: {nvidia.com/gpu: "2"}
+"""
+
+
+async def test_explain_accepts_yaml_as_kubectl_prints_it(client: TestClient) -> None:
+    as_json = await client.post("/debug/explain", data=orjson.dumps(make_pod("default", "pair", None, "1", "1Gi", 2)))
+    as_yaml = await client.post("/debug/explain", data=POD_YAML, headers={"Content-Type": "application/yaml"})
+    assert as_yaml.status == 200, await as_yaml.text()
+    out, expected = await as_yaml.json(), await as_json.json()
+    assert out["request"]["nvidia.com/gpu"] == 2
+    assert [r["node"] for r in out["nodes"]] == [r["node"] for r in expected["nodes"]] == ["half", "empty", "cpu"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"{not json", "neither JSON nor YAML"),  # a YAML flow mapping left open
+    (b"key: [unclosed", "neither JSON nor YAML"),
+    (b"pod: \x80\x81", "neither JSON nor YAML"),  # not UTF-8
+    (b"[1, 2, 3]", "expected a Pod object"),
+    (b"just a string", "expected a Pod object"),
+    (b"kind: Pod\nmetadata: {name: x}\n", "cannot be judged"),
+    (b"metadata: {name: x}\nspec: {containers: 5}\n", "cannot be judged"),
+])
+async def test_explain_bad_body_is_400_with_a_reason(client: TestClient, body: bytes, words: str) -> None:
+    r = await client.post("/debug/explain", data=body)
+    assert r.status == 400, await r.text()
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert words in (await r.json())["error"]
+    assert (await client.post("/debug/explain", data=POD_YAML)).status == 200, "still serves afterwards"
+
+
 async def test_explain_by_name_in_demo_reads_the_pods_the_verbs_saw(client: TestClient) -> None:
     pod = make_pod("default", "seen", None, "1", "1Gi", 2)
     args = {"Pod": pod, "Nodes": None, "NodeNames": ["half", "empty", "cpu"]}

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import orjson
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -86,7 +87,8 @@ class DebugViews:
         return json_response({"teams": team_rows(self.state)})
 
     async def debug_explain(self, request: web.Request) -> web.Response:
-        """GET ?namespace=&pod= (from the API server, or the pods the verbs saw in demo), or POST a Pod."""
+        """GET ?namespace=&pod= (from the API server, or the pods the verbs saw in demo), or POST a Pod
+        as JSON or YAML (`kubectl get pod -o yaml`)."""
         if request.method == "POST":
             ask = _ask_of(await _posted(request) if request.can_read_body else None)
         else:
@@ -109,7 +111,17 @@ class DebugViews:
 
 
 async def _posted(request: web.Request) -> Any:
-    return orjson.loads(await request.read())
+    """The POSTed object: JSON, else YAML (safe_load: plain data only). The body is bounded by
+    server.max_body_bytes like every other (a larger one is a 413 before it is read)."""
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return yaml.safe_load(raw)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise WireError(400, f"explain: the body is neither JSON nor YAML: {' '.join(str(exc).split())}") from None
 
 
 def _ask_of(pod: Any) -> PodAsk:
