@@ -146,7 +146,7 @@ class BerthPolicy(Policy):
 
     async def place(self, ask: PodAsk) -> int | None:
         state = self.state
-        state.seen[ask.uid] = ask  # what the filter handler records: bind gets only names
+        state.seen.remember(ask)  # what the filter handler records: bind gets only names
         j = judge(state, ask)
         verdicts, passed = run_filter(state, j, self.slots)
         if not passed:

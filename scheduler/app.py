@@ -1,4 +1,6 @@
-"""Process wiring: build the state, feed it (demo generator or informers), serve, shut down gracefully."""
+"""Process wiring: build the state, feed it (demo generator or informers), serve, keep house, shut
+down gracefully. The process's memory policy (malloc thresholds, the collector's thresholds and the
+freeze schedule) is here, in one place, next to the loop that applies it."""
 
 import asyncio
 import contextlib
@@ -7,15 +9,18 @@ import gc
 import logging
 import signal
 import ssl
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
+from scheduler.extender.debug import refresh_gauges
 from scheduler.extender.server import Berth
 from scheduler.extender.verbs_http import VerbServer
 from scheduler.observability.metrics import Metrics
+from scheduler.observability.showback import account_gpu_seconds
 from scheduler.policy.binder import Binder
 
 log = logging.getLogger("berth")
@@ -36,6 +41,34 @@ def tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, 32 << 20)
     except (OSError, AttributeError):
         pass
+
+
+def tune_gc() -> None:
+    """Allocation-heavy request handling would otherwise trigger young collections every few requests."""
+    gc.set_threshold(50_000, 20, 20)
+
+
+async def housekeeping(state: ClusterState, metrics: Metrics, every: float = 1.0, freeze_every: float = 30.0) -> None:
+    """Expire unconfirmed reservations, refresh gauges and count GPU-seconds, once a second; keep the
+    long-lived cluster picture out of the cyclic collector's way (frozen objects are never rescanned,
+    so a full collection does not stall a filter call for tens of milliseconds)."""
+    last = last_freeze = time.monotonic()
+    synced = False
+    while True:
+        await asyncio.sleep(every)
+        now = time.monotonic()
+        try:
+            state.reservations.expire()
+            refresh_gauges(state, metrics)
+            account_gpu_seconds(state, metrics, now - last)
+        except Exception:
+            log.exception("housekeeping failed")
+        if (state.ready and not synced) or now - last_freeze > freeze_every:
+            if not synced:
+                gc.collect()
+            gc.freeze()
+            synced, last_freeze = synced or state.ready, now
+        last = now
 
 
 def tls_context(cert: str | None, key: str | None, client_ca: str | None) -> ssl.SSLContext | None:
@@ -77,10 +110,11 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         client = KubeClient(cfg)
         timeout = config.bind.timeout_seconds
         binder = Binder(state, lambda a, ann: client.bind(a, ann, timeout), client.get_pod)
-        berth = Berth(state, metrics, binder, client.get_pod)
-        tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in informers(client, state)]
+        feeds = informers(client, state)
+        berth = Berth(state, metrics, binder, client.get_pod, feeds)
+        tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in feeds]
         tasks.append(asyncio.create_task(StatusWriter(client, state).run(), name="status"))
-    tasks.append(asyncio.create_task(berth.housekeeping(), name="housekeeping"))
+    tasks.append(asyncio.create_task(housekeeping(state, metrics), name="housekeeping"))
 
     ctx = tls_context(*tls)
     verb_port = config.server.tls_port if ctx is not None else config.server.port
@@ -91,8 +125,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
              config.server.host, config.server.tls_port if ctx else config.server.port,
              f", health and metrics on port {config.server.port}" if ctx else "",
              "demo cluster" if demo else "live cluster", "native" if _native() else "python")
-    # Allocation-heavy request handling would otherwise trigger young collections every few requests.
-    gc.set_threshold(50_000, 20, 20)
+    tune_gc()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -108,15 +141,10 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
 @dataclass
 class Listener:
     runner: web.AppRunner
+    port: int  # the bound port (what port 0 became)
     verbs: VerbServer | None = None  # the verb connections' handler, on the port that serves the verbs
     server: asyncio.AbstractServer | None = None
     sweep: asyncio.Task[None] | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (what port 0 became)."""
-        servers = [self.server] if self.server is not None else [s._server for s in self.runner.sites]
-        return next(sock.getsockname()[1] for srv in servers if srv is not None for sock in srv.sockets)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -138,22 +166,23 @@ async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext |
     try:
         if not verbs:
             await web.TCPSite(runner, host, port, ssl_context=ctx, backlog=1024, reuse_address=True).start()
-            return Listener(runner)
+            return Listener(runner, runner.addresses[0][1])
         assert runner.server is not None
-        verb_server = VerbServer(berth, runner.server, config.server.keepalive_timeout)
+        verb_server = VerbServer(berth.verbs, runner.server, config.server.keepalive_timeout)
         server = await asyncio.get_running_loop().create_server(verb_server, host, port, ssl=ctx, backlog=1024,
                                                                 reuse_address=True)
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {host}:{port}: {exc}") from exc
-    return Listener(runner, verb_server, server, asyncio.create_task(verb_server.sweep(), name="keepalive"))
+    return Listener(runner, server.sockets[0].getsockname()[1], verb_server, server,
+                    asyncio.create_task(verb_server.sweep(), name="keepalive"))
 
 
 async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.Task[None]],
                     grace: float) -> None:
     """Stop accepting, let in-flight binds finish, release what is still unconfirmed."""
     log.info("shutting down: finishing %d in-flight binds", berth.binder.in_flight)
-    berth.accepting = False
+    berth.verbs.accepting = False
     deadline = asyncio.get_running_loop().time() + grace
     while berth.binder.in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)

@@ -1,5 +1,7 @@
 """`/debug/explain`: per-node verdicts and score parts for a pod, and `berth explain` against it."""
 
+from collections.abc import AsyncIterator
+
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,7 +15,7 @@ from scheduler.policy.binder import Binder
 
 
 @pytest.fixture
-async def client() -> TestClient:
+async def client() -> AsyncIterator[TestClient]:
     state = ClusterState(Config())
     now = "2030-01-01T00:00:00Z"
     state.apply_node("ADDED", make_node("half", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB",
@@ -50,3 +52,76 @@ async def test_explain_by_name_needs_a_pod(client: TestClient) -> None:
     r = await client.get("/debug/explain?namespace=default&pod=nope")
     assert r.status == 404
     assert "nope" in (await r.json())["error"]
+
+
+POD_YAML = b"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: pair
+  namespace: default
+  creationTimestamp: "2030-01-01T00:00:00Z"
+spec:
+  containers:
+  - name: main
+    image: trainer:1
+    resources:
+      requests: {cpu: "1", memory: 1Gi, nvidia.com/gpu: "2"}
+      limits: {nvidia.com/gpu: "2"}
+"""
+
+
+async def test_explain_accepts_yaml_as_kubectl_prints_it(client: TestClient) -> None:
+    as_json = await client.post("/debug/explain", data=orjson.dumps(make_pod("default", "pair", None, "1", "1Gi", 2)))
+    as_yaml = await client.post("/debug/explain", data=POD_YAML, headers={"Content-Type": "application/yaml"})
+    assert as_yaml.status == 200, await as_yaml.text()
+    out, expected = await as_yaml.json(), await as_json.json()
+    assert out["request"]["nvidia.com/gpu"] == 2
+    assert [r["node"] for r in out["nodes"]] == [r["node"] for r in expected["nodes"]] == ["half", "empty", "cpu"]
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    (b"{not json", "neither JSON nor YAML"),  # a YAML flow mapping left open
+    (b"key: [unclosed", "neither JSON nor YAML"),
+    (b"pod: \x80\x81", "neither JSON nor YAML"),  # not UTF-8
+    (b"[1, 2, 3]", "expected a Pod object"),
+    (b"just a string", "expected a Pod object"),
+    (b"kind: Pod\nmetadata: {name: x}\n", "cannot be judged"),
+    (b"metadata: {name: x}\nspec: {containers: 5}\n", "cannot be judged"),
+])
+async def test_explain_bad_body_is_400_with_a_reason(client: TestClient, body: bytes, words: str) -> None:
+    r = await client.post("/debug/explain", data=body)
+    assert r.status == 400, await r.text()
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert words in (await r.json())["error"]
+    assert (await client.post("/debug/explain", data=POD_YAML)).status == 200, "still serves afterwards"
+
+
+async def test_explain_by_name_in_demo_reads_the_pods_the_verbs_saw(client: TestClient) -> None:
+    pod = make_pod("default", "seen", None, "1", "1Gi", 2)
+    args = {"Pod": pod, "Nodes": None, "NodeNames": ["half", "empty", "cpu"]}
+    assert (await client.get("/debug/explain?namespace=default&pod=seen")).status == 404
+    assert (await client.post("/scheduler/filter", data=orjson.dumps(args))).status == 200
+    r = await client.get("/debug/explain?namespace=default&pod=seen&nodes=half,cpu")
+    assert r.status == 200
+    out = await r.json()
+    assert out["request"]["nvidia.com/gpu"] == 2 and {row["node"] for row in out["nodes"]} == {"half", "cpu"}
+
+
+async def test_debug_state_shows_the_informers_it_was_given() -> None:
+    """The process hands its informers to the debug view; the state itself knows none."""
+
+    class Feed:
+        def __init__(self, resource: str, rv: str, lists: int, events: int) -> None:
+            self.resource, self.rv, self.lists, self.events = resource, rv, lists, events
+
+    state = ClusterState(Config())
+    feeds = [Feed("nodes", "41", 1, 7), Feed("pods", "48250", 2, 0)]
+    berth = Berth(state, Metrics(), Binder(state, None, None), informers=feeds)
+    async with TestClient(TestServer(berth.app())) as c:
+        out = await (await c.get("/debug/state")).json()
+        assert out["informers"] == {"nodes": {"resourceVersion": "41", "lists": 1, "events": 7},
+                                    "pods": {"resourceVersion": "48250", "lists": 2, "events": 0}}
+        feeds[1].events = 3
+        assert (await (await c.get("/debug/state")).json())["informers"]["pods"]["events"] == 3
+    assert "informers" not in state.summary()

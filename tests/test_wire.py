@@ -262,9 +262,9 @@ def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: Cl
     from scheduler.policy.binder import Binder
 
     def fresh_reply(body: bytes) -> bytes:
-        return Berth(demo_state, Metrics(), Binder(demo_state, None, None)).filter_body(body)
+        return Berth(demo_state, Metrics(), Binder(demo_state, None, None)).verbs.filter_body(body)
 
-    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None)).verbs
     body = go.args(go.pod(), go.names())
     first = berth.filter_body(body)
     assert berth.filter_body(body) == first == fresh_reply(body)
@@ -290,7 +290,7 @@ def test_prioritize_after_filter_finds_the_survivors_mapped(go: GoWire, demo_sta
     from scheduler.observability.metrics import Metrics
     from scheduler.policy.binder import Binder
 
-    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    berth = Berth(demo_state, Metrics(), Binder(demo_state, None, None)).verbs
     reply = orjson.loads(berth.filter_body(go.args(go.pod(), go.names())))
     survivors = reply["NodeNames"]
     assert survivors and reply["FailedNodes"] | reply["FailedAndUnresolvableNodes"], "a partial reply"
@@ -298,7 +298,7 @@ def test_prioritize_after_filter_finds_the_survivors_mapped(go: GoWire, demo_sta
     body = go.args(go.pod(), survivors)
     scores = berth.prioritize_body(body)
     assert berth.names.hits == hits + 1
-    fresh = Berth(demo_state, Metrics(), Binder(demo_state, None, None))
+    fresh = Berth(demo_state, Metrics(), Binder(demo_state, None, None)).verbs
     assert scores == fresh.prioritize_body(body)
     assert [h["Host"] for h in orjson.loads(scores)] == survivors
     # A list that differs by one name is not taken for the survivors.

@@ -98,7 +98,6 @@ class Informer:
         self.rv = ""
         self.lists = 0  # full lists done: the first, then one per 410 Gone or lost watch
         self.events = 0
-        state.informers[resource] = self
 
     async def run(self) -> None:
         self.state.mark_synced(self.resource, False)

@@ -15,7 +15,7 @@ from cachetools import TTLCache
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
-from scheduler.extender.wire import BindingArgs
+from scheduler.model.binding import BindingArgs
 
 
 class KubeError(Exception):

@@ -9,12 +9,11 @@ import logging
 import time
 from typing import Any
 
-from cachetools import TTLCache
-
 from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
 from scheduler.cluster.nodetable import NodeTable
+from scheduler.cluster.seen import SeenPods
 from scheduler.config import Config
-from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodAsk, PodError, pod_request
+from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodError, pod_request
 from scheduler.policy.quotas import QuotaBook
 
 log = logging.getLogger("berth.state")
@@ -50,14 +49,13 @@ class ClusterState:
         self.quotas = QuotaBook(config.quotas.unmatched_pods, config.quotas.shared_pools)
         self.ledger = PodLedger(self.table, self.pools, self._team_hook)
         self.reservations = Reservations(config.bind.reservation_ttl_seconds, self._expired)
-        # Pods seen in filter/prioritize, so bind (which gets only names) knows what they ask for.
-        self.seen: TTLCache[str, PodAsk] = TTLCache(maxsize=50_000, ttl=600)
+        # Pods seen by the verbs, so bind (which gets only names) knows what they ask for.
+        self.seen = SeenPods()
         self.synced: dict[str, bool] = {}
         self.last_event = 0.0  # monotonic time of the last informer event or bookmark
         self.last_sync = 0.0  # wall time the last full list finished
         self.started = time.monotonic()
         self.expired_reservations = 0
-        self.informers: dict[str, Any] = {}  # resource -> Informer, for /debug/state only
 
     # -- readiness -----------------------------------------------------------------------------
     @property
@@ -165,7 +163,7 @@ class ClusterState:
         """The teams and which namespace belongs to which: all that team usage depends on. The recount walks
         every pod (~200 ms at 150,000), so events that change neither (a TeamQuota status write coming back
         through the watch, a namespace of no team) skip it; upsert_team keeps a team's usage."""
-        return frozenset(self.quotas.teams), dict(self.quotas._team_of_ns)
+        return frozenset(self.quotas.teams), self.quotas.namespace_teams()
 
     def _recount_teams(self) -> None:
         """Team usage from the ledger, after teams or their namespaces changed."""
@@ -217,8 +215,6 @@ class ClusterState:
             "stalenessSeconds": None if self.last_event == 0 else round(self.staleness(), 3),
             "gpuModels": list(self.table.models),
             "pools": list(self.table.pools),
-            "informers": {name: {"resourceVersion": i.rv, "lists": i.lists, "events": i.events}
-                          for name, i in self.informers.items()},
         }
 
     def node_view(self, slot: int) -> dict[str, Any]:

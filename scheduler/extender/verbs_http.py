@@ -6,7 +6,7 @@ was the largest share of a filter call: ~60 µs of a 500-name call and ~90 µs p
 A connection stays here only while it carries verb POSTs, which is all kube-scheduler sends on its
 extender connections. Any other first request (health, metrics, debug, a browser) hands the
 connection, bytes and all, to aiohttp, which serves the whole API including the verbs. The verbs'
-logic lives in server.Berth (bytes in, bytes out); this module only frames requests and replies.
+logic lives in verbs.Verbs (bytes in, bytes out); this module only frames requests and replies.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import httptools
 from scheduler.extender.wire import WireError
 
 if TYPE_CHECKING:
-    from scheduler.extender.server import Berth
+    from scheduler.extender.verbs import Verbs
 
 PREFIX = b"/scheduler/"
 VERBS = (b"filter", b"prioritize", b"bind", b"preempt")
@@ -53,8 +53,8 @@ class _TooLong(Exception):
 class VerbServer:
     """Shared by all verb connections of one listening socket."""
 
-    def __init__(self, berth: Berth, fallback: Callable[[], asyncio.Protocol], keepalive: float) -> None:
-        self.berth = berth
+    def __init__(self, berth: Verbs, fallback: Callable[[], asyncio.Protocol], keepalive: float) -> None:
+        self.berth = berth  # the verbs, with their error replies (refused, too_large, failed)
         self.fallback = fallback  # aiohttp's web.Server: a protocol factory for the handed-off connections
         self.keepalive = keepalive
         self.max_body = berth.state.config.server.max_body_bytes

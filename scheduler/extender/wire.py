@@ -14,6 +14,7 @@ import orjson
 
 from scheduler import kernels as K
 from scheduler.cluster.nodetable import NodeTable
+from scheduler.model.binding import BindingArgs
 
 
 class WireError(Exception):
@@ -238,14 +239,6 @@ def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unreso
 def error_filter_reply(args: ExtenderArgs | None, error: str) -> bytes:
     return orjson.dumps({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                          "Error": error})
-
-
-@dataclass(slots=True)
-class BindingArgs:
-    name: str
-    namespace: str
-    uid: str
-    node: str
 
 
 def parse_binding_args(body: bytes) -> BindingArgs:

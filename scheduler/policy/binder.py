@@ -11,9 +11,9 @@ from typing import Any
 
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
-from scheduler.extender.wire import BindingArgs
 from scheduler.kernels import OK, choose_devices
 from scheduler.kernels import _python as twin
+from scheduler.model.binding import BindingArgs
 from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
 from scheduler.policy.placement import Reasons, judge
 
@@ -70,7 +70,7 @@ class Binder:
 
     async def _ask(self, args: BindingArgs) -> tuple[PodAsk, bool]:
         key = pod_key(args.namespace, args.name)
-        ask = self.state.seen.get(args.uid) if args.uid else None
+        ask = self.state.seen.by_uid(args.uid) if args.uid else None
         if ask is None and self.fetch is not None:
             pod = await self.fetch(args.namespace, args.name)
             if pod is None:

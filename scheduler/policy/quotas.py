@@ -160,6 +160,10 @@ class QuotaBook:
                          if _selector_matches(team.selector, labels))
         return names
 
+    def namespace_teams(self) -> dict[str, str | None]:
+        """A copy of namespace -> team name (None where several teams claim the namespace)."""
+        return dict(self._team_of_ns)
+
     def team_for(self, namespace: str) -> tuple[Team | None, str | None]:
         """The pod's team, or an error when teams overlap on its namespace."""
         if namespace in self._team_of_ns:

@@ -1,0 +1,92 @@
+"""The aiohttp application: every route of Berth's API and the middleware that turns errors into
+JSON replies with a Content-Length (never chunked: Go would drop the connection). Bad input is a
+4xx naming what is wrong, never a 500.
+
+On the verbs' port kube-scheduler's connections are served by verbs_http.py; aiohttp gets every
+other request (and the verbs too, from any client whose first request is not a verb POST).
+"""
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from scheduler.extender.debug import DebugViews, json_response
+from scheduler.extender.errors import ErrorReplies
+from scheduler.extender.verbs import Verbs
+from scheduler.extender.wire import WireError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON = "application/json"
+
+
+def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs: bool = True) -> web.Application:
+    """The whole API; with serve_verbs=False only health, readiness and metrics (the plain port in TLS
+    mode, for kubelet probes and Prometheus, while the verbs need a client certificate)."""
+    app = web.Application(client_max_size=verbs.state.config.server.max_body_bytes,
+                          middlewares=[_error_middleware(errors)])
+    if serve_verbs:
+        for name, handler in _verb_handlers(verbs).items():
+            app.router.add_post(f"/scheduler/{name}", _timed(verbs, name, handler))
+        app.router.add_get("/debug/state", debug.debug_state)
+        app.router.add_get("/debug/nodes", debug.debug_nodes)
+        app.router.add_get("/debug/teams", debug.debug_teams)
+        app.router.add_route("*", "/debug/explain", debug.debug_explain)
+    app.router.add_get("/healthz", debug.healthz)
+    app.router.add_get("/readyz", debug.readyz)
+    app.router.add_get("/metrics", debug.metrics_view)
+    return app
+
+
+def _error_middleware(errors: ErrorReplies) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        verb = request.path.rsplit("/", 1)[-1]
+        try:
+            return await handler(request)
+        except WireError as exc:
+            return web.Response(body=errors.refused(verb, exc), status=exc.status, content_type=JSON)
+        except web.HTTPRequestEntityTooLarge as exc:
+            return web.Response(body=errors.too_large(verb, exc.text or ""), status=413, content_type=JSON)
+        except web.HTTPMethodNotAllowed as exc:
+            return json_response({"error": f"{request.method} is not allowed on {request.path}; use "
+                                           f"{', '.join(sorted(exc.allowed_methods))}"}, 405)
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return json_response({"error": f"{exc.reason}: {request.path}"}, exc.status)
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            return web.Response(body=errors.failed(verb, request.path), status=500, content_type=JSON)
+    return middleware
+
+
+def _verb_handlers(verbs: Verbs) -> dict[str, Handler]:
+    async def filter(request: web.Request) -> web.Response:
+        return web.Response(body=verbs.filter_body(await request.read()), content_type=JSON)
+
+    async def prioritize(request: web.Request) -> web.Response:
+        return web.Response(body=verbs.prioritize_body(await request.read()), content_type=JSON)
+
+    async def bind(request: web.Request) -> web.Response:
+        return web.Response(body=await verbs.bind_body(await request.read()), content_type=JSON)
+
+    async def preempt(request: web.Request) -> web.Response:
+        return web.Response(body=verbs.preempt_body(await request.read()), content_type=JSON)
+
+    return {"filter": filter, "prioritize": prioritize, "bind": bind, "preempt": preempt}
+
+
+def _timed(verbs: Verbs, verb: str, fn: Handler) -> Handler:
+    timer = verbs.timers[verb]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        try:
+            return await fn(request)
+        finally:
+            timer.observe(time.perf_counter() - t0)
+    return handler

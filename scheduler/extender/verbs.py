@@ -1,0 +1,192 @@
+"""kube-scheduler's four extender verbs, each bytes in, bytes out (a WireError for bad input).
+
+Both front ends call these: the hot-path connection handler (verbs_http.py) and the aiohttp routes
+(http_app.py). This is the hot path: metric children are bound once, a pod's ask is remembered by
+UID and resourceVersion (cluster/seen.py), and a partial filter reply is reused while the failures
+repeat on the same names (wire.NodeNamesCache keeps it with the names).
+"""
+
+import logging
+from array import array
+from typing import Any
+
+import orjson
+
+from scheduler import kernels as K
+from scheduler.cluster.state import ClusterState
+from scheduler.extender.errors import ErrorReplies
+from scheduler.extender.wire import (
+    ExtenderArgs,
+    NodeNamesCache,
+    WireError,
+    binding_reply,
+    error_filter_reply,
+    filter_reply,
+    parse_binding_args,
+    parse_preemption_args,
+    preemption_reply,
+)
+from scheduler.model.podspec import PodAsk, PodError, pod_ask
+from scheduler.observability.metrics import Metrics
+from scheduler.policy import preempt
+from scheduler.policy.binder import Binder, BindError
+from scheduler.policy.placement import OTHER_RESOURCE, REASON_NAMES, Judgement, Reasons, judge, run_filter, run_score
+
+log = logging.getLogger("berth.server")
+UNKNOWN_NODE = "berth: node is not in Berth's cache yet"
+VERBS = ("filter", "prioritize", "bind", "preempt")
+
+
+class Verbs:
+    """The verbs and what they keep between calls. `errors` words their failures; its three replies are
+    bound here too, so the connection handler finds verbs and error replies on one object."""
+
+    def __init__(self, state: ClusterState, metrics: Metrics, binder: Binder, errors: ErrorReplies,
+                 by_name: bool = False) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.binder = binder
+        self.seen = state.seen
+        self.by_name = by_name  # index pods seen by namespace/name: explain's only source without an API server
+        self.names = NodeNamesCache(state.table)
+        self.refused, self.too_large, self.failed = errors.refused, errors.too_large, errors.failed
+        self.timers = {v: metrics.duration.labels(v) for v in VERBS}
+        # Counter children bound once: labels() takes a lock and a dict lookup on every call.
+        self._rejected = {code: metrics.rejections.labels(label) for code, label in REASON_NAMES.items()}
+        self._judged = {r: metrics.filter_nodes.labels(r) for r in ("passed", "failed", "unresolvable")}
+        metrics.kernels_native.set(1 if K.NATIVE else 0)
+        self.accepting = True  # False once shutdown begins: binds are refused (503)
+
+    def _ask(self, args_pod: dict[str, Any]) -> PodAsk:
+        meta = args_pod.get("metadata")
+        uid, version = (meta.get("uid"), meta.get("resourceVersion")) if isinstance(meta, dict) else (None, None)
+        seen = self.seen
+        ask = seen.recall(uid, version)
+        if ask is None:
+            ask = pod_ask(args_pod)
+        seen.remember(ask, version, self.by_name)
+        return ask
+
+    # -- verbs ---------------------------------------------------------------------------------
+    def filter_body(self, raw: bytes) -> bytes:
+        args = self.names.parse(raw)
+        try:
+            ask = self._ask(args.pod)
+        except PodError as exc:
+            self.metrics.errors.labels("filter", "pod").inc()
+            return error_filter_reply(args, f"berth: pod cannot be judged: {exc}")
+        body = self._filter(args, ask)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],
+                      extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "filter"})
+        return body
+
+    def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
+        state, m = self.state, self.metrics
+        j = judge(state, ask)
+        n = len(args.names)
+        if j.admission.error:
+            self._judged["unresolvable"].inc(n)
+            m.rejections.labels("quota").inc(n)
+            sentence = orjson.dumps(f"berth: {j.admission.error}")
+            return filter_reply(args, b"", b"", b",".join(f + b":" + sentence for f in args.frags), [])
+        verdicts, passed = run_filter(state, j, args.slots)
+        if ask.request.other:
+            passed = self._other_resources(args, ask, verdicts)
+        if passed == n:
+            self._judged["passed"].inc(n)
+            return filter_reply(args, None, b"", b"")
+        return self._partial_reply(args, j, verdicts, passed)
+
+    def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
+        """Extended resources other than GPUs are rare: checked here, off the kernel path. Berth does
+        not track their use, so this only rejects nodes that lack them altogether."""
+        t = self.state.table
+        for i, s in enumerate(args.slots):
+            if verdicts[i] == K.OK:
+                facts = t.facts[s]
+                have = facts.other_alloc if facts else {}
+                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
+                    verdicts[i] = OTHER_RESOURCE
+        return verdicts.count(K.OK)
+
+    def _partial_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
+        """Some nodes failed: group them by sentence (kernel), word each group once, write the maps."""
+        r = j.ask.request
+        ids = array("i", bytes(4 * len(verdicts)))
+        groups = K.reason_ids(self.state.table, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids)
+        reasons = Reasons(self.state, j)
+        worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
+        texts = [orjson.dumps(text) for text, _ in worded]
+        hard = bytes(int(h) for _, h in worded)
+        # Consecutive pods of one team see the same failures on the same names (the nodes outside the
+        # team's pools above all). ids[i] is -1 exactly where a node passed, so equal ids, sentences and
+        # hard flags on the same names make the same reply: reuse the last one written.
+        known = args.known
+        last = known.partial if known is not None else None
+        if last is not None and last[0] == ids and last[1] == texts and last[2] == hard:
+            picked, reply, n_failed, n_unres = last[3:]
+        else:
+            failed, unres, n_failed, n_unres = K.failed_json(args.frags, ids, texts, hard)
+            index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
+            picked = K.pick_json(args.frags, verdicts, K.OK)
+            reply = filter_reply(args, picked, failed, unres, index)
+            if known is not None:
+                known.partial = (ids, texts, hard, picked, reply, n_failed, n_unres)
+        self.names.offer_survivors(args, picked, verdicts)
+        for code in {code for code, _ in groups}:
+            self._rejected[code].inc(verdicts.count(code))
+        judged = self._judged
+        judged["passed"].inc(passed)
+        judged["failed"].inc(n_failed)
+        judged["unresolvable"].inc(n_unres)
+        return reply
+
+    def prioritize_body(self, raw: bytes) -> bytes:
+        args = self.names.parse(raw)
+        try:
+            ask = self._ask(args.pod)
+        except PodError:  # prioritize has no error field; a pod that cannot be judged gets no preference
+            self.metrics.errors.labels("prioritize", "pod").inc()
+            scores = array("q", bytes(8 * len(args.names)))
+        else:
+            scores = run_score(self.state, judge(self.state, ask), args.slots)
+            if log.isEnabledFor(logging.DEBUG) and len(scores):
+                best = max(range(len(scores)), key=scores.__getitem__)
+                log.debug("prioritize %s/%s: best %s (%d of 10) among %d", ask.namespace, ask.name,
+                          args.names[best], scores[best], len(scores),
+                          extra={"pod": f"{ask.namespace}/{ask.name}", "node": args.names[best], "verb": "prioritize"})
+        return K.prioritize_json(args.frags, scores)
+
+    async def bind_body(self, raw: bytes) -> bytes:
+        if not self.accepting:
+            raise WireError(503, "Berth is shutting down; retry against the new leader")
+        args = parse_binding_args(raw)
+        try:
+            result = await self.binder.bind(args)
+        except BindError as exc:
+            self.metrics.binds.labels(exc.result).inc()
+            log.info("bind %s/%s -> %s refused: %s", args.namespace, args.name, args.node, exc.reason,
+                     extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+            return binding_reply(exc.reason)
+        self.metrics.binds.labels(result).inc()
+        log.debug("bound %s/%s -> %s (%s)", args.namespace, args.name, args.node, result,
+                  extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+        return binding_reply()
+
+    def preempt_body(self, raw: bytes) -> bytes:
+        args = parse_preemption_args(raw)
+        try:
+            ask = self._ask(args.pod)
+        except PodError as exc:
+            raise WireError(400, f"ExtenderPreemptionArgs.Pod cannot be judged: {exc}") from None
+        decision = preempt.process(self.state, ask, args)
+        log.info("preempt for %s/%s: %d candidate nodes, %d kept; spared: %s", ask.namespace, ask.name,
+                 len(args.victims), len(decision.victims), "; ".join(sorted(set(decision.refused.values()))) or "none",
+                 extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "preempt"})
+        for uids in decision.victims.values():
+            for uid in uids:
+                key = self.state.ledger.by_uid.get(uid)
+                entry = self.state.ledger.get(key) if key else None
+                self.metrics.victims.labels(entry.team if entry and entry.team else "").inc()
+        return preemption_reply(decision.victims, decision.pdb)

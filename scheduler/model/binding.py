@@ -1,0 +1,15 @@
+"""What a bind names: kube-scheduler's ExtenderBindingArgs as a plain value.
+
+Here, at the bottom, because the extender parses it, the binder decides on it and the kube client
+writes it: none of those rooms should import another for a four-field record.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class BindingArgs:
+    name: str
+    namespace: str
+    uid: str
+    node: str
