@@ -168,7 +168,7 @@ class Berth:
             ask = self._ask(args.pod)
         except PodError as exc:
             self.metrics.errors.labels("filter", "pod").inc()
-            return error_filter_reply(args, f"berth: pod cannot be judged: {exc}")
+            return error_filter_reply(f"berth: pod cannot be judged: {exc}")
         body = self._filter(args, ask)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],
