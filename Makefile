@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py ext/_native.pyx | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py ext/_native.pyx scheduler/model/constants.py | cksum | cut -d' ' -f1)
 K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}' tests/e2e/k8s/go.mod)
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888

@@ -40,6 +40,7 @@ from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
 from scheduler.extender.wire import BindingArgs
 from scheduler.kernels._python import lowest_bits
+from scheduler.model.constants import TOPOLOGY_NONE
 from scheduler.model.podspec import PodAsk, PodRequest, pod_ask
 from scheduler.policy.binder import Binder
 from scheduler.policy.placement import judge, run_filter, run_score
@@ -183,12 +184,13 @@ class LeastAllocatedPolicy(Policy):
         out = bytearray(len(self.slots))
         # With no quotas and no topology requirement the filter kernel is exactly NodeResourcesFit's
         # Filter (pods, cpu, memory, GPUs): reuse it for speed.
-        if not kernels.filter_nodes(t, self.slots, r.cpu, r.memory, r.gpu, 0, b"\x01" * (len(t.pools) + 1), b"", out):
+        if not kernels.filter_nodes(t, self.slots, r.cpu, r.memory, r.gpu, TOPOLOGY_NONE,
+                                    b"\x01" * (len(t.pools) + 1), b"", out):
             return None
         scores = [least_allocated(t, s, r) if v == kernels.OK else 0 for s, v in zip(self.slots, out, strict=True)]
         at = first_best(out, scores)
         s = self.slots[at]
-        devices = lowest_free(t.gpu_mask[s] & ~t.gpu_used[s], r.gpu)
+        devices = lowest_free(t.free_gpus(s), r.gpu)
         self.state.ledger.hold(PodEntry(key=pod_key(ask.namespace, ask.name), uid=ask.uid, node=self.names[at],
                                         request=r, priority=0, team=None, borrowing=False, gpu_ids=devices,
                                         confirmed=True))

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from scheduler.config import ConfigError, load_config
-from scheduler.gpu import topology as gpu_topology
+from scheduler.gpu import discovery as gpu_topology
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ import io
 import os
 import re
 import stat
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,17 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scheduler.gpu.topology import (
-    ANNOTATION,
-    Topology,
-    TopologyError,
-    add_arguments,
-    islands_to_masks,
-    numa_to_masks,
-    parse_nvidia_smi_topo,
-    parse_topology_annotation,
-    run,
-)
+from scheduler.gpu.discovery import add_arguments, parse_nvidia_smi_topo, run
+from scheduler.gpu.topology import Topology, TopologyError, islands_to_masks, parse_topology_annotation
+from scheduler.model.names import ANN_GPU_TOPOLOGY as ANNOTATION
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nvidia-smi"
 
@@ -36,29 +29,29 @@ SINGLE8 = tuple((i,) for i in range(8))
 EXPECTED: dict[str, Topology] = {
     # 4x T4 on a dual-socket 1U, driver 470: GPU0/1 share a PCIe switch (PIX) on socket 0, GPU2/3 hang
     # off socket 1's host bridge (PHB), SYS across sockets. NUMA Affinity 0,0,1,1.
-    "pcie-4x-t4.txt": Topology(4, ((0,), (1,), (2,), (3,)), ((0, 1), (2, 3)), "pcie"),
+    "pcie-4x-t4.txt": Topology(4, ((0,), (1,), (2,), (3,)), "pcie"),
     # 4x V100 SXM2 (AWS p3.8xlarge): one quad of the DGX-1 mesh, NV1/NV2 mix, all pairs linked but not
-    # equally, hence "nvlink". A VM, so NUMA Affinity is N/A and CPU Affinity (0-31 everywhere) decides.
-    "nvlink-4x-v100-sxm2.txt": Topology(4, ((0, 1, 2, 3),), ((0, 1, 2, 3),), "nvlink"),
-    # DGX-1 V100 hybrid cube-mesh, driver 418 (no NUMA Affinity column: grouped by CPU Affinity).
+    # equally, hence "nvlink". A VM, so NUMA Affinity is N/A.
+    "nvlink-4x-v100-sxm2.txt": Topology(4, ((0, 1, 2, 3),), "nvlink"),
+    # DGX-1 V100 hybrid cube-mesh, driver 418 (no NUMA Affinity column).
     # Each quad is fully linked and every GPU has one link into the other quad (0-4 NV2, 1-5 NV2,
     # 2-6 NV1, 3-7 NV1), so GPU0 and GPU5 are not directly linked yet all eight GPUs form one connected
     # NVLink component. NCCL rings/trees span all eight over NVLink, which is why islands are connected
     # components rather than cliques.
-    "dgx1-v100.txt": Topology(8, ALL8, QUADS, "nvlink"),
+    "dgx1-v100.txt": Topology(8, ALL8, "nvlink"),
     # DGX-1 P100, driver 375: same cube-mesh with NV1 only, SOC instead of SYS, columns separated by
     # runs of spaces (as pasted into a forum post) rather than tabs.
-    "dgx1-p100-soc.txt": Topology(8, ALL8, QUADS, "nvlink"),
+    "dgx1-p100-soc.txt": Topology(8, ALL8, "nvlink"),
     # DGX A100: six NVSwitches, NV12 between every pair. EPYC 7742 in NPS4 puts each GPU pair on its
     # own NUMA node (3, 1, 7, 5); ten mlx5 NIC columns and NIC rows are ignored.
-    "dgx-a100.txt": Topology(8, ALL8, ((0, 1), (2, 3), (4, 5), (6, 7)), "nvswitch"),
+    "dgx-a100.txt": Topology(8, ALL8, "nvswitch"),
     # HGX H100 8-GPU, driver 535: NV18 all-to-all, NIC0..NIC9 columns plus "NIC Legend", and the
     # extra "GPU NUMA ID" column (N/A).
-    "hgx-h100.txt": Topology(8, ALL8, QUADS, "nvswitch"),
+    "hgx-h100.txt": Topology(8, ALL8, "nvswitch"),
     # 8x L40S PCIe-only, two sockets: PIX within a switch pair, NODE across switches, SYS across sockets.
-    "pcie-8x-l40s-2numa.txt": Topology(8, SINGLE8, QUADS, "pcie"),
+    "pcie-8x-l40s-2numa.txt": Topology(8, SINGLE8, "pcie"),
     # Two HGX A100 4-GPU baseboards: NV4 full mesh within a board, SYS between them, so islands split.
-    "nvlink-2x4-a100.txt": Topology(8, QUADS, QUADS, "nvlink"),
+    "nvlink-2x4-a100.txt": Topology(8, QUADS, "nvlink"),
 }
 
 
@@ -89,8 +82,16 @@ def test_fixture_round_trips_through_annotation(name: str) -> None:
 def test_to_annotation_is_compact_json() -> None:
     topo = parse_nvidia_smi_topo(fixture("nvlink-2x4-a100.txt"))
     assert topo.to_annotation() == (
-        '{"islands":[[0,1,2,3],[4,5,6,7]],"numa":[[0,1,2,3],[4,5,6,7]],"links":"nvlink"}'
+        '{"islands":[[0,1,2,3],[4,5,6,7]],"links":"nvlink"}'
     )
+
+
+def test_codec_imports_neither_subprocess_nor_kubernetes() -> None:
+    """The node table imports the codec: it must not drag in what only `berth topology` needs."""
+    code = ("import sys; import scheduler.gpu.topology; "
+            "print(sorted(m for m in ('subprocess', 'kubernetes', 'scheduler.gpu.discovery') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_topology_is_frozen() -> None:
@@ -117,23 +118,25 @@ def test_single_spaces_crlf_and_preamble(name: str) -> None:
 
 def test_single_gpu() -> None:
     text = "\tGPU0\tCPU Affinity\tNUMA Affinity\nGPU0\t X \t0-7\t0\n\nLegend:\n\n  X    = Self\n"
-    assert parse_nvidia_smi_topo(text) == Topology(1, ((0,),), ((0,),), "pcie")
+    assert parse_nvidia_smi_topo(text) == Topology(1, ((0,),), "pcie")
 
 
-def test_no_affinity_columns_means_one_numa_domain() -> None:
+def test_no_affinity_columns() -> None:
     text = "\tGPU0\tGPU1\nGPU0\t X \tNV2\nGPU1\tNV2\t X \n"
-    assert parse_nvidia_smi_topo(text) == Topology(2, ((0, 1),), ((0, 1),), "nvswitch")
+    assert parse_nvidia_smi_topo(text) == Topology(2, ((0, 1),), "nvswitch")
 
 
-def test_all_affinity_unavailable_means_one_numa_domain() -> None:
+def test_all_affinity_unavailable() -> None:
     text = "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\nGPU0\t X \tPHB\tN/A\tN/A\nGPU1\tPHB\t X \tN/A\tN/A\n"
-    assert parse_nvidia_smi_topo(text) == Topology(2, ((0,), (1,)), ((0, 1),), "pcie")
+    assert parse_nvidia_smi_topo(text) == Topology(2, ((0,), (1,)), "pcie")
 
 
-def test_numa_affinity_wins_over_cpu_affinity() -> None:
-    # When both columns are usable, NUMA Affinity is the more precise one.
+def test_affinity_columns_are_read_past_not_kept() -> None:
+    # NUMA and CPU affinity only shape the row (a short row is an error); the annotation drops them.
     text = "\tGPU0\tGPU1\tCPU Affinity\tNUMA Affinity\nGPU0\t X \tSYS\t0-7\t0\nGPU1\tSYS\t X \t0-7\t1\n"
-    assert parse_nvidia_smi_topo(text).numa == ((0,), (1,))
+    assert parse_nvidia_smi_topo(text) == Topology(2, ((0,), (1,)), "pcie")
+    with pytest.raises(TopologyError, match="row GPU1 has 3 cells"):
+        parse_nvidia_smi_topo(text.replace("\t0-7\t1", "\t1"))
 
 
 def _matrix(n: int) -> str:
@@ -201,25 +204,24 @@ def test_non_text_is_rejected() -> None:
 
 
 def test_annotation_defaults() -> None:
-    # No numa: one domain. No links: inferred from the islands.
+    # No links: inferred from the islands.
     assert parse_topology_annotation('{"islands": [[0,1],[2,3]]}', 4) == Topology(
-        4, ((0, 1), (2, 3)), ((0, 1, 2, 3),), "nvlink"
+        4, ((0, 1), (2, 3)), "nvlink"
     )
     assert parse_topology_annotation('{"islands": [[0],[1]]}', None) == Topology(
-        2, ((0,), (1,)), ((0, 1),), "pcie"
+        2, ((0,), (1,)), "pcie"
     )
 
 
 def test_annotation_is_canonicalised_and_gaps_filled() -> None:
-    topo = parse_topology_annotation('{"islands": [[7,6],[1,0]], "numa": [[4,5,6,7]], "x-extra": 1}', 8)
+    topo = parse_topology_annotation('{"islands": [[7,6],[1,0]], "x-extra": 1}', 8)
     assert topo.islands == ((0, 1), (2,), (3,), (4,), (5,), (6, 7))
-    assert topo.numa == ((0,), (1,), (2,), (3,), (4, 5, 6, 7))
     # Without a node count, the highest index listed decides.
     assert parse_topology_annotation('{"islands": [[5]]}').gpu_count == 6
 
 
 def test_annotation_empty_node() -> None:
-    assert parse_topology_annotation('{"islands": []}', 0) == Topology(0, (), (), "pcie")
+    assert parse_topology_annotation('{"islands": []}', 0) == Topology(0, (), "pcie")
 
 
 def test_annotation_accepts_bytes() -> None:
@@ -231,13 +233,11 @@ def test_annotation_accepts_bytes() -> None:
     [
         ('{"islands": [[8,9],[9]]}', 10, f"{ANNOTATION}: GPU index 9 is listed in two islands"),
         ('{"islands": [[0,1],[1,2]]}', None, "GPU index 1 is listed in two islands"),
-        ('{"islands": [[0],[1]], "numa": [[0,1],[1]]}', 2, "GPU index 1 is listed in two NUMA domains"),
         (
             '{"islands": [[0,9]]}',
             8,
             "GPU index 9 in islands[0] does not exist; the node has 8 GPUs (indices 0-7)",
         ),
-        ('{"islands": [[0]], "numa": [[0],[8]]}', 8, "GPU index 8 in numa[1] does not exist"),
         ('{"islands": [[0]]}', 0, "GPU index 0 in islands[0] does not exist; the node has 0 GPUs"),
         ('{"islands": [[64]]}', None, "GPU index 64 in islands[0] is too large; at most 64 GPUs"),
         ('{"islands": [[0,-1]]}', None, "islands[0] contains -1, which is not a GPU index"),
@@ -249,7 +249,6 @@ def test_annotation_accepts_bytes() -> None:
         ('{"islands": [[0], []]}', None, "islands[1] is empty"),
         ('{"islands": [[1,2,1]]}', None, "GPU index 1 appears twice in islands[0]"),
         ('{"islands": "0-3"}', None, '"islands" must be a list of lists of GPU indices, got a string'),
-        ('{"islands": [[0]], "numa": {"0": [0]}}', None, '"numa" must be a list of lists of GPU indices'),
         ('{"numa": [[0]]}', None, 'missing "islands"'),
         ("islands=0,1", None, "not valid JSON"),
         ("", None, "not valid JSON"),
@@ -284,6 +283,14 @@ def test_bad_annotation(value: str, gpu_count: int | None, message: str) -> None
         parse_topology_annotation(value, gpu_count)
 
 
+@pytest.mark.parametrize("numa", ['[[0,1],[1]]', '[[0],[8]]', '{"0": [0]}', '"x"', '[[0,1]]'])
+def test_numa_of_older_annotations_is_ignored(numa: str) -> None:
+    """Annotations written before NUMA was dropped still place by their islands, whatever "numa" says."""
+    topo = parse_topology_annotation(f'{{"islands": [[0,1],[2,3]], "numa": {numa}}}', 4)
+    assert topo == Topology(4, ((0, 1), (2, 3)), "nvlink")
+    assert "numa" not in orjson.loads(topo.to_annotation())
+
+
 def test_bad_annotation_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_topology_annotation("{", None)
@@ -294,29 +301,27 @@ def test_bad_annotation_is_a_value_error() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "islands", "numa"),
+    ("name", "islands"),
     [
-        ("pcie-4x-t4.txt", [0b1, 0b10, 0b100, 0b1000], [0b11, 0b1100]),
-        ("dgx-a100.txt", [0xFF], [0x03, 0x0C, 0x30, 0xC0]),
-        ("nvlink-2x4-a100.txt", [0x0F, 0xF0], [0x0F, 0xF0]),
-        ("dgx1-v100.txt", [0xFF], [0x0F, 0xF0]),
+        ("pcie-4x-t4.txt", [0b1, 0b10, 0b100, 0b1000]),
+        ("dgx-a100.txt", [0xFF]),
+        ("nvlink-2x4-a100.txt", [0x0F, 0xF0]),
+        ("dgx1-v100.txt", [0xFF]),
     ],
 )
-def test_masks(name: str, islands: list[int], numa: list[int]) -> None:
+def test_masks(name: str, islands: list[int]) -> None:
     topo = parse_nvidia_smi_topo(fixture(name))
     assert islands_to_masks(topo) == islands
-    assert numa_to_masks(topo) == numa
 
 
 def test_mask_uses_all_64_bits() -> None:
-    topo = parse_topology_annotation('{"islands": [[62, 63]], "numa": [[63]]}', 64)
+    topo = parse_topology_annotation('{"islands": [[62, 63]]}', 64)
     assert islands_to_masks(topo)[-1] == (1 << 62) | (1 << 63) == 0xC000_0000_0000_0000
-    assert numa_to_masks(topo)[-1] == 1 << 63
-    assert all(0 <= m < 1 << 64 for m in islands_to_masks(topo) + numa_to_masks(topo))
+    assert all(0 <= m < 1 << 64 for m in islands_to_masks(topo))
 
 
 # --------------------------------------------------------------------------------------------------
-# fuzzing: only TopologyError may escape, and anything accepted is a pair of partitions
+# fuzzing: only TopologyError may escape, and anything accepted is a partition
 
 
 def _or(masks: list[int]) -> int:
@@ -328,10 +333,10 @@ def _or(masks: list[int]) -> int:
 
 def _assert_partitions(topo: Topology) -> None:
     full = (1 << topo.gpu_count) - 1
-    for masks in (islands_to_masks(topo), numa_to_masks(topo)):
-        assert all(masks)
-        assert sum(m.bit_count() for m in masks) == topo.gpu_count  # disjoint ...
-        assert _or(masks) == full  # ... and covering
+    masks = islands_to_masks(topo)
+    assert all(masks)
+    assert sum(m.bit_count() for m in masks) == topo.gpu_count  # disjoint ...
+    assert _or(masks) == full  # ... and covering
     assert topo.links in ("nvswitch", "nvlink", "pcie")
     assert parse_topology_annotation(topo.to_annotation(), topo.gpu_count) == topo
 
@@ -422,7 +427,7 @@ def test_cli_file_prints_annotation(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(fixture("pcie-4x-t4.txt")))
     assert run(_args("--file", "-")) == 0
-    expected = {"islands": [[0], [1], [2], [3]], "numa": [[0, 1], [2, 3]], "links": "pcie"}
+    expected = {"islands": [[0], [1], [2], [3]], "links": "pcie"}
     assert orjson.loads(capsys.readouterr().out) == expected
 
 

@@ -3,6 +3,7 @@ clusters, and both implement the placement rules (each verdict, packing, topolog
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 from array import array
@@ -20,10 +21,13 @@ import scheduler.kernels as kernels
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.config import Config
 from scheduler.kernels import _python
+from scheduler.model import constants as C
+from scheduler.model.constants import N_PARAMS, W_LOAD, W_PACK, W_POOL, W_RES, W_TOPO
 from scheduler.policy.placement import score_params
 
+_native: ModuleType | None
 try:
-    from scheduler.kernels import _native
+    _native = importlib.import_module("scheduler.kernels._native")
 except ImportError as exc:
     _native = None
     NATIVE_IMPORT_ERROR = str(exc)
@@ -35,8 +39,7 @@ NOW = 1_760_000_000.0  # a fixed "now" for load freshness, so examples replay ex
 GI = 1 << 30
 MODELS = ("NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3", "NVIDIA-L4")
 POOLS = ("", "a100", "h100", "shared")
-# Indices into the params array (scheduler.kernels._python)
-W_PACK, W_TOPO, W_LOAD, W_POOL, W_AVAIL, W_RES, MOST, P_NOW, MAX_AGE = range(9)
+MOST, P_NOW, MAX_AGE = C.MOST_ALLOCATED, C.NOW, C.LOAD_MAX_AGE  # params indices (NOW is the test's clock)
 
 
 def native_module() -> ModuleType:
@@ -68,6 +71,15 @@ def test_native_selected_unless_disabled() -> None:
         assert kernels.NATIVE is True, f"Cython kernels not in use: {NATIVE_IMPORT_ERROR or 'import succeeded'}"
         assert kernels.filter_nodes is native_module().filter_nodes
         assert kernels.score_nodes is native_module().score_nodes
+        assert kernels.node_verdict is native_module().node_verdict
+
+
+def test_bind_checks_through_the_selected_kernel() -> None:
+    """Bind re-checks the node with the selector's verdict: the native one when it is built."""
+    from scheduler.policy import binder
+
+    assert binder.node_verdict is kernels.node_verdict
+    assert kernels.node_verdict is (_python.node_verdict if NO_EXTENSIONS else native_module().node_verdict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +283,12 @@ def test_native_matches_twin(native: ModuleType, cluster: Cluster, pod: Pod, dat
         event(f"verdict {v}")
     assert list(out_c) == list(out_py)
     assert passed_c == passed_py
+    # The single-node verdict bind uses is the filter's, node by node, in both (slots past the table too).
+    for s in [*slots, t.capacity, t.capacity + 7]:
+        one_py = _python.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok)
+        assert native.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok) == one_py
+    assert [_python.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok)
+            for s in slots] == list(out_py)
 
     score_py, score_c = array("q", bytes(8 * len(slots))), array("q", bytes(8 * len(slots)))
     _python.score_nodes(t, *args, pool_ok, pool_avail, params, score_py)
@@ -340,7 +358,7 @@ def default_params() -> array:
 
 def only(weight: int, most: bool = False, max_age: float = 300.0) -> array:
     """Params that score a single part, so the score is that part rounded."""
-    p = array("d", [0.0] * 9)
+    p = array("d", [0.0] * N_PARAMS)
     p[weight] = 1.0
     p[MOST], p[P_NOW], p[MAX_AGE] = (1.0 if most else 0.0), NOW, max_age
     return p
@@ -356,6 +374,17 @@ def test_unknown_nodes(impl: ModuleType) -> None:
     score = array("q", bytes(24))
     impl.score_nodes(t, slots, 0, 0, 0, 0, b"\x01\x01", array("d", [1.0, 1.0]), default_params(), score)
     assert score[0] == score[1] == 0 and score[2] > 0
+
+
+def test_node_verdict(impl: ModuleType) -> None:
+    """The one-node verdict bind re-checks with: the filter's rules, and UNKNOWN outside the table."""
+    t = table(node_obj("cordoned", unschedulable=True), node_obj("small", cpu="1"), node_obj("gone"))
+    t.remove("gone")
+    pools = b"\x01" * (len(t.pools) + 1)
+    one = [impl.node_verdict(t, s, 2000, 0, 0, 0, pools, b"") for s in (0, 1, 2, -1, t.capacity, 10**6)]
+    assert one == [kernels.UNSCHEDULABLE, kernels.CPU, kernels.UNKNOWN, kernels.UNKNOWN, kernels.UNKNOWN,
+                   kernels.UNKNOWN]
+    assert impl.node_verdict(t, 1, 1000, 0, 0, 0, pools, b"") == kernels.OK
 
 
 def test_unschedulable_checked_before_pool(impl: ModuleType) -> None:
@@ -442,7 +471,7 @@ def test_best_fit_island(impl: ModuleType) -> None:
     t = table(node_obj("n", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]))
     set_used(t, "n", gpus=(0, 1))  # island 1: 2 free, island 2: 4 free
     s = t.slot_of["n"]
-    free = t.gpu_mask[s] & ~t.gpu_used[s]
+    free = t.free_gpus(s)
     assert _python.best_island(t.islands, s, free, 2) == (2, 4)
     assert _python.best_island(t.islands, s, free, 3) == (4, 4)
     assert _python.best_island(t.islands, s, free, 5) == (-1, 0)
@@ -492,9 +521,8 @@ def test_own_pool_above_borrowed(impl: ModuleType) -> None:
 def test_least_and_most_allocated(impl: ModuleType) -> None:
     t = table(node_obj("empty", cpu="10", mem="10Gi"), node_obj("used", cpu="10", mem="10Gi"))
     set_used(t, "used", cpu=5000, mem=5 * GI)
-    req = {"cpu": 1000, "mem": GI}
-    assert scores(impl, t, ["empty", "used"], **req, params=only(W_RES)) == [9, 4]
-    assert scores(impl, t, ["empty", "used"], **req, params=only(W_RES, most=True)) == [1, 6]
+    assert scores(impl, t, ["empty", "used"], cpu=1000, mem=GI, params=only(W_RES)) == [9, 4]
+    assert scores(impl, t, ["empty", "used"], cpu=1000, mem=GI, params=only(W_RES, most=True)) == [1, 6]
     assert scores(impl, t, ["empty"], cpu=11_000, params=only(W_RES)) == [0]  # does not fit: 0
 
 
@@ -524,7 +552,7 @@ def _devices(islands: list[list[int]], used: tuple[int, ...], gpu: int, topo: in
     t = table(node_obj("n", gpus=8, islands=islands))
     set_used(t, "n", gpus=used)
     s = t.slot_of["n"]
-    return kernels.choose_devices(t.islands, s, t.gpu_mask[s] & ~t.gpu_used[s], gpu, topo)
+    return kernels.choose_devices(t.islands, s, t.free_gpus(s), gpu, topo)
 
 
 QUADS = [[0, 1, 2, 3], [4, 5, 6, 7]]

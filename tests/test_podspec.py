@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.model.podspec import ANN_GPU_MODELS, ANN_TOPOLOGY, PodError, effective_requests, pod_ask, pod_request
+from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY
+from scheduler.model.podspec import PodError, effective_requests, pod_ask, pod_request
 from tests.conftest import GoWire
 
 GI, MI, KI = 1 << 30, 1 << 20, 1 << 10
@@ -214,12 +215,12 @@ def test_gpu_models_errors(bad: Any) -> None:
 
 @pytest.mark.parametrize(("raw", "mode"), [("none", 0), ("preferred", 1), ("required", 2)])
 def test_topology(raw: str, mode: int) -> None:
-    assert pod_ask(pod({ANN_TOPOLOGY: raw})).topology == mode
+    assert pod_ask(pod({ANN_TOPOLOGY_POLICY: raw})).topology == mode
     assert pod_ask(pod()).topology == 0
 
 
 @pytest.mark.parametrize("bad", ["Required", "strict", " required", 2, ["required"], {"mode": "required"}, None])
 def test_topology_errors(bad: Any) -> None:
-    with pytest.raises(PodError, match=ANN_TOPOLOGY) as err:
-        pod_ask(pod({ANN_TOPOLOGY: bad}))
+    with pytest.raises(PodError, match=ANN_TOPOLOGY_POLICY) as err:
+        pod_ask(pod({ANN_TOPOLOGY_POLICY: bad}))
     assert "required, preferred, none" in str(err.value)

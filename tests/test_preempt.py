@@ -279,7 +279,7 @@ def test_preempt_invariants(ga: int, gb: int, pods: list[tuple[str, int, int, in
         prios = [e.priority for e in entries if e is not None]
         assert prios == sorted(prios)
         slot = state.table.slot_of[node]
-        short_gpu = (state.table.gpu_mask[slot] & ~state.table.gpu_used[slot]).bit_count() < want
+        short_gpu = state.table.free_gpus(slot).bit_count() < want
         for team in state.quotas.teams.values():
             if mine is not None and team.name == mine.name:
                 continue
@@ -288,4 +288,4 @@ def test_preempt_invariants(ga: int, gb: int, pods: list[tuple[str, int, int, in
                 assert team.used[GPU] - given_up >= team.limits[GPU].guaranteed
         if len(entries) == len(uids):  # all accounted: the freed GPUs make room
             freed = sum(e.request.gpu for e in entries if e is not None)
-            assert (state.table.gpu_mask[slot] & ~state.table.gpu_used[slot]).bit_count() + freed >= want
+            assert state.table.free_gpus(slot).bit_count() + freed >= want

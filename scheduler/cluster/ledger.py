@@ -8,12 +8,12 @@ mutation path, run on the event loop only, so the books cannot drift apart.
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from cachetools import TTLCache
 
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.kernels import choose_devices
+from scheduler.model.constants import TOPOLOGY_NONE
 from scheduler.model.podspec import PodRequest
 
 
@@ -130,10 +130,10 @@ class PodLedger:
         t.used_pods[slot] += sign
         if r.gpu:
             if sign > 0:
-                free = t.gpu_mask[slot] & ~t.gpu_used[slot]
+                free = t.free_gpus(slot)
                 if not entry.gpu_ids or entry.gpu_ids & ~free:
                     # Placed by someone else, or a stale choice: take devices as bind would have.
-                    entry.gpu_ids = choose_devices(t.islands, slot, free, r.gpu, 0) or entry.gpu_ids
+                    entry.gpu_ids = choose_devices(t.islands, slot, free, r.gpu, TOPOLOGY_NONE) or entry.gpu_ids
                 t.gpu_used[slot] |= entry.gpu_ids
             else:
                 t.gpu_used[slot] &= ~entry.gpu_ids
@@ -155,6 +155,3 @@ class PodLedger:
             self._apply(slot, self.pods[key], -1)
         measure, _ = pool_measure(t, slot)
         self.pools.add(t.pool[slot], -measure, 0.0)
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"pods": len(self.pods), "unconfirmed": sum(1 for e in self.pods.values() if not e.confirmed)}

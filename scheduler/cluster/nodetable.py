@@ -14,22 +14,9 @@ from typing import Any
 import orjson
 
 from scheduler.gpu.topology import TopologyError, islands_to_masks, parse_topology_annotation
-from scheduler.model.quantity import GPU, QuantityError, to_units
-
-MAX_ISLANDS = 8
-MAX_GPUS = 64  # device masks are 64-bit
-
-LABEL_POOL = "berth.dev/pool"
-LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"
-LABEL_GPU_COUNT = "nvidia.com/gpu.count"
-LABEL_GPU_MEMORY = "nvidia.com/gpu.memory"
-LABEL_MIG_STRATEGY = "nvidia.com/mig.strategy"
-ANN_TOPOLOGY = "berth.dev/gpu-topology"
-ANN_LOAD = "berth.dev/load"
-ANN_LOAD_TIME = "berth.dev/load-time"
-
-FLAG_PRESENT = 1
-FLAG_UNSCHEDULABLE = 2
+from scheduler.model.constants import FLAG_PRESENT, FLAG_UNSCHEDULABLE, MAX_GPUS, MAX_ISLANDS
+from scheduler.model.names import ANN_GPU_TOPOLOGY, ANN_LOAD, ANN_LOAD_TIME, GPU, LABEL_GPU_PRODUCT, LABEL_POOL
+from scheduler.model.quantity import QuantityError, to_units
 
 
 @dataclass(slots=True)
@@ -39,9 +26,6 @@ class NodeFacts:
     name: str
     pool: str
     gpu_model: str | None
-    gpu_memory_mib: int | None
-    mig_strategy: str | None
-    mig_resources: dict[str, int]
     islands: list[list[int]]
     topology_error: str | None
     other_alloc: dict[str, int]
@@ -53,6 +37,24 @@ def _zeros(code: str, n: int) -> array:
 
 class NodeTable:
     """Struct-of-arrays node store; slots of deleted nodes are reused."""
+
+    # One typed array per attribute (made from _SPEC), declared so type checkers see them.
+    alloc_cpu: array
+    alloc_mem: array
+    alloc_gpu: array
+    alloc_pods: array
+    used_cpu: array
+    used_mem: array
+    used_gpu: array
+    used_pods: array
+    gpu_mask: array  # devices the node has, bit i for GPU i
+    gpu_used: array  # devices pods hold
+    model: array
+    pool: array
+    flags: array  # FLAG_* bits
+    load: array
+    load_time: array
+    islands: array  # MAX_ISLANDS device masks per slot
 
     _SPEC = {
         "alloc_cpu": "q", "alloc_mem": "q", "alloc_gpu": "i", "alloc_pods": "i",
@@ -166,14 +168,11 @@ class NodeTable:
         unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
         self.flags[slot] = FLAG_PRESENT | (FLAG_UNSCHEDULABLE if unschedulable else 0)
         self.load[slot], self.load_time[slot] = _load(annotations)
-        islands, topo_error = self._set_islands(slot, gpus, annotations.get(ANN_TOPOLOGY))
+        islands, topo_error = self._set_islands(slot, gpus, annotations.get(ANN_GPU_TOPOLOGY))
         self.facts[slot] = NodeFacts(
             name=name,
             pool=self.pools[self.pool[slot]],
             gpu_model=model if gpus else None,
-            gpu_memory_mib=_int_or_none(labels.get(LABEL_GPU_MEMORY)),
-            mig_strategy=labels.get(LABEL_MIG_STRATEGY),
-            mig_resources={k: v for k, v in units.items() if k.startswith("nvidia.com/mig-")},
             islands=islands,
             topology_error=topo_error,
             other_alloc={k: v for k, v in units.items() if k != "ephemeral-storage"},
@@ -198,11 +197,18 @@ class NodeTable:
         base = slot * MAX_ISLANDS
         return [m for m in self.islands[base : base + MAX_ISLANDS] if m]
 
+    def free_gpus(self, slot: int) -> int:
+        """The mask of the node's free devices (the kernels' _free_gpus is the same rule)."""
+        return self.gpu_mask[slot] & ~self.gpu_used[slot]
+
+    def cordoned(self, slot: int) -> bool:
+        return bool(self.flags[slot] & FLAG_UNSCHEDULABLE)
+
     def free(self, slot: int) -> dict[str, int]:
         return {
             "cpu": self.alloc_cpu[slot] - self.used_cpu[slot],
             "memory": self.alloc_mem[slot] - self.used_mem[slot],
-            GPU: (self.gpu_mask[slot] & ~self.gpu_used[slot]).bit_count(),
+            GPU: self.free_gpus(slot).bit_count(),
             "pods": self.alloc_pods[slot] - self.used_pods[slot],
         }
 
@@ -221,13 +227,6 @@ def _units(alloc: Any) -> dict[str, int]:
         except QuantityError as exc:
             raise ValueError(f"Node status.allocatable[{key}]: {exc}") from exc
     return out
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _load(annotations: dict[str, Any]) -> tuple[float, float]:

@@ -13,7 +13,9 @@ from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservation
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.cluster.seen import SeenPods
 from scheduler.config import Config
-from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU, PodError, pod_request
+from scheduler.model.constants import MAX_GPUS
+from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU
+from scheduler.model.podspec import PodError, pod_request
 from scheduler.policy.quotas import QuotaBook
 
 log = logging.getLogger("berth.state")
@@ -32,13 +34,13 @@ def parse_gpu_ids(raw: Any) -> int:
     mask = 0
     for part in raw.split(","):
         part = part.strip()
-        if part.isdigit() and int(part) < 64:
+        if part.isdigit() and int(part) < MAX_GPUS:
             mask |= 1 << int(part)
     return mask
 
 
 def format_gpu_ids(mask: int) -> str:
-    return ",".join(str(i) for i in range(64) if mask >> i & 1)
+    return ",".join(str(i) for i in range(MAX_GPUS) if mask >> i & 1)
 
 
 class ClusterState:
@@ -230,7 +232,7 @@ class ClusterState:
             "islands": facts.islands if facts else [],
             "topologyError": facts.topology_error if facts else None,
             "load": t.load[slot] if t.load[slot] >= 0 else None,
-            "unschedulable": bool(t.flags[slot] & 2),
+            "unschedulable": t.cordoned(slot),
         }
 
 

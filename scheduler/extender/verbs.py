@@ -26,11 +26,12 @@ from scheduler.extender.wire import (
     parse_preemption_args,
     preemption_reply,
 )
+from scheduler.model.constants import OTHER_RESOURCE
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.observability.metrics import Metrics
 from scheduler.policy import preempt
 from scheduler.policy.binder import Binder, BindError
-from scheduler.policy.placement import OTHER_RESOURCE, REASON_NAMES, Judgement, Reasons, judge, run_filter, run_score
+from scheduler.policy.placement import REASON_NAMES, Judgement, Reasons, judge, run_filter, run_score
 
 log = logging.getLogger("berth.server")
 UNKNOWN_NODE = "berth: node is not in Berth's cache yet"
@@ -74,7 +75,7 @@ class Verbs:
             ask = self._ask(args.pod)
         except PodError as exc:
             self.metrics.errors.labels("filter", "pod").inc()
-            return error_filter_reply(args, f"berth: pod cannot be judged: {exc}")
+            return error_filter_reply(f"berth: pod cannot be judged: {exc}")
         body = self._filter(args, ask)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],

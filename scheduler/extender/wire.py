@@ -236,7 +236,7 @@ def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unreso
                      b'},"Error":""}'])
 
 
-def error_filter_reply(args: ExtenderArgs | None, error: str) -> bytes:
+def error_filter_reply(error: str) -> bytes:
     return orjson.dumps({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
                          "Error": error})
 
@@ -261,7 +261,6 @@ class PreemptionArgs:
     pod: dict[str, Any]
     victims: dict[str, list[str]]  # node -> victim pod UIDs
     num_pdb_violations: dict[str, int]
-    full_pods: dict[str, dict[str, dict[str, Any]]]  # node -> uid -> Pod, when full victims were sent
 
 
 def parse_preemption_args(body: bytes) -> PreemptionArgs:
@@ -271,7 +270,6 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
         raise WireError(400, "ExtenderPreemptionArgs.Pod: expected a Pod object")
     victims: dict[str, list[str]] = {}
     pdb: dict[str, int] = {}
-    full: dict[str, dict[str, dict[str, Any]]] = {}
     meta = _field(data, "NodeNameToMetaVictims")
     plain = _field(data, "NodeNameToVictims")
     if meta is not None:
@@ -289,15 +287,13 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: expected Pod objects")
             if not all(isinstance(p.get("metadata") or {}, dict) for p in pods):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: metadata must be objects")
-            by_uid = {str((p.get("metadata") or {}).get("uid") or ""): p for p in pods}
-            victims[node] = list(by_uid)
-            full[node] = by_uid
+            victims[node] = list(dict.fromkeys(str((p.get("metadata") or {}).get("uid") or "") for p in pods))
             n = _field(v, "NumPDBViolations")
             if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].NumPDBViolations: "
                                      "expected an integer")
             pdb[node] = n or 0
-    return PreemptionArgs(pod, victims, pdb, full)
+    return PreemptionArgs(pod, victims, pdb)
 
 
 def _meta_victims(mv: Any, where: str) -> tuple[list[str], int]:

@@ -1,49 +1,47 @@
 """Kernel selection: the Cython kernels when built, the pure-Python twins otherwise or when
 BERTH_NO_EXTENSIONS is set (the aio-libs pattern: yarl's _quoting.py)."""
 
+import contextlib
+import importlib
 import os
+from typing import Any
 
 from scheduler.kernels import _python
-from scheduler.kernels._python import (
+from scheduler.kernels._python import choose_devices, node_score_parts
+from scheduler.model.constants import (
     CPU,
     GPU,
     MEMORY,
     MODEL,
     OK,
+    OTHER_RESOURCE,
     PODS,
     POOL,
     TOPOLOGY,
     UNKNOWN,
     UNSCHEDULABLE,
-    choose_devices,
-    node_score_parts,
 )
 
 NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
 
-_twins = (_python.filter_nodes, _python.score_nodes, _python.prioritize_json, _python.pick_json,
-          _python.reason_ids, _python.failed_json, _python.map_names)
 NATIVE = False
-if NO_EXTENSIONS:
-    filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json, map_names = _twins
-else:
-    try:
-        from scheduler.kernels._native import (
-            failed_json,
-            filter_nodes,
-            map_names,
-            pick_json,
-            prioritize_json,
-            reason_ids,
-            score_nodes,
-        )
+_impl: Any = _python
+if not NO_EXTENSIONS:
+    # Not built (e.g. a source checkout without `pip install`): the twins still serve.
+    with contextlib.suppress(ImportError):
+        _impl, NATIVE = importlib.import_module("scheduler.kernels._native"), True
 
-        NATIVE = True
-    except ImportError:  # not built (e.g. a source checkout without `pip install`): the twins still serve
-        filter_nodes, score_nodes, prioritize_json, pick_json, reason_ids, failed_json, map_names = _twins
+filter_nodes = _impl.filter_nodes
+node_verdict = _impl.node_verdict  # one node: what bind checks again
+score_nodes = _impl.score_nodes
+prioritize_json = _impl.prioritize_json
+pick_json = _impl.pick_json
+reason_ids = _impl.reason_ids
+failed_json = _impl.failed_json
+map_names = _impl.map_names
 
 __all__ = [
-    "CPU", "GPU", "MEMORY", "MODEL", "NATIVE", "OK", "PODS", "POOL", "TOPOLOGY", "UNKNOWN",
-    "UNSCHEDULABLE", "choose_devices", "failed_json", "filter_nodes", "map_names", "node_score_parts", "pick_json",
-    "prioritize_json", "reason_ids", "score_nodes",
+    "CPU", "GPU", "MEMORY", "MODEL", "NATIVE", "OK", "OTHER_RESOURCE", "PODS", "POOL", "TOPOLOGY", "UNKNOWN",
+    "UNSCHEDULABLE", "choose_devices", "failed_json", "filter_nodes", "map_names", "node_score_parts",
+    "node_verdict", "pick_json", "prioritize_json", "reason_ids", "score_nodes",
 ]

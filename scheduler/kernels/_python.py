@@ -11,14 +11,32 @@ from typing import Any
 
 import orjson
 
-MAX_ISLANDS = 8
-
-# Filter verdicts, in the order the checks run.
-OK, UNSCHEDULABLE, POOL, MODEL, PODS, CPU, MEMORY, GPU, TOPOLOGY = range(9)
-UNKNOWN = 255
-
-# Indices into the score params array.
-W_PACK, W_TOPO, W_LOAD, W_POOL, W_AVAIL, W_RES, MOST_ALLOCATED, NOW, LOAD_MAX_AGE = range(9)
+from scheduler.model.constants import (
+    CPU,
+    FLAG_PRESENT,
+    FLAG_UNSCHEDULABLE,
+    GPU,
+    LOAD_MAX_AGE,
+    MAX_ISLANDS,
+    MAX_REASONS,
+    MEMORY,
+    MODEL,
+    MOST_ALLOCATED,
+    NOW,
+    OK,
+    PODS,
+    POOL,
+    TOPOLOGY,
+    TOPOLOGY_REQUIRED,
+    UNKNOWN,
+    UNSCHEDULABLE,
+    W_AVAIL,
+    W_LOAD,
+    W_PACK,
+    W_POOL,
+    W_RES,
+    W_TOPO,
+)
 
 
 def filter_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
@@ -33,11 +51,24 @@ def filter_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
     return passed
 
 
+def node_verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int,
+                 pool_ok: bytes, model_ok: bytes) -> int:
+    """One node's verdict (bind checks the chosen node again); UNKNOWN for a slot outside the table."""
+    if s >= len(t.flags):
+        return UNKNOWN
+    return _verdict(t, s, cpu, mem, gpu, topo, pool_ok, model_ok)
+
+
+def _free_gpus(t: Any, s: int) -> int:
+    """The node's free devices (native: _free_gpus; Python: NodeTable.free_gpus)."""
+    return t.gpu_mask[s] & ~t.gpu_used[s]
+
+
 def _verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int,
              pool_ok: bytes, model_ok: bytes) -> int:
-    if s < 0 or not t.flags[s] & 1:
+    if s < 0 or not t.flags[s] & FLAG_PRESENT:
         return UNKNOWN
-    if t.flags[s] & 2:
+    if t.flags[s] & FLAG_UNSCHEDULABLE:
         return UNSCHEDULABLE
     if pool_ok[t.pool[s]] == 0:
         return POOL
@@ -52,10 +83,10 @@ def _verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int,
     if t.used_mem[s] + mem > t.alloc_mem[s]:
         return MEMORY
     if gpu > 0:
-        free = t.gpu_mask[s] & ~t.gpu_used[s]
+        free = _free_gpus(t, s)
         if free.bit_count() < gpu:
             return GPU
-        if topo == 2 and best_island(t.islands, s, free, gpu)[0] < 0:
+        if topo == TOPOLOGY_REQUIRED and best_island(t.islands, s, free, gpu)[0] < 0:
             return TOPOLOGY
     return OK
 
@@ -81,7 +112,7 @@ def score_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
     """Writes a 0..10 score per slot into `out` (nodes that do not fit score 0)."""
     for i in range(len(slots)):
         s = slots[i]
-        if s < 0 or not t.flags[s] & 1:
+        if s < 0 or not t.flags[s] & FLAG_PRESENT:
             out[i] = 0
             continue
         total, wsum = node_score_parts(t, s, cpu, mem, gpu, pool_ok, pool_avail, params, None)
@@ -135,7 +166,7 @@ def node_score_parts(t: Any, s: int, cpu: int, mem: int, gpu: int, pool_ok: byte
 
 def gpu_parts(t: Any, s: int, gpu: int) -> tuple[float, float]:
     """(packing, topology fit), each 0..10, for placing `gpu` GPUs on node `s`."""
-    free = t.gpu_mask[s] & ~t.gpu_used[s]
+    free = _free_gpus(t, s)
     nfree = free.bit_count()
     cap = t.alloc_gpu[s]
     if nfree < gpu or cap <= 0:
@@ -178,7 +209,7 @@ def choose_devices(islands: array, s: int, free: int, gpu: int, topo: int) -> in
     if best >= 0:
         isl = next(m for m in masks if (m & free).bit_count() == best)
         return lowest_bits(isl & free, gpu)
-    if topo == 2:
+    if topo == TOPOLOGY_REQUIRED:
         return 0
     chosen = 0
     for m in sorted(masks, key=lambda m: ((m & free).bit_count(), m)):
@@ -251,11 +282,11 @@ def reason_ids(t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: i
             key = (code << 40) | _too_small(t, s, code, cpu, mem, gpu)
         j = keys.get(key)
         if j is None:
-            if len(distinct) < 64:
+            if len(distinct) < MAX_REASONS:
                 j = keys[key] = len(distinct)
                 distinct.append((code, s))
             else:
-                j = 63  # more than 64 distinct sentences: the rest share the last one
+                j = MAX_REASONS - 1  # more distinct sentences than that: the rest share the last one
         out[i] = j
     return distinct
 

@@ -8,21 +8,17 @@ limits where only limits are set (the API server defaults requests from limits f
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import LRUCache
+from scheduler.model.constants import (
+    MAX_GPU_REQUEST,
+    MAX_UNITS,
+    TOPOLOGY_NONE,
+    TOPOLOGY_PREFERRED,
+    TOPOLOGY_REQUIRED,
+)
+from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU
+from scheduler.model.quantity import QuantityError, QuantityRangeError, to_units
 
-from scheduler.model.quantity import GPU, QuantityError, to_decimal, to_units
-
-ANN_TEAM = "berth.dev/team"
-ANN_BORROWING = "berth.dev/borrowing"
-ANN_GPU_IDS = "berth.dev/gpu-ids"
-ANN_GPU_MODELS = "berth.dev/gpu-models"
-ANN_TOPOLOGY = "berth.dev/topology"
-
-TOPOLOGY_MODES = {"none": 0, "preferred": 1, "required": 2}
-# Bounds that keep the kernels' 64-bit sums (and 32-bit GPU counts) from overflowing; far above any real pod.
-MAX_UNITS = 1 << 62
-MAX_GPUS = 1 << 20
-MAX_DIGITS = 20  # 1e20 of anything is out of range whatever the unit
+TOPOLOGY_MODES = {"none": TOPOLOGY_NONE, "preferred": TOPOLOGY_PREFERRED, "required": TOPOLOGY_REQUIRED}
 
 
 class PodError(ValueError):
@@ -54,7 +50,7 @@ class PodAsk:
     request: PodRequest
     priority: int
     gpu_models: tuple[str, ...]  # acceptable GPU models; empty means any
-    topology: int  # TOPOLOGY_MODES value
+    topology: int  # TOPOLOGY_MODES value (TOPOLOGY_NONE, _PREFERRED, _REQUIRED)
     node_name: str
 
 
@@ -70,33 +66,17 @@ def _container_requests(container: Any) -> dict[str, int]:
         raise PodError(f"container {container.get('name')!r}: resources must be objects")
     merged = {k: v for k, v in limits.items() if k not in ("cpu", "memory")}
     merged.update(requests)
-    out = {}
-    for name, value in merged.items():
-        amount = _UNITS.get((name, value)) if type(value) is str else None
-        if amount is None:
-            amount = _units(name, value, f"container {container.get('name')!r}")
-        out[name] = amount
-    return out
-
-
-# (resource, quantity string) -> units, for strings that passed every check. The informer applies
-# 150,000 pods at start-up with a handful of distinct strings; Decimal arithmetic per value was ~0.9 s.
-_UNITS: LRUCache[tuple[str, str], int] = LRUCache(maxsize=8192)
+    return {name: _units(name, value, f"container {container.get('name')!r}") for name, value in merged.items()}
 
 
 def _units(resource: str, value: Any, where: str) -> int:
     try:
-        magnitude = to_decimal(value)
-        # checked before converting: making "1e999999" an int would hold the event loop for minutes
-        huge = magnitude.is_finite() and magnitude.adjusted() >= MAX_DIGITS
-        amount = 0 if huge else to_units(resource, value)
+        amount = to_units(resource, value)  # memoised there
+    except QuantityRangeError:
+        raise PodError(f"{where}: {resource} {_short(value)} is far beyond what any node has") from None
     except (QuantityError, ArithmeticError, ValueError) as exc:  # also Decimal overflow, NaN, Infinity
         raise PodError(f"{where}: {resource}: {_short(value)} is not a Kubernetes quantity") from exc
-    if huge:
-        raise PodError(f"{where}: {resource} {_short(value)} is far beyond what any node has")
     _check_range(resource, amount, where)
-    if type(value) is str:
-        _UNITS[(resource, value)] = amount
     return amount
 
 
@@ -106,7 +86,7 @@ def _short(value: Any) -> str:
 
 
 def _check_range(resource: str, amount: int, where: str) -> None:
-    limit = MAX_GPUS if resource == GPU else MAX_UNITS
+    limit = MAX_GPU_REQUEST if resource == GPU else MAX_UNITS
     if not 0 <= amount < limit:
         raise PodError(f"{where}: {resource} must be from 0 to {limit - 1} units, got {amount}")
 
@@ -199,7 +179,7 @@ def _gpu_models(annotations: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _topology(annotations: dict[str, Any]) -> int:
-    raw = annotations.get(ANN_TOPOLOGY, "none")
+    raw = annotations.get(ANN_TOPOLOGY_POLICY, "none")
     if not isinstance(raw, str) or raw not in TOPOLOGY_MODES:
-        raise PodError(f"{ANN_TOPOLOGY} must be one of required, preferred, none (got {raw!r})")
+        raise PodError(f"{ANN_TOPOLOGY_POLICY} must be one of required, preferred, none (got {raw!r})")
     return TOPOLOGY_MODES[raw]

@@ -5,13 +5,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from scheduler.cluster.state import ClusterState
-from scheduler.model.quantity import GPU, format_units
+from scheduler.model.names import GPU
 from scheduler.observability.metrics import Metrics
-from scheduler.policy.quotas import MODEL_PREFIX, Team
-
-
-def _fmt(res: str, amount: int) -> str:
-    return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
+from scheduler.policy.quotas import Team
+from scheduler.policy.quotas import format_amount as _fmt
 
 
 def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -44,7 +41,7 @@ def team_rows(state: ClusterState) -> list[dict[str, Any]]:
     rows = []
     for name in sorted(state.quotas.teams):
         team = state.quotas.teams[name]
-        row = {"team": name, "cohort": team.cohort, "pools": sorted(team.pools)}
+        row: dict[str, Any] = {"team": name, "cohort": team.cohort, "pools": sorted(team.pools)}
         row.update(team_status(state, team))
         row["limits"] = {r: {"guaranteed": _fmt(r, lim.guaranteed),
                              "max": None if lim.max is None else _fmt(r, lim.max)}

@@ -11,10 +11,10 @@ from typing import Any
 
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
-from scheduler.kernels import OK, choose_devices
-from scheduler.kernels import _python as twin
+from scheduler.kernels import OK, choose_devices, node_verdict
 from scheduler.model.binding import BindingArgs
-from scheduler.model.podspec import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, PodAsk, PodError, pod_ask
+from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM
+from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.policy.placement import Reasons, judge
 
 log = logging.getLogger("berth.bind")
@@ -44,10 +44,8 @@ class Binder:
         """Returns the result label for metrics; raises BindError with the reason otherwise."""
         key = pod_key(args.namespace, args.name)
         held = self.state.ledger.get(key)
-        if held is not None:
-            if held.node == args.node:
-                return "already_bound"  # idempotent: a retried bind whose first reply was lost
-            raise BindError(f"pod {key} is already bound to {held.node}, not {args.node}", "conflict")
+        if already_bound(key, held.node if held else None, args.node):
+            return "already_bound"  # idempotent: a retried bind whose first reply was lost
         ask, bound = await self._ask(args)
         if bound:  # the API server has it on this node already (our earlier try, before a restart)
             return "already_bound"
@@ -75,12 +73,9 @@ class Binder:
             pod = await self.fetch(args.namespace, args.name)
             if pod is None:
                 raise BindError(f"pod {key} does not exist")
-            node = (pod.get("spec") or {}).get("nodeName")
-            if node:
-                if node == args.node:
-                    self.state.apply_pod("MODIFIED", pod)
-                    return _parse(pod), True
-                raise BindError(f"pod {key} is already bound to {node}, not {args.node}", "conflict")
+            if already_bound(key, (pod.get("spec") or {}).get("nodeName"), args.node):
+                self.state.apply_pod("MODIFIED", pod)
+                return _parse(pod), True
             ask = _parse(pod)
         if ask is None:
             raise BindError(f"pod {key} is unknown to Berth: filter was not called for it")
@@ -99,14 +94,13 @@ class Binder:
         if j.admission.error:
             raise BindError(j.admission.error, "quota")
         r = ask.request
-        code = twin._verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
+        code = node_verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
         if code != OK:
             raise BindError(f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
                             f"{Reasons(state, j).of(code, slot)[0]}", "conflict")
         gpu_ids = 0
         if r.gpu:
-            free = t.gpu_mask[slot] & ~t.gpu_used[slot]
-            gpu_ids = choose_devices(t.islands, slot, free, r.gpu, ask.topology)
+            gpu_ids = choose_devices(t.islands, slot, t.free_gpus(slot), r.gpu, ask.topology)
         own = j.admission.own_pools is None or t.pools[t.pool[slot]] in j.admission.own_pools
         entry = PodEntry(key=pod_key(ask.namespace, ask.name), uid=ask.uid, node=args.node, request=r,
                          priority=ask.priority, team=j.admission.team,
@@ -123,6 +117,16 @@ class Binder:
         if entry.gpu_ids:
             out[ANN_GPU_IDS] = format_gpu_ids(entry.gpu_ids)
         return out
+
+
+def already_bound(key: str, bound_to: str | None, node: str) -> bool:
+    """True when the pod is bound to `node` already (a retried bind: answered as done); BindError when
+    it is bound to another node. `bound_to`: where the ledger or the API server has it, if anywhere."""
+    if not bound_to:
+        return False
+    if bound_to != node:
+        raise BindError(f"pod {key} is already bound to {bound_to}, not {node}", "conflict")
+    return True
 
 
 def _parse(pod: dict[str, Any]) -> PodAsk:

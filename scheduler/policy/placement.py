@@ -9,12 +9,19 @@ from typing import Any
 from scheduler import kernels as K
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
-from scheduler.kernels import _python as twin
-from scheduler.model.podspec import GPU, PodAsk
+from scheduler.model.constants import (
+    LOAD_MAX_AGE,
+    MOST_ALLOCATED,
+    N_PARAMS,
+    NOW,
+    OTHER_RESOURCE,
+    WEIGHT_NAMES,
+)
+from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU
+from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import format_units
 from scheduler.policy.quotas import Admission
 
-OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
 REASON_NAMES = {
     OTHER_RESOURCE: "extended_resource",
     K.UNKNOWN: "node_unknown", K.UNSCHEDULABLE: "node_not_ready", K.POOL: "pool", K.MODEL: "gpu_model",
@@ -64,10 +71,14 @@ def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearr
 
 
 def score_params(config: Config, now: float | None = None) -> array:
-    w = config.scoring.weights
-    most = 1.0 if config.scoring.cpu_strategy == "most_allocated" else 0.0
-    return array("d", [w.gpu_packing, w.topology, w.load, w.pool, w.pool_availability, w.resources, most,
-                       time.time() if now is None else now, config.scoring.load_max_age_seconds])
+    """The params array of the score kernels, by the indices in scheduler.model.constants."""
+    p = array("d", bytes(8 * N_PARAMS))
+    for i, name in enumerate(WEIGHT_NAMES):  # W_PACK, W_TOPO, ... are 0..5, in this order
+        p[i] = getattr(config.scoring.weights, name)
+    p[MOST_ALLOCATED] = 1.0 if config.scoring.cpu_strategy == "most_allocated" else 0.0
+    p[NOW] = time.time() if now is None else now
+    p[LOAD_MAX_AGE] = config.scoring.load_max_age_seconds
+    return p
 
 
 def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None = None) -> array:
@@ -130,15 +141,16 @@ class Reasons:
             if model in adm.blocked_models:
                 return f"berth: {adm.blocked_models[model]}", True
             wanted = ", ".join(ask.gpu_models)
-            return f"berth: GPU model {model or '(none)'} is not in berth.dev/gpu-models ({wanted})", True
+            return f"berth: GPU model {model or '(none)'} is not in {ANN_GPU_MODELS} ({wanted})", True
         if code == K.PODS:
             return "berth: node already runs its maximum number of pods", False
         if code == OTHER_RESOURCE:
             return f"berth: node has none or too few of {', '.join(sorted(r.other))}", True
         if code == K.TOPOLOGY:
+            policy = f"{ANN_TOPOLOGY_POLICY}: required"
             if small:
-                return f"berth: no NVLink island on this node has {r.gpu} GPUs (berth.dev/topology: required)", True
-            return f"berth: no NVLink island has {r.gpu} free GPUs (berth.dev/topology: required)", False
+                return f"berth: no NVLink island on this node has {r.gpu} GPUs ({policy})", True
+            return f"berth: no NVLink island has {r.gpu} free GPUs ({policy})", False
         resource = {K.CPU: "cpu", K.MEMORY: "memory", K.GPU: GPU}[code]
         amount = {K.CPU: r.cpu, K.MEMORY: r.memory, K.GPU: r.gpu}[code]
         if small:
@@ -163,7 +175,7 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
         if verdicts[i] == K.OK:
             parts: dict[str, float] = {}
             r = ask.request
-            twin.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
+            K.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
             row["score"] = scores[i]
             row["parts"] = {k: round(v, 3) for k, v in parts.items()}
         else:
@@ -180,7 +192,6 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
         "team": adm.team,
         "borrowing": adm.borrowing,
         "quota": adm.error,
-        "weights": dict(zip(["gpu_packing", "topology", "load", "pool", "pool_availability", "resources"],
-                            params[:6], strict=True)),
+        "weights": dict(zip(WEIGHT_NAMES, params[:len(WEIGHT_NAMES)], strict=True)),
         "nodes": rows,
     }

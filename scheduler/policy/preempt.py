@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.extender.wire import PreemptionArgs
-from scheduler.model.podspec import GPU, PodAsk
+from scheduler.model.names import GPU
+from scheduler.model.podspec import PodAsk
 from scheduler.policy.placement import Judgement, judge
-from scheduler.policy.quotas import MODEL_PREFIX
+from scheduler.policy.quotas import MODEL_PREFIX, above_guarantee, resource_label
 
 
 @dataclass(slots=True)
@@ -58,7 +59,7 @@ def _short(state: ClusterState, ask: PodAsk, node: str) -> set[str]:
         short.add("cpu")
     if t.alloc_mem[slot] - t.used_mem[slot] < r.memory:
         short.add("memory")
-    if (t.gpu_mask[slot] & ~t.gpu_used[slot]).bit_count() < r.gpu:
+    if t.free_gpus(slot).bit_count() < r.gpu:
         short.add(GPU)
     return short
 
@@ -66,7 +67,7 @@ def _short(state: ClusterState, ask: PodAsk, node: str) -> set[str]:
 def _eligible(state: ClusterState, j: Judgement, node: str) -> bool:
     t = state.table
     slot = t.slot_of.get(node)
-    if slot is None or t.flags[slot] & 2 or j.pool_ok[t.pool[slot]] == 0:
+    if slot is None or t.cordoned(slot) or j.pool_ok[t.pool[slot]] == 0:
         return False
     if j.ask.request.gpu and j.model_ok:
         m = t.model[slot]
@@ -108,13 +109,10 @@ def _protected(state: ClusterState, team: str | None, needs: set[str], victim: P
     for res in req:
         if res not in needs and not (res.startswith(MODEL_PREFIX) and GPU in needs):
             continue
-        lim = other.limits.get(res)
-        if lim is None:
+        if res not in other.limits:
             continue
-        after = other.used.get(res, 0) - gone.get(res, 0) - req[res]
-        if after < lim.guaranteed:
-            label = res[len(MODEL_PREFIX):] + " GPUs" if res.startswith(MODEL_PREFIX) else res
-            return f"team {victim.team} would fall below its guaranteed {label}"
+        if above_guarantee(other, res, gone.get(res, 0) + req[res]) < 0:
+            return f"team {victim.team} would fall below its guaranteed {resource_label(res)}"
     for res, amount in req.items():
         gone[res] = gone.get(res, 0) + amount
     return None
@@ -132,7 +130,7 @@ def _makes_room(state: ClusterState, ask: PodAsk, node: str, kept: list[PodEntry
     r = ask.request
     cpu = t.alloc_cpu[slot] - t.used_cpu[slot] + sum(e.request.cpu for e in entries)
     mem = t.alloc_mem[slot] - t.used_mem[slot] + sum(e.request.memory for e in entries)
-    free_gpus = t.gpu_mask[slot] & ~t.gpu_used[slot]
+    free_gpus = t.free_gpus(slot)
     for e in entries:
         free_gpus |= e.gpu_ids
     return cpu >= r.cpu and mem >= r.memory and free_gpus.bit_count() >= r.gpu

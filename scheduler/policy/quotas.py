@@ -9,7 +9,8 @@ binds see each other's reservations at once.
 from dataclasses import dataclass, field
 from typing import Any
 
-from scheduler.model.podspec import GPU, PodAsk
+from scheduler.model.names import GPU
+from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import QuantityError, format_units, to_units
 
 MODEL_PREFIX = GPU + "/"  # usage key of one GPU model: "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3"
@@ -28,6 +29,11 @@ class Limit:
     @property
     def lendable(self) -> int:
         return self.guaranteed if self.lending is None else min(self.lending, self.guaranteed)
+
+    @property
+    def unlent(self) -> int:
+        """The part of `guaranteed` the team keeps for itself (never lent to its cohort)."""
+        return self.guaranteed - self.lendable
 
 
 @dataclass(slots=True)
@@ -195,8 +201,7 @@ class QuotaBook:
         return [t for t in self.teams.values() if t.cohort == team.cohort]
 
     def borrowed(self, team: Team, res: str) -> int:
-        lim = team.limits.get(res)
-        return max(0, team.used.get(res, 0) - (lim.guaranteed if lim else 0))
+        return max(0, above_guarantee(team, res))
 
     # -- admission -----------------------------------------------------------------------------
     def admit(self, ask: PodAsk) -> Admission:
@@ -239,18 +244,19 @@ class QuotaBook:
             return None
         after = used + amount
         if lim.max is not None and after > lim.max:
-            return (f"team {team.name}: {_label(res)} {_fmt(res, used)} used + {_fmt(res, amount)} requested "
-                    f"> max {_fmt(res, lim.max)}")
+            return (f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
+                    f"{format_amount(res, amount)} requested > max {format_amount(res, lim.max)}")
         if after <= lim.guaranteed:
             return None
-        reserve = lim.guaranteed - lim.lendable
+        reserve = lim.unlent
         delta = max(0, after - reserve) - max(0, used - reserve)
         free = self.cohort_free(team, res)
         if delta > free:
-            why = (f"cohort {team.cohort} has only {_fmt(res, free)} left to lend" if team.cohort
+            why = (f"cohort {team.cohort} has only {format_amount(res, free)} left to lend" if team.cohort
                    else f"team {team.name} is in no cohort to borrow from")
-            return (f"team {team.name}: {_label(res)} {_fmt(res, used)} used + {_fmt(res, amount)} requested "
-                    f"> guaranteed {_fmt(res, lim.guaranteed)}, and {why}")
+            return (f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
+                    f"{format_amount(res, amount)} requested > guaranteed {format_amount(res, lim.guaranteed)}, "
+                    f"and {why}")
         return True
 
     def cohort_free(self, team: Team, res: str) -> int:
@@ -263,7 +269,7 @@ class QuotaBook:
             if lim is None:
                 continue
             cap += lim.lendable
-            use += max(0, t.used.get(res, 0) - (lim.guaranteed - lim.lendable))
+            use += max(0, t.used.get(res, 0) - lim.unlent)
         return max(0, cap - use)
 
     def _models(self, team: Team, ask: PodAsk) -> tuple[dict[str, str], bool]:
@@ -284,9 +290,19 @@ class QuotaBook:
         return blocked, borrow
 
 
-def _label(res: str) -> str:
+def above_guarantee(team: Team, res: str, giving_up: int = 0) -> int:
+    """How much of `res` the team uses beyond its guaranteed share once it gives up `giving_up`;
+    negative when below it (what preemption must never take a team to)."""
+    lim = team.limits.get(res)
+    return team.used.get(res, 0) - giving_up - (lim.guaranteed if lim else 0)
+
+
+def resource_label(res: str) -> str:
+    """A usage key as a person reads it: "cpu", or "NVIDIA-H100-80GB-HBM3 GPUs" for a per-model key."""
     return res[len(MODEL_PREFIX):] + " GPUs" if res.startswith(MODEL_PREFIX) else res
 
 
-def _fmt(res: str, amount: int) -> str:
+def format_amount(res: str, amount: int) -> str:
+    """An amount of a usage key as Kubernetes writes quantities (per-model keys count GPUs)."""
     return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
+

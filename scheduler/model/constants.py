@@ -1,0 +1,60 @@
+"""Numeric facts the kernels share with the Python around them: the one place each is written.
+
+The Cython kernel reads these too: setup.py executes this file and writes ext/_constants.pxi (one
+`cdef enum` of every upper-case integer here), which ext/_native.pyx includes; tests/test_constants.py
+checks the native module, the twin and this file agree. So keep this file plain assignments, with no
+imports: setup.py runs it on its own, before the package is installed.
+"""
+
+# ---- the node table -------------------------------------------------------------------------------
+# Bits of NodeTable.flags.
+FLAG_PRESENT = 1  # the slot holds a node (0 in freed slots)
+FLAG_UNSCHEDULABLE = 2  # spec.unschedulable: cordoned
+
+# GPU device masks are 64-bit integers, bit i for GPU i: a node describes at most this many GPUs.
+MAX_GPUS = 64
+# Island masks kept per node (NodeTable.islands holds MAX_ISLANDS entries per slot; 0 = no island).
+MAX_ISLANDS = 8
+
+# ---- a pod's ask ----------------------------------------------------------------------------------
+# The berth.dev/topology policy, as the kernels take it.
+TOPOLOGY_NONE = 0
+TOPOLOGY_PREFERRED = 1
+TOPOLOGY_REQUIRED = 2
+
+# Bounds on one pod's request that keep the kernels' 64-bit sums (and 32-bit GPU counts) from
+# overflowing; far above any real pod. MAX_GPU_REQUEST is not MAX_GPUS: it bounds what a pod may ask,
+# not what a node has (a pod asking for more than any node has is refused by the filter, with a reason).
+MAX_UNITS = 1 << 62
+MAX_GPU_REQUEST = 1 << 20
+
+# ---- filter verdicts, in the order the checks run -------------------------------------------------
+OK = 0
+UNSCHEDULABLE = 1
+POOL = 2
+MODEL = 3
+PODS = 4
+CPU = 5
+MEMORY = 6
+GPU = 7
+TOPOLOGY = 8
+OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
+UNKNOWN = 255  # not a node in the table (never added, or deleted)
+
+# Failed nodes are grouped into at most this many distinct sentences per reply (reason_ids).
+MAX_REASONS = 64
+
+# ---- indices into the score params array (policy.placement.score_params builds it) ---------------
+W_PACK = 0
+W_TOPO = 1
+W_LOAD = 2
+W_POOL = 3
+W_AVAIL = 4
+W_RES = 5
+MOST_ALLOCATED = 6  # > 0: MostAllocated for pods without GPUs, else LeastAllocated
+NOW = 7  # wall time the load annotations are judged against
+LOAD_MAX_AGE = 8  # seconds a load annotation stays fresh
+N_PARAMS = 9
+
+# The config's scoring.weights names, in index order: WEIGHT_NAMES[W_PACK] is "gpu_packing", ...
+WEIGHT_NAMES = ("gpu_packing", "topology", "load", "pool", "pool_availability", "resources")
