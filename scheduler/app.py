@@ -8,6 +8,7 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -17,6 +18,10 @@ from scheduler.extender.server import Berth
 from scheduler.extender.verbs_http import VerbServer
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder
+
+if TYPE_CHECKING:  # both import the kubernetes package, which the demo never needs
+    from scheduler.cluster.kube import KubeClient
+    from scheduler.cluster.leader import Elector
 
 log = logging.getLogger("berth")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
@@ -61,6 +66,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
     metrics = Metrics()
     tasks: list[asyncio.Task[None]] = []
     client = None
+    elector: Elector | None = None
     if demo:
         from scheduler import demo as demo_cluster
         demo_cluster.populate(state, config.demo.nodes, config.demo.seed)
@@ -68,7 +74,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         berth = Berth(state, metrics, binder)
     else:
         from scheduler.cluster.informer import informers
-        from scheduler.cluster.kube import KubeClient, load_configuration
+        from scheduler.cluster.kube import load_configuration
         from scheduler.cluster.status import StatusWriter
         try:
             cfg = load_configuration(kubeconfig)
@@ -79,18 +85,14 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         binder = Binder(state, lambda a, ann: client.bind(a, ann, timeout), client.get_pod)
         berth = Berth(state, metrics, binder, client.get_pod)
         tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in informers(client, state)]
-        tasks.append(asyncio.create_task(StatusWriter(client, state).run(), name="status"))
+        elector = _elect(client, config, metrics, berth, tasks)
+        tasks.append(asyncio.create_task(StatusWriter(client, state, elector.is_leader).run(), name="status"))
     tasks.append(asyncio.create_task(berth.housekeeping(), name="housekeeping"))
 
     ctx = tls_context(*tls)
-    verb_port = config.server.tls_port if ctx is not None else config.server.port
-    runners = [await _listen(berth, config, verb_port, ctx, verbs=True)]
-    if ctx is not None:
-        runners.append(await _listen(berth, config, config.server.port, None, verbs=False))
-    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
-             config.server.host, config.server.tls_port if ctx else config.server.port,
-             f", health and metrics on port {config.server.port}" if ctx else "",
-             "demo cluster" if demo else "live cluster", "native" if _native() else "python")
+    runners = await _listeners(berth, config, ctx)
+    if ctx is not None and config.server.tls_reload_seconds:
+        tasks.append(_watch_certificate(ctx, tls, config.server.tls_reload_seconds))
     # Allocation-heavy request handling would otherwise trigger young collections every few requests.
     gc.set_threshold(50_000, 20, 20)
 
@@ -100,6 +102,8 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await _shutdown(berth, runners, tasks, config.server.shutdown_grace_seconds)
+    if elector is not None:
+        await elector.release()
     if client is not None:
         await client.close()
     return 0
@@ -128,10 +132,11 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool) -> Listener:
+async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool,
+                  host: str | None = None) -> Listener:
     """aiohttp serves the whole API; on the verbs' port each connection starts with the hot-path
     handler (verbs_http.py), which hands anything but a verb POST to aiohttp's protocol."""
-    host = config.server.host
+    host = host or config.server.host
     runner = web.AppRunner(berth.app(verbs=verbs), access_log=None, keepalive_timeout=config.server.keepalive_timeout,
                            handle_signals=False)
     await runner.setup()
@@ -171,3 +176,45 @@ async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.T
 def _native() -> bool:
     from scheduler import kernels
     return kernels.NATIVE
+
+
+# -- harden-bind: listeners, certificate reload, leader election ---------------------------------------
+async def _listeners(berth: Berth, config: Config, ctx: ssl.SSLContext | None) -> list[Listener]:
+    """The verbs on host:port (host:tls_port with TLS; then port keeps health and metrics), and with
+    server.health_port a listener of health and metrics only, so the verbs can stay on 127.0.0.1."""
+    srv = config.server
+    verb_port = srv.tls_port if ctx is not None else srv.port
+    runners = [await _listen(berth, config, verb_port, ctx, verbs=True)]
+    if ctx is not None:
+        runners.append(await _listen(berth, config, srv.port, None, verbs=False))
+    if srv.health_port:
+        runners.append(await _listen(berth, config, srv.health_port, None, verbs=False, host=srv.health_host))
+    health = [f"{srv.host}:{srv.port}"] if ctx is not None else []
+    health += [f"{srv.health_host}:{srv.health_port}"] if srv.health_port else []
+    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
+             srv.host, verb_port, f", health and metrics only on {' and '.join(health)}" if health else "",
+             "live cluster" if berth.fetch_pod else "demo cluster", "native" if _native() else "python")
+    return runners
+
+
+def _watch_certificate(ctx: ssl.SSLContext, tls: tuple[str | None, str | None, str | None],
+                       every: float) -> asyncio.Task[None]:
+    from scheduler.tls import CertReloader
+    cert, key, client_ca = tls
+    assert cert is not None
+    return asyncio.create_task(CertReloader(ctx, cert, key, client_ca).run(every), name="tls-reload")
+
+
+def _elect(client: "KubeClient", config: Config, metrics: Metrics, berth: Berth,
+           tasks: list[asyncio.Task[None]]) -> "Elector":
+    """Only the Lease holder writes TeamQuota status and counts GPU-seconds (from two replicas both would
+    be summed twice); every replica keeps its cache warm and serves the verbs."""
+    from scheduler.cluster.leader import AlwaysLeader, Elector, LeaderElector
+    elector: Elector = AlwaysLeader()
+    if config.leader_election.enabled:
+        elector = LeaderElector(client, config.leader_election, on_change=lambda lead: metrics.leader.set(int(lead)))
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    metrics.leader.set(int(elector.is_leader()))
+    metrics.counts_showback = elector.is_leader
+    berth.leader_view = elector.view
+    return elector

@@ -75,6 +75,8 @@ class Berth:
         self._asks: LRUCache[tuple[str, str], PodAsk] = LRUCache(maxsize=4096)
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True
+        # Who writes status and counts showback (scheduler/cluster/leader.py; app.py sets it in live mode).
+        self.leader_view: Callable[[], dict[str, Any]] = lambda: {"enabled": False, "leader": True}
 
     # -- app -----------------------------------------------------------------------------------
     def app(self, verbs: bool = True) -> web.Application:
@@ -323,7 +325,7 @@ class Berth:
     async def debug_state(self, request: web.Request) -> web.Response:
         out = self.state.summary()
         out.update({"kernels": "native" if K.NATIVE else "python", "nodeNamesCacheHits": self.names.hits,
-                    "bindsInFlight": self.binder.in_flight})
+                    "bindsInFlight": self.binder.in_flight, "leaderElection": self.leader_view()})
         return _json(out)
 
     async def debug_nodes(self, request: web.Request) -> web.Response:
