@@ -180,19 +180,17 @@ def _native() -> bool:
 
 # -- harden-bind: listeners, certificate reload, leader election ---------------------------------------
 async def _listeners(berth: Berth, config: Config, ctx: ssl.SSLContext | None) -> list[Listener]:
-    """The verbs on host:port (host:tls_port with TLS; then port keeps health and metrics), and with
-    server.health_port a listener of health and metrics only, so the verbs can stay on 127.0.0.1."""
+    """The verbs on host:port, or with TLS on host:tls_port. Health and metrics: on the verbs' listener
+    as well in plain mode; on a listener of their own at health_host:health_port when that is set (so
+    the verbs can stay on 127.0.0.1), else with TLS on the plain host:port, as before."""
     srv = config.server
     verb_port = srv.tls_port if ctx is not None else srv.port
     runners = [await _listen(berth, config, verb_port, ctx, verbs=True)]
-    if ctx is not None:
-        runners.append(await _listen(berth, config, srv.port, None, verbs=False))
-    if srv.health_port:
-        runners.append(await _listen(berth, config, srv.health_port, None, verbs=False, host=srv.health_host))
-    health = [f"{srv.host}:{srv.port}"] if ctx is not None else []
-    health += [f"{srv.health_host}:{srv.health_port}"] if srv.health_port else []
+    health = (srv.health_host, srv.health_port) if srv.health_port else (srv.host, srv.port) if ctx else None
+    if health is not None:
+        runners.append(await _listen(berth, config, health[1], None, verbs=False, host=health[0]))
     log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
-             srv.host, verb_port, f", health and metrics only on {' and '.join(health)}" if health else "",
+             srv.host, verb_port, f", health and metrics only on {health[0]}:{health[1]}" if health else "",
              "live cluster" if berth.fetch_pod else "demo cluster", "native" if _native() else "python")
     return runners
 

@@ -26,7 +26,8 @@ class ServerConfig:
     shutdown_grace_seconds: float = 10.0
     # -- listeners beside the verbs' (harden-bind) --
     # A listener for /healthz, /readyz and /metrics only, so the verbs can stay on 127.0.0.1 while the
-    # kubelet's probes and Prometheus reach the pod IP. 0: none (the verb listener serves them too).
+    # kubelet's probes and Prometheus reach the pod IP. 0: none (plain mode: the verb listener serves
+    # them too; TLS mode: `port` does). Set, it also replaces `port`'s listener in TLS mode.
     health_host: str = "0.0.0.0"
     health_port: int = 0
     # With --tls-cert: how often to look for a rotated certificate (cert-manager); 0 never.

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
 
-from scheduler.app import _listeners
+from scheduler.app import _listeners, tls_context
 from scheduler.config import Config, ConfigError, load_config
 from scheduler.extender.server import Berth
 from scheduler.observability.metrics import Metrics
@@ -78,3 +79,28 @@ def test_base_deploy_config_splits_the_listeners() -> None:
     config = load_config(Path(__file__).parent.parent / "deploy" / "base" / "config" / "berth.yaml")
     assert (config.server.host, config.server.port) == ("127.0.0.1", 8888)
     assert (config.server.health_host, config.server.health_port) == ("0.0.0.0", 8889)
+
+
+async def test_tls_mode_with_health_port_opens_no_plain_port(unused_tcp_port_factory: Callable[[], int],
+                                                             tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    leaf.cert_chain_pems[0].write_to_path(str(crt))
+    leaf.private_key_pem.write_to_path(str(key))
+    state = demo_cluster(nodes=5)
+    srv = state.config.server
+    srv.host, srv.tls_port, srv.port = "127.0.0.1", 0, unused_tcp_port_factory()
+    srv.health_host, srv.health_port = "127.0.0.1", unused_tcp_port_factory()
+    runners = await _listeners(Berth(state, Metrics(), Binder(state, None, None)), state.config,
+                               tls_context(str(crt), str(key), None))
+    try:
+        assert [r.port for r in runners][1:] == [srv.health_port]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{srv.health_port}/readyz") as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await http.get(f"http://127.0.0.1:{srv.port}/healthz")
+    finally:
+        for r in runners:
+            await r.close()
