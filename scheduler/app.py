@@ -74,7 +74,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         berth = Berth(state, metrics, binder)
     else:
         from scheduler.cluster.informer import informers
-        from scheduler.cluster.kube import load_configuration
+        from scheduler.cluster.kube import KubeClient, load_configuration
         from scheduler.cluster.status import StatusWriter
         try:
             cfg = load_configuration(kubeconfig)

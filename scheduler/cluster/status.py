@@ -57,6 +57,7 @@ class StatusWriter:
                 await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}",
                                                merge_patch(old, status))
                 self.written[name] = status
+                log.debug("status of TeamQuota %s written", name, extra={"team": name})
             except (KubeError, OSError, TimeoutError) as exc:
                 log.warning("status of TeamQuota %s not written: %s", name, exc, extra={"team": name})
                 self._seen_version = -1  # try again next round
