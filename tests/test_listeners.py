@@ -47,8 +47,8 @@ async def test_health_listener_serves_health_and_metrics_only(unused_tcp_port_fa
             async with http.get(verbs + "/debug/state") as r:
                 assert (await r.json())["leaderElection"] == {"enabled": False, "leader": True}
     finally:
-        for r in runners:
-            await r.close()
+        for listener in runners:
+            await listener.close()
 
 
 def test_no_health_listener_by_default() -> None:
@@ -102,5 +102,5 @@ async def test_tls_mode_with_health_port_opens_no_plain_port(unused_tcp_port_fac
             with pytest.raises(aiohttp.ClientConnectionError):
                 await http.get(f"http://127.0.0.1:{srv.port}/healthz")
     finally:
-        for r in runners:
-            await r.close()
+        for listener in runners:
+            await listener.close()

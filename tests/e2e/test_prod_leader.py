@@ -6,6 +6,7 @@ within the lease duration, writes the status and counts from then on."""
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -27,7 +28,8 @@ def world(api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi) -> Iterator[
     ns = create_namespace(api, f"prod-leader-{int(time.time())}")
     create_nodes(api, [node("leader-a", GROUP, gpus=8)])
     for i, gpus in enumerate((4, 2)):
-        api.create_namespaced_pod(ns, pod(f"held-{i}", GROUP, gpus=gpus, cpu="100m", node_name="leader-a"))
+        api.create_namespaced_pod(ns, pod(f"held-{i}", GROUP, gpus=gpus, cpu="100m",  # type: ignore[arg-type]
+                                          node_name="leader-a"))
     custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", {
         "apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": TEAM},
         "spec": {"namespaces": [ns], "resources": {"nvidia.com/gpu": {"guaranteed": 8}}}})
@@ -70,7 +72,7 @@ def status_writes(b: BerthHandle) -> int:
 
 def holder(api: kclient.CoreV1Api) -> str:
     lease = kclient.CoordinationV1Api(api.api_client).read_namespaced_lease("berth", "berth-system")
-    return str(lease.spec.holder_identity or "")
+    return str(lease.spec.holder_identity or "") if lease.spec else ""
 
 
 def test_one_writer_and_takeover_after_kill(api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi,
@@ -84,7 +86,7 @@ def test_one_writer_and_takeover_after_kill(api: kclient.CoreV1Api, custom: kcli
     assert view["enabled"] and view["leader"] and view["holder"] == view["identity"] == holder(api)
     assert standby.get("/debug/state")["leaderElection"]["holder"] == view["identity"]
     h.wait_until(lambda: status_writes(leader) >= 1, 10, "the leader to write TeamQuota status")
-    got = custom.get_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)
+    got: dict[str, Any] = custom.get_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)  # type: ignore[assignment]
     assert got.get("status", {}).get("used", {}).get("nvidia.com/gpu") == str(GPUS), got.get("status")
 
     # Over a few seconds only the leader counts, and the sum grows by the GPUs held times the time.
