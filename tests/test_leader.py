@@ -3,11 +3,13 @@ keeps resourceVersion like the API server (a PUT with a stale one is a 409), and
 status and GPU-seconds are written by the leader only."""
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -333,3 +335,26 @@ def test_leader_election_keys_load(tmp_path: Path) -> None:
     assert (le.enabled, le.lease_duration_seconds, le.renew_deadline_seconds, le.retry_period_seconds) == \
         (False, 4, 3.0, 1.0)
     assert Config().leader_election.enabled is True
+
+
+async def test_loop_survives_any_client_error(two: tuple[FakeLeases, Replica, Replica],
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """aiohttp's ServerDisconnectedError is no OSError: the loop must neither die (a dead loop would leave a
+    leader that believes it leads) nor log it every retry."""
+    _, a, _ = two
+    a.start()
+    await until(a.elector.is_leader, 3, "a to lead")
+    real = a.client.request
+
+    async def disconnected(*args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        raise aiohttp.ServerDisconnectedError()
+
+    a.client.request = disconnected  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="berth.leader"):
+        await until(lambda: not a.elector.is_leader(), 3, "a to step down")
+        await asyncio.sleep(0.3)
+    assert a.task is not None and not a.task.done(), "the election loop ended"
+    warned = [r for r in caplog.records if "cannot be read or written" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in warned]
+    a.client.request = real  # type: ignore[method-assign]
+    await until(a.elector.is_leader, 3, "a to lead again")

@@ -59,6 +59,7 @@ class LeaderElector:
         self._record: tuple[Any, ...] | None = None  # (holder, renewTime, resourceVersion) last seen
         self._observed = 0.0  # monotonic time that record was first seen
         self._renewed = 0.0  # monotonic time of our last successful acquire or renew
+        self._last_error = ""
 
     @property
     def path(self) -> str:
@@ -75,9 +76,11 @@ class LeaderElector:
         while True:
             try:
                 ok = await self.try_acquire_or_renew()
-            except (KubeError, OSError, TimeoutError, ValueError) as exc:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, exc)
+            except Exception as exc:  # any failure (aiohttp's own errors too): this loop must not end
+                self._warn(exc)
                 ok = False
+            else:
+                self._last_error = ""
             if not ok and self.leader and time.monotonic() - self._renewed >= self.config.renew_deadline_seconds:
                 log.error("lease %s/%s not renewed for %.1fs: no longer the leader", self.namespace, self.name,
                           time.monotonic() - self._renewed)
@@ -161,8 +164,17 @@ class LeaderElector:
                                                     timeout=self._timeout)
             if status != 200:
                 log.warning("lease %s/%s not released: %s", self.namespace, self.name, _message(raw))
-        except (OSError, TimeoutError, ValueError) as exc:
+        except Exception as exc:  # shutting down: say so and go on
             log.warning("lease %s/%s not released: %s", self.namespace, self.name, exc)
+
+    def _warn(self, exc: Exception) -> None:
+        """Once per distinct error, not every retry period (a missing namespace would repeat forever)."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_error:
+            self._last_error = text
+            log.warning("lease %s/%s cannot be read or written, so this replica does not write TeamQuota "
+                        "status or count GPU-seconds: %s (leader_election.lease_namespace, or "
+                        "leader_election.enabled: false for a single replica)", self.namespace, self.name, text)
 
     @property
     def _timeout(self) -> float:
