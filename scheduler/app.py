@@ -11,6 +11,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -22,6 +23,10 @@ from scheduler.extender.verbs_http import VerbServer
 from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import account_gpu_seconds
 from scheduler.policy.binder import Binder
+
+if TYPE_CHECKING:  # both import the kubernetes package, which the demo never needs
+    from scheduler.cluster.kube import KubeClient
+    from scheduler.cluster.leader import Elector
 
 log = logging.getLogger("berth")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
@@ -94,6 +99,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
     metrics = Metrics()
     tasks: list[asyncio.Task[None]] = []
     client = None
+    elector: Elector | None = None
     if demo:
         from scheduler import demo as demo_cluster
         demo_cluster.populate(state, config.demo.nodes, config.demo.seed)
@@ -113,18 +119,14 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         feeds = informers(client, state)
         berth = Berth(state, metrics, binder, client.get_pod, feeds)
         tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in feeds]
-        tasks.append(asyncio.create_task(StatusWriter(client, state).run(), name="status"))
+        elector = _elect(client, config, metrics, berth, tasks)
+        tasks.append(asyncio.create_task(StatusWriter(client, state, elector.is_leader).run(), name="status"))
     tasks.append(asyncio.create_task(housekeeping(state, metrics), name="housekeeping"))
 
     ctx = tls_context(*tls)
-    verb_port = config.server.tls_port if ctx is not None else config.server.port
-    runners = [await _listen(berth, config, verb_port, ctx, verbs=True)]
-    if ctx is not None:
-        runners.append(await _listen(berth, config, config.server.port, None, verbs=False))
-    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
-             config.server.host, config.server.tls_port if ctx else config.server.port,
-             f", health and metrics on port {config.server.port}" if ctx else "",
-             "demo cluster" if demo else "live cluster", "native" if _native() else "python")
+    runners = await _listeners(berth, config, ctx)
+    if ctx is not None and config.server.tls_reload_seconds:
+        tasks.append(_watch_certificate(ctx, tls, config.server.tls_reload_seconds))
     tune_gc()
 
     stop = asyncio.Event()
@@ -133,6 +135,8 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await _shutdown(berth, runners, tasks, config.server.shutdown_grace_seconds)
+    if elector is not None:
+        await elector.release()
     if client is not None:
         await client.close()
     return 0
@@ -156,10 +160,11 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool) -> Listener:
+async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool,
+                  host: str | None = None) -> Listener:
     """aiohttp serves the whole API; on the verbs' port each connection starts with the hot-path
     handler (verbs_http.py), which hands anything but a verb POST to aiohttp's protocol."""
-    host = config.server.host
+    host = host or config.server.host
     runner = web.AppRunner(berth.app(verbs=verbs), access_log=None, keepalive_timeout=config.server.keepalive_timeout,
                            handle_signals=False)
     await runner.setup()
@@ -200,3 +205,43 @@ async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.T
 def _native() -> bool:
     from scheduler import kernels
     return kernels.NATIVE
+
+
+# -- listeners, certificate reload, leader election ------------------------------------------------------
+async def _listeners(berth: Berth, config: Config, ctx: ssl.SSLContext | None) -> list[Listener]:
+    """The verbs on host:port, or with TLS on host:tls_port. Health and metrics: on the verbs' listener
+    as well in plain mode; on a listener of their own at health_host:health_port when that is set (so
+    the verbs can stay on 127.0.0.1), else with TLS on the plain host:port, as before."""
+    srv = config.server
+    verb_port = srv.tls_port if ctx is not None else srv.port
+    runners = [await _listen(berth, config, verb_port, ctx, verbs=True)]
+    health = (srv.health_host, srv.health_port) if srv.health_port else (srv.host, srv.port) if ctx else None
+    if health is not None:
+        runners.append(await _listen(berth, config, health[1], None, verbs=False, host=health[0]))
+    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
+             srv.host, verb_port, f", health and metrics only on {health[0]}:{health[1]}" if health else "",
+             "live cluster" if berth.debug.fetch_pod else "demo cluster", "native" if _native() else "python")
+    return runners
+
+
+def _watch_certificate(ctx: ssl.SSLContext, tls: tuple[str | None, str | None, str | None],
+                       every: float) -> asyncio.Task[None]:
+    from scheduler.tls import CertReloader
+    cert, key, client_ca = tls
+    assert cert is not None
+    return asyncio.create_task(CertReloader(ctx, cert, key, client_ca).run(every), name="tls-reload")
+
+
+def _elect(client: "KubeClient", config: Config, metrics: Metrics, berth: Berth,
+           tasks: list[asyncio.Task[None]]) -> "Elector":
+    """Only the Lease holder writes TeamQuota status and counts GPU-seconds (from two replicas both would
+    be summed twice); every replica keeps its cache warm and serves the verbs."""
+    from scheduler.cluster.leader import AlwaysLeader, Elector, LeaderElector
+    elector: Elector = AlwaysLeader()
+    if config.leader_election.enabled:
+        elector = LeaderElector(client, config.leader_election, on_change=lambda lead: metrics.leader.set(int(lead)))
+        tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+    metrics.leader.set(int(elector.is_leader()))
+    metrics.counts_showback = elector.is_leader
+    berth.debug.leader_view = elector.view
+    return elector

@@ -24,6 +24,14 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     keepalive_timeout: float = 120.0  # above Go's 90 s idle timeout, so kube-scheduler never sends on a dead conn
     shutdown_grace_seconds: float = 10.0
+    # -- listeners beside the verbs' (harden-bind) --
+    # A listener for /healthz, /readyz and /metrics only, so the verbs can stay on 127.0.0.1 while the
+    # kubelet's probes and Prometheus reach the pod IP. 0: none (plain mode: the verb listener serves
+    # them too; TLS mode: `port` does). Set, it also replaces `port`'s listener in TLS mode.
+    health_host: str = "0.0.0.0"
+    health_port: int = 0
+    # With --tls-cert: how often to look for a rotated certificate (cert-manager); 0 never.
+    tls_reload_seconds: float = 5.0
 
 
 @dataclass(slots=True)
@@ -57,6 +65,18 @@ class BindConfig:
 
 
 @dataclass(slots=True)
+class LeaderElectionConfig:
+    """One writer per fact: only the holder of this Lease writes TeamQuota status and counts GPU-seconds."""
+    enabled: bool = True  # live mode only; the demo cluster has no API server and always writes
+    lease_name: str = "berth"
+    lease_namespace: str = ""  # "": the pod's namespace ($POD_NAMESPACE), else berth-system
+    identity: str = ""  # "": $POD_NAME (else the hostname) and a random suffix, unique per process
+    lease_duration_seconds: int = 15  # the Lease's leaseDurationSeconds: a standby waits this long
+    renew_deadline_seconds: float = 10.0  # a leader that has not renewed for this long stops writing
+    retry_period_seconds: float = 2.0
+
+
+@dataclass(slots=True)
 class DemoConfig:
     nodes: int = 1000
     seed: int = 42
@@ -69,6 +89,7 @@ class Config:
     quotas: QuotaConfig = field(default_factory=QuotaConfig)
     bind: BindConfig = field(default_factory=BindConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    leader_election: LeaderElectionConfig = field(default_factory=LeaderElectionConfig)
     log_level: str = "info"
 
 
@@ -82,6 +103,11 @@ _RANGES = {
     "server.tls_port": (0, 65535),
     "server.max_body_bytes": (1024, 1 << 34),
     "demo.nodes": (1, 15000),
+    # harden-bind: listeners and leader election
+    "server.health_port": (0, 65535),
+    "leader_election.lease_duration_seconds": (1, 3600),
+    "leader_election.renew_deadline_seconds": (0.001, 3600),
+    "leader_election.retry_period_seconds": (0.001, 3600),
 }
 
 
@@ -107,7 +133,7 @@ def _value(kind: Any, raw: Any, path: str) -> Any:
         if not isinstance(raw, list):
             raise ConfigError(f"{path}: expected a list, got {raw!r}")
         return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(raw)]
-    ok = isinstance(raw, kind) and not isinstance(raw, bool)
+    ok = isinstance(raw, kind) and (kind is bool or not isinstance(raw, bool))
     if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
         try:
             raw, ok = float(raw), True
@@ -137,7 +163,19 @@ def load_config(path: str | Path | None) -> Config:
         data = yaml.safe_load(text)
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an integer past Python's digit limit
         raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from exc
-    return _build(Config, data if data is not None else {}, "")
+    return _check(_build(Config, data if data is not None else {}, ""))
+
+
+def _check(config: Config) -> Config:
+    """Rules between keys (harden-bind: listeners and leader election)."""
+    server, le = config.server, config.leader_election
+    if server.health_port and server.health_port in (server.port, server.tls_port):
+        raise ConfigError(f"server.health_port: {server.health_port} is already server.port or server.tls_port")
+    if not le.retry_period_seconds < le.renew_deadline_seconds < le.lease_duration_seconds:
+        raise ConfigError("leader_election: expected retry_period_seconds < renew_deadline_seconds < "
+                          f"lease_duration_seconds, got {le.retry_period_seconds}, {le.renew_deadline_seconds}, "
+                          f"{le.lease_duration_seconds}")
+    return config
 
 
 def _yaml_problem(exc: Exception) -> str:

@@ -3,6 +3,7 @@ what changed) and conflict-safe (a merge patch of the status subresource needs n
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from scheduler.cluster.kube import KubeClient, KubeError
@@ -28,9 +29,10 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 class StatusWriter:
-    def __init__(self, client: KubeClient, state: ClusterState) -> None:
+    def __init__(self, client: KubeClient, state: ClusterState, leads: Callable[[], bool] = lambda: True) -> None:
         self.client = client
         self.state = state
+        self.leads = leads  # one writer per fact: only the Lease holder writes (scheduler/cluster/leader.py)
         self.written: dict[str, dict[str, Any]] = {}
         self._seen_version = -1
 
@@ -38,6 +40,11 @@ class StatusWriter:
         interval = self.state.config.quotas.status_interval_seconds
         while True:
             await asyncio.sleep(interval)
+            if not self.leads():
+                # Another replica writes; on taking over, start again from the status the informer read.
+                self.written.clear()
+                self._seen_version = -1
+                continue
             if self.state.quotas.version == self._seen_version or not self.state.ready:
                 continue
             self._seen_version = self.state.quotas.version
@@ -54,6 +61,7 @@ class StatusWriter:
             try:
                 await self.client.patch_status(f"/apis/berth.dev/v1alpha1/teamquotas/{name}", patch)
                 self.written[name] = status
+                log.debug("status of TeamQuota %s written", name, extra={"team": name})
             except (KubeError, OSError, TimeoutError) as exc:
                 log.warning("status of TeamQuota %s not written: %s", name, exc, extra={"team": name})
                 self._seen_version = -1  # try again next round

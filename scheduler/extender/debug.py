@@ -56,6 +56,8 @@ class DebugViews:
         self.metrics = verbs.metrics
         self.fetch_pod = fetch_pod  # None (demo): explain by name reads the pods the verbs have seen
         self.informers = informers
+        # Who writes status and counts showback (cluster/leader.py; app.py sets it in live mode).
+        self.leader_view: Callable[[], dict[str, Any]] = lambda: {"enabled": False, "leader": True}
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -75,7 +77,7 @@ class DebugViews:
         out["informers"] = {i.resource: {"resourceVersion": i.rv, "lists": i.lists, "events": i.events}
                             for i in self.informers}
         out.update({"kernels": "native" if K.NATIVE else "python", "nodeNamesCacheHits": self.verbs.names.hits,
-                    "bindsInFlight": self.verbs.binder.in_flight})
+                    "bindsInFlight": self.verbs.binder.in_flight, "leaderElection": self.leader_view()})
         return json_response(out)
 
     async def debug_nodes(self, request: web.Request) -> web.Response:

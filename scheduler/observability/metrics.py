@@ -1,6 +1,9 @@
 """Prometheus metrics (names follow Prometheus conventions, prefix berth_). Each Berth process owns
 one registry, so tests can run several servers in one interpreter."""
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Latency buckets tuned to an extender that answers in well under a millisecond.
@@ -32,9 +35,35 @@ class Metrics:
         self.team_max = Gauge("berth_team_max", "A team's maximum quota.", ["team", "resource"], registry=r)
         self.team_borrowed = Gauge("berth_team_borrowed", "What a team holds above its guaranteed quota.",
                                    ["team", "resource"], registry=r)
-        self.gpu_seconds = Counter("berth_team_gpu_seconds_total", "GPU-seconds held, by team and GPU model.",
-                                   ["team", "model"], registry=r)
+        # Counted by one replica only, the leader (scheduler/cluster/leader.py): a sum over both
+        # replicas' series would count every GPU-second twice. The standby's series stands still.
+        self.counts_showback: Callable[[], bool] = lambda: True
+        self.gpu_seconds = _OnlyWhen(Counter("berth_team_gpu_seconds_total", "GPU-seconds held, by team and GPU "
+                                             "model (counted by the leader only).", ["team", "model"], registry=r),
+                                     lambda: self.counts_showback())
+        self.leader = Gauge("berth_leader", "1 while this replica holds Berth's Lease and so writes TeamQuota "
+                            "status and counts GPU-seconds; 0 on the standby.", registry=r)
+        self.leader.set(1)  # a lone process (demo, or leader_election.enabled: false) is the writer
         self.victims = Counter("berth_preemption_victims_total", "Pods Berth agreed to preempt, by their team.",
                                ["team"], registry=r)
         self.kernels_native = Gauge("berth_kernels_native", "1 when the Cython kernels serve, 0 for the twins.",
                                     registry=r)
+
+
+class _Ignored:
+    def inc(self, amount: float = 1) -> None:
+        return None
+
+
+class _OnlyWhen:
+    """A labelled Counter whose increments count only while `gate()` is true."""
+
+    def __init__(self, counter: Counter, gate: Callable[[], bool]) -> None:
+        self.counter = counter
+        self.gate = gate
+
+    def labels(self, *values: str) -> Any:
+        return self.counter.labels(*values) if self.gate() else _IGNORED
+
+
+_IGNORED = _Ignored()

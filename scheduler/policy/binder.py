@@ -73,12 +73,20 @@ class Binder:
             pod = await self.fetch(args.namespace, args.name)
             if pod is None:
                 raise BindError(f"pod {key} does not exist")
+            uid = (pod.get("metadata") or {}).get("uid")
+            if args.uid and uid and uid != args.uid:  # before the node check: the UID must name this pod
+                raise BindError(f"pod {key} has UID {uid}, not {args.uid}: it was recreated")
             if already_bound(key, (pod.get("spec") or {}).get("nodeName"), args.node):
                 self.state.apply_pod("MODIFIED", pod)
                 return _parse(pod), True
             ask = _parse(pod)
         if ask is None:
             raise BindError(f"pod {key} is unknown to Berth: filter was not called for it")
+        if (ask.namespace, ask.name) != (args.namespace, args.name):
+            # The UID was seen for another pod: binding it under this name would reserve that pod's
+            # resources here and refuse its own bind later as "already bound".
+            raise BindError(f"PodUID {args.uid} is pod {pod_key(ask.namespace, ask.name)}'s, not {key}'s: "
+                            "the bind names one pod and the UID of another", "conflict")
         if args.uid and ask.uid and ask.uid != args.uid:
             raise BindError(f"pod {key} has UID {ask.uid}, not {args.uid}: it was recreated")
         return ask, False

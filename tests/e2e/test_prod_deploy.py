@@ -24,7 +24,7 @@ BASE_OBJECTS = {
     ("ServiceAccount", "berth"), ("ServiceAccount", "berth-scheduler"), ("Secret", "berth-scheduler-token"),
     ("ClusterRole", "berth"), ("ClusterRoleBinding", "berth"), ("ClusterRoleBinding", "berth-scheduler"),
     ("ClusterRoleBinding", "berth-scheduler-volume"), ("Role", "berth-scheduler-lease"),
-    ("RoleBinding", "berth-scheduler-lease"),
+    ("RoleBinding", "berth-scheduler-lease"), ("Role", "berth-lease"), ("RoleBinding", "berth-lease"),
     ("RoleBinding", "berth-scheduler:extension-apiserver-authentication-reader"),
     ("ConfigMap", "berth-config"), ("Deployment", "berth"), ("PodDisruptionBudget", "berth"),
     ("Service", "berth"), ("NetworkPolicy", "berth"),
@@ -62,10 +62,28 @@ def _container(deploy: dict[str, Any], name: str) -> dict[str, Any]:
     return next(c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == name)
 
 
+def _check_listeners(objs: dict[tuple[str, str], dict[str, Any]], tls: bool) -> None:
+    """The verbs on 127.0.0.1 (base) or the mTLS port (overlay); the pod IP's plain port and the Service serve
+    health and metrics only; the probes use that port."""
+    berth_yaml = yaml.safe_load(objs[("ConfigMap", "berth-config")]["data"]["berth.yaml"])["server"]
+    assert (berth_yaml["host"], berth_yaml["port"]) == ("127.0.0.1", 8888)
+    assert (berth_yaml["health_host"], berth_yaml["health_port"]) == ("0.0.0.0", 8889)
+    c = _container(objs[("Deployment", "berth")], "berth")
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"health": 8889, "https": 8443}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] == "health", probe
+    ports = {p["port"]: p["targetPort"] for p in objs[("Service", "berth")]["spec"]["ports"]}
+    assert ports == ({8889: "health", 8443: "https"} if tls else {8889: "health"}), ports
+    assert (c["args"][c["args"].index("--host") + 1] == "0.0.0.0") if tls else "--host" not in c["args"]
+    policy = objs[("NetworkPolicy", "berth")]["spec"]["ingress"]
+    assert [p["port"] for rule in policy for p in rule["ports"]] == [8443]
+
+
 def test_base_applies_server_side(cp: h.ControlPlane) -> None:
     existed = _get(cp, "deployment", "berth", "-n", "berth-system") is not None
     dry = _by_key(_apply(cp, str(DEPLOY), dry_run=True))
     assert set(dry) == BASE_OBJECTS, set(dry) ^ BASE_OBJECTS
+    _check_listeners(dry, tls=False)
     # Server-side: the API server defaulted the objects it validated.
     assert dry[("Deployment", "berth")]["spec"]["progressDeadlineSeconds"] == 600
     if not existed:
@@ -96,6 +114,7 @@ def test_tls_overlay_applies_server_side(cp: h.ControlPlane, dry_run: bool) -> N
     try:
         objs = _by_key(_apply(cp, str(TLS), dry_run=dry_run))
         assert set(objs) == BASE_OBJECTS, set(objs) ^ BASE_OBJECTS
+        _check_listeners(objs, tls=True)
         deploy = _get(cp, "deployment", "berth", "-n", "berth-system") if not dry_run else \
             objs[("Deployment", "berth")]
         assert deploy is not None

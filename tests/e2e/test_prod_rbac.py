@@ -131,3 +131,20 @@ def test_writes_berth_needs_are_allowed(cp: h.ControlPlane, api: kclient.CoreV1A
         assert "cohort" not in got["spec"]
     finally:
         custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", name)
+
+
+def test_lease_rights_cover_berths_own_lease_only(cp: h.ControlPlane, berth_kubeconfig: Path) -> None:
+    """Leader election (Role berth-lease): get and update of berth-system/berth and nothing else; create
+    cannot be limited by name, so it is allowed in berth-system alone."""
+    def can_i(*args: str) -> bool:
+        res = cp.kubectl("auth", "can-i", *args, check=False, kubeconfig=berth_kubeconfig)
+        return res.stdout.strip() == "yes"
+
+    for verb in ("get", "update"):
+        assert can_i(verb, "leases.coordination.k8s.io/berth", "-n", "berth-system"), verb
+        assert not can_i(verb, "leases.coordination.k8s.io/berth-scheduler", "-n", "berth-system"), verb
+        assert not can_i(verb, "leases.coordination.k8s.io/berth", "-n", "kube-system"), verb
+    assert can_i("create", "leases.coordination.k8s.io", "-n", "berth-system")
+    assert not can_i("create", "leases.coordination.k8s.io", "-n", "kube-system")
+    assert not can_i("delete", "leases.coordination.k8s.io/berth", "-n", "berth-system")
+    assert not can_i("list", "leases.coordination.k8s.io", "-n", "berth-system")

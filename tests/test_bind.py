@@ -1,0 +1,117 @@
+"""Bind checks the pod's name, namespace and UID together: a PodUID of another pod is refused, reserves
+nothing, and leaves that other pod's own bind free to succeed."""
+
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from scheduler.cluster.state import ClusterState
+from scheduler.extender.wire import BindingArgs
+from scheduler.model.podspec import pod_ask
+from scheduler.policy.binder import Binder, BindError
+from tests.conftest import GoWire
+
+TRAIN = ("train-llama-7f9c4-0", "ml-research", "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91")
+WEB = ("web-6d8f7c9b5-tx4qk", "default", "9a7c1e22-4b3d-4f5e-8a6b-1c2d3e4f5a6b")
+
+
+async def post(client: TestClient, verb: str, body: bytes) -> Any:
+    r = await client.post(f"/scheduler/{verb}", data=body, headers={"Content-Type": "application/json"})
+    assert r.status == 200
+    return orjson.loads(await r.read())
+
+
+async def survivors(client: TestClient, go: GoWire, which: str) -> list[str]:
+    reply = await post(client, "filter", go.args(go.pod(which), go.names()[:80]))
+    assert reply["Error"] == "" and reply["NodeNames"], reply
+    return list(reply["NodeNames"])
+
+
+def holds_nothing(state: ClusterState, *pods: tuple[str, str, str]) -> None:
+    for name, ns, uid in pods:
+        key = f"{ns}/{name}"
+        assert key not in state.reservations, f"{key} left a reservation"
+        assert state.ledger.get(key) is None, f"{key} is in the ledger"
+        assert uid not in state.ledger.by_uid, f"UID {uid} is in the ledger"
+
+
+async def test_bind_with_another_pods_uid_is_refused_over_http(client: TestClient, go: GoWire,
+                                                               demo_state: ClusterState) -> None:
+    web_nodes = await survivors(client, go, "web")
+    await survivors(client, go, "training")
+    node = web_nodes[0]
+    # The training pod's name with the web pod's UID.
+    reply = await post(client, "bind", go.binding(TRAIN[0], TRAIN[1], WEB[2], node))
+    assert reply["Error"], "a mismatched PodUID must be refused"
+    assert WEB[2] in reply["Error"] and f"{WEB[1]}/{WEB[0]}" in reply["Error"], reply
+    assert f"{TRAIN[1]}/{TRAIN[0]}" in reply["Error"], reply
+    holds_nothing(demo_state, TRAIN, WEB)
+    # The web pod's own bind is not refused as "already bound".
+    assert await post(client, "bind", go.binding(WEB[0], WEB[1], WEB[2], node)) == {"Error": ""}
+    held = demo_state.ledger.get(f"{WEB[1]}/{WEB[0]}")
+    assert held is not None and held.uid == WEB[2] and held.node == node
+    holds_nothing(demo_state, TRAIN)
+
+
+async def test_bind_with_matching_uid_still_binds(client: TestClient, go: GoWire, demo_state: ClusterState) -> None:
+    node = (await survivors(client, go, "training"))[0]
+    assert await post(client, "bind", go.binding(*TRAIN, node)) == {"Error": ""}
+    held = demo_state.ledger.get(f"{TRAIN[1]}/{TRAIN[0]}")
+    assert held is not None and held.uid == TRAIN[2]
+
+
+# -- the binder with an API server behind it (fakes for the write and the fetch) ---------------------
+class FakeApi:
+    def __init__(self, pods: dict[str, dict[str, Any]]) -> None:
+        self.pods = pods
+        self.writes: list[BindingArgs] = []
+
+    async def write(self, args: BindingArgs, annotations: dict[str, str]) -> str:
+        self.writes.append(args)
+        return ""
+
+    async def fetch(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(f"{namespace}/{name}")
+
+
+@pytest.fixture
+def api(go: GoWire) -> FakeApi:
+    return FakeApi({f"{TRAIN[1]}/{TRAIN[0]}": go.pod_object("training"), f"{WEB[1]}/{WEB[0]}": go.pod_object("web")})
+
+
+async def test_binder_refuses_uid_seen_for_another_pod(demo_state: ClusterState, go: GoWire, api: FakeApi) -> None:
+    binder = Binder(demo_state, api.write, api.fetch)
+    demo_state.seen.remember(pod_ask(go.pod_object("web")))  # filter saw the web pod
+    node = go.names("shared")[0]
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(TRAIN[0], TRAIN[1], WEB[2], node))
+    assert f"{WEB[1]}/{WEB[0]}" in err.value.reason and f"{TRAIN[1]}/{TRAIN[0]}" in err.value.reason
+    assert api.writes == [], "nothing may be written for a mismatched bind"
+    holds_nothing(demo_state, TRAIN, WEB)
+    assert await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node)) == "bound"
+    assert [a.uid for a in api.writes] == [WEB[2]]
+
+
+async def test_binder_refuses_uid_the_api_server_does_not_have(demo_state: ClusterState, go: GoWire,
+                                                               api: FakeApi) -> None:
+    """Filter never saw the pod: it is fetched by name, and its UID there must be the PodUID."""
+    binder = Binder(demo_state, api.write, api.fetch)
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(TRAIN[0], TRAIN[1], WEB[2], go.names("shared")[0]))
+    assert TRAIN[2] in err.value.reason and WEB[2] in err.value.reason
+    assert api.writes == []
+    holds_nothing(demo_state, TRAIN, WEB)
+
+
+async def test_binder_checks_uid_before_trusting_a_bound_pod(demo_state: ClusterState, go: GoWire,
+                                                            api: FakeApi) -> None:
+    """The pod of that name is already on the node but with another UID: not "already bound"."""
+    node = go.names("shared")[0]
+    api.pods[f"{TRAIN[1]}/{TRAIN[0]}"]["spec"]["nodeName"] = node
+    binder = Binder(demo_state, api.write, api.fetch)
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(TRAIN[0], TRAIN[1], WEB[2], node))
+    assert "recreated" in err.value.reason
+    holds_nothing(demo_state, TRAIN, WEB)
