@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from tests.conftest import demo_cluster
+from tests.fakes.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_REQUEST = ROOT / "config" / "demo-filter-request.json"
@@ -70,12 +70,6 @@ def test_demo_nodes_out_of_bounds(nodes: str) -> None:
     proc = berth("serve", "--demo", "--demo-nodes", nodes, "--port", "0")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "berth: --demo-nodes must be from 1 to 15000"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.util
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,9 @@ from types import ModuleType
 import orjson
 import pytest
 
-from loadtests import bench
+from loadtests import objects, wrk
+from loadtests.suite import build_bodies
+from tests.fakes.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"
@@ -29,12 +30,6 @@ def load_typical() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -125,9 +120,9 @@ def sample_nodes(count: int) -> list[dict]:
 
 def test_bench_bodies_look_like_kube_scheduler_requests(tmp_path: Path) -> None:
     infos = sample_nodes(40)
-    cases = [bench.Case("filter", "names", 30), bench.Case("filter", "nodelist", 20), bench.Case("bind")]
-    pod = bench.make_pod("llm-finetune-7b-x2k9q-0")
-    bodies = bench.build_bodies(infos, cases, tmp_path, pod, seed=1)
+    cases = [wrk.Case("filter", "names", 30), wrk.Case("filter", "nodelist", 20), wrk.Case("bind")]
+    pod = objects.make_pod("llm-finetune-7b-x2k9q-0")
+    bodies = build_bodies(infos, cases, tmp_path, pod, seed=1)
 
     raw = bodies.files[("names", 30)].read_bytes()
     args = orjson.loads(raw)
@@ -147,7 +142,7 @@ def test_bench_bodies_look_like_kube_scheduler_requests(tmp_path: Path) -> None:
 
 def test_typical_extender_request_and_score_follow_the_contract() -> None:
     typical = load_typical()
-    pod = bench.make_pod("job-0", gpus=2, cpu="1500m", memory="1Gi")
+    pod = objects.make_pod("job-0", gpus=2, cpu="1500m", memory="1Gi")
     pod["spec"]["initContainers"] = [{"resources": {"requests": {"cpu": "4"}}}]
     pod["spec"]["overhead"] = {"cpu": "100m", "memory": "64Mi"}
     want = typical.pod_request(pod)
@@ -184,6 +179,6 @@ Requests/sec:   {rps}
 Transfer/sec:     10.37MB
 BIND ok=1514 rejected=3
 """
-    result = bench.parse_wrk(output)
+    result = wrk.parse_wrk(output)
     assert (result.p50_ms, result.p99_ms, result.rps, result.requests) == (pytest.approx(p50), p99, rps, 1517)
     assert result.errors == 3
