@@ -211,7 +211,7 @@ def teamquota_object(t: int) -> dict[str, Any]:
 
 
 def _fields_spec() -> dict[str, Any]:
-    c = {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:env": {}, "f:ports": {},
+    c: dict[str, Any] = {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:env": {}, "f:ports": {},
          "f:livenessProbe": {}, "f:readinessProbe": {}, "f:resources": {".": {}, "f:limits": {}, "f:requests": {}},
          "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}, "f:volumeMounts": {}}
     return {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
@@ -222,11 +222,11 @@ def _fields_spec() -> dict[str, Any]:
 
 
 FIELDS_SPEC = _fields_spec()
-FIELDS_STATUS = {"f:status": {"f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {},
-                                                                     "f:status": {}, "f:type": {}}},
-                              "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {},
-                              "f:podIP": {}, "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
-                              "f:startTime": {}}}
+FIELDS_STATUS: dict[str, Any] = {"f:status": {
+    "f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
+    "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {},
+    "f:podIP": {}, "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
+    "f:startTime": {}}}
 
 
 def _pod_spec(gpus: int, cpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:

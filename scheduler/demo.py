@@ -21,7 +21,7 @@ SHAPES: list[tuple[str, float, int, int, int, str | None, list[list[int]] | None
 GPU_MEMORY = {"NVIDIA-A100-SXM4-80GB": 81920, "NVIDIA-A100-PCIE-40GB": 40960, "NVIDIA-H100-80GB-HBM3": 81559,
               "NVIDIA-L4": 23034}
 
-TEAMS = [
+TEAMS: list[dict[str, Any]] = [
     {"name": "ml-research", "pools": ["a100", "a100-pcie"], "cohort": "gpu-shared", "gpu": (0.8, 1.3)},
     {"name": "training", "pools": ["h100"], "cohort": "gpu-shared", "gpu": (0.9, 1.2)},
     {"name": "inference", "pools": ["inference"], "cohort": "gpu-shared", "gpu": (0.9, 1.1)},
