@@ -10,6 +10,9 @@ Servers: `berth` (native kernels), `berth-pure` (BERTH_NO_EXTENSIONS=1, the pure
     python -m loadtests.bench                        # everything, ~5 minutes on 2 cores
     python -m loadtests.bench --quick                # smoke run: 500 nodes, 1 s per case
     python -m loadtests.bench --servers typical --synthetic 7500 --markdown bench.md
+
+This module is the command line; `suite` runs one server's cases, `wrk` drives wrk, `procs` starts
+and pins the processes, `report` writes the tables and `objects` builds the request bodies.
 """
 
 from __future__ import annotations
