@@ -42,6 +42,20 @@ spec:
 """
 
 
+class Stopped(Exception):
+    """Ctrl-C, SIGTERM or SIGHUP: unwind through the `finally`s that stop the processes."""
+
+
+def _stop(signum: int, _frame: object) -> None:
+    for sig in STOP_SIGNALS:  # a second signal must not cut the cleanup short
+        signal.signal(sig, signal.SIG_IGN)
+    raise Stopped(signal.Signals(signum).name)
+
+
+# SIGINT too: a shell that starts this in the background ignores SIGINT, and a closed terminal sends SIGHUP.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="make cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=8888, help="Berth's port (make cluster PORT=...; default 8888)")
@@ -84,7 +98,7 @@ Logs: {cp.dir}/*.log. Ctrl-C stops everything and removes {cp.dir}."""
 
 
 def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
-    """Start everything on `cp` and wait for Ctrl-C, SIGTERM (0) or a process that exits (1)."""
+    """Start everything on `cp` and wait for a process that exits (1), or until a stop signal."""
     cp.start()
     berth_kc = cp.install_berth_identity()
     nodes = cluster_nodes()
@@ -97,9 +111,7 @@ def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
         procs.append(h.start_scheduler(cp, "kube-scheduler-berth", cfg))
         (cp.dir / "trainer.yaml").write_text(EXAMPLE_POD)
         print(banner(cp, args.port, len(nodes)), flush=True)
-        stop: list[int] = []
-        signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-        while not stop and all(p.alive for p in procs):
+        while all(p.alive for p in procs):
             time.sleep(1)
         dead = [p for p in procs if not p.alive]
         for p in dead:
@@ -115,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="berth-cluster-"))
     cp = control_plane(args, workdir)
     code = 0
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
     try:
         code = serve(args, cp)
-    except KeyboardInterrupt:
+    except Stopped:
         pass
     finally:
         cp.stop()

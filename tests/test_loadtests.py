@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.util
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -232,11 +234,18 @@ def test_make_cluster_takes_ports_and_removes_its_directory(monkeypatch: pytest.
     def fake_serve(args: Any, cp: Any) -> int:
         seen.update(dir=cp.dir, ports=(args.port, cp.api_port, cp.etcd_port), peer=cp.peer_port)
         (cp.dir / "berth.log").write_text("...")
-        raise KeyboardInterrupt  # Ctrl-C
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the handler raises out of here
+        time.sleep(5)
+        raise AssertionError("SIGINT did not stop the cluster")
 
     monkeypatch.setattr(cluster, "serve", fake_serve)
     monkeypatch.setattr(cluster.h.ControlPlane, "stop", lambda self: None)
-    assert cluster.main(["--port", "9001", "--api-port", "9002", "--etcd-port", "9003"]) == 0
+    saved = {sig: signal.getsignal(sig) for sig in cluster.STOP_SIGNALS}
+    try:
+        assert cluster.main(["--port", "9001", "--api-port", "9002", "--etcd-port", "9003"]) == 0
+    finally:  # main() installs its own handlers
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
     assert seen["ports"] == (9001, 9002, 9003) and seen["peer"] > 0 and args.etcd_peer_port is None
     assert not seen["dir"].exists(), "the temporary directory must go on exit"
 
