@@ -61,7 +61,7 @@ def make_pod(namespace: str, name: str, node: str | None, cpu: str, mem: str, gp
              annotations: dict[str, str] | None = None, priority: int = 0) -> dict[str, Any]:
     """A demo pod asking for berth-scheduler: Running on `node`, or Pending without one."""
     main = objects.container("main", "busybox", objects.resources(cpu, mem, gpus))
-    return objects.pod(name, [main], namespace=namespace, node_name=node, priority=priority,
+    return objects.pod(name, [main], namespace=namespace, node_name=node or None, priority=priority,
                        uid=f"uid-{namespace}-{name}", annotations=annotations or {},
                        phase="Running" if node else "Pending")
 

@@ -31,7 +31,7 @@ def pod(name: str, group: str, gpus: int = 0, cpu: str = "1", memory: str = "1Gi
     spec: dict[str, Any] = {"nodeSelector": {"e2e-group": group}, "terminationGracePeriodSeconds": grace_period}
     if priority_class:
         spec["priorityClassName"] = priority_class
-    return objects.pod(name, [main], scheduler=scheduler, node_name=node_name, annotations=annotations or {},
+    return objects.pod(name, [main], scheduler=scheduler, node_name=node_name or None, annotations=annotations or {},
                        spec=spec)
 
 
