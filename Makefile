@@ -41,11 +41,13 @@ lint: install  ## ruff check, ruff format --check and mypy, all clean
 	$(VENV)/bin/ruff format --check scheduler tests loadtests
 	$(VENV)/bin/mypy
 
-cluster: install k8s  ## a local control plane + Berth + berth-scheduler to try by hand
-	$(PY) -m tests.e2e.cluster_cli
+cluster: install k8s  ## a local control plane + Berth (PORT) + berth-scheduler to try by hand; API_PORT, ETCD_PORT, ETCD_PEER_PORT: free ones unless set
+	$(PY) scripts/cluster.py --port $(PORT) $(if $(API_PORT),--api-port $(API_PORT)) \
+		$(if $(ETCD_PORT),--etcd-port $(ETCD_PORT)) $(if $(ETCD_PEER_PORT),--etcd-peer-port $(ETCD_PEER_PORT))
 
 bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typical extender (needs wrk)
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v wrk >/dev/null || { echo "make bench needs wrk (https://github.com/wg/wrk): on Debian/Ubuntu" \
+		"\`sudo apt-get install -y wrk\`, on macOS \`brew install wrk\`; then run make bench again" >&2; exit 2; }
 	$(PY) -m scheduler bench --markdown docs/benchmarks/bench.md
 
 bench-quality: install  ## GPU placement quality: Berth's policy vs kube-scheduler's LeastAllocated

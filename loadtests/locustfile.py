@@ -27,10 +27,10 @@ import orjson
 from locust import FastHttpUser, events, task
 
 try:
-    from loadtests.bench import make_pod
+    from loadtests.objects import make_pod
 except ImportError:  # run from a checkout without Berth installed
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from loadtests.bench import make_pod
+    from loadtests.objects import make_pod
 
 SAMPLE = 500
 HEADERS = {"Content-Type": "application/json"}

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests.report import render
 from scheduler import kernels
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, pod_key
@@ -370,15 +371,6 @@ def rows(berth: Result, base: Result) -> list[list[str]]:
     add("all pods placed", berth.placed_share(), base.placed_share())
     add("GPUs busy, time average", berth.busy / gpus, base.busy / gpus)
     return out
-
-
-def render(headers: Sequence[str], body: Sequence[Sequence[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
-    widths = [max(len(x) for x in column) for column in zip(headers, *body, strict=True)]
-    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body])
 
 
 def describe(args: argparse.Namespace, results: list[Result]) -> list[str]:

@@ -59,6 +59,9 @@ import orjson  # noqa: E402
 import yaml  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from scheduler.cluster import objects  # noqa: E402
+from tests.fakes.ports import free_port  # noqa: E402
+
 TARGET_RSS_MB = 300
 TARGET_SYNC_S = 15
 GZIP_MIN = 128 * 1024  # the API server compresses responses from this size (level 1)
@@ -156,42 +159,39 @@ def node_object(i: int, gpu_every: int = 4) -> dict[str, Any]:
     alloc = {"cpu": "95500m" if gpus else "63500m", "memory": "1031093672Ki" if gpus else "257698788Ki",
              "ephemeral-storage": "431110138368", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "pods": "110"}
     cap = {**alloc, "cpu": "96" if gpus else "64", "ephemeral-storage": "467784684Ki"}
-    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
               "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
               "node.kubernetes.io/instance-type": "p4d.24xlarge" if gpus else "m6i.16xlarge",
               "topology.kubernetes.io/region": "us-east-1", "topology.kubernetes.io/zone": zone,
-              "berth.dev/pool": "shared", "eks.amazonaws.com/nodegroup": "gpu" if gpus else "general"}
+              "eks.amazonaws.com/nodegroup": "gpu" if gpus else "general"}
     if gpus:
         alloc["nvidia.com/gpu"] = cap["nvidia.com/gpu"] = str(gpus)
-        labels.update({"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu.count": "8",
-                       "nvidia.com/gpu.memory": "81920", "nvidia.com/mig.strategy": "none"})
+        labels.update({"nvidia.com/gpu.memory": "81920", "nvidia.com/mig.strategy": "none"})
     ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
     stamp = "2026-11-20T08:00:00Z"
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": {
-            "node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-            "csi.volume.kubernetes.io/nodeid": orjson.dumps({"ebs.csi.aws.com": f"i-{i:017x}"}).decode()}},
-        "spec": {"podCIDR": f"100.{i // 256 % 256}.{i % 256}.0/24", "providerID": f"aws:///{zone}/i-{i:017x}"},
-        "status": {
-            "capacity": cap, "allocatable": alloc,
-            "conditions": [{"type": t, "status": "False", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
-                            "reason": f"KubeletHasNo{t}", "message": f"kubelet has no {t}"}
-                           for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
-            + [{"type": "Ready", "status": "True", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
-                "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
-            "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name},
-                          {"type": "InternalDNS", "address": f"ip-{ip.replace('.', '-')}.ec2.internal"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-            "nodeInfo": {"machineID": f"{i:032x}", "systemUUID": f"ec2{i:029x}", "bootID": f"{i:08x}-b00t",
-                         "kernelVersion": "6.1.112-124.190.amzn2023.x86_64", "osImage": "Amazon Linux 2023",
-                         "containerRuntimeVersion": "containerd://1.7.22", "kubeletVersion": "v1.36.3",
-                         "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
-            "images": [{"names": [f"registry.example.com/team/app-{k}@sha256:{k:064x}",
-                                  f"registry.example.com/team/app-{k}:v1.{k}.0"], "sizeBytes": 10_000_000 * (k + 1)}
-                       for k in range(12)],
-        },
+    annotations = {"node.alpha.kubernetes.io/ttl": "0",
+                   "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+                   "csi.volume.kubernetes.io/nodeid": orjson.dumps({"ebs.csi.aws.com": f"i-{i:017x}"}).decode()}
+    conditions = [{"type": t, "status": "False", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
+                   "reason": f"KubeletHasNo{t}", "message": f"kubelet has no {t}"}
+                  for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
+    conditions.append({"type": "Ready", "status": "True", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
+                       "reason": "KubeletReady", "message": "kubelet is posting ready status"})
+    status = {
+        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name},
+                      {"type": "InternalDNS", "address": f"ip-{ip.replace('.', '-')}.ec2.internal"}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {"machineID": f"{i:032x}", "systemUUID": f"ec2{i:029x}", "bootID": f"{i:08x}-b00t",
+                     "kernelVersion": "6.1.112-124.190.amzn2023.x86_64", "osImage": "Amazon Linux 2023",
+                     "containerRuntimeVersion": "containerd://1.7.22", "kubeletVersion": "v1.36.3",
+                     "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+        "images": [{"names": [f"registry.example.com/team/app-{k}@sha256:{k:064x}",
+                              f"registry.example.com/team/app-{k}:v1.{k}.0"], "sizeBytes": 10_000_000 * (k + 1)}
+                   for k in range(12)],
     }
+    spec = {"podCIDR": f"100.{i // 256 % 256}.{i % 256}.0/24", "providerID": f"aws:///{zone}/i-{i:017x}"}
+    return objects.node(name, alloc, capacity=cap, pool="shared", gpu_model="NVIDIA-A100-SXM4-80GB", labels=labels,
+                        annotations=annotations, conditions=conditions, spec=spec, status=status)
 
 
 def namespace_name(k: int) -> str:
@@ -211,7 +211,7 @@ def teamquota_object(t: int) -> dict[str, Any]:
 
 
 def _fields_spec() -> dict[str, Any]:
-    c = {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:env": {}, "f:ports": {},
+    c: dict[str, Any] = {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:env": {}, "f:ports": {},
          "f:livenessProbe": {}, "f:readinessProbe": {}, "f:resources": {".": {}, "f:limits": {}, "f:requests": {}},
          "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}, "f:volumeMounts": {}}
     return {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
@@ -222,43 +222,45 @@ def _fields_spec() -> dict[str, Any]:
 
 
 FIELDS_SPEC = _fields_spec()
-FIELDS_STATUS = {"f:status": {"f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {},
-                                                                     "f:status": {}, "f:type": {}}},
-                              "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {},
-                              "f:podIP": {}, "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
-                              "f:startTime": {}}}
+FIELDS_STATUS: dict[str, Any] = {"f:status": {
+    "f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
+    "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {},
+    "f:podIP": {}, "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
+    "f:startTime": {}}}
 
 
-def _pod_spec(node: str, gpus: int, cpu: str) -> dict[str, Any]:
+def _pod_spec(gpus: int, cpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A Deployment pod's container and the rest of its spec (what the factory does not fill in)."""
     res: dict[str, Any] = {"requests": {"cpu": cpu, "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
     if gpus:
         res["limits"]["nvidia.com/gpu"] = str(gpus)
         res["requests"]["nvidia.com/gpu"] = str(gpus)
     probe = {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"}, "initialDelaySeconds": 10,
              "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}
-    return {
+    app = objects.container(
+        "app", "registry.example.com/team/app:v1.42.0", res,
+        ports=[{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+        env=[{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_NAME", "valueFrom": {
+            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
+        livenessProbe=probe, readinessProbe=probe,
+        volumeMounts=[{"name": "kube-api-access-x7k2p", "readOnly": True,
+                       "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+        terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File",
+        imagePullPolicy="IfNotPresent")
+    spec = {
         "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
             {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
             {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
             {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
                                                                           "fieldPath": "metadata.namespace"}}]}}],
             "defaultMode": 420}}],
-        "containers": [{"name": "app", "image": "registry.example.com/team/app:v1.42.0",
-                        "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-                        "env": [{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_NAME", "valueFrom": {
-                            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
-                        "resources": res, "livenessProbe": probe, "readinessProbe": probe,
-                        "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": True,
-                                          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
-                        "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
-                        "imagePullPolicy": "IfNotPresent"}],
         "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default", "serviceAccount": "default", "nodeName": node, "securityContext": {},
-        "schedulerName": "berth-scheduler",
+        "serviceAccountName": "default", "serviceAccount": "default", "securityContext": {},
         "tolerations": [{"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute",
                          "tolerationSeconds": 300} for k in ("not-ready", "unreachable")],
-        "priority": 0, "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority",
+        "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority",
     }
+    return [app], spec
 
 
 def _pod_status(i: int, node_ip: str) -> dict[str, Any]:
@@ -291,14 +293,11 @@ def pod_object(i: int, nodes: int, gpu_every: int = 4, server_fields: bool = Tru
     if gpus:
         annotations["berth.dev/gpu-ids"] = str(slot_on_node)
     meta: dict[str, Any] = {
-        "name": name, "generateName": f"{rs}-", "namespace": ns,
-        "labels": {"app": app, "pod-template-hash": rs[-10:], "app.kubernetes.io/part-of": "platform"},
-        "annotations": annotations,
+        "generateName": f"{rs}-",
         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
                              "uid": f"{i % 997:08x}-0000-4000-8000-{i % 997:012x}", "controller": True,
                              "blockOwnerDeletion": True}]}
-    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                           "spec": _pod_spec(node_name(n), gpus, "2" if gpus else ("500m", "250m", "1")[i % 3])}
+    status = None
     if server_fields:
         meta.update({"uid": f"{i:08x}-1111-4000-8000-{i:012x}", "resourceVersion": str(100000 + i),
                      "creationTimestamp": "2026-11-20T08:59:58Z", "managedFields": [
@@ -307,8 +306,11 @@ def pod_object(i: int, nodes: int, gpu_every: int = 4, server_fields: bool = Tru
                          {"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
                           "time": "2026-11-20T09:00:03Z", "fieldsType": "FieldsV1", "fieldsV1": FIELDS_STATUS,
                           "subresource": "status"}]})
-        pod["status"] = _pod_status(i, f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
-    return pod
+        status = _pod_status(i, f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
+    containers, spec = _pod_spec(gpus, "2" if gpus else ("500m", "250m", "1")[i % 3])
+    labels = {"app": app, "pod-template-hash": rs[-10:], "app.kubernetes.io/part-of": "platform"}
+    return objects.pod(name, containers, namespace=ns, node_name=node_name(n), priority=0, labels=labels,
+                       annotations=annotations, metadata=meta, spec=spec, status=status)
 
 
 # -- the replay server ----------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ class ReplayServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         if self.upstream:
             self._session = aiohttp.ClientSession(auto_decompress=False,
@@ -498,7 +500,7 @@ def cpu_seconds(pid: int) -> float:
 
 class BerthProcess:
     def __init__(self, kubeconfig: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.kubeconfig = kubeconfig
         self.log = log
         self.env = env
@@ -740,13 +742,6 @@ def _trim_pstats(text: str) -> str:
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 

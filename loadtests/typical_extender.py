@@ -1,10 +1,11 @@
 """A reference "typical Python extender", written the way most scheduler extenders are written.
 
 aiohttp, the stdlib ``json`` module, one dict per node, a loop over the request's node names that
-looks each one up in a dict, and a ``json.dumps`` reply. It makes Berth's resource-fit decisions, so
-benchmarks compare implementations rather than policies; it knows nothing of teams, pools, GPU models
-or topology, so it does less per node than Berth, and for a team's pod more nodes fit (the bench's
-notes give both counts):
+looks each one up in a dict, and a ``json.dumps`` reply. It checks resource fit only (free CPU, memory,
+GPUs and pod slots, as Berth's own resource check does), so on that part benchmarks compare
+implementations rather than policies; it knows nothing of teams, pools, GPU models or topology, so
+it does less per node than Berth, and for a team's pod more nodes fit (the bench's notes give both
+counts):
 
 - a node fits when free cpu, memory and GPUs cover the pod's request and one pod slot is free;
 - score = least-allocated ((free_cpu - req_cpu) / alloc_cpu + (free_mem - req_mem) / alloc_mem) / 2 * 10,

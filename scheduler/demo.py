@@ -1,13 +1,14 @@
 """The embedded demo cluster: deterministic (seeded) nodes, pods and TeamQuotas, fed through the same
-`apply_*` paths the informers use, so `berth serve --demo` exercises the real parsers and ledgers."""
+`apply_*` paths the informers use, so `berth serve --demo` exercises the real parsers and ledgers.
+Nodes and pods come from the one object factory, `scheduler.cluster.objects`."""
 
 import random
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
+from scheduler.cluster import objects
 from scheduler.cluster.state import ClusterState
+from scheduler.model.quantity import GPU
 
 # (pool, share of nodes, cpu, memory Gi, gpus, model, islands)
 SHAPES: list[tuple[str, float, int, int, int, str | None, list[list[int]] | None]] = [
@@ -20,7 +21,7 @@ SHAPES: list[tuple[str, float, int, int, int, str | None, list[list[int]] | None
 GPU_MEMORY = {"NVIDIA-A100-SXM4-80GB": 81920, "NVIDIA-A100-PCIE-40GB": 40960, "NVIDIA-H100-80GB-HBM3": 81559,
               "NVIDIA-L4": 23034}
 
-TEAMS = [
+TEAMS: list[dict[str, Any]] = [
     {"name": "ml-research", "pools": ["a100", "a100-pcie"], "cohort": "gpu-shared", "gpu": (0.8, 1.3)},
     {"name": "training", "pools": ["h100"], "cohort": "gpu-shared", "gpu": (0.9, 1.2)},
     {"name": "inference", "pools": ["inference"], "cohort": "gpu-shared", "gpu": (0.9, 1.1)},
@@ -35,44 +36,34 @@ def node_name(rng: random.Random, pool: str, i: int) -> str:
 
 def make_node(name: str, pool: str, cpu: int, mem_gi: int, gpus: int, model: str | None,
               islands: list[list[int]] | None, load: float | None, now: str, zone: str) -> dict[str, Any]:
-    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "berth.dev/pool": pool,
-              "topology.kubernetes.io/zone": zone, "node.kubernetes.io/instance-type": f"{pool}-standard"}
+    """A demo node: allocatable a little under capacity's round numbers, GPU feature-discovery labels,
+    Berth's topology annotation and (when `load` is set) a load reading taken at `now`."""
+    labels = {"kubernetes.io/os": "linux", "topology.kubernetes.io/zone": zone,
+              "node.kubernetes.io/instance-type": f"{pool}-standard"}
     annotations: dict[str, str] = {}
     alloc = {"cpu": f"{cpu * 1000 - 500}m", "memory": f"{mem_gi * 1024 - 2048}Mi", "pods": "110",
              "ephemeral-storage": "500Gi"}
+    topology = None
     if gpus and model:
-        alloc["nvidia.com/gpu"] = str(gpus)
-        labels.update({"nvidia.com/gpu.product": model, "nvidia.com/gpu.count": str(gpus),
-                       "nvidia.com/gpu.memory": str(GPU_MEMORY[model]), "nvidia.com/mig.strategy": "none"})
+        alloc[GPU] = str(gpus)
+        labels |= {"nvidia.com/gpu.memory": str(GPU_MEMORY[model]), "nvidia.com/mig.strategy": "none"}
         if islands:
-            annotations["berth.dev/gpu-topology"] = orjson.dumps(
-                {"islands": islands, "links": "nvswitch" if len(islands) == 1 else "nvlink"
-                 if len(islands[0]) > 1 else "pcie"}).decode()
+            links = "nvswitch" if len(islands) == 1 else "nvlink" if len(islands[0]) > 1 else "pcie"
+            topology = {"islands": islands, "links": links}
     if load is not None:
         annotations["berth.dev/load"] = f"{load:.2f}"
         annotations["berth.dev/load-time"] = now
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations},
-        "spec": {},
-        "status": {"capacity": dict(alloc), "allocatable": alloc,
-                   "conditions": [{"type": "Ready", "status": "True"}]},
-    }
+    return objects.node(name, alloc, pool=pool, gpu_model=model if gpus else None, topology=topology,
+                        labels=labels, annotations=annotations, spec={})
 
 
 def make_pod(namespace: str, name: str, node: str | None, cpu: str, mem: str, gpus: int,
              annotations: dict[str, str] | None = None, priority: int = 0) -> dict[str, Any]:
-    resources: dict[str, Any] = {"requests": {"cpu": cpu, "memory": mem}}
-    if gpus:
-        resources["limits"] = {"nvidia.com/gpu": str(gpus)}
-    spec: dict[str, Any] = {"schedulerName": "berth-scheduler", "priority": priority,
-                            "containers": [{"name": "main", "image": "busybox", "resources": resources}]}
-    if node:
-        spec["nodeName"] = node
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{namespace}-{name}",
-                         "annotations": annotations or {}},
-            "spec": spec, "status": {"phase": "Running" if node else "Pending"}}
+    """A demo pod asking for berth-scheduler: Running on `node`, or Pending without one."""
+    main = objects.container("main", "busybox", objects.resources(cpu, mem, gpus))
+    return objects.pod(name, [main], namespace=namespace, node_name=node or None, priority=priority,
+                       uid=f"uid-{namespace}-{name}", annotations=annotations or {},
+                       phase="Running" if node else "Pending")
 
 
 def team_quota(name: str, pools: list[str], cohort: str | None, resources: dict[str, dict[str, str]]

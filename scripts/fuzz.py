@@ -23,7 +23,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python scripts/fuzz.py`: the shared test fakes come from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from tests.fakes.ports import free_port  # noqa: E402
+
 GO_FIXTURES = ROOT / "tests" / "fixtures" / "go"
 VERBS = ("filter", "prioritize", "bind", "preempt")
 FILTER_KEYS = {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
@@ -289,12 +293,6 @@ def generate(templates: Templates, limit: int, count: int, out: queue.Queue[tupl
         draw()
     finally:
         out.put(None)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

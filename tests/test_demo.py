@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,10 @@ import pytest
 
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
+from scheduler.demo import make_node, make_pod
 from tests.conftest import demo_cluster
+from tests.fakes import objects as fake
+from tests.fakes.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_REQUEST = ROOT / "config" / "demo-filter-request.json"
@@ -72,12 +74,6 @@ def test_demo_nodes_out_of_bounds(nodes: str) -> None:
     assert proc.stderr.strip() == "berth: --demo-nodes must be from 1 to 15000"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(url: str) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -90,7 +86,8 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, deadline: float = 60) -
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"berth exited with {proc.returncode}: {proc.stderr.read().decode()}")
+            stderr = proc.stderr.read().decode() if proc.stderr else ""
+            raise AssertionError(f"berth exited with {proc.returncode}: {stderr}")
         try:
             if get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
                 return
@@ -174,3 +171,43 @@ def test_demo_nodes_lower_bound_serves() -> None:
     for port in serving("--demo-nodes", "1"):
         status, body = get(f"http://127.0.0.1:{port}/debug/state")
         assert status == 200 and orjson.loads(body)["nodes"] == 1
+
+
+def test_object_factory_builds_what_berth_reads() -> None:
+    """A node and a bound pod from the one factory (tests.fakes.objects), applied as an informer would:
+    Berth sees the pool, GPU model, islands and the pod's GPU and CPU on that node."""
+    state = ClusterState(Config())
+    alloc = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8"}
+    node = fake.node("gpu-0", alloc, pool="a100", gpu_model="NVIDIA-A100-SXM4-80GB",
+                     topology={"islands": [[0, 1, 2, 3], [4, 5, 6, 7]]})
+    assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB" and "spec" not in node
+    state.apply_node("ADDED", node)
+    main = fake.container("main", "busybox", fake.resources("2", "4Gi", gpus=2))
+    state.apply_pod("ADDED", fake.pod("p", [main], namespace="ns", node_name="gpu-0", uid="u-1", phase="Running"))
+    view = state.node_view(state.table.slot_of["gpu-0"])
+    assert (view["pool"], view["gpuModel"], view["islands"]) == ("a100", "NVIDIA-A100-SXM4-80GB",
+                                                                  [[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert view["free"]["nvidia.com/gpu"] == 6 and view["free"]["cpu"] == 14_000, view
+
+
+def test_object_factory_keeps_go_field_order() -> None:
+    """Pods come out in Go's struct field order whatever order the caller gave, so bodies built from them
+    look like kube-scheduler's json.Marshal."""
+    pod = fake.pod("p", [], namespace="ns", node_name="n", priority=1, uid="u", metadata={"generateName": "p-"},
+                   spec={"tolerations": [], "volumes": []}, type_meta=False)
+    assert list(pod) == ["metadata", "spec"]
+    assert list(pod["metadata"]) == ["name", "generateName", "namespace", "uid"]
+    assert list(pod["spec"]) == ["volumes", "containers", "nodeName", "schedulerName", "tolerations", "priority"]
+
+
+def test_demo_objects_come_from_the_factory() -> None:
+    node = make_node("n", "a100", 8, 64, 8, "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3, 4, 5, 6, 7]], 0.5, "t", "z")
+    topology = node["metadata"]["annotations"]["berth.dev/gpu-topology"]
+    assert topology == '{"islands":[[0,1,2,3,4,5,6,7]],"links":"nvswitch"}'
+    assert node["metadata"]["annotations"]["berth.dev/load"] == "0.50"
+    assert node["status"]["allocatable"] == {"cpu": "7500m", "memory": "63488Mi", "pods": "110",
+                                             "ephemeral-storage": "500Gi", "nvidia.com/gpu": "8"}
+    pod = make_pod("ns", "p", None, "1", "1Gi", 1)
+    assert pod["status"] == {"phase": "Pending"} and "nodeName" not in pod["spec"]
+    assert pod["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"},
+                                                         "limits": {"nvidia.com/gpu": "1"}}

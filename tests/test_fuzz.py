@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 import pytest
@@ -60,11 +61,11 @@ class Target:
         await client.start_server()
         return client
 
-    async def _send(self, verb: str, body: bytes) -> "fuzz.Reply":
+    async def _send(self, verb: str, body: bytes) -> Any:
         r = await self.client.post(f"/scheduler/{verb}", data=body, headers={"Content-Type": "application/json"})
         return fuzz.Reply(r.status, dict(r.headers), await r.read())
 
-    def send(self, verb: str, body: bytes) -> "fuzz.Reply":
+    def send(self, verb: str, body: bytes) -> Any:
         started = time.perf_counter()
         try:
             reply = self.loop.run_until_complete(asyncio.wait_for(self._send(verb, body), TIMEOUT))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import importlib.util
-import socket
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,11 +15,15 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 import pytest
 
-from loadtests import bench
+from loadtests import objects, wrk
+from loadtests.report import render
+from loadtests.suite import build_bodies
+from tests.fakes.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTESTS = ROOT / "loadtests"
@@ -29,12 +35,6 @@ def load_typical() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -125,9 +125,9 @@ def sample_nodes(count: int) -> list[dict]:
 
 def test_bench_bodies_look_like_kube_scheduler_requests(tmp_path: Path) -> None:
     infos = sample_nodes(40)
-    cases = [bench.Case("filter", "names", 30), bench.Case("filter", "nodelist", 20), bench.Case("bind")]
-    pod = bench.make_pod("llm-finetune-7b-x2k9q-0")
-    bodies = bench.build_bodies(infos, cases, tmp_path, pod, seed=1)
+    cases = [wrk.Case("filter", "names", 30), wrk.Case("filter", "nodelist", 20), wrk.Case("bind")]
+    pod = objects.make_pod("llm-finetune-7b-x2k9q-0")
+    bodies = build_bodies(infos, cases, tmp_path, pod, seed=1)
 
     raw = bodies.files[("names", 30)].read_bytes()
     args = orjson.loads(raw)
@@ -147,7 +147,7 @@ def test_bench_bodies_look_like_kube_scheduler_requests(tmp_path: Path) -> None:
 
 def test_typical_extender_request_and_score_follow_the_contract() -> None:
     typical = load_typical()
-    pod = bench.make_pod("job-0", gpus=2, cpu="1500m", memory="1Gi")
+    pod = objects.make_pod("job-0", gpus=2, cpu="1500m", memory="1Gi")
     pod["spec"]["initContainers"] = [{"resources": {"requests": {"cpu": "4"}}}]
     pod["spec"]["overhead"] = {"cpu": "100m", "memory": "64Mi"}
     want = typical.pod_request(pod)
@@ -184,6 +184,74 @@ Requests/sec:   {rps}
 Transfer/sec:     10.37MB
 BIND ok=1514 rejected=3
 """
-    result = bench.parse_wrk(output)
+    result = wrk.parse_wrk(output)
     assert (result.p50_ms, result.p99_ms, result.rps, result.requests) == (pytest.approx(p50), p99, rps, 1517)
     assert result.errors == 3
+
+
+def test_render_plain_and_markdown() -> None:
+    rows = [["filter", "1.5"], ["bind", "12.25"]]
+    assert render(["case", "ms"], rows, markdown=True) == "| case | ms |\n|---|---|\n| filter | 1.5 |\n| bind | 12.25 |"
+    assert render(["case", "ms"], rows, markdown=False).splitlines() == [
+        "case       ms", "------  -----", "filter    1.5", "bind    12.25"]
+
+
+def test_berth_bench_outside_a_checkout_exits_2(tmp_path: Path) -> None:
+    """An installed Berth has no loadtests/ next to its package: `berth bench` says where to run it."""
+    shutil.copytree(ROOT / "scheduler", tmp_path / "scheduler")  # a package with no checkout around it
+    proc = subprocess.run([sys.executable, "-m", "scheduler", "bench", "--quick"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "source checkout" in proc.stderr and "make bench" in proc.stderr
+    # Every other command still works there.
+    proc = subprocess.run([sys.executable, "-m", "scheduler", "explain", "--help"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and "--namespace" in proc.stdout, proc.stderr
+
+
+def test_berth_script_finds_the_bench_of_its_checkout(tmp_path: Path) -> None:
+    """The `berth` script does not put the checkout on sys.path; the bench is found next to the package."""
+    berth = Path(sys.executable).parent / "berth"
+    proc = subprocess.run([str(berth), "bench", "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: berth bench") and "--quick" in proc.stdout
+
+
+def load_cluster_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("berth_cluster_script", ROOT / "scripts" / "cluster.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_cluster_takes_ports_and_removes_its_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = load_cluster_script()
+    args = cluster.parse_args(["--port", "9001", "--api-port", "9002", "--etcd-port", "9003"])
+    seen: dict[str, Any] = {}
+
+    def fake_serve(args: Any, cp: Any) -> int:
+        seen.update(dir=cp.dir, ports=(args.port, cp.api_port, cp.etcd_port), peer=cp.peer_port)
+        (cp.dir / "berth.log").write_text("...")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the handler raises out of here
+        time.sleep(5)
+        raise AssertionError("SIGINT did not stop the cluster")
+
+    monkeypatch.setattr(cluster, "serve", fake_serve)
+    monkeypatch.setattr(cluster.h.ControlPlane, "stop", lambda self: None)
+    saved = {sig: signal.getsignal(sig) for sig in cluster.STOP_SIGNALS}
+    try:
+        assert cluster.main(["--port", "9001", "--api-port", "9002", "--etcd-port", "9003"]) == 0
+    finally:  # main() installs its own handlers
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert seen["ports"] == (9001, 9002, 9003) and seen["peer"] > 0 and args.etcd_peer_port is None
+    assert not seen["dir"].exists(), "the temporary directory must go on exit"
+
+
+def test_make_cluster_says_how_to_delete_pods_without_kubelets() -> None:
+    cluster = load_cluster_script()
+    cp = cluster.h.ControlPlane(Path("/nonexistent"))
+    text = cluster.banner(cp, 8888, 36)
+    assert "--force --grace-period=0" in text and "http://127.0.0.1:8888" in text

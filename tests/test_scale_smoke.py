@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES, PODS = 200, 2000
@@ -23,7 +24,7 @@ def _load_scale() -> ModuleType:
 scale = _load_scale()
 
 
-def _replay() -> "scale.ReplayServer":
+def _replay() -> Any:  # a scale.ReplayServer (the module is loaded from its path)
     lists = {
         "/api/v1/nodes": scale.dumps_all(scale.node_object(i) for i in range(NODES)),
         "/api/v1/namespaces": scale.dumps_all(scale.namespace_object(k) for k in range(scale.NAMESPACES)),

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tests.fakes.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "tests" / "e2e" / "k8s"
@@ -30,12 +31,6 @@ def k8s_bin() -> Path:
     version = next(line.split()[1] for line in (K8S_DIR / "go.mod").read_text().splitlines()
                    if line.strip().startswith("k8s.io/kubernetes v"))
     return Path.home() / ".cache" / "berth" / f"k8s-{version}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(check: Any, timeout: float, what: str, every: float = 0.1) -> Any:
