@@ -7,6 +7,7 @@ import contextlib
 import gc
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -91,8 +92,8 @@ def bytes_held(obj: object, depth: int = 3) -> int:
         seen.add(id(o))
         if isinstance(o, (bytes, bytearray)):
             return len(o)
-        if isinstance(o, (list, tuple)) or type(o).__name__ == "deque":
-            return sum(walk(x, d - 1) for x in o)  # type: ignore[attr-defined]
+        if isinstance(o, (list, tuple, deque)):
+            return sum(walk(x, d - 1) for x in o)
         return 0
 
     return sum(walk(v, depth) for v in vars(obj).values())

@@ -120,7 +120,7 @@ class NodeNamesCache:
         self.bytes = 0  # the estimated cost of the entries kept (see NAMES_CACHE_BYTES)
         self._known: list[_Known] = []
         self._last_head: tuple[bytes, dict[str, Any] | None] = (b"", None)
-        self._survivors: tuple[bytes, ExtenderArgs, bytes] | None = None
+        self._survivors: tuple[bytes, ExtenderArgs, bytearray] | None = None
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
