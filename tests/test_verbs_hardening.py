@@ -151,13 +151,13 @@ async def test_names_cache_is_bounded_in_bytes(open_listener: Open) -> None:
         assert berth.names.bytes <= budget
     assert berth.names.bytes == 0, "an entry larger than a fraction of the budget is not cached"
     for i in range(40):  # many small lists: cached until the budget, the oldest dropped first
-        names = [f"n{i}-{j}" for j in range(2_000)]
+        names = [f"n{i}-{j}" for j in range(1_500)]
         writer.write(request("/scheduler/filter", go.args(go.pod(), names)))
         assert (await read_reply(reader))[0] == 200
         assert berth.names.bytes <= budget
     assert berth.names.bytes > budget // 2
     hits = berth.names.hits
-    writer.write(request("/scheduler/filter", go.args(go.pod(), [f"n39-{j}" for j in range(2_000)])))
+    writer.write(request("/scheduler/filter", go.args(go.pod(), [f"n39-{j}" for j in range(1_500)])))
     assert (await read_reply(reader))[0] == 200 and berth.names.hits == hits + 1, "a normal list still hits"
     writer.close()
 
@@ -306,6 +306,8 @@ async def test_over_the_connection_cap_verbs_get_503_and_health_checks_still_ans
     writer.write(request("/healthz", method="GET"))
     assert (await read_reply(reader))[:3:2] == (200, b"ok")
     writer.close()
+    reader, writer = await connect(listener)  # over the cap and silent: the head's deadline closes it
+    assert (await asyncio.wait_for(reader.read(), 3)).startswith(b"HTTP/1.1 408 ")
     for w in held:
         w.close()
 

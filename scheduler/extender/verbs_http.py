@@ -177,6 +177,7 @@ class VerbConnection(asyncio.Protocol):
             server.connections.add(self)
         elif len(server.overflow) < OVERFLOW:
             self.over_cap = True
+            self.started_at = time.monotonic()  # the head's deadline runs from now: a silent one leaves soon
             server.overflow.add(self)
         else:
             transport.close()

@@ -22,12 +22,13 @@ MAX_NAMES = 100_000
 # maxPods defaults to 110). Past these the request is refused: 1000 nodes x 1000 victims held the loop 2.7 s.
 MAX_PREEMPT_CANDIDATES = 15_000
 MAX_PREEMPT_VICTIMS = 200_000
-# What the NodeNames cache may hold. An entry costs about three times its bytes (the array's bytes, the joined
-# names, the last partial reply) plus ~120 bytes a name (its str, its quoted fragment, list slots): 5,000
-# names are ~1.2 MB, 15,000 ~3.6 MB, so eight of kube-scheduler's largest lists fit. An entry over a quarter
-# of the budget is not kept: it would push the others out, and no real cluster sends one.
+# What the NodeNames cache may hold. An entry costs about four times its bytes (the array's bytes, the joined
+# names, the last partial reply and its parts) plus ~200 bytes a name (its str, its quoted fragment, list
+# slots), as measured (docs/hardening.md): 5,000 names are ~1.8 MB, 15,000 ~5.4 MB, so eight of
+# kube-scheduler's largest lists fit. An entry over a quarter of the budget is not kept: it would push the
+# others out, and no real cluster sends one.
 NAMES_CACHE_BYTES = 64 << 20
-NAME_COST = 120
+NAME_COST = 200
 
 
 class WireError(Exception):
@@ -92,7 +93,7 @@ class _Known:
 
 
 def _cost(tail: int, names: int) -> int:
-    return 3 * tail + NAME_COST * names
+    return 4 * tail + NAME_COST * names
 
 
 def _too_many(n: int) -> WireError:
