@@ -43,6 +43,7 @@ HEAD_TIMEOUT = 10.0  # the head's deadline, from its first byte; never later tha
 # queue drains (one read, 256 KB at most, may still be parsed past the count).
 QUEUE_COUNT = 64
 QUEUE_BYTES = 16 << 20
+LINGER = 2.0  # after a refusal: seconds the input is still read (and dropped) so the reply is not lost to a reset
 OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
 _ANSWER, _WRITE, _HANDOFF = 0, 1, 2  # what a queued item does once the replies before it are written
 _PAUSED_WRITING, _PAUSED_QUEUE = 1, 2
@@ -308,7 +309,7 @@ class VerbConnection(asyncio.Protocol):
             self._queue.append((_WRITE, b"%d" % status, body, False))
             self._pause(_PAUSED_QUEUE)
         else:
-            self._write(status, body, False)
+            self._write(status, body, False, linger=True)
 
     def expire(self, now: float) -> None:
         if self._dead:
@@ -490,7 +491,7 @@ class VerbConnection(asyncio.Protocol):
                 self._queued_bytes -= len(body)
                 self._answer(a, body, keep)
             elif kind == _WRITE:
-                self._write(int(a), body, False)
+                self._write(int(a), body, False, linger=True)
             else:
                 self._hand_off(b"".join(self._deferred or ()))
                 return
@@ -502,7 +503,7 @@ class VerbConnection(asyncio.Protocol):
         if backlog:
             self._feed(b"".join(backlog))
 
-    def _write(self, status: int, body: bytes, keep_alive: bool) -> None:
+    def _write(self, status: int, body: bytes, keep_alive: bool, linger: bool = False) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():  # the caller left while a bind was awaited
             return
@@ -512,5 +513,13 @@ class VerbConnection(asyncio.Protocol):
         # Two buffers, one writev: a reply of several hundred KB is not copied to prepend its head.
         transport.writelines((head, body))
         self.active_at = time.monotonic()
-        if not keep_alive:
+        if linger and transport.can_write_eof():
+            # Refused while the caller may still be sending: closing now would answer its next bytes with a
+            # reset, which can destroy the reply unread (RFC 9112 9.6). Half-close, drop what still comes.
+            transport.write_eof()
+            if self._paused:
+                self._paused = 0
+                transport.resume_reading()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+        elif not keep_alive:
             transport.close()
