@@ -32,6 +32,12 @@ class ServerConfig:
     health_port: int = 0
     # With --tls-cert: how often to look for a rotated certificate (cert-manager); 0 never.
     tls_reload_seconds: float = 5.0
+    # From a request's first byte to its complete body; past it the verb connection gets 408 and is closed
+    # (kube-scheduler's own extender timeout is 5 s: a request this slow is one nobody waits for).
+    request_timeout_seconds: float = 30.0
+    # Concurrent verb connections; past it a verb request gets 503 (health checks are still served).
+    # kube-scheduler uses one or two; the cap keeps Berth well below the file-descriptor limit.
+    max_connections: int = 1024
 
 
 @dataclass(slots=True)
@@ -102,6 +108,8 @@ _RANGES = {
     "server.port": (0, 65535),
     "server.tls_port": (0, 65535),
     "server.max_body_bytes": (1024, 1 << 34),
+    "server.request_timeout_seconds": (0.1, 3600.0),
+    "server.max_connections": (1, 1_000_000),
     "demo.nodes": (1, 15000),
     # harden-bind: listeners and leader election
     "server.health_port": (0, 65535),

@@ -51,6 +51,10 @@ def write(tmp_path: Path, text: str | bytes, name: str = "berth.yaml") -> Path:
     ("bind:\n  reservation_ttl_seconds: -5\n", ["bind.reservation_ttl_seconds", "from 0"]),
     ("scoring:\n  weights:\n    load: -1\n", ["scoring.weights.load", "from 0"]),
     ("server:\n  keepalive_timeout: .nan\n", ["server.keepalive_timeout", "from 0"]),
+    ("server:\n  request_timeout_seconds: 0\n", ["server.request_timeout_seconds", "from 0.1 to 3600"]),
+    ("server:\n  request_timeout_seconds: fast\n", ["server.request_timeout_seconds", "expected float"]),
+    ("server:\n  max_connections: 0\n", ["server.max_connections", "from 1 to 1000000"]),
+    ("server:\n  max_connections: 1.5\n", ["server.max_connections", "expected int"]),
     # not YAML at all
     ("server: [\n", ["not valid YAML", "line 2"]),
     ("server:\n  port: 1\n\tport: 2\n", ["not valid YAML", "line 3", "'\\t'"]),
@@ -78,6 +82,13 @@ def test_values_load(tmp_path: Path) -> None:
     assert config.server.port == 9000 and config.server.host == "127.0.0.1"
     assert config.server.keepalive_timeout == 100.0 and isinstance(config.server.keepalive_timeout, float)
     assert config.quotas.shared_pools == ["a", "b"] and config.scoring.cpu_strategy == "most_allocated"
+
+
+def test_server_limits_load(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "server:\n  request_timeout_seconds: 5\n  max_connections: 64\n"))
+    assert config.server.request_timeout_seconds == 5.0 and isinstance(config.server.request_timeout_seconds, float)
+    assert config.server.max_connections == 64
+    assert (Config().server.request_timeout_seconds, Config().server.max_connections) == (30.0, 1024)
 
 
 @pytest.mark.parametrize("text", ["", "# nothing\n", "{}\n"])

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING
@@ -28,9 +30,23 @@ if TYPE_CHECKING:
 
 PREFIX = b"/scheduler/"
 VERBS = (b"filter", b"prioritize", b"bind", b"preempt")
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-           413: b"Payload Too Large", 500: b"Internal Server Error", 503: b"Service Unavailable"}
+REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
+           413: b"Payload Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+           501: b"Not Implemented", 503: b"Service Unavailable"}
 FIRST_LINE_LIMIT = 8192
+# The request head: 64 KB in all and 100 fields. Apache httpd's defaults are 100 fields (LimitRequestFields)
+# of 8190 bytes each, nginx holds a head in 4 x 8 KB buffers; kube-scheduler sends five fields.
+HEAD_LIMIT = 64 * 1024
+FIELD_LIMIT = 100
+HEAD_TIMEOUT = 10.0  # the head's deadline, from its first byte; never later than server.request_timeout_seconds
+# Requests completed behind a bind wait in order; past either bound the connection is not read until the
+# queue drains (one read, 256 KB at most, may still be parsed past the count).
+QUEUE_COUNT = 64
+QUEUE_BYTES = 16 << 20
+LINGER = 2.0  # after a refusal: seconds the input is still read (and dropped) so the reply is not lost to a reset
+OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
+_ANSWER, _WRITE, _HANDOFF = 0, 1, 2  # what a queued item does once the replies before it are written
+_PAUSED_WRITING, _PAUSED_QUEUE = 1, 2
 
 
 def verb_of(request_line: bytes) -> bytes | None:
@@ -42,12 +58,23 @@ def verb_of(request_line: bytes) -> bytes | None:
     return verb if verb in VERBS else None
 
 
+def connection_cap(configured: int) -> int:
+    """server.max_connections, and never more than half the soft file-descriptor limit: the rest stays for
+    aiohttp's connections (health checks), the API server and the log."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft // 2))
+
+
 class _HandOff(Exception):
     """Raised from a parser callback: this request is not a verb, give the connection to aiohttp."""
 
 
-class _TooLong(Exception):
-    """Raised from a parser callback: a request target longer than any verb's."""
+class _Refuse(Exception):
+    """Raised from a parser callback: answer this status and close (bad framing, limits)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(status)
+        self.status, self.body = status, body
 
 
 class VerbServer:
@@ -57,8 +84,13 @@ class VerbServer:
         self.berth = berth  # the verbs, with their error replies (refused, too_large, failed)
         self.fallback = fallback  # aiohttp's web.Server: a protocol factory for the handed-off connections
         self.keepalive = keepalive
-        self.max_body = berth.state.config.server.max_body_bytes
+        config = berth.state.config.server
+        self.max_body = config.max_body_bytes
+        self.request_timeout = config.request_timeout_seconds
+        self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)
+        self.max_connections = connection_cap(config.max_connections)
         self.connections: set[VerbConnection] = set()
+        self.overflow: set[VerbConnection] = set()  # over the cap, until their first line says what they are
         self._date = b""
         self._date_at = 0
 
@@ -72,16 +104,27 @@ class VerbServer:
         return self._date
 
     def close_idle(self, idle_for: float) -> None:
-        """Close connections idle longer than `idle_for` seconds (keep-alive expiry and shutdown)."""
+        """Close connections idle longer than `idle_for` seconds (keep-alive expiry); 0: every connection
+        not awaiting a bind (shutdown). A request in progress is not idle: its deadline applies."""
         now = time.monotonic()
-        for conn in list(self.connections):
-            if not conn.busy and now - conn.active_at >= idle_for:
+        for conn in [*self.connections, *self.overflow]:
+            if conn.transport is not None and not conn.busy and (
+                    idle_for <= 0 or (not conn.started_at and now - conn.active_at >= idle_for)):
                 conn.transport.close()
 
+    def expire(self) -> None:
+        """408 for requests past their deadline (head, or whole request)."""
+        now = time.monotonic()
+        for conn in [*self.connections, *self.overflow]:
+            if conn.started_at:
+                conn.expire(now)
+
     async def sweep(self) -> None:
+        every = max(0.05, min(1.0, self.keepalive / 4, self.head_timeout / 4))
         while True:
-            await asyncio.sleep(max(1.0, self.keepalive / 4))
+            await asyncio.sleep(every)
             self.close_idle(self.keepalive)
+            self.expire()
 
 
 class VerbConnection(asyncio.Protocol):
@@ -90,47 +133,99 @@ class VerbConnection(asyncio.Protocol):
 
     def __init__(self, server: VerbServer) -> None:
         self.server = server
-        self.transport: asyncio.Transport
-        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.first: bytes | None = b""  # bytes of the first request line while undecided; None once decided
-        self.busy = False
-        self.active_at = time.monotonic()
-        self._queue: list[tuple[bytes, bytes, bool]] = []
+        self.busy = False  # a bind is awaited: replies behind it wait in _queue
+        self.over_cap = False
+        self.active_at = time.monotonic()  # the last reply written (idle since)
+        self.started_at = 0.0  # the first byte of the request in progress; 0 when none is
+        self._now = 0.0
+        self._dead = False  # refused or handed off: nothing more is parsed
+        self._paused = 0
+        self._queue: deque[tuple[int, bytes, bytes, bool]] = deque()
+        self._queued_bytes = 0
+        self._backlog: list[bytes] | None = None  # bytes read while the queue was full, parsed once it drains
+        self._deferred: list[bytes] | None = None  # a hand-off's bytes, replayed once the replies before it are out
         self._bind_task: asyncio.Future[bytes] | None = None
         self._url = b""
+        self._verb = b""
         self._body: list[bytes] = []
         self._size = 0
-        self._too_large = False
         self._expect = False
+        self._head_done = False
+        self._head_size = 0  # bytes of the request line and fields, as the parser hands them over
+        self._head_fed = 0  # bytes read while the head was incomplete, after the read it began in
+        self._fields = 0
+        self._length: int | None = None
+        self._codings: list[bytes] | None = None  # Transfer-Encoding, lower-cased, in order
+        self._upgrade = False
+        self._chunk_open = False  # a chunk's size line was parsed in this read and its data did not end
+        self._chunk_data = 0  # the open chunk's bytes in this read
+        self._tail = b""  # the end of the previous read: a chunk-size line may begin there
         # The raw bytes of the message being parsed, kept while it began at the start of a chunk: what a
         # hand-off to aiohttp replays. Unknown (empty) when it began behind a pipelined request.
         self._chunks: list[bytes] = []
         self._between = True  # no message in progress: the next chunk starts one
         self._completed = False  # a message completed during the current feed
+        self._begun = False  # a message began during the current feed
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        if len(server.connections) < server.max_connections:
+            server.connections.add(self)
+        elif len(server.overflow) < OVERFLOW:
+            self.over_cap = True
+            self.started_at = time.monotonic()  # the head's deadline runs from now: a silent one leaves soon
+            server.overflow.add(self)
+        else:
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # replies are written whole: no reason to wait for ACKs
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Forget the connection: the parser holds this protocol's bound methods, a cycle that only the
+        cyclic collector could free (and a frozen heap never is); buffers go with it."""
         self.server.connections.discard(self)
+        self.server.overflow.discard(self)
+        self.parser = self.transport = self._backlog = self._deferred = self.first = None
+        self._body, self._chunks, self._tail, self._url = [], [], b"", b""
+        self._queue.clear()
+        self._dead, self.started_at = True, 0.0
 
     def data_received(self, data: bytes) -> None:
-        self.active_at = time.monotonic()
+        self._now = now = time.monotonic()
+        if not self.started_at:
+            self.started_at = now
+        if self._dead:
+            if self._deferred is not None:  # read before pause_reading took effect: replayed with the rest
+                self._deferred.append(data)
+            return
+        if self._backlog is not None:
+            self._backlog.append(data)
+            return
         if self.first is not None:
             data = self.first + data
-            end = data.find(b"\r\n")
+            end = data.find(b"\n")  # bare LF too: the parser answers it with a 400
             if end < 0 and len(data) < FIRST_LINE_LIMIT:
                 self.first = data
                 return
             self.first = None
-            if verb_of(data[:end]) is None:
+            verb = verb_of(data[:end].rstrip(b"\r"))
+            if verb is None:
                 self._hand_off(data)
+                return
+            if self.over_cap:
+                self._refuse(503, b'{"error":"too many connections: Berth serves at most %d verb connections '
+                                  b'(server.max_connections)"}' % self.server.max_connections)
                 return
         self._feed(data)
 
@@ -139,87 +234,208 @@ class VerbConnection(asyncio.Protocol):
             self._chunks = [data]
         elif self._chunks:
             self._chunks.append(data)
-        self._completed = False
+        self._completed = self._begun = self._chunk_open = False
+        assert self.parser is not None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HandOff):
+            cause = exc.__context__
+            if isinstance(cause, _HandOff):
                 self._hand_off(b"".join(self._chunks))
-            elif isinstance(exc.__context__, _TooLong):
-                self._write(400, b'{"error":"request target longer than %d bytes"}' % FIRST_LINE_LIMIT, False)
+            elif isinstance(cause, _Refuse):
+                self._refuse(cause.status, cause.body)
             else:
-                self._write(500, self.server.berth.failed("http", "a verb connection"), keep_alive=False)
+                self._refuse(500, self.server.berth.failed("http", "a verb connection"))
         except httptools.HttpParserError as exc:
-            self._write(400, f'{{"error":"malformed HTTP request: {exc}"}}'.encode(), keep_alive=False)
+            self._refuse(400, f'{{"error":"malformed HTTP request: {exc}"}}'.encode())
         except httptools.HttpParserUpgrade:
-            self._write(400, b'{"error":"protocol upgrades are not served here"}', keep_alive=False)
+            if self._completed:  # answered already (and closed: see on_message_complete); one reply only
+                self._dead = True
+            else:
+                self._refuse(400, b'{"error":"protocol upgrades are not served here"}')
+        else:
+            if self.started_at and not self._head_done:
+                self._head_too_large(data)
+            elif self._codings is not None and not self._between:
+                self._chunk_too_large(data)
+
+    def _head_too_large(self, data: bytes) -> None:
+        """A head still incomplete after this read: count what it has taken so far (the parser hands a field
+        over only once it ends), so a megabyte of one field is refused, not buffered."""
+        if not self._begun:
+            self._head_fed += len(data)
+        if self._head_fed > HEAD_LIMIT:
+            self._refuse(431, b'{"error":"request head larger than %d bytes"}' % HEAD_LIMIT)
+
+    def _chunk_too_large(self, data: bytes) -> None:
+        """A chunk whose size line was read in this read and whose data goes on: read its size (the parser
+        does not tell it) so that `ffffffffffffffff` is a 413 now, not after max_body_bytes of data."""
+        if self._chunk_open:
+            buf = self._tail + data[:len(data) - self._chunk_data]
+            line = buf[buf.rfind(b"\n", 0, len(buf) - 1) + 1:].split(b";", 1)[0].strip()
+            with contextlib.suppress(ValueError):
+                size = int(line, 16)
+                if self._size - self._chunk_data + size > self.server.max_body:
+                    self._refuse(413, self.server.berth.too_large(self._verb.decode(), f"a chunk of {size} bytes"))
+                    return
+        self._tail = data[-32:]
 
     def _hand_off(self, data: bytes) -> None:
         if not data:
-            self._write(400, b'{"error":"pipelined requests to other paths are not served on a verb '
-                             b'connection; open a new connection"}', keep_alive=False)
+            self._refuse(400, b'{"error":"pipelined requests to other paths are not served on a verb '
+                              b'connection; open a new connection"}')
             return
-        self.server.connections.discard(self)
+        if self.busy:  # the replies before it come first: handed over once they are written
+            self._dead, self._deferred = True, [data]
+            self._queue.append((_HANDOFF, b"", b"", False))
+            self._pause(_PAUSED_QUEUE)
+            return
+        transport = self.transport
+        assert transport is not None
+        self._release()
+        if self._paused:
+            transport.resume_reading()
         handler = self.server.fallback()
-        self.transport.set_protocol(handler)
-        handler.connection_made(self.transport)
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
         handler.data_received(data)
 
+    def _refuse(self, status: int, body: bytes) -> None:
+        """Answer `status` and close, after the replies still owed; nothing more is read."""
+        self._dead = True
+        self.started_at = 0.0
+        self._body, self._chunks = [], []
+        if self.busy:
+            self._queue.append((_WRITE, b"%d" % status, body, False))
+            self._pause(_PAUSED_QUEUE)
+        else:
+            self._write(status, body, False, linger=True)
+
+    def expire(self, now: float) -> None:
+        if self._dead:
+            return
+        limit = self.server.request_timeout if self._head_done else self.server.head_timeout
+        if now - self.started_at > limit:
+            what = "request" if self._head_done else "request head"
+            self._refuse(408, b'{"error":"the %s did not arrive within %g s (server.request_timeout_seconds)"}'
+                         % (what.encode(), limit))
+
+    def _pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        self._paused &= ~why
+        if not self._paused and self.transport is not None and not self._dead:
+            self.transport.resume_reading()
+
     def pause_writing(self) -> None:  # a caller that does not read its replies stops being read
-        self.transport.pause_reading()
+        self._pause(_PAUSED_WRITING)
 
     def resume_writing(self) -> None:
-        self.transport.resume_reading()
+        self._resume(_PAUSED_WRITING)
 
     # -- httptools callbacks -------------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._between = False
+        self._begun = True
         if self._completed:
             self._chunks = []
+        if not self.started_at:
+            self.started_at = self._now
         self._url, self._body, self._size = b"", [], 0
-        self._too_large = self._expect = False
+        self._expect = self._head_done = self._upgrade = False
+        self._head_size = self._head_fed = self._fields = 0
+        self._length = self._codings = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > FIRST_LINE_LIMIT:
-            raise _TooLong
+            raise _Refuse(400, b'{"error":"request target longer than %d bytes"}' % FIRST_LINE_LIMIT)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._head_size += len(name) + len(value) + 4
+        if self._fields > FIELD_LIMIT:
+            raise _Refuse(431, b'{"error":"more than %d header fields"}' % FIELD_LIMIT)
+        if self._head_size + len(self._url) > HEAD_LIMIT:
+            raise _Refuse(431, b'{"error":"request head larger than %d bytes"}' % HEAD_LIMIT)
         low = name.lower()
         if low == b"content-length":
             with contextlib.suppress(ValueError):
-                self._too_large = int(value) > self.server.max_body
+                self._length = int(value)
         elif low == b"expect" and value.lower() == b"100-continue":
             self._expect = True
+        elif low == b"transfer-encoding":
+            self._codings = (self._codings or []) + [c.strip().lower() for c in value.split(b",") if c.strip()]
+        elif low == b"upgrade":
+            self._upgrade = True
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
+        assert self.parser is not None
         path = self._url.split(b"?", 1)[0]
         if not (path.startswith(PREFIX) and path[len(PREFIX):] in VERBS and self.parser.get_method() == b"POST"):
             raise _HandOff
-        if self._expect and not self._too_large:
+        self._chunks = []  # a verb: the raw bytes are not needed for a hand-off, the body is held once
+        self._verb = path[len(PREFIX):]
+        if self._upgrade and self.parser.should_upgrade():  # its body would not be parsed: refused, one reply
+            raise _Refuse(400, b'{"error":"protocol upgrades are not served here"}')
+        if self._codings is not None:
+            self._check_codings(self._codings)
+        if self._length is not None and self._length > self.server.max_body:
+            raise _Refuse(413, self.server.berth.too_large(self._verb.decode(), "Content-Length over the limit"))
+        if self._expect and not self.busy:  # no interim reply ahead of one still owed
+            assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    @staticmethod
+    def _check_codings(codings: list[bytes]) -> None:
+        """RFC 9112 6.3: chunked must be the final coding, once, or the framing is unknown (400); other codings
+        are not implemented here (RFC 9112 6.1: 501)."""
+        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+            raise _Refuse(400, b'{"error":"Transfer-Encoding: chunked must be the final coding, applied once"}')
+        if len(codings) > 1:
+            raise _Refuse(501, b'{"error":"Transfer-Encoding: only chunked is supported"}')
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open, self._chunk_data = True, 0
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
         if self._size > self.server.max_body:
-            self._too_large = True
-        if not self._too_large:
-            self._body.append(body)
+            raise _Refuse(413, self.server.berth.too_large(self._verb.decode(), f"at least {self._size} bytes"))
+        self._body.append(body)
+        if self._chunk_open:
+            self._chunk_data += len(body)
 
     def on_message_complete(self) -> None:
         self._between = self._completed = True
         self._chunks = []
-        verb = self._url.split(b"?", 1)[0][len(PREFIX):]
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self.started_at = 0.0
+        parts = self._body
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._body = []  # held by the answer (or the queue) alone, released with the reply
+        assert self.parser is not None
         keep = self.parser.should_keep_alive()
-        if self._too_large:
-            detail = f"{self._size} bytes" if self._size else "Content-Length over the limit"
-            self._write(413, self.server.berth.too_large(verb.decode(), detail), keep_alive=False)
-            return
+        if self._upgrade:  # the parser takes what follows for another protocol: nothing more is read
+            keep = False
+        if self._codings is not None:
+            # RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding has faulty framing; close after the reply.
+            keep = keep and self.parser.get_http_version() != "1.0"
+            self._tail = b""
         if self.busy:
-            self._queue.append((verb, body, keep))
+            self._queue.append((_ANSWER, self._verb, body, keep))
+            self._queued_bytes += len(body)
+            if len(self._queue) >= QUEUE_COUNT or self._queued_bytes >= QUEUE_BYTES:
+                self._pause(_PAUSED_QUEUE)
+                self._backlog = []
         else:
-            self._answer(verb, body, keep)
+            self._answer(self._verb, body, keep)
 
     # -- answering -----------------------------------------------------------------------------
     def _answer(self, verb: bytes, body: bytes, keep: bool) -> None:
@@ -243,7 +459,7 @@ class VerbConnection(asyncio.Protocol):
         except WireError as exc:
             self._write(exc.status, berth.refused(name, exc), keep)
         except Exception:
-            self._write(500, berth.failed(name, self._url.decode(errors="replace")), keep)
+            self._write(500, berth.failed(name, PREFIX.decode() + name), keep)
         else:
             self._write(200, reply, keep)
         timer.observe(time.perf_counter() - t0)
@@ -252,6 +468,8 @@ class VerbConnection(asyncio.Protocol):
         berth = self.server.berth
         self.busy, self._bind_task = False, None
         berth.timers["bind"].observe(time.perf_counter() - t0)
+        if self.transport is None:  # the caller left while the bind was awaited
+            return
         if task.cancelled():
             self.transport.close()
             return
@@ -262,17 +480,46 @@ class VerbConnection(asyncio.Protocol):
             self._write(exc.status, berth.refused("bind", exc), keep)
         else:
             self._write(500, berth.failed("bind", "/scheduler/bind", exc), keep)
-        while self._queue and not self.busy and not self.transport.is_closing():
-            self._answer(*self._queue.pop(0))
+        self._drain()
 
-    def _write(self, status: int, body: bytes, keep_alive: bool) -> None:
-        if self.transport.is_closing():  # the caller left while a bind was awaited
+    def _drain(self) -> None:
+        """Answer what waited behind a bind, in order, until the next bind; then read again."""
+        queue = self._queue
+        while queue and not self.busy and self.transport is not None and not self.transport.is_closing():
+            kind, a, body, keep = queue.popleft()
+            if kind == _ANSWER:
+                self._queued_bytes -= len(body)
+                self._answer(a, body, keep)
+            elif kind == _WRITE:
+                self._write(int(a), body, False, linger=True)
+            else:
+                self._hand_off(b"".join(self._deferred or ()))
+                return
+        if self._queue or self._backlog is None or self._dead or self.transport is None:
+            return
+        backlog, self._backlog = self._backlog, None
+        self._queued_bytes = 0
+        self._resume(_PAUSED_QUEUE)
+        if backlog:
+            self._feed(b"".join(backlog))
+
+    def _write(self, status: int, body: bytes, keep_alive: bool, linger: bool = False) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():  # the caller left while a bind was awaited
             return
         head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n"
                 % (status, REASONS.get(status, b"Error"), len(body), self.server.date(),
                    b"" if keep_alive else b"Connection: close\r\n"))
         # Two buffers, one writev: a reply of several hundred KB is not copied to prepend its head.
-        self.transport.writelines((head, body))
+        transport.writelines((head, body))
         self.active_at = time.monotonic()
-        if not keep_alive:
-            self.transport.close()
+        if linger and transport.can_write_eof():
+            # Refused while the caller may still be sending: closing now would answer its next bytes with a
+            # reset, which can destroy the reply unread (RFC 9112 9.6). Half-close, drop what still comes.
+            transport.write_eof()
+            if self._paused:
+                self._paused = 0
+                transport.resume_reading()
+            asyncio.get_running_loop().call_later(LINGER, transport.close)
+        elif not keep_alive:
+            transport.close()

@@ -16,6 +16,22 @@ from scheduler import kernels as K
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.model.binding import BindingArgs
 
+# kube-scheduler's largest supported cluster is 5,000 nodes (15,000 in its scalability tests): a list past
+# this bound is no real cluster, and mapping a million names would hold the one event loop for seconds.
+MAX_NAMES = 100_000
+# Preemption candidates are at most the cluster's nodes; victims per node at most its pods (kubelet's
+# maxPods defaults to 110; kube-scheduler sends 10% of the nodes, at least 100, as candidates). Past these the
+# request is refused: 1000 nodes x 1000 victims held the loop 2.7 s; 100,000 victims take ~0.6 s.
+MAX_PREEMPT_CANDIDATES = 15_000
+MAX_PREEMPT_VICTIMS = 100_000
+# What the NodeNames cache may hold. An entry costs about four times its bytes (the array's bytes, the joined
+# names, the last partial reply and its parts) plus ~200 bytes a name (its str, its quoted fragment, list
+# slots), as measured (docs/hardening.md): 5,000 names are ~1.8 MB, 15,000 ~5.4 MB, so eight of
+# kube-scheduler's largest lists fit. An entry over a quarter of the budget is not kept: it would push the
+# others out, and no real cluster sends one.
+NAMES_CACHE_BYTES = 64 << 20
+NAME_COST = 200
+
 
 class WireError(Exception):
     def __init__(self, status: int, reason: str) -> None:
@@ -75,6 +91,16 @@ class _Known:
     # The last partial filter reply written for these names:
     # (ids, texts, hard, the passing names' JSON, reply, failed count, unresolvable count).
     partial: tuple[array, list[bytes], bytes, bytes, bytes, int, int] | None = None
+    cost: int = 0
+
+
+def _cost(tail: int, names: int) -> int:
+    return 4 * tail + NAME_COST * names
+
+
+def _too_many(n: int) -> WireError:
+    return WireError(413, f"ExtenderArgs: {n} node names; Berth serves at most {MAX_NAMES} node names "
+                          "(kube-scheduler's largest supported clusters have 5,000-15,000 nodes)")
 
 
 # verdict -> 1 where a node passed (verdict 0, kernels.OK), else 0: selectors for itertools.compress
@@ -89,12 +115,15 @@ class NodeNamesCache:
 
     MARK = b',"NodeNames":['
 
-    def __init__(self, table: NodeTable, size: int = 8) -> None:
+    def __init__(self, table: NodeTable, size: int = 8, budget: int = NAMES_CACHE_BYTES) -> None:
         self.table = table
         self.size = size
+        self.budget = budget
+        self.max_entry = budget // 4
+        self.bytes = 0  # the estimated cost of the entries kept (see NAMES_CACHE_BYTES)
         self._known: list[_Known] = []
         self._last_head: tuple[bytes, dict[str, Any] | None] = (b"", None)
-        self._survivors: tuple[bytes, ExtenderArgs, bytes] | None = None
+        self._survivors: tuple[bytes, ExtenderArgs, bytearray] | None = None
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
@@ -116,7 +145,7 @@ class NodeNamesCache:
         """kube-scheduler sends prioritize exactly the NodeNames filter returned, in that order
         (extender.go builds the feasible list from the reply): remember the last filter's survivors so
         the prioritize call that follows finds its names already mapped. Materialized only on a hit."""
-        if parent.nodes is None:
+        if parent.nodes is None and _cost(len(picked), len(parent.names)) <= self.max_entry:
             self._survivors = (picked, parent, verdicts.translate(_PASSED))
 
     def _survivors_of(self, body: bytes, at: int) -> _Known | None:
@@ -135,8 +164,15 @@ class NodeNamesCache:
                                      list(compress(parent.frags, selectors))))
 
     def _remember(self, known: _Known) -> _Known:
-        self._known.insert(0, known)
-        del self._known[self.size:]
+        """Kept in front (most recent first) unless too large; the oldest go while over count or bytes."""
+        known.cost = _cost(len(known.tail), len(known.names))
+        if known.cost > self.max_entry:
+            return known
+        kept = self._known
+        kept.insert(0, known)
+        self.bytes += known.cost
+        while len(kept) > self.size or self.bytes > self.budget:
+            self.bytes -= kept.pop().cost
         return known
 
     def _head(self, body: bytes, idx: int) -> dict[str, Any] | None:
@@ -153,7 +189,8 @@ class NodeNamesCache:
             return None
         if not (isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None):
             return None
-        self._last_head = (head_bytes, head)
+        if idx <= self.max_entry:  # a Pod is a few KB; a huge one is not kept past its request
+            self._last_head = (head_bytes, head)
         return head
 
     def parse(self, body: bytes) -> ExtenderArgs:
@@ -168,8 +205,12 @@ class NodeNamesCache:
             if known is not None:
                 self.hits += 1
                 return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
-            # A new list (kube-scheduler's NodeNames order varies call to call): mapped in place.
-            mapped = K.map_names(self.table, body, idx + len(self.MARK), len(body) - 2)
+            # A new list (kube-scheduler's NodeNames order varies call to call): mapped in place. Past
+            # 4 bytes a name the list may be over the bound: counted first (Go writes `","` between names).
+            start, end = idx + len(self.MARK), len(body) - 2
+            if end - start > 4 * MAX_NAMES and (n := body.count(b'","', start, end) + 1) > MAX_NAMES:
+                raise _too_many(n)
+            mapped = K.map_names(self.table, body, start, end)
             if mapped is not None:
                 slots, names, frags = mapped
                 known = self._remember(_Known(body[idx:], self.table.version, names, slots, frags))
@@ -194,6 +235,8 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
     if raw_names is not None:
         if not isinstance(raw_names, list):
             raise WireError(400, "ExtenderArgs.NodeNames: expected a list of node names or null")
+        if len(raw_names) > MAX_NAMES:
+            raise _too_many(len(raw_names))
         for i, n in enumerate(raw_names):
             if not isinstance(n, str):
                 raise WireError(400, f"ExtenderArgs.NodeNames[{i}]: expected a string")
@@ -207,6 +250,8 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
         items = []
     if not isinstance(items, list):
         raise WireError(400, "ExtenderArgs.Nodes.items: expected a list of Node objects")
+    if len(items) > MAX_NAMES:
+        raise _too_many(len(items))
     names = []
     for i, node in enumerate(items):
         meta = node.get("metadata") if isinstance(node, dict) else None
@@ -264,20 +309,29 @@ class PreemptionArgs:
 
 
 def parse_preemption_args(body: bytes) -> PreemptionArgs:
+    # Decoding a million victims alone takes most of a second: Go's MetaPod objects are counted first.
+    if len(body) > 12 * MAX_PREEMPT_VICTIMS:
+        _count_victims(body.count(b'{"UID":'))
     data = loads_object(body, "ExtenderPreemptionArgs")
     pod = _field(data, "Pod")
     if not isinstance(pod, dict):
         raise WireError(400, "ExtenderPreemptionArgs.Pod: expected a Pod object")
     victims: dict[str, list[str]] = {}
     pdb: dict[str, int] = {}
+    total = 0
     meta = _field(data, "NodeNameToMetaVictims")
     plain = _field(data, "NodeNameToVictims")
+    for given in (meta, plain):
+        if isinstance(given, dict) and len(given) > MAX_PREEMPT_CANDIDATES:
+            raise WireError(413, f"ExtenderPreemptionArgs: {len(given)} candidate nodes; Berth serves at most "
+                                 f"{MAX_PREEMPT_CANDIDATES} candidate nodes")
     if meta is not None:
         if not isinstance(meta, dict):
             raise WireError(400, "ExtenderPreemptionArgs.NodeNameToMetaVictims: expected an object")
         for node, mv in meta.items():
             uids, n = _meta_victims(mv, f"NodeNameToMetaVictims[{node}]")
             victims[node], pdb[node] = uids, n
+            total = _count_victims(total + len(uids))
     elif plain is not None:
         if not isinstance(plain, dict):
             raise WireError(400, "ExtenderPreemptionArgs.NodeNameToVictims: expected an object")
@@ -287,6 +341,7 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: expected Pod objects")
             if not all(isinstance(p.get("metadata") or {}, dict) for p in pods):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: metadata must be objects")
+            total = _count_victims(total + len(pods))
             victims[node] = list(dict.fromkeys(str((p.get("metadata") or {}).get("uid") or "") for p in pods))
             n = _field(v, "NumPDBViolations")
             if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
@@ -296,12 +351,21 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
     return PreemptionArgs(pod, victims, pdb)
 
 
+def _count_victims(total: int) -> int:
+    """Refused as soon as the victims counted so far pass the bound, before the rest are read."""
+    if total > MAX_PREEMPT_VICTIMS:
+        raise WireError(413, f"ExtenderPreemptionArgs: more than {MAX_PREEMPT_VICTIMS} victims in all; "
+                             f"Berth serves at most {MAX_PREEMPT_VICTIMS} victims")
+    return total
+
+
 def _meta_victims(mv: Any, where: str) -> tuple[list[str], int]:
     if not isinstance(mv, dict):
         raise WireError(400, f"ExtenderPreemptionArgs.{where}: expected a MetaVictims object")
     pods = _field(mv, "Pods") or []
     if not isinstance(pods, list):
         raise WireError(400, f"ExtenderPreemptionArgs.{where}.Pods: expected a list")
+    _count_victims(len(pods))
     uids = []
     for p in pods:
         uid = _field(p, "UID") if isinstance(p, dict) else None
