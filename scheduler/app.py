@@ -69,8 +69,10 @@ async def housekeeping(state: ClusterState, metrics: Metrics, every: float = 1.0
         except Exception:
             log.exception("housekeeping failed")
         if (state.ready and not synced) or now - last_freeze > freeze_every:
-            if not synced:
-                gc.collect()
+            # Collect first: what is frozen is never collected, so a cycle left since the last freeze (a
+            # closed connection, a failed request's traceback) would be kept for good. Objects frozen
+            # earlier are not rescanned, so this costs what was made since the last freeze, between calls.
+            gc.collect()
             gc.freeze()
             synced, last_freeze = synced or state.ready, now
         last = now
