@@ -3,11 +3,12 @@
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from scheduler.config import ConfigError, load_config
-from scheduler.gpu import discovery as gpu_topology
+from scheduler.gpu import discovery
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--client-ca", help="require client certificates signed by this CA (mTLS)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     t = sub.add_parser("topology", help="read `nvidia-smi topo -m` into the berth.dev/gpu-topology annotation")
-    gpu_topology.add_arguments(t)
+    discovery.add_arguments(t)
     e = sub.add_parser("explain", help="why a pod goes where it goes: per-node verdicts and score parts")
     e.add_argument("--url", default="http://127.0.0.1:8888", help="Berth's address")
     e.add_argument("--namespace", "-n", default="default")
@@ -43,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bench(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "topology":
-        return gpu_topology.run(args)
+        return discovery.run(args)
     if args.command == "explain":
         return _explain(args)
     return _serve(args)
@@ -90,20 +91,20 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
         print("berth: --tls-cert and --tls-key go together; --client-ca needs them", file=sys.stderr)
         return 2
-    from scheduler import app as run
+    from scheduler import app
     from scheduler.observability import logs
     logs.setup(config.log_level)
     try:
-        return _event_loop_runner()(run.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
+        return _event_loop_runner()(app.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
                                               tls=(args.tls_cert, args.tls_key, args.client_ca)))
-    except run.StartupError as exc:
+    except app.StartupError as exc:
         print(f"berth: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 0
 
 
-def _event_loop_runner():  # type: ignore[no-untyped-def]
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     """uvloop when installed (measured in docs/BENCHMARKS.md); BERTH_NO_UVLOOP=1 keeps asyncio's loop."""
     import os
     if not os.environ.get("BERTH_NO_UVLOOP"):

@@ -134,7 +134,7 @@ def _build(cls: type, data: Any, path: str) -> Any:
 
 
 def _value(kind: Any, raw: Any, path: str) -> Any:
-    if is_dataclass(kind):
+    if isinstance(kind, type) and is_dataclass(kind):
         return _build(kind, raw, path)
     if get_origin(kind) is list:
         (item,) = get_args(kind)
