@@ -37,8 +37,8 @@ test-e2e: install k8s
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
 
 lint: install  ## ruff check, ruff format --check and mypy, all clean
-	$(VENV)/bin/ruff check scheduler tests loadtests
-	$(VENV)/bin/ruff format --check scheduler tests loadtests
+	$(VENV)/bin/ruff check scheduler tests loadtests scripts
+	$(VENV)/bin/ruff format --check scheduler tests loadtests scripts
 	$(VENV)/bin/mypy
 
 cluster: install k8s  ## a local control plane + Berth (PORT) + berth-scheduler to try by hand; API_PORT, ETCD_PORT, ETCD_PEER_PORT: free ones unless set

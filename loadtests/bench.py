@@ -99,12 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(report(results, args.servers, markdown=False))
     print("\n".join(notes))
     if args.markdown:
-        text = (
-            "# berth bench\n\n"
-            + "\n".join(f"- {n}" for n in notes)
-            + "\n\n"
-            + report(results, args.servers, True)
-        )
+        text = "# berth bench\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + report(results, args.servers, True)
         args.markdown.write_text(text)
     return 0
 

@@ -99,9 +99,7 @@ def _volumes(job: str) -> list[dict[str, Any]]:
     ca = {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}
     namespace = {
         "downwardAPI": {
-            "items": [
-                {"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
-            ]
+            "items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]
         }
     }
     return [

@@ -35,7 +35,6 @@ def make_pinning(server_cpu: int, client_cpu: int) -> tuple[Pinning, str]:
     return pin, f"server on core {server_cpu}, wrk on core {client_cpu} (taskset)"
 
 
-
 def http_json(url: str, body: bytes | None = None, timeout: float = 30) -> Any:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as reply:

@@ -70,9 +70,21 @@ POLICIES = ("berth", "least-allocated")
 
 def cluster(nodes: int) -> list[dict[str, Any]]:
     """Even nodes: two 4-GPU NVLink islands; odd nodes: one 8-GPU NVSwitch island."""
-    return [make_node(f"gpu-{i:04d}", "gpu", NODE_CPU, NODE_MEM_GI, GPUS, MODEL,
-                      NVLINK_2X4 if i % 2 == 0 else NVSWITCH_8, None, "", f"zone-{i % 3 + 1}")
-            for i in range(nodes)]
+    return [
+        make_node(
+            f"gpu-{i:04d}",
+            "gpu",
+            NODE_CPU,
+            NODE_MEM_GI,
+            GPUS,
+            MODEL,
+            NVLINK_2X4 if i % 2 == 0 else NVSWITCH_8,
+            None,
+            "",
+            f"zone-{i % 3 + 1}",
+        )
+        for i in range(nodes)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +111,15 @@ def workload(seed: int, nodes: int, events: int, load: float) -> list[Job]:
 def job_ask(job: Job) -> PodAsk:
     """The pod as kube-scheduler would send it; multi-GPU pods prefer (never require) one island."""
     annotations = {"berth.dev/topology": "preferred"} if job.gpus > 1 else None
-    pod = make_pod(NAMESPACE, f"job-{job.index:06d}", None, str(CPU_PER_GPU * job.gpus),
-                   f"{MEM_GI_PER_GPU * job.gpus}Gi", job.gpus, annotations)
+    pod = make_pod(
+        NAMESPACE,
+        f"job-{job.index:06d}",
+        None,
+        str(CPU_PER_GPU * job.gpus),
+        f"{MEM_GI_PER_GPU * job.gpus}Gi",
+        job.gpus,
+        annotations,
+    )
     return pod_ask(pod)
 
 
@@ -162,8 +181,11 @@ def least_allocated(t: Any, s: int, r: PodRequest) -> int:
     """NodeResourcesFit LeastAllocated (pkg/scheduler/framework/plugins/noderesources/least_allocated.go):
     per resource (alloc - requested) * 100 // alloc, then the weighted mean, all in integers."""
     score = weights = 0
-    for alloc, requested in ((t.alloc_cpu[s], t.used_cpu[s] + r.cpu), (t.alloc_mem[s], t.used_mem[s] + r.memory),
-                             (t.alloc_gpu[s], t.used_gpu[s] + r.gpu)):
+    for alloc, requested in (
+        (t.alloc_cpu[s], t.used_cpu[s] + r.cpu),
+        (t.alloc_mem[s], t.used_mem[s] + r.memory),
+        (t.alloc_gpu[s], t.used_gpu[s] + r.gpu),
+    ):
         if alloc == 0:
             continue  # a resource the node lacks is left out of the mean, as kube-scheduler does
         score += (alloc - requested) * 100 // alloc if requested <= alloc else 0
@@ -185,16 +207,27 @@ class LeastAllocatedPolicy(Policy):
         out = bytearray(len(self.slots))
         # With no quotas and no topology requirement the filter kernel is exactly NodeResourcesFit's
         # Filter (pods, cpu, memory, GPUs): reuse it for speed.
-        if not kernels.filter_nodes(t, self.slots, r.cpu, r.memory, r.gpu, TOPOLOGY_NONE,
-                                    b"\x01" * (len(t.pools) + 1), b"", out):
+        if not kernels.filter_nodes(
+            t, self.slots, r.cpu, r.memory, r.gpu, TOPOLOGY_NONE, b"\x01" * (len(t.pools) + 1), b"", out
+        ):
             return None
         scores = [least_allocated(t, s, r) if v == kernels.OK else 0 for s, v in zip(self.slots, out, strict=True)]
         at = first_best(out, scores)
         s = self.slots[at]
         devices = lowest_free(t.free_gpus(s), r.gpu)
-        self.state.ledger.hold(PodEntry(key=pod_key(ask.namespace, ask.name), uid=ask.uid, node=self.names[at],
-                                        request=r, priority=0, team=None, borrowing=False, gpu_ids=devices,
-                                        confirmed=True))
+        self.state.ledger.hold(
+            PodEntry(
+                key=pod_key(ask.namespace, ask.name),
+                uid=ask.uid,
+                node=self.names[at],
+                request=r,
+                priority=0,
+                team=None,
+                borrowing=False,
+                gpu_ids=devices,
+                confirmed=True,
+            )
+        )
         return s
 
 
@@ -260,9 +293,13 @@ class Meter:
 
     def result(self, policy: str) -> Result:
         span = self.end - self.start
-        return Result(policy, sum(self.t.alloc_gpu[s] for s in self.t.slot_of.values()), **self.counts,
-                      stranded=self.stranded_time / span if span > 0 else 0.0,
-                      busy=self.busy_time / span if span > 0 else 0.0)
+        return Result(
+            policy,
+            sum(self.t.alloc_gpu[s] for s in self.t.slot_of.values()),
+            **self.counts,
+            stranded=self.stranded_time / span if span > 0 else 0.0,
+            busy=self.busy_time / span if span > 0 else 0.0,
+        )
 
 
 async def replay(policy: Policy, jobs: list[Job], asks: list[PodAsk]) -> Result:
@@ -319,8 +356,9 @@ def _count_placed(meter: Meter, policy: Policy, ask: PodAsk, job: Job, s: int, t
         meter.count("in_island", job.gpus)
 
 
-def run(nodes: int = 512, events: int = 50_000, seed: int = 1, load: float = 0.9,
-        policies: Sequence[str] = POLICIES) -> list[Result]:
+def run(
+    nodes: int = 512, events: int = 50_000, seed: int = 1, load: float = 0.9, policies: Sequence[str] = POLICIES
+) -> list[Result]:
     """Replay one seeded workload through each policy; deterministic for a seed."""
     jobs = workload(seed, nodes, events, load)
     asks = [job_ask(job) for job in jobs]
@@ -362,8 +400,7 @@ def rows(berth: Result, base: Result) -> list[list[str]]:
     def stranded(x: float) -> str:
         return f"{x:.1f} ({_pct(x / gpus)} of GPUs)"
 
-    add("GPUs stranded on partly used nodes, time average (lower is better)", berth.stranded, base.stranded,
-        stranded)
+    add("GPUs stranded on partly used nodes, time average (lower is better)", berth.stranded, base.stranded, stranded)
     add("multi-GPU pods inside one NVLink island (higher is better)", berth.island_share(), base.island_share())
     for size in (2, 4, 8):
         add(f"- {size}-GPU pods inside one island", berth.island_share((size,)), base.island_share((size,)))
@@ -397,8 +434,11 @@ def describe(args: argparse.Namespace, results: list[Result]) -> list[str]:
 
 def report(args: argparse.Namespace, results: list[Result], markdown: bool) -> str:
     by = {r.policy: r for r in results}
-    table = render(["metric", "berth", "least-allocated", "berth / least-allocated"],
-                   rows(by["berth"], by["least-allocated"]), markdown)
+    table = render(
+        ["metric", "berth", "least-allocated", "berth / least-allocated"],
+        rows(by["berth"], by["least-allocated"]),
+        markdown,
+    )
     notes = describe(args, results)
     if markdown:
         return "\n".join(["# berth placement quality", "", *(f"- {n}" for n in notes), "", table, ""])
@@ -410,8 +450,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=50_000, help="pod arrivals to replay (default 50000)")
     parser.add_argument("--seed", type=int, default=1, help="workload seed (default 1)")
     # 0.9 keeps Berth's cluster ~90% busy: full enough that fragmentation decides who gets placed.
-    parser.add_argument("--load", type=float, default=0.9,
-                        help="offered GPU load as a share of the cluster's GPUs (default 0.9)")
+    parser.add_argument(
+        "--load", type=float, default=0.9, help="offered GPU load as a share of the cluster's GPUs (default 0.9)"
+    )
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown")
 
 

@@ -24,9 +24,7 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
     fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    return "\n".join(
-        [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows]
-    )
+    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in rows])
 
 
 def server_table(measurements: Sequence[Measurement], markdown: bool) -> str:
@@ -90,9 +88,7 @@ def cpu_model() -> str:
 
 def command_line() -> str:
     argv = list(sys.argv)
-    head = (
-        ["python", "-m", "loadtests.bench"] if argv and argv[0].endswith("bench.py") else [Path(argv[0]).name]
-    )
+    head = ["python", "-m", "loadtests.bench"] if argv and argv[0].endswith("bench.py") else [Path(argv[0]).name]
     return shlex.join(head + argv[1:])
 
 

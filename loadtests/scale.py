@@ -156,42 +156,99 @@ def node_object(i: int, gpu_every: int = 4) -> dict[str, Any]:
     """A Node as a cloud kubelet reports it (~3 KB): labels, addresses, nodeInfo, a dozen images."""
     name, gpus = node_name(i), 8 if gpu_node(i, gpu_every) else 0
     zone = f"us-east-1{'abc'[i % 3]}"
-    alloc = {"cpu": "95500m" if gpus else "63500m", "memory": "1031093672Ki" if gpus else "257698788Ki",
-             "ephemeral-storage": "431110138368", "hugepages-1Gi": "0", "hugepages-2Mi": "0", "pods": "110"}
+    alloc = {
+        "cpu": "95500m" if gpus else "63500m",
+        "memory": "1031093672Ki" if gpus else "257698788Ki",
+        "ephemeral-storage": "431110138368",
+        "hugepages-1Gi": "0",
+        "hugepages-2Mi": "0",
+        "pods": "110",
+    }
     cap = {**alloc, "cpu": "96" if gpus else "64", "ephemeral-storage": "467784684Ki"}
-    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-              "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
-              "node.kubernetes.io/instance-type": "p4d.24xlarge" if gpus else "m6i.16xlarge",
-              "topology.kubernetes.io/region": "us-east-1", "topology.kubernetes.io/zone": zone,
-              "eks.amazonaws.com/nodegroup": "gpu" if gpus else "general"}
+    labels = {
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/os": "linux",
+        "beta.kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": "p4d.24xlarge" if gpus else "m6i.16xlarge",
+        "topology.kubernetes.io/region": "us-east-1",
+        "topology.kubernetes.io/zone": zone,
+        "eks.amazonaws.com/nodegroup": "gpu" if gpus else "general",
+    }
     if gpus:
         alloc["nvidia.com/gpu"] = cap["nvidia.com/gpu"] = str(gpus)
         labels.update({"nvidia.com/gpu.memory": "81920", "nvidia.com/mig.strategy": "none"})
     ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
     stamp = "2026-11-20T08:00:00Z"
-    annotations = {"node.alpha.kubernetes.io/ttl": "0",
-                   "volumes.kubernetes.io/controller-managed-attach-detach": "true",
-                   "csi.volume.kubernetes.io/nodeid": orjson.dumps({"ebs.csi.aws.com": f"i-{i:017x}"}).decode()}
-    conditions = [{"type": t, "status": "False", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
-                   "reason": f"KubeletHasNo{t}", "message": f"kubelet has no {t}"}
-                  for t in ("MemoryPressure", "DiskPressure", "PIDPressure")]
-    conditions.append({"type": "Ready", "status": "True", "lastHeartbeatTime": stamp, "lastTransitionTime": stamp,
-                       "reason": "KubeletReady", "message": "kubelet is posting ready status"})
+    annotations = {
+        "node.alpha.kubernetes.io/ttl": "0",
+        "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+        "csi.volume.kubernetes.io/nodeid": orjson.dumps({"ebs.csi.aws.com": f"i-{i:017x}"}).decode(),
+    }
+    conditions = [
+        {
+            "type": t,
+            "status": "False",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+            "reason": f"KubeletHasNo{t}",
+            "message": f"kubelet has no {t}",
+        }
+        for t in ("MemoryPressure", "DiskPressure", "PIDPressure")
+    ]
+    conditions.append(
+        {
+            "type": "Ready",
+            "status": "True",
+            "lastHeartbeatTime": stamp,
+            "lastTransitionTime": stamp,
+            "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+        }
+    )
     status = {
-        "addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name},
-                      {"type": "InternalDNS", "address": f"ip-{ip.replace('.', '-')}.ec2.internal"}],
+        "addresses": [
+            {"type": "InternalIP", "address": ip},
+            {"type": "Hostname", "address": name},
+            {"type": "InternalDNS", "address": f"ip-{ip.replace('.', '-')}.ec2.internal"},
+        ],
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
-        "nodeInfo": {"machineID": f"{i:032x}", "systemUUID": f"ec2{i:029x}", "bootID": f"{i:08x}-b00t",
-                     "kernelVersion": "6.1.112-124.190.amzn2023.x86_64", "osImage": "Amazon Linux 2023",
-                     "containerRuntimeVersion": "containerd://1.7.22", "kubeletVersion": "v1.36.3",
-                     "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
-        "images": [{"names": [f"registry.example.com/team/app-{k}@sha256:{k:064x}",
-                              f"registry.example.com/team/app-{k}:v1.{k}.0"], "sizeBytes": 10_000_000 * (k + 1)}
-                   for k in range(12)],
+        "nodeInfo": {
+            "machineID": f"{i:032x}",
+            "systemUUID": f"ec2{i:029x}",
+            "bootID": f"{i:08x}-b00t",
+            "kernelVersion": "6.1.112-124.190.amzn2023.x86_64",
+            "osImage": "Amazon Linux 2023",
+            "containerRuntimeVersion": "containerd://1.7.22",
+            "kubeletVersion": "v1.36.3",
+            "kubeProxyVersion": "",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+        },
+        "images": [
+            {
+                "names": [
+                    f"registry.example.com/team/app-{k}@sha256:{k:064x}",
+                    f"registry.example.com/team/app-{k}:v1.{k}.0",
+                ],
+                "sizeBytes": 10_000_000 * (k + 1),
+            }
+            for k in range(12)
+        ],
     }
     spec = {"podCIDR": f"100.{i // 256 % 256}.{i % 256}.0/24", "providerID": f"aws:///{zone}/i-{i:017x}"}
-    return objects.node(name, alloc, capacity=cap, pool="shared", gpu_model="NVIDIA-A100-SXM4-80GB", labels=labels,
-                        annotations=annotations, conditions=conditions, spec=spec, status=status)
+    return objects.node(
+        name,
+        alloc,
+        capacity=cap,
+        pool="shared",
+        gpu_model="NVIDIA-A100-SXM4-80GB",
+        labels=labels,
+        annotations=annotations,
+        conditions=conditions,
+        spec=spec,
+        status=status,
+    )
 
 
 def namespace_name(k: int) -> str:
@@ -199,34 +256,75 @@ def namespace_name(k: int) -> str:
 
 
 def namespace_object(k: int) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": namespace_name(k), "labels": {"berth.dev/team": f"team-{k % TEAMS}"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": namespace_name(k), "labels": {"berth.dev/team": f"team-{k % TEAMS}"}},
+    }
 
 
 def teamquota_object(t: int) -> dict[str, Any]:
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": f"team-{t}"},
-            "spec": {"namespaceSelector": {"matchLabels": {"berth.dev/team": f"team-{t}"}}, "cohort": "all",
-                     "resources": {"nvidia.com/gpu": {"guaranteed": 2000, "max": 4000},
-                                   "cpu": {"guaranteed": "20000", "max": "40000"}}}}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": f"team-{t}"},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"berth.dev/team": f"team-{t}"}},
+            "cohort": "all",
+            "resources": {
+                "nvidia.com/gpu": {"guaranteed": 2000, "max": 4000},
+                "cpu": {"guaranteed": "20000", "max": "40000"},
+            },
+        },
+    }
 
 
 def _fields_spec() -> dict[str, Any]:
-    c: dict[str, Any] = {".": {}, "f:image": {}, "f:imagePullPolicy": {}, "f:name": {}, "f:env": {}, "f:ports": {},
-         "f:livenessProbe": {}, "f:readinessProbe": {}, "f:resources": {".": {}, "f:limits": {}, "f:requests": {}},
-         "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {}, "f:volumeMounts": {}}
-    return {"f:metadata": {"f:generateName": {}, "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
-                           "f:ownerReferences": {".": {}, 'k:{"uid":"0"}': {}}},
-            "f:spec": {'f:containers': {'k:{"name":"app"}': c}, "f:dnsPolicy": {}, "f:enableServiceLinks": {},
-                       "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {},
-                       "f:terminationGracePeriodSeconds": {}}}
+    c: dict[str, Any] = {
+        ".": {},
+        "f:image": {},
+        "f:imagePullPolicy": {},
+        "f:name": {},
+        "f:env": {},
+        "f:ports": {},
+        "f:livenessProbe": {},
+        "f:readinessProbe": {},
+        "f:resources": {".": {}, "f:limits": {}, "f:requests": {}},
+        "f:terminationMessagePath": {},
+        "f:terminationMessagePolicy": {},
+        "f:volumeMounts": {},
+    }
+    return {
+        "f:metadata": {
+            "f:generateName": {},
+            "f:labels": {".": {}, "f:app": {}, "f:pod-template-hash": {}},
+            "f:ownerReferences": {".": {}, 'k:{"uid":"0"}': {}},
+        },
+        "f:spec": {
+            "f:containers": {'k:{"name":"app"}': c},
+            "f:dnsPolicy": {},
+            "f:enableServiceLinks": {},
+            "f:restartPolicy": {},
+            "f:schedulerName": {},
+            "f:securityContext": {},
+            "f:terminationGracePeriodSeconds": {},
+        },
+    }
 
 
 FIELDS_SPEC = _fields_spec()
-FIELDS_STATUS: dict[str, Any] = {"f:status": {
-    "f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
-    "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {},
-    "f:podIP": {}, "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
-    "f:startTime": {}}}
+FIELDS_STATUS: dict[str, Any] = {
+    "f:status": {
+        "f:conditions": {'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}},
+        "f:containerStatuses": {},
+        "f:hostIP": {},
+        "f:hostIPs": {},
+        "f:phase": {},
+        "f:podIP": {},
+        "f:podIPs": {".": {}, 'k:{"ip":"0"}': {".": {}, "f:ip": {}}},
+        "f:startTime": {},
+    }
+}
 
 
 def _pod_spec(gpus: int, cpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -235,30 +333,71 @@ def _pod_spec(gpus: int, cpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]
     if gpus:
         res["limits"]["nvidia.com/gpu"] = str(gpus)
         res["requests"]["nvidia.com/gpu"] = str(gpus)
-    probe = {"httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"}, "initialDelaySeconds": 10,
-             "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}
+    probe = {
+        "httpGet": {"path": "/healthz", "port": 8080, "scheme": "HTTP"},
+        "initialDelaySeconds": 10,
+        "timeoutSeconds": 1,
+        "periodSeconds": 10,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
     app = objects.container(
-        "app", "registry.example.com/team/app:v1.42.0", res,
+        "app",
+        "registry.example.com/team/app:v1.42.0",
+        res,
         ports=[{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
-        env=[{"name": "LOG_LEVEL", "value": "info"}, {"name": "POD_NAME", "valueFrom": {
-            "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}],
-        livenessProbe=probe, readinessProbe=probe,
-        volumeMounts=[{"name": "kube-api-access-x7k2p", "readOnly": True,
-                       "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
-        terminationMessagePath="/dev/termination-log", terminationMessagePolicy="File",
-        imagePullPolicy="IfNotPresent")
+        env=[
+            {"name": "LOG_LEVEL", "value": "info"},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+        ],
+        livenessProbe=probe,
+        readinessProbe=probe,
+        volumeMounts=[
+            {
+                "name": "kube-api-access-x7k2p",
+                "readOnly": True,
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            }
+        ],
+        terminationMessagePath="/dev/termination-log",
+        terminationMessagePolicy="File",
+        imagePullPolicy="IfNotPresent",
+    )
     spec = {
-        "volumes": [{"name": "kube-api-access-x7k2p", "projected": {"sources": [
-            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
-                                                                          "fieldPath": "metadata.namespace"}}]}}],
-            "defaultMode": 420}}],
-        "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
-        "serviceAccountName": "default", "serviceAccount": "default", "securityContext": {},
-        "tolerations": [{"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute",
-                         "tolerationSeconds": 300} for k in ("not-ready", "unreachable")],
-        "enableServiceLinks": True, "preemptionPolicy": "PreemptLowerPriority",
+        "volumes": [
+            {
+                "name": "kube-api-access-x7k2p",
+                "projected": {
+                    "sources": [
+                        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                        {
+                            "downwardAPI": {
+                                "items": [
+                                    {
+                                        "path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                    }
+                                ]
+                            }
+                        },
+                    ],
+                    "defaultMode": 420,
+                },
+            }
+        ],
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": 30,
+        "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default",
+        "serviceAccount": "default",
+        "securityContext": {},
+        "tolerations": [
+            {"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            for k in ("not-ready", "unreachable")
+        ],
+        "enableServiceLinks": True,
+        "preemptionPolicy": "PreemptLowerPriority",
     }
     return [app], spec
 
@@ -266,16 +405,32 @@ def _pod_spec(gpus: int, cpu: str) -> tuple[list[dict[str, Any]], dict[str, Any]
 def _pod_status(i: int, node_ip: str) -> dict[str, Any]:
     t = "2026-11-20T09:00:00Z"
     ip = f"100.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
-    return {"phase": "Running",
-            "conditions": [{"type": c, "status": "True", "lastProbeTime": None, "lastTransitionTime": t}
-                           for c in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
-                                     "PodScheduled")],
-            "hostIP": node_ip, "hostIPs": [{"ip": node_ip}], "podIP": ip, "podIPs": [{"ip": ip}], "startTime": t,
-            "containerStatuses": [{"name": "app", "state": {"running": {"startedAt": t}}, "lastState": {},
-                                   "ready": True, "restartCount": 0, "image": "registry.example.com/team/app:v1.42.0",
-                                   "imageID": f"registry.example.com/team/app@sha256:{i:064x}",
-                                   "containerID": f"containerd://{i * 7919:064x}", "started": True}],
-            "qosClass": "Burstable"}
+    return {
+        "phase": "Running",
+        "conditions": [
+            {"type": c, "status": "True", "lastProbeTime": None, "lastTransitionTime": t}
+            for c in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
+        ],
+        "hostIP": node_ip,
+        "hostIPs": [{"ip": node_ip}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "startTime": t,
+        "containerStatuses": [
+            {
+                "name": "app",
+                "state": {"running": {"startedAt": t}},
+                "lastState": {},
+                "ready": True,
+                "restartCount": 0,
+                "image": "registry.example.com/team/app:v1.42.0",
+                "imageID": f"registry.example.com/team/app@sha256:{i:064x}",
+                "containerID": f"containerd://{i * 7919:064x}",
+                "started": True,
+            }
+        ],
+        "qosClass": "Burstable",
+    }
 
 
 def pod_object(i: int, nodes: int, gpu_every: int = 4, server_fields: bool = True) -> dict[str, Any]:
@@ -288,29 +443,69 @@ def pod_object(i: int, nodes: int, gpu_every: int = 4, server_fields: bool = Tru
     app = f"svc-{i % 997}"
     rs = f"{app}-{(i % 997) * 2654435761 % 16**10:010x}"
     name = f"{rs}-{i:06x}"
-    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": "9090",
-                   "kubectl.kubernetes.io/restartedAt": "2026-11-19T12:00:00Z"}
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9090",
+        "kubectl.kubernetes.io/restartedAt": "2026-11-19T12:00:00Z",
+    }
     if gpus:
         annotations["berth.dev/gpu-ids"] = str(slot_on_node)
     meta: dict[str, Any] = {
         "generateName": f"{rs}-",
-        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs,
-                             "uid": f"{i % 997:08x}-0000-4000-8000-{i % 997:012x}", "controller": True,
-                             "blockOwnerDeletion": True}]}
+        "ownerReferences": [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": rs,
+                "uid": f"{i % 997:08x}-0000-4000-8000-{i % 997:012x}",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
     status = None
     if server_fields:
-        meta.update({"uid": f"{i:08x}-1111-4000-8000-{i:012x}", "resourceVersion": str(100000 + i),
-                     "creationTimestamp": "2026-11-20T08:59:58Z", "managedFields": [
-                         {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
-                          "time": "2026-11-20T08:59:58Z", "fieldsType": "FieldsV1", "fieldsV1": FIELDS_SPEC},
-                         {"manager": "kubelet", "operation": "Update", "apiVersion": "v1",
-                          "time": "2026-11-20T09:00:03Z", "fieldsType": "FieldsV1", "fieldsV1": FIELDS_STATUS,
-                          "subresource": "status"}]})
+        meta.update(
+            {
+                "uid": f"{i:08x}-1111-4000-8000-{i:012x}",
+                "resourceVersion": str(100000 + i),
+                "creationTimestamp": "2026-11-20T08:59:58Z",
+                "managedFields": [
+                    {
+                        "manager": "kube-controller-manager",
+                        "operation": "Update",
+                        "apiVersion": "v1",
+                        "time": "2026-11-20T08:59:58Z",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": FIELDS_SPEC,
+                    },
+                    {
+                        "manager": "kubelet",
+                        "operation": "Update",
+                        "apiVersion": "v1",
+                        "time": "2026-11-20T09:00:03Z",
+                        "fieldsType": "FieldsV1",
+                        "fieldsV1": FIELDS_STATUS,
+                        "subresource": "status",
+                    },
+                ],
+            }
+        )
         status = _pod_status(i, f"10.{n // 65536}.{n // 256 % 256}.{n % 256}")
     containers, spec = _pod_spec(gpus, "2" if gpus else ("500m", "250m", "1")[i % 3])
     labels = {"app": app, "pod-template-hash": rs[-10:], "app.kubernetes.io/part-of": "platform"}
-    return objects.pod(name, containers, namespace=ns, node_name=node_name(n), priority=0, labels=labels,
-                       annotations=annotations, metadata=meta, spec=spec, status=status)
+    return objects.pod(
+        name,
+        containers,
+        namespace=ns,
+        node_name=node_name(n),
+        priority=0,
+        labels=labels,
+        annotations=annotations,
+        metadata=meta,
+        spec=spec,
+        status=status,
+    )
 
 
 # -- the replay server ----------------------------------------------------------------------------------------
@@ -318,8 +513,13 @@ class ReplayServer:
     """Serves recorded list pages of some resources (paginated, gzip like the API server) with an empty
     watch; proxies every other request to `upstream` (the real API server) when given, else 404."""
 
-    def __init__(self, lists: dict[str, list[bytes]], kinds: dict[str, str] | None = None,
-                 upstream: str | None = None, compress: bool = True) -> None:
+    def __init__(
+        self,
+        lists: dict[str, list[bytes]],
+        kinds: dict[str, str] | None = None,
+        upstream: str | None = None,
+        compress: bool = True,
+    ) -> None:
         self.lists = lists
         self.kinds = kinds or {}
         self.upstream = upstream.rstrip("/") if upstream else None
@@ -345,8 +545,9 @@ class ReplayServer:
         self.port = port or free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         if self.upstream:
-            self._session = aiohttp.ClientSession(auto_decompress=False,
-                                                  connector=aiohttp.TCPConnector(ssl=False, limit=32))
+            self._session = aiohttp.ClientSession(
+                auto_decompress=False, connector=aiohttp.TCPConnector(ssl=False, limit=32)
+            )
         return self
 
     async def stop(self) -> None:
@@ -369,8 +570,7 @@ class ReplayServer:
             return self._list(request)
         if self.upstream:
             return await self._proxy(request)
-        return web.json_response({"kind": "Status", "code": 404, "message": f"{request.path} not replayed"},
-                                 status=404)
+        return web.json_response({"kind": "Status", "code": 404, "message": f"{request.path} not replayed"}, status=404)
 
     def _list(self, request: web.Request) -> web.Response:
         items = self.lists[request.path]
@@ -395,8 +595,15 @@ class ReplayServer:
                 meta["continue"] = _encode_continue(path, end)
                 meta["remainingItemCount"] = len(items) - end
             kind = self.kinds.get(path, "List")
-            body = (b'{"kind":"' + kind.encode() + b'","apiVersion":"v1","metadata":' + orjson.dumps(meta)
-                    + b',"items":[' + b",".join(items[start:end]) + b"]}")
+            body = (
+                b'{"kind":"'
+                + kind.encode()
+                + b'","apiVersion":"v1","metadata":'
+                + orjson.dumps(meta)
+                + b',"items":['
+                + b",".join(items[start:end])
+                + b"]}"
+            )
             if gz and len(body) >= GZIP_MIN:
                 body = gzip.compress(body, compresslevel=1)
             self._cache[key] = body
@@ -415,12 +622,16 @@ class ReplayServer:
     async def _proxy(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None and self.upstream is not None
         self.proxied += 1
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() in ("authorization", "accept", "content-type", "accept-encoding", "user-agent")}
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() in ("authorization", "accept", "content-type", "accept-encoding", "user-agent")
+        }
         body = await request.read() if request.can_read_body else None
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        async with self._session.request(request.method, self.upstream + request.path_qs, headers=headers,
-                                         data=body, timeout=timeout) as up:
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body, timeout=timeout
+        ) as up:
             out = {k: v for k, v in up.headers.items() if k.lower() in ("content-type", "content-encoding")}
             resp = web.StreamResponse(status=up.status, headers=out)
             resp.enable_chunked_encoding()
@@ -453,9 +664,14 @@ def write_kubeconfig(path: Path, server: str, token: str) -> Path:
     cluster: dict[str, Any] = {"server": server}
     if server.startswith("https"):
         cluster["insecure-skip-tls-verify"] = True
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "c", "cluster": cluster}], "users": [{"name": "u", "user": {"token": token}}],
-           "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "c",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -516,8 +732,14 @@ class BerthProcess:
         out = open(self.log, "wb")  # noqa: SIM115 - lives as long as the process
         self.started_wall = time.time()
         self.started = time.monotonic()
-        self.popen = subprocess.Popen(berth_command(self.kubeconfig, self.port), stdout=out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, **(self.env or {})})
+        self.popen = subprocess.Popen(
+            berth_command(self.kubeconfig, self.port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env={**os.environ, **(self.env or {})},
+        )
         return self
 
     @property
@@ -535,8 +757,7 @@ class BerthProcess:
                 self.popen.wait(5)
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        async with aiohttp.ClientSession() as s, s.get(self.url + path,
-                                                       timeout=aiohttp.ClientTimeout(total=30)) as r:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path, timeout=aiohttp.ClientTimeout(total=30)) as r:
             return r.status, await r.read()
 
     async def wait_ready(self, timeout: float, every: float = 0.05) -> float:
@@ -569,9 +790,14 @@ class BerthProcess:
         return out
 
 
-async def measure_sync(kubeconfig: Path, log: Path, timeout: float = 300, settle: float = 3.0,
-                       others: dict[str, int] | None = None, variant: tuple[str, dict[str, str]] = ("as is", {})
-                       ) -> Sync:
+async def measure_sync(
+    kubeconfig: Path,
+    log: Path,
+    timeout: float = 300,
+    settle: float = 3.0,
+    others: dict[str, int] | None = None,
+    variant: tuple[str, dict[str, str]] = ("as is", {}),
+) -> Sync:
     """Start Berth, wait for /readyz 200, read its memory. `others`: name -> pid of servers whose CPU
     seconds during the sync are recorded too."""
     before = {name: cpu_seconds(pid) for name, pid in (others or {}).items()}
@@ -598,10 +824,13 @@ async def measure_sync(kubeconfig: Path, log: Path, timeout: float = 300, settle
 def import_time() -> str:
     """Cumulative import time of what `berth serve` imports, biggest top-level modules first
     (python -X importtime; one cold-ish run, so only the order of magnitude counts)."""
-    code = ("import scheduler.cli, scheduler.app, scheduler.cluster.informer, scheduler.cluster.kube, "
-            "scheduler.cluster.status, scheduler.extender.server")
-    res = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True)
+    code = (
+        "import scheduler.cli, scheduler.app, scheduler.cluster.informer, scheduler.cluster.kube, "
+        "scheduler.cluster.status, scheduler.extender.server"
+    )
+    res = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     cum_by_package: dict[str, int] = {}
     total = 0
     for line in res.stderr.splitlines():
@@ -614,8 +843,10 @@ def import_time() -> str:
         if package != "scheduler":  # a package's outermost import carries its whole cost
             cum_by_package[package] = max(cum_by_package.get(package, 0), int(cum))
     top = sorted(cum_by_package.items(), key=lambda kv: -kv[1])[:8]
-    return (f"all imports {total / 1e3:.0f} ms; biggest packages (cumulative, nested ones counted in their "
-            f"importer too): " + ", ".join(f"{n} {c / 1e3:.0f} ms" for n, c in top))
+    return (
+        f"all imports {total / 1e3:.0f} ms; biggest packages (cumulative, nested ones counted in their "
+        f"importer too): " + ", ".join(f"{n} {c / 1e3:.0f} ms" for n, c in top)
+    )
 
 
 async def profiled_copy(kubeconfig: Path, log: Path, mode: str, timeout: float = 900) -> str:
@@ -655,12 +886,14 @@ def event_costs(nodes: int, pods: int, gpu_every: int) -> str:
     extra = pod_object(pods, nodes, gpu_every)
     extra["metadata"]["name"] += "-x"
     new_ns = {"metadata": {"name": "brand-new", "labels": {"berth.dev/team": "none"}}}
-    events = [("pod ADDED", lambda: state.apply_pod("ADDED", extra)),
-              ("pod DELETED", lambda: state.apply_pod("DELETED", extra)),
-              ("node MODIFIED (20 pods on it)", lambda: state.apply_node("MODIFIED", node_object(1, gpu_every))),
-              ("namespace ADDED (no team)", lambda: state.apply_namespace("ADDED", new_ns)),
-              ("namespace MODIFIED (same labels)", lambda: state.apply_namespace("MODIFIED", namespace_object(0))),
-              ("TeamQuota MODIFIED (same spec)", lambda: state.apply_team("MODIFIED", teamquota_object(0)))]
+    events = [
+        ("pod ADDED", lambda: state.apply_pod("ADDED", extra)),
+        ("pod DELETED", lambda: state.apply_pod("DELETED", extra)),
+        ("node MODIFIED (20 pods on it)", lambda: state.apply_node("MODIFIED", node_object(1, gpu_every))),
+        ("namespace ADDED (no team)", lambda: state.apply_namespace("ADDED", new_ns)),
+        ("namespace MODIFIED (same labels)", lambda: state.apply_namespace("MODIFIED", namespace_object(0))),
+        ("TeamQuota MODIFIED (same spec)", lambda: state.apply_team("MODIFIED", teamquota_object(0))),
+    ]
     rows = [f"ClusterState with {len(state.table)} nodes, {len(state.ledger)} pods, {len(state.quotas.teams)} teams:"]
     for name, fn in events:
         t0 = time.perf_counter()
@@ -670,8 +903,12 @@ def event_costs(nodes: int, pods: int, gpu_every: int) -> str:
 
 
 LIST_PROBES = [  # (what, query, gzip, watch-list)
-    ("paginated, limit=500, Berth's field selector, gzip (what Berth does)", {"limit": "500", "fieldSelector": BOUND},
-     True, False),
+    (
+        "paginated, limit=500, Berth's field selector, gzip (what Berth does)",
+        {"limit": "500", "fieldSelector": BOUND},
+        True,
+        False,
+    ),
     ("paginated, limit=500, Berth's field selector, no gzip", {"limit": "500", "fieldSelector": BOUND}, False, False),
     ("paginated, limit=500, no field selector, gzip", {"limit": "500"}, True, False),
     ("paginated, limit=5000, Berth's field selector, gzip", {"limit": "5000", "fieldSelector": BOUND}, True, False),
@@ -683,23 +920,29 @@ async def probe_lists(url: str, token: str, apiserver_pid: int) -> str:
     """How long kube-apiserver takes to hand over every pod, and its CPU for it, by list style. The client
     reads raw bytes (no JSON parse), so the wall time is the server's."""
     import ssl
+
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     rows = ["| list style | wall s | kube-apiserver CPU s | MB received |", "|---|---:|---:|---:|"]
     async with aiohttp.ClientSession(auto_decompress=False, connector=aiohttp.TCPConnector(ssl=ctx)) as session:
         for what, query, gz, stream in LIST_PROBES:
-            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
-                       "Accept-Encoding": "gzip" if gz else "identity"}
+            headers = {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "Accept-Encoding": "gzip" if gz else "identity",
+            }
             cpu0, t0 = cpu_seconds(apiserver_pid), time.monotonic()
             fetch = _watch_list if stream else _paginated_list
             size = await fetch(session, url, query, headers)
-            rows.append(f"| {what} | {time.monotonic() - t0:.1f} | {cpu_seconds(apiserver_pid) - cpu0:.1f} | "
-                        f"{size / 1e6:.0f} |")
+            rows.append(
+                f"| {what} | {time.monotonic() - t0:.1f} | {cpu_seconds(apiserver_pid) - cpu0:.1f} | {size / 1e6:.0f} |"
+            )
     return "\n".join(rows)
 
 
-async def _paginated_list(session: aiohttp.ClientSession, url: str, query: dict[str, str],
-                          headers: dict[str, str]) -> int:
+async def _paginated_list(
+    session: aiohttp.ClientSession, url: str, query: dict[str, str], headers: dict[str, str]
+) -> int:
     size, cont = 0, ""
     while True:
         params = query | ({"continue": cont} if cont else {})
@@ -715,10 +958,13 @@ async def _paginated_list(session: aiohttp.ClientSession, url: str, query: dict[
             return size
 
 
-async def _watch_list(session: aiohttp.ClientSession, url: str, query: dict[str, str],
-                      headers: dict[str, str]) -> int:
-    params = query | {"watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
-                      "allowWatchBookmarks": "true"}
+async def _watch_list(session: aiohttp.ClientSession, url: str, query: dict[str, str], headers: dict[str, str]) -> int:
+    params = query | {
+        "watch": "1",
+        "sendInitialEvents": "true",
+        "resourceVersionMatch": "NotOlderThan",
+        "allowWatchBookmarks": "true",
+    }
     size, tail = 0, b""
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
     async with session.get(f"{url}/api/v1/pods", params=params, headers=headers, timeout=timeout) as r:
@@ -766,9 +1012,12 @@ async def populate(cp: Any, api: Any, args: argparse.Namespace) -> None:
         say(f"  {done} pods created in the API server ({done / (time.monotonic() - t0):.0f}/s)")
 
 
-VARIANTS = [("as is", {}), ("without prefetch", {"BERTH_SCALE_UNDO": "prefetch"}),
-            ("without GC pause", {"BERTH_SCALE_UNDO": "gc-pause"}),
-            ("without both (as before)", {"BERTH_SCALE_UNDO": "prefetch,gc-pause"})]
+VARIANTS = [
+    ("as is", {}),
+    ("without prefetch", {"BERTH_SCALE_UNDO": "prefetch"}),
+    ("without GC pause", {"BERTH_SCALE_UNDO": "gc-pause"}),
+    ("without both (as before)", {"BERTH_SCALE_UNDO": "prefetch,gc-pause"}),
+]
 
 
 @dataclass
@@ -792,12 +1041,18 @@ async def run(args: argparse.Namespace) -> Report:
         kubeconfig = berth_kc
         if args.pods_from == "replay":
             t0 = time.monotonic()
-            replay = ReplayServer({"/api/v1/pods": pod_items(args.pods, args.nodes, args.gpu_every)},
-                                  {"/api/v1/pods": "PodList"}, upstream=cp.url, compress=not args.no_gzip)
+            replay = ReplayServer(
+                {"/api/v1/pods": pod_items(args.pods, args.nodes, args.gpu_every)},
+                {"/api/v1/pods": "PodList"},
+                upstream=cp.url,
+                compress=not args.no_gzip,
+            )
             replay.prepare(500)
             await replay.start()
-            say(f"replay server {replay.url}: {args.pods} pods ({_mb(replay.lists['/api/v1/pods'])} MB of JSON) "
-                f"ready in {time.monotonic() - t0:.1f}s")
+            say(
+                f"replay server {replay.url}: {args.pods} pods ({_mb(replay.lists['/api/v1/pods'])} MB of JSON) "
+                f"ready in {time.monotonic() - t0:.1f}s"
+            )
             kubeconfig = write_kubeconfig(cp.dir / "berth-replay.kubeconfig", replay.url, kubeconfig_token(berth_kc))
         report = Report(args, [])
         others = _server_pids(cp) | ({"replay server": os.getpid()} if replay else {})
@@ -807,16 +1062,22 @@ async def run(args: argparse.Namespace) -> Report:
                 s = await measure_sync(kubeconfig, log, args.timeout, args.settle, others, variant)
                 s.run = k + 1
                 report.runs.append(s)
-                say(f"run {s.run} ({s.variant}): ready in {s.seconds:.2f}s, VmRSS {s.settled_rss_mb:.0f} MB "
-                    f"(load average {os.getloadavg()[0]:.2f})")
+                say(
+                    f"run {s.run} ({s.variant}): ready in {s.seconds:.2f}s, VmRSS {s.settled_rss_mb:.0f} MB "
+                    f"(load average {os.getloadavg()[0]:.2f})"
+                )
         if replay:
             n = len(report.runs)
-            report.replay = {"pages": replay.pages_served // n, "watches": replay.watches // n,
-                             "proxied": replay.proxied // n}
+            report.replay = {
+                "pages": replay.pages_served // n,
+                "watches": replay.watches // n,
+                "proxied": replay.proxied // n,
+            }
         if args.probe_list:
             say("probing kube-apiserver list styles ...")
-            report.profile["kube-apiserver list styles"] = await probe_lists(cp.url, cp.ADMIN_TOKEN,
-                                                                            _server_pids(cp)["kube-apiserver"])
+            report.profile["kube-apiserver list styles"] = await probe_lists(
+                cp.url, cp.ADMIN_TOKEN, _server_pids(cp)["kube-apiserver"]
+            )
         if args.profile:
             report.profile.update(await profile(cp.dir, kubeconfig, args))
         return report
@@ -854,27 +1115,43 @@ def render(report: Report, argv: list[str]) -> str:
     a = report.args
     held = report.runs[-1].state
     lines = [
-        "# Berth at scale: initial sync and memory", "",
-        f"`python -m loadtests.scale {' '.join(argv)}`", "", *machine_facts(), "",
+        "# Berth at scale: initial sync and memory",
+        "",
+        f"`python -m loadtests.scale {' '.join(argv)}`",
+        "",
+        *machine_facts(),
+        "",
         f"{a.nodes} nodes (kube-apiserver; every {a.gpu_every}th with 8 GPUs), {NAMESPACES} namespaces, "
         f"{TEAMS} TeamQuotas (kube-apiserver); {a.pods} pods from "
-        + ("the replay server (recorded list pages, gzip like the API server)." if a.pods_from == "replay"
-           else "kube-apiserver."), "",
+        + (
+            "the replay server (recorded list pages, gzip like the API server)."
+            if a.pods_from == "replay"
+            else "kube-apiserver."
+        ),
+        "",
         f"| run | informer list | start -> /readyz 200 (target <= {TARGET_SYNC_S} s) | CPU s until then | "
         f"VmRSS at ready | VmRSS after gc.collect() + {a.settle:.0f} s (target <= {TARGET_RSS_MB} MB) | VmHWM (peak) | "
         "initial list done at (s from start) |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
-        *(f"| {s.run} | {s.variant} | {s.seconds:.2f} s | {_cpu(s)} | {s.rss_mb:.0f} MB | {s.settled_rss_mb:.0f} MB | "
-          f"{s.hwm_mb:.0f} MB | " + ", ".join(f"{r} {t:.2f}" for r, t in s.listed.items()) + " |"
-          for s in report.runs), "",
+        *(
+            f"| {s.run} | {s.variant} | {s.seconds:.2f} s | {_cpu(s)} | {s.rss_mb:.0f} MB | "
+            f"{s.settled_rss_mb:.0f} MB | {s.hwm_mb:.0f} MB | "
+            + ", ".join(f"{r} {t:.2f}" for r, t in s.listed.items())
+            + " |"
+            for s in report.runs
+        ),
+        "",
         f"`/debug/state` after sync: nodes {held.get('nodes')}, pods {held.get('pods')}, teams {held.get('teams')}, "
         f"ready {held.get('ready')}; informers "
         + ", ".join(f"{k}: lists {v['lists']} rv {v['resourceVersion']}" for k, v in held.get("informers", {}).items()),
     ]
     if report.replay:
         r = report.replay
-        lines += ["", f"Replay server, per Berth start: {r['pages']} pod pages served, {r['watches']} watches, "
-                      f"{r['proxied']} requests proxied to kube-apiserver."]
+        lines += [
+            "",
+            f"Replay server, per Berth start: {r['pages']} pod pages served, {r['watches']} watches, "
+            f"{r['proxied']} requests proxied to kube-apiserver.",
+        ]
     for name, text in report.profile.items():
         fence = [] if text.startswith("|") else ["```"]
         lines += ["", f"## {name}", "", *fence, text.rstrip(), *fence]
@@ -887,6 +1164,7 @@ def _cpu(s: Sync) -> str:
 
 def machine_facts() -> list[str]:
     from loadtests.throughput import machine_facts as facts
+
     return facts()
 
 
@@ -894,20 +1172,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="loadtests/scale.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=7500, help="nodes created in kube-apiserver (default 7500)")
     p.add_argument("--pods", type=int, default=150_000, help="pods (default 150000)")
-    p.add_argument("--pods-from", choices=["replay", "apiserver"], default="replay",
-                   help="replay server (default) or pods created in kube-apiserver")
+    p.add_argument(
+        "--pods-from",
+        choices=["replay", "apiserver"],
+        default="replay",
+        help="replay server (default) or pods created in kube-apiserver",
+    )
     p.add_argument("--gpu-every", type=int, default=4, help="every Nth node has 8 GPUs")
     p.add_argument("--no-gzip", action="store_true", help="replay pages uncompressed (the API server gzips)")
     p.add_argument("--concurrency", type=int, default=64, help="concurrent POSTs when creating objects")
     p.add_argument("--settle", type=float, default=3.0, help="seconds idle after gc.collect() before the RSS read")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for /readyz")
     p.add_argument("--repeat", type=int, default=1, help="measure this many Berth starts (same data)")
-    p.add_argument("--ab", action="store_true", help="each start also without the informer's prefetch and/or GC "
-                   "pause (put back in the process by the boot snippet), interleaved")
-    p.add_argument("--profile", action="store_true",
-                   help="also: import times, event costs, cProfile and tracemalloc copies")
-    p.add_argument("--probe-list", action="store_true",
-                   help="also time raw pod lists from kube-apiserver by style (pages, gzip, watch-list)")
+    p.add_argument(
+        "--ab",
+        action="store_true",
+        help="each start also without the informer's prefetch and/or GC "
+        "pause (put back in the process by the boot snippet), interleaved",
+    )
+    p.add_argument(
+        "--profile", action="store_true", help="also: import times, event costs, cProfile and tracemalloc copies"
+    )
+    p.add_argument(
+        "--probe-list",
+        action="store_true",
+        help="also time raw pod lists from kube-apiserver by style (pages, gzip, watch-list)",
+    )
     p.add_argument("--markdown", help="write the report here")
     p.add_argument("--keep", action="store_true", help="keep the control plane's directory (logs)")
     return p.parse_args(argv)

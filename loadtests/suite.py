@@ -34,9 +34,7 @@ def start_server(name: str, args: argparse.Namespace, pin: Pinning, workdir: Pat
         return
     typical = [*pin.server, sys.executable, str(args.typical_script), "--port", str(port)]
     if args.synthetic:
-        with running(
-            [*typical, "--synthetic", str(args.synthetic)], server_env(False), port, workdir, name
-        ) as base:
+        with running([*typical, "--synthetic", str(args.synthetic)], server_env(False), port, workdir, name) as base:
             yield base
         return
     # Mirror a fresh Berth's demo cluster, then stop that Berth so it takes no CPU during the run.
@@ -49,9 +47,7 @@ def start_server(name: str, args: argparse.Namespace, pin: Pinning, workdir: Pat
             workdir,
             "typical-mirror-source",
         ) as source:
-            base = stack.enter_context(
-                running([*typical, "--mirror", source], server_env(False), port, workdir, name)
-            )
+            base = stack.enter_context(running([*typical, "--mirror", source], server_env(False), port, workdir, name))
         yield base
 
 
@@ -114,9 +110,7 @@ def build_bodies(
     return Bodies(files, sizes)
 
 
-def measure_post(
-    base: str, case: Case, body: Path, args: argparse.Namespace, pin: Pinning
-) -> list[Measurement]:
+def measure_post(base: str, case: Case, body: Path, args: argparse.Namespace, pin: Pinning) -> list[Measurement]:
     url = f"{base}/scheduler/{case.verb}"
     sent = case.nodes
     try:
@@ -128,9 +122,7 @@ def measure_post(
     out = []
     for conns in args.conns:
         run_wrk(pin, url, script, conns, args.warmup)
-        out.append(
-            Measurement("", case, conns, parse_wrk(run_wrk(pin, url, script, conns, args.duration)), note)
-        )
+        out.append(Measurement("", case, conns, parse_wrk(run_wrk(pin, url, script, conns, args.duration)), note))
     return out
 
 
@@ -156,9 +148,7 @@ def _run_ids() -> tuple[str, str]:
     return f"bench-{run_id[:10]}", f"{run_id[:8]}-{run_id[8:12]}-4{run_id[13:16]}-8{run_id[17:20]}-"
 
 
-def bind_once(
-    base: str, pin: Pinning, scripts: tuple[Path, Path], conns: int, seconds: int
-) -> tuple[str, int]:
+def bind_once(base: str, pin: Pinning, scripts: tuple[Path, Path], conns: int, seconds: int) -> tuple[str, int]:
     """Seed fresh pods, then bind them for `seconds`; returns wrk's output of the bind run and the seed."""
     seed_script, bind_script = scripts
     prefix, uid_prefix = _run_ids()
@@ -168,9 +158,7 @@ def bind_once(
     found = re.search(r"^SEED seeded=(\d+)", seed_out, re.MULTILINE)
     # The last request of each connection may still have been in flight when wrk stopped.
     seeded = max(int(found.group(1)) - 8, 1) if found else 1
-    out = run_wrk(
-        pin, f"{base}/scheduler/bind", bind_script, conns, seconds, [prefix, uid_prefix, str(seeded)]
-    )
+    out = run_wrk(pin, f"{base}/scheduler/bind", bind_script, conns, seconds, [prefix, uid_prefix, str(seeded)])
     return out, seeded
 
 
@@ -213,9 +201,7 @@ def run_suite(name: str, args: argparse.Namespace, pin: Pinning, workdir: Path) 
             if case.verb == "bind":
                 found = measure_bind(base, [i["name"] for i in infos], args, pin, workdir)
             elif body is None:
-                found = [
-                    Measurement("", case, c, None, f"server has only {len(infos)} nodes") for c in args.conns
-                ]
+                found = [Measurement("", case, c, None, f"server has only {len(infos)} nodes") for c in args.conns]
             else:
                 found = measure_post(base, case, body, args, pin)
             for m in found:

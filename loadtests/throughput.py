@@ -54,8 +54,11 @@ class Api:
     def __init__(self, url: str, token: str, concurrency: int = 64) -> None:
         self.url = url
         self.concurrency = concurrency
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json",
-                        "Content-Type": "application/json"}
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -67,8 +70,14 @@ class Api:
     async def __aexit__(self, *exc: object) -> None:
         await self.session.close()
 
-    async def request(self, method: str, path: str, body: bytes | None = None,
-                      params: dict[str, str] | None = None, ok: Iterable[int] = (200, 201)) -> dict[str, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        params: dict[str, str] | None = None,
+        ok: Iterable[int] = (200, 201),
+    ) -> dict[str, Any]:
         url = path if path.startswith("http") else self.url + path
         async with self.session.request(method, url, data=body, params=params, headers=self.headers) as r:
             raw = await r.read()
@@ -89,6 +98,7 @@ class Api:
         async def worker() -> None:
             for path, body in queue:
                 await self.request("POST", path, body)
+
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(posts)))))
 
     async def watch(self, path: str, rv: str) -> AsyncIterator[dict[str, Any]]:
@@ -119,8 +129,19 @@ def node_bodies(start: int, stop: int, gpu_node_every: int) -> list[bytes]:
 
 
 def pod_bodies(count: int, scheduler: str, gpu_every: int) -> list[bytes]:
-    return [orjson.dumps(pod(f"p-{i:05d}", GROUP, gpus=1 if gpu_every and i % gpu_every == 0 else 0,
-                             cpu="100m", memory="256Mi", scheduler=scheduler)) for i in range(count)]
+    return [
+        orjson.dumps(
+            pod(
+                f"p-{i:05d}",
+                GROUP,
+                gpus=1 if gpu_every and i % gpu_every == 0 else 0,
+                cpu="100m",
+                memory="256Mi",
+                scheduler=scheduler,
+            )
+        )
+        for i in range(count)
+    ]
 
 
 # -- CPU accounting ----------------------------------------------------------------------------------------
@@ -265,8 +286,10 @@ class BindWatch:
         if (obj.get("spec") or {}).get("nodeName"):
             self.bound.setdefault(name, time.monotonic())
             return len(self.bound) >= self.expect
-        if any(c.get("type") == "PodScheduled" and c.get("status") == "False"
-               for c in (obj.get("status") or {}).get("conditions") or []):
+        if any(
+            c.get("type") == "PodScheduled" and c.get("status") == "False"
+            for c in (obj.get("status") or {}).get("conditions") or []
+        ):
             self.unschedulable += 1
         return False
 
@@ -288,13 +311,17 @@ async def pod_gone(api: Api, ns: str, name: str) -> bool:
 
 async def warm_up(api: Api, ns: str, scheduler: str, sched: h.Proc, berth: "BerthRun | None") -> None:
     """One pod through the new scheduler: proves it has synced its caches (and Berth its part)."""
-    await api.request("POST", f"/api/v1/namespaces/{ns}/pods",
-                      orjson.dumps(pod("warmup", GROUP, cpu="100m", memory="256Mi", scheduler=scheduler)))
+    await api.request(
+        "POST",
+        f"/api/v1/namespaces/{ns}/pods",
+        orjson.dumps(pod("warmup", GROUP, cpu="100m", memory="256Mi", scheduler=scheduler)),
+    )
 
     async def bound() -> bool:
         if not sched.alive:
             raise RuntimeError(f"{sched.name} exited:\n{sched.tail()}")
         return bool((await api.get(f"/api/v1/namespaces/{ns}/pods/warmup"))["spec"].get("nodeName"))
+
     await wait_for(bound, 180, f"{sched.name} to bind a warm-up pod")
     await api.request("DELETE", f"/api/v1/namespaces/{ns}/pods/warmup", params={"gracePeriodSeconds": "0"})
     await wait_for(lambda: pod_gone(api, ns, "warmup"), 30, "the warm-up pod to go")
@@ -307,6 +334,7 @@ async def delete_pods(api: Api, ns: str) -> None:
 
     async def empty() -> bool:
         return not (await api.get(f"/api/v1/namespaces/{ns}/pods", {"limit": "1"}))["items"]
+
     await wait_for(empty, 120, f"the pods of {ns} to be deleted", every=0.5)
 
 
@@ -326,9 +354,9 @@ class BerthRun:
         out: dict[str, list[float]] = {}
         for line in text.splitlines():
             for part, index in (("_sum", 0), ("_count", 1)):
-                prefix = f"berth_request_duration_seconds{part}{{verb=\""
+                prefix = f'berth_request_duration_seconds{part}{{verb="'
                 if line.startswith(prefix):
-                    verb = line[len(prefix):].split('"', 1)[0]
+                    verb = line[len(prefix) :].split('"', 1)[0]
                     out.setdefault(verb, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
         return out
 
@@ -337,9 +365,11 @@ class BerthRun:
 
     async def wait_empty(self, api: Api, timeout: float = 60) -> bool:
         """Berth's ledger holds no pod and no reservation, and every node is back to all-free."""
+
         async def ledger_empty() -> bool:
             s = await api.get(f"{self.url}/debug/state")
             return s["pods"] == 0 and s["reservations"] == 0
+
         await wait_for(ledger_empty, timeout, "Berth's ledger to drop the deleted pods")
         nodes = (await api.get(f"{self.url}/debug/nodes"))["nodes"]
         busy = [n["name"] for n in nodes if n["free"] != n["allocatable"] or n["gpuIdsUsed"]]
@@ -348,21 +378,24 @@ class BerthRun:
         return True
 
 
-async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes: int, pct: int | None,
-                  berth: BerthRun | None) -> Result:
+async def measure(
+    cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes: int, pct: int | None, berth: BerthRun | None
+) -> Result:
     """One run: a fresh namespace and kube-scheduler, a warm-up pod, the timed stream, then cleanup."""
     mode = "berth" if berth else "plain"
     scheduler = BERTH if berth else PLAIN
     res = Result(nodes, pct, mode, args.pods)
     ns = f"tp-{nodes}-{res.pct_label}-{mode}-{int(time.time()) % 100000}"
     await api.request("POST", "/api/v1/namespaces", orjson.dumps({"metadata": {"name": ns}}))
-    cfg = h.scheduler_config(cp, cp.dir / f"sched-{ns}.yaml", berth.url if berth else None, scheduler,
-                             percentage=pct, qps=args.qps)
+    cfg = h.scheduler_config(
+        cp, cp.dir / f"sched-{ns}.yaml", berth.url if berth else None, scheduler, percentage=pct, qps=args.qps
+    )
     sched = h.start_scheduler(cp, f"kube-scheduler-{ns}", cfg)
     try:
         await warm_up(api, ns, scheduler, sched, berth)
-        await timed_stream(api, ns, args, pod_bodies(args.pods, scheduler, args.gpu_every),
-                           pids(cp, sched, berth), berth, res)
+        await timed_stream(
+            api, ns, args, pod_bodies(args.pods, scheduler, args.gpu_every), pids(cp, sched, berth), berth, res
+        )
     finally:
         sched.stop()
     await delete_pods(api, ns)
@@ -371,8 +404,15 @@ async def measure(cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes:
     return res
 
 
-async def timed_stream(api: Api, ns: str, args: argparse.Namespace, bodies: list[bytes], procs: dict[str, int],
-                       berth: BerthRun | None, res: Result) -> None:
+async def timed_stream(
+    api: Api,
+    ns: str,
+    args: argparse.Namespace,
+    bodies: list[bytes],
+    procs: dict[str, int],
+    berth: BerthRun | None,
+    res: Result,
+) -> None:
     """Create every pod as fast as possible and time until the watch has seen each one bound."""
     rv = (await api.get(f"/api/v1/namespaces/{ns}/pods", {"limit": "1"}))["metadata"]["resourceVersion"]
     watch = BindWatch(api, ns, rv, len(bodies))
@@ -410,8 +450,12 @@ def verb_means(before: dict[str, list[float]], after: dict[str, list[float]]) ->
 
 
 def pids(cp: h.ControlPlane, sched: h.Proc, berth: BerthRun | None) -> dict[str, int]:
-    procs = {"kube-apiserver": cp.apiserver, "etcd": cp.etcd, "kube-scheduler": sched,
-             "berth": berth.proc if berth else None}
+    procs = {
+        "kube-apiserver": cp.apiserver,
+        "etcd": cp.etcd,
+        "kube-scheduler": sched,
+        "berth": berth.proc if berth else None,
+    }
     out = {name: p.popen.pid for name, p in procs.items() if p is not None and p.popen is not None}
     out["client"] = os.getpid()
     return out
@@ -476,17 +520,21 @@ def say(text: str) -> None:
 
 def describe(r: Result) -> str:
     cpu = ", ".join(f"{k} {r.cpu.get(k, 0):.0f}%" for k in (*PROCS, "other") if k in r.cpu)
-    return (f"{r.nodes} nodes, pct {r.pct_label}, {r.mode}: {r.bound}/{r.pods} bound in {r.seconds:.2f}s = "
-            f"{r.rate:.0f} pods/s (created in {r.create_seconds:.2f}s, first bind {r.first_bind:.2f}s, "
-            f"{r.unschedulable} unschedulable events); CPU {cpu}"
-            + ("" if r.cache_empty is None else f"; Berth cache empty after delete: {r.cache_empty}")
-            + "".join(f"; Berth {v} {ms:.2f} ms x{n}" for v, (n, ms) in sorted(r.verbs.items())))
+    return (
+        f"{r.nodes} nodes, pct {r.pct_label}, {r.mode}: {r.bound}/{r.pods} bound in {r.seconds:.2f}s = "
+        f"{r.rate:.0f} pods/s (created in {r.create_seconds:.2f}s, first bind {r.first_bind:.2f}s, "
+        f"{r.unschedulable} unschedulable events); CPU {cpu}"
+        + ("" if r.cache_empty is None else f"; Berth cache empty after delete: {r.cache_empty}")
+        + "".join(f"; Berth {v} {ms:.2f} ms x{n}" for v, (n, ms) in sorted(r.verbs.items()))
+    )
 
 
 # -- reporting -------------------------------------------------------------------------------------------------
 def summary_table(results: list[Result]) -> list[str]:
-    rows = ["| nodes | pct | pods | runs | pods/s alone | pods/s with Berth | ratio |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| nodes | pct | pods | runs | pods/s alone | pods/s with Berth | ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for nodes, pct in sorted({(r.nodes, r.pct if r.pct is not None else -1) for r in results}):
         same = [r for r in results if r.nodes == nodes and (r.pct if r.pct is not None else -1) == pct]
         plain = _median([r.rate for r in same if r.mode == "plain"])
@@ -494,8 +542,10 @@ def summary_table(results: list[Result]) -> list[str]:
         ratio = f"{berth / plain:.2f}" if plain and berth else "-"
         complete = all(r.bound == r.pods for r in same)
         runs = max(r.run for r in same)
-        rows.append(f"| {nodes} | {'default' if pct < 0 else pct} | {same[0].pods} | {runs} | {_num(plain)} | "
-                    f"{_num(berth)} | {ratio} |" + ("" if complete else " (some pods never bound)"))
+        rows.append(
+            f"| {nodes} | {'default' if pct < 0 else pct} | {same[0].pods} | {runs} | {_num(plain)} | "
+            f"{_num(berth)} | {ratio} |" + ("" if complete else " (some pods never bound)")
+        )
     return rows
 
 
@@ -508,9 +558,11 @@ def _num(value: float | None) -> str:
 
 
 def detail_table(results: list[Result], ncpu: int) -> list[str]:
-    head = ("| nodes | pct | scheduler | run | pods/s | create s | first bind s | last bind s | "
-            + " | ".join(f"{p} %CPU (peak)" for p in PROCS)
-            + " | other %CPU | CPU ms per pod | Berth mean ms (calls) | limited by | Berth cache empty |")
+    head = (
+        "| nodes | pct | scheduler | run | pods/s | create s | first bind s | last bind s | "
+        + " | ".join(f"{p} %CPU (peak)" for p in PROCS)
+        + " | other %CPU | CPU ms per pod | Berth mean ms (calls) | limited by | Berth cache empty |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         cpu = " | ".join(f"{r.cpu[p]:.0f} ({r.peak.get(p, 0):.0f})" if p in r.cpu else "-" for p in PROCS)
@@ -518,9 +570,11 @@ def detail_table(results: list[Result], ncpu: int) -> list[str]:
         verbs = ", ".join(f"{v} {ms:.2f} ({n})" for v, (n, ms) in sorted(r.verbs.items())) or "-"
         if r.mode == "berth":
             verbs += f"; NodeNames cache hits {r.names_cache_hits}"
-        rows.append(f"| {r.nodes} | {r.pct_label} | {r.mode} | {r.run} | {r.rate:.0f} | {r.create_seconds:.2f} | "
-                    f"{r.first_bind:.2f} | {r.seconds:.2f} | {cpu} | {r.cpu.get('other', 0):.0f} | {per_pod(r)} | "
-                    f"{verbs} | {limiting(r, ncpu)} | {empty} |")
+        rows.append(
+            f"| {r.nodes} | {r.pct_label} | {r.mode} | {r.run} | {r.rate:.0f} | {r.create_seconds:.2f} | "
+            f"{r.first_bind:.2f} | {r.seconds:.2f} | {cpu} | {r.cpu.get('other', 0):.0f} | {per_pod(r)} | "
+            f"{verbs} | {limiting(r, ncpu)} | {empty} |"
+        )
     return rows
 
 
@@ -534,31 +588,49 @@ def per_pod(r: Result) -> str:
 
 
 def machine_facts() -> list[str]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return [f"- nproc: {os.cpu_count()}; CPU: {model}; {platform.system()} {platform.release()}",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; uptime at the end: `{uptime}`",
-            f"- kube-scheduler/kube-apiserver/etcd from {h.k8s_bin()}; Python {platform.python_version()}"]
+    return [
+        f"- nproc: {os.cpu_count()}; CPU: {model}; {platform.system()} {platform.release()}",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; uptime at the end: `{uptime}`",
+        f"- kube-scheduler/kube-apiserver/etcd from {h.k8s_bin()}; Python {platform.python_version()}",
+    ]
 
 
 def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -> str:
     ncpu = os.cpu_count() or 1
-    lines = ["# End-to-end scheduling throughput: kube-scheduler alone vs with Berth", "",
-             f"`{' '.join(shlex.quote(a) for a in ['python', '-m', 'loadtests.throughput', *argv])}`", "",
-             *machine_facts(), "",
-             f"{args.pods} pods per run (100m CPU, 256Mi; every {args.gpu_every}th asks for 1 GPU), all created up "
-             f"front by {args.concurrency} concurrent POSTs; pods/s = pods / (first POST -> last pod seen bound). "
-             f"Nodes: kubelet-less, every {args.gpu_node_every}th with 8 GPUs, pool `shared`. kube-scheduler "
-             f"client QPS {args.qps}, burst {2 * args.qps}. One kube-scheduler at a time; Berth runs only for "
-             "its own runs. pct = percentageOfNodesToScore (default: adaptive, max(5, 50 - nodes/125)%).", "",
-             *summary_table(results), "",
-             "pods/s is the median over the runs of a case (all runs are in the table below).", "",
-             "Per run: %CPU is averaged over the run (100 = one core; peak over 0.5 s samples in brackets). "
-             "`client` is this benchmark process (creating pods and watching them); `other` is the rest of "
-             "the machine (other users' processes). CPU ms per pod: CPU time of each of our processes over the run "
-             "divided by the pods bound (the cost that fills 2 cores).", "",
-             *detail_table(results, ncpu), ""]
+    lines = [
+        "# End-to-end scheduling throughput: kube-scheduler alone vs with Berth",
+        "",
+        f"`{' '.join(shlex.quote(a) for a in ['python', '-m', 'loadtests.throughput', *argv])}`",
+        "",
+        *machine_facts(),
+        "",
+        f"{args.pods} pods per run (100m CPU, 256Mi; every {args.gpu_every}th asks for 1 GPU), all created up "
+        f"front by {args.concurrency} concurrent POSTs; pods/s = pods / (first POST -> last pod seen bound). "
+        f"Nodes: kubelet-less, every {args.gpu_node_every}th with 8 GPUs, pool `shared`. kube-scheduler "
+        f"client QPS {args.qps}, burst {2 * args.qps}. One kube-scheduler at a time; Berth runs only for "
+        "its own runs. pct = percentageOfNodesToScore (default: adaptive, max(5, 50 - nodes/125)%).",
+        "",
+        *summary_table(results),
+        "",
+        "pods/s is the median over the runs of a case (all runs are in the table below).",
+        "",
+        "Per run: %CPU is averaged over the run (100 = one core; peak over 0.5 s samples in brackets). "
+        "`client` is this benchmark process (creating pods and watching them); `other` is the rest of "
+        "the machine (other users' processes). CPU ms per pod: CPU time of each of our processes over the run "
+        "divided by the pods bound (the cost that fills 2 cores).",
+        "",
+        *detail_table(results, ncpu),
+        "",
+    ]
     return "\n".join(lines)
 
 

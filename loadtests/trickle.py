@@ -46,9 +46,12 @@ class Server:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as config:
             config.write("server:\n" + "".join(f"  {k}: {v}\n" for k, v in keys.items()))
         self._config = Path(config.name)
-        self.proc = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--demo", "--config",
-                                      str(self._config)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "serve", "--demo", "--config", str(self._config)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -76,8 +79,10 @@ class Server:
 
 
 def request(path: str, body: bytes = b"", method: str = "POST") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -158,8 +163,10 @@ async def run_trickle(conns: int, timeout: float) -> None:
         print(f"{conns} trickling:        {summary(busy)}; RSS {server.rss_mb():.0f} MB")
         await asyncio.gather(*tasks)
         if closed:
-            print(f"tricklers closed by the server: {len(closed)} of {conns}, {min(closed):.1f}-{max(closed):.1f} s "
-                  f"after they began (server.request_timeout_seconds = {timeout:g})")
+            print(
+                f"tricklers closed by the server: {len(closed)} of {conns}, {min(closed):.1f}-{max(closed):.1f} s "
+                f"after they began (server.request_timeout_seconds = {timeout:g})"
+            )
         else:
             print(f"tricklers closed by the server: 0 of {conns} within {timeout + 15:g} s")
     finally:
@@ -183,8 +190,10 @@ async def run_closed(conns: int) -> None:
             writer.close()
             await asyncio.sleep(max(0.0, (i + 1) * 35 / conns - (time.monotonic() - t0)))
         await asyncio.sleep(3)
-        print(f"RSS: {base:.0f} MB before, {server.rss_mb():.0f} MB after {conns} closed connections "
-              f"({len(body) // 1024} KB filter bodies, {time.monotonic() - t0:.0f} s)")
+        print(
+            f"RSS: {base:.0f} MB before, {server.rss_mb():.0f} MB after {conns} closed connections "
+            f"({len(body) // 1024} KB filter bodies, {time.monotonic() - t0:.0f} s)"
+        )
     finally:
         server.stop()
 
@@ -206,8 +215,10 @@ async def run_names(bodies: int, count: int, pad: int) -> None:
             after.append(f"{server.rss_mb():.0f}")
         del body
         await asyncio.sleep(2)
-        print(f"RSS: {base:.0f} MB before, {server.rss_mb():.0f} MB after {bodies} distinct NodeNames bodies of "
-              f"{size / 1e6:.1f} MB ({count:,} names each), connection kept open; after each: {', '.join(after)} MB")
+        print(
+            f"RSS: {base:.0f} MB before, {server.rss_mb():.0f} MB after {bodies} distinct NodeNames bodies of "
+            f"{size / 1e6:.1f} MB ({count:,} names each), connection kept open; after each: {', '.join(after)} MB"
+        )
         writer.close()
     finally:
         server.stop()

@@ -179,9 +179,7 @@ def parse_wrk(output: str) -> WrkResult:
     return WrkResult(percentiles["50"], percentiles["99"], float(rps.group(1)), int(total.group(1)), errors)
 
 
-def run_wrk(
-    pin: Pinning, url: str, script: Path, conns: int, seconds: int, script_args: Sequence[str] = ()
-) -> str:
+def run_wrk(pin: Pinning, url: str, script: Path, conns: int, seconds: int, script_args: Sequence[str] = ()) -> str:
     argv = [
         *pin.client,
         "wrk",

@@ -94,8 +94,12 @@ def tls_context(cert: str | None, key: str | None, client_ca: str | None) -> ssl
     return ctx
 
 
-async def serve(config: Config, demo: bool, kubeconfig: str | None,
-                tls: tuple[str | None, str | None, str | None] = (None, None, None)) -> int:
+async def serve(
+    config: Config,
+    demo: bool,
+    kubeconfig: str | None,
+    tls: tuple[str | None, str | None, str | None] = (None, None, None),
+) -> int:
     tune_malloc()
     state = ClusterState(config)
     metrics = Metrics()
@@ -104,6 +108,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
     elector: Elector | None = None
     if demo:
         from scheduler import demo as demo_cluster
+
         demo_cluster.populate(state, config.demo.nodes, config.demo.seed)
         binder = Binder(state, None, None)
         berth = Berth(state, metrics, binder)
@@ -111,6 +116,7 @@ async def serve(config: Config, demo: bool, kubeconfig: str | None,
         from scheduler.cluster.informer import informers
         from scheduler.cluster.kube import KubeClient, load_configuration
         from scheduler.cluster.status import StatusWriter
+
         try:
             cfg = load_configuration(kubeconfig)
         except Exception as exc:  # the kubernetes loader raises several unrelated types
@@ -162,13 +168,15 @@ class Listener:
         await self.runner.cleanup()
 
 
-async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool,
-                  host: str | None = None) -> Listener:
+async def _listen(
+    berth: Berth, config: Config, port: int, ctx: ssl.SSLContext | None, verbs: bool, host: str | None = None
+) -> Listener:
     """aiohttp serves the whole API; on the verbs' port each connection starts with the hot-path
     handler (verbs_http.py), which hands anything but a verb POST to aiohttp's protocol."""
     host = host or config.server.host
-    runner = web.AppRunner(berth.app(verbs=verbs), access_log=None, keepalive_timeout=config.server.keepalive_timeout,
-                           handle_signals=False)
+    runner = web.AppRunner(
+        berth.app(verbs=verbs), access_log=None, keepalive_timeout=config.server.keepalive_timeout, handle_signals=False
+    )
     await runner.setup()
     try:
         if not verbs:
@@ -176,17 +184,22 @@ async def _listen(berth: Berth, config: Config, port: int, ctx: ssl.SSLContext |
             return Listener(runner, runner.addresses[0][1])
         assert runner.server is not None
         verb_server = VerbServer(berth.verbs, runner.server, config.server.keepalive_timeout)
-        server = await asyncio.get_running_loop().create_server(verb_server, host, port, ssl=ctx, backlog=1024,
-                                                                reuse_address=True)
+        server = await asyncio.get_running_loop().create_server(
+            verb_server, host, port, ssl=ctx, backlog=1024, reuse_address=True
+        )
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {host}:{port}: {exc}") from exc
-    return Listener(runner, server.sockets[0].getsockname()[1], verb_server, server,
-                    asyncio.create_task(verb_server.sweep(), name="keepalive"))
+    return Listener(
+        runner,
+        server.sockets[0].getsockname()[1],
+        verb_server,
+        server,
+        asyncio.create_task(verb_server.sweep(), name="keepalive"),
+    )
 
 
-async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.Task[None]],
-                    grace: float) -> None:
+async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.Task[None]], grace: float) -> None:
     """Stop accepting, let in-flight binds finish, release what is still unconfirmed."""
     log.info("shutting down: finishing %d in-flight binds", berth.binder.in_flight)
     berth.verbs.accepting = False
@@ -206,6 +219,7 @@ async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.T
 
 def _native() -> bool:
     from scheduler import kernels
+
     return kernels.NATIVE
 
 
@@ -220,25 +234,35 @@ async def _listeners(berth: Berth, config: Config, ctx: ssl.SSLContext | None) -
     health = (srv.health_host, srv.health_port) if srv.health_port else (srv.host, srv.port) if ctx else None
     if health is not None:
         runners.append(await _listen(berth, config, health[1], None, verbs=False, host=health[0]))
-    log.info("Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)", "https" if ctx else "http",
-             srv.host, verb_port, f", health and metrics only on {health[0]}:{health[1]}" if health else "",
-             "live cluster" if berth.debug.fetch_pod else "demo cluster", "native" if _native() else "python")
+    log.info(
+        "Berth serving the verbs on %s://%s:%s%s (%s, %s kernels)",
+        "https" if ctx else "http",
+        srv.host,
+        verb_port,
+        f", health and metrics only on {health[0]}:{health[1]}" if health else "",
+        "live cluster" if berth.debug.fetch_pod else "demo cluster",
+        "native" if _native() else "python",
+    )
     return runners
 
 
-def _watch_certificate(ctx: ssl.SSLContext, tls: tuple[str | None, str | None, str | None],
-                       every: float) -> asyncio.Task[None]:
+def _watch_certificate(
+    ctx: ssl.SSLContext, tls: tuple[str | None, str | None, str | None], every: float
+) -> asyncio.Task[None]:
     from scheduler.tls import CertReloader
+
     cert, key, client_ca = tls
     assert cert is not None
     return asyncio.create_task(CertReloader(ctx, cert, key, client_ca).run(every), name="tls-reload")
 
 
-def _elect(client: "KubeClient", config: Config, metrics: Metrics, berth: Berth,
-           tasks: list[asyncio.Task[None]]) -> "Elector":
+def _elect(
+    client: "KubeClient", config: Config, metrics: Metrics, berth: Berth, tasks: list[asyncio.Task[None]]
+) -> "Elector":
     """Only the Lease holder writes TeamQuota status and counts GPU-seconds (from two replicas both would
     be summed twice); every replica keeps its cache warm and serves the verbs."""
     from scheduler.cluster.leader import AlwaysLeader, Elector, LeaderElector
+
     elector: Elector = AlwaysLeader()
     if config.leader_election.enabled:
         elector = LeaderElector(client, config.leader_election, on_change=lambda lead: metrics.leader.set(int(lead)))

@@ -33,8 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--namespace", "-n", default="default")
     e.add_argument("pod")
     # Listed for --help only: main() hands `berth bench ...` to loadtests/ before parsing (see _bench).
-    sub.add_parser("bench", add_help=False,
-                   help="latency and throughput of Berth's verbs, from a source checkout (see docs/BENCHMARKS.md)")
+    sub.add_parser(
+        "bench",
+        add_help=False,
+        help="latency and throughput of Berth's verbs, from a source checkout (see docs/BENCHMARKS.md)",
+    )
     return p
 
 
@@ -61,8 +64,11 @@ def _bench(argv: list[str]) -> int:
         # The `berth` script does not put the checkout on sys.path: find it next to this package.
         checkout = Path(__file__).resolve().parents[1]
         if not (checkout / "loadtests" / "bench.py").is_file():
-            print("berth bench: the benchmarks are not installed with Berth; run them from a source checkout: "
-                  "`make bench` (or `python -m loadtests.bench`)", file=sys.stderr)
+            print(
+                "berth bench: the benchmarks are not installed with Berth; run them from a source checkout: "
+                "`make bench` (or `python -m loadtests.bench`)",
+                file=sys.stderr,
+            )
             return 2
         sys.path.insert(0, str(checkout))
         from loadtests import bench
@@ -93,10 +99,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from scheduler import app
     from scheduler.observability import logs
+
     logs.setup(config.log_level)
     try:
-        return _event_loop_runner()(app.serve(config, demo=args.demo, kubeconfig=args.kubeconfig,
-                                              tls=(args.tls_cert, args.tls_key, args.client_ca)))
+        return _event_loop_runner()(
+            app.serve(
+                config, demo=args.demo, kubeconfig=args.kubeconfig, tls=(args.tls_cert, args.tls_key, args.client_ca)
+            )
+        )
     except app.StartupError as exc:
         print(f"berth: {exc}", file=sys.stderr)
         return 2
@@ -107,9 +117,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     """uvloop when installed (measured in docs/BENCHMARKS.md); BERTH_NO_UVLOOP=1 keeps asyncio's loop."""
     import os
+
     if not os.environ.get("BERTH_NO_UVLOOP"):
         try:
             import uvloop
+
             return uvloop.run
         except ImportError:
             pass
@@ -121,6 +133,7 @@ def _explain(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.parse
     import urllib.request
+
     query = urllib.parse.urlencode({"namespace": args.namespace, "pod": args.pod})
     try:
         with urllib.request.urlopen(f"{args.url}/debug/explain?{query}", timeout=30) as r:

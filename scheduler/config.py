@@ -73,6 +73,7 @@ class BindConfig:
 @dataclass(slots=True)
 class LeaderElectionConfig:
     """One writer per fact: only the holder of this Lease writes TeamQuota status and counts GPU-seconds."""
+
     enabled: bool = True  # live mode only; the demo cluster has no API server and always writes
     lease_name: str = "berth"
     lease_namespace: str = ""  # "": the pod's namespace ($POD_NAMESPACE), else berth-system
@@ -128,8 +129,9 @@ def _build(cls: type, data: Any, path: str) -> Any:
         if key not in known:
             where = f"{path}.{key}" if path else str(key)
             raise ConfigError(f"{where}: unknown key (expected one of {', '.join(sorted(known))})")
-    values = {name: _value(hints[name], data[name], f"{path}.{name}" if path else name)
-              for name in known if name in data}
+    values = {
+        name: _value(hints[name], data[name], f"{path}.{name}" if path else name) for name in known if name in data
+    }
     return cls(**values)
 
 
@@ -180,9 +182,11 @@ def _check(config: Config) -> Config:
     if server.health_port and server.health_port in (server.port, server.tls_port):
         raise ConfigError(f"server.health_port: {server.health_port} is already server.port or server.tls_port")
     if not le.retry_period_seconds < le.renew_deadline_seconds < le.lease_duration_seconds:
-        raise ConfigError("leader_election: expected retry_period_seconds < renew_deadline_seconds < "
-                          f"lease_duration_seconds, got {le.retry_period_seconds}, {le.renew_deadline_seconds}, "
-                          f"{le.lease_duration_seconds}")
+        raise ConfigError(
+            "leader_election: expected retry_period_seconds < renew_deadline_seconds < "
+            f"lease_duration_seconds, got {le.retry_period_seconds}, {le.renew_deadline_seconds}, "
+            f"{le.lease_duration_seconds}"
+        )
     return config
 
 

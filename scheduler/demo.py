@@ -18,8 +18,12 @@ SHAPES: list[tuple[str, float, int, int, int, str | None, list[list[int]] | None
     ("h100", 0.15, 192, 2048, 8, "NVIDIA-H100-80GB-HBM3", [[0, 1, 2, 3, 4, 5, 6, 7]]),
     ("inference", 0.15, 48, 192, 8, "NVIDIA-L4", [[i] for i in range(8)]),
 ]
-GPU_MEMORY = {"NVIDIA-A100-SXM4-80GB": 81920, "NVIDIA-A100-PCIE-40GB": 40960, "NVIDIA-H100-80GB-HBM3": 81559,
-              "NVIDIA-L4": 23034}
+GPU_MEMORY = {
+    "NVIDIA-A100-SXM4-80GB": 81920,
+    "NVIDIA-A100-PCIE-40GB": 40960,
+    "NVIDIA-H100-80GB-HBM3": 81559,
+    "NVIDIA-L4": 23034,
+}
 
 TEAMS: list[dict[str, Any]] = [
     {"name": "ml-research", "pools": ["a100", "a100-pcie"], "cohort": "gpu-shared", "gpu": (0.8, 1.3)},
@@ -34,15 +38,32 @@ def node_name(rng: random.Random, pool: str, i: int) -> str:
     return f"aks-{pool}-{rng.randrange(10**7, 10**8)}-vmss{i:06x}"
 
 
-def make_node(name: str, pool: str, cpu: int, mem_gi: int, gpus: int, model: str | None,
-              islands: list[list[int]] | None, load: float | None, now: str, zone: str) -> dict[str, Any]:
+def make_node(
+    name: str,
+    pool: str,
+    cpu: int,
+    mem_gi: int,
+    gpus: int,
+    model: str | None,
+    islands: list[list[int]] | None,
+    load: float | None,
+    now: str,
+    zone: str,
+) -> dict[str, Any]:
     """A demo node: allocatable a little under capacity's round numbers, GPU feature-discovery labels,
     Berth's topology annotation and (when `load` is set) a load reading taken at `now`."""
-    labels = {"kubernetes.io/os": "linux", "topology.kubernetes.io/zone": zone,
-              "node.kubernetes.io/instance-type": f"{pool}-standard"}
+    labels = {
+        "kubernetes.io/os": "linux",
+        "topology.kubernetes.io/zone": zone,
+        "node.kubernetes.io/instance-type": f"{pool}-standard",
+    }
     annotations: dict[str, str] = {}
-    alloc = {"cpu": f"{cpu * 1000 - 500}m", "memory": f"{mem_gi * 1024 - 2048}Mi", "pods": "110",
-             "ephemeral-storage": "500Gi"}
+    alloc = {
+        "cpu": f"{cpu * 1000 - 500}m",
+        "memory": f"{mem_gi * 1024 - 2048}Mi",
+        "pods": "110",
+        "ephemeral-storage": "500Gi",
+    }
     topology = None
     if gpus and model:
         alloc[GPU] = str(gpus)
@@ -53,26 +74,52 @@ def make_node(name: str, pool: str, cpu: int, mem_gi: int, gpus: int, model: str
     if load is not None:
         annotations["berth.dev/load"] = f"{load:.2f}"
         annotations["berth.dev/load-time"] = now
-    return objects.node(name, alloc, pool=pool, gpu_model=model if gpus else None, topology=topology,
-                        labels=labels, annotations=annotations, spec={})
+    return objects.node(
+        name,
+        alloc,
+        pool=pool,
+        gpu_model=model if gpus else None,
+        topology=topology,
+        labels=labels,
+        annotations=annotations,
+        spec={},
+    )
 
 
-def make_pod(namespace: str, name: str, node: str | None, cpu: str, mem: str, gpus: int,
-             annotations: dict[str, str] | None = None, priority: int = 0) -> dict[str, Any]:
+def make_pod(
+    namespace: str,
+    name: str,
+    node: str | None,
+    cpu: str,
+    mem: str,
+    gpus: int,
+    annotations: dict[str, str] | None = None,
+    priority: int = 0,
+) -> dict[str, Any]:
     """A demo pod asking for berth-scheduler: Running on `node`, or Pending without one."""
     main = objects.container("main", "busybox", objects.resources(cpu, mem, gpus))
-    return objects.pod(name, [main], namespace=namespace, node_name=node or None, priority=priority,
-                       uid=f"uid-{namespace}-{name}", annotations=annotations or {},
-                       phase="Running" if node else "Pending")
+    return objects.pod(
+        name,
+        [main],
+        namespace=namespace,
+        node_name=node or None,
+        priority=priority,
+        uid=f"uid-{namespace}-{name}",
+        annotations=annotations or {},
+        phase="Running" if node else "Pending",
+    )
 
 
-def team_quota(name: str, pools: list[str], cohort: str | None, resources: dict[str, dict[str, str]]
-               ) -> dict[str, Any]:
+def team_quota(name: str, pools: list[str], cohort: str | None, resources: dict[str, dict[str, str]]) -> dict[str, Any]:
     spec: dict[str, Any] = {"namespaces": [name], "pools": pools, "resources": resources}
     if cohort:
         spec["cohort"] = cohort
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": name, "generation": 1},
-            "spec": spec}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name, "generation": 1},
+        "spec": spec,
+    }
 
 
 def populate(state: ClusterState, nodes: int, seed: int) -> None:
@@ -84,8 +131,7 @@ def populate(state: ClusterState, nodes: int, seed: int) -> None:
         pool, _, cpu, mem, gpus, model, islands = _shape_for(i, nodes)
         name = node_name(rng, pool, i)
         load = round(rng.random(), 2) if rng.random() < 0.5 else None
-        state.apply_node("ADDED", make_node(name, pool, cpu, mem, gpus, model, islands, load, now,
-                                            f"zone-{i % 3 + 1}"))
+        state.apply_node("ADDED", make_node(name, pool, cpu, mem, gpus, model, islands, load, now, f"zone-{i % 3 + 1}"))
         gpus_by_pool[pool] = gpus_by_pool.get(pool, 0) + gpus
         placed.append((name, pool, gpus))
     for team in TEAMS:
@@ -125,6 +171,5 @@ def _prebind(state: ClusterState, rng: random.Random, placed: list[tuple[str, st
             continue
         ns = owner.get(pool, "default")
         take = rng.choice([1, 2, 4]) if gpus else 0
-        pod = make_pod(ns, f"running-{n}", node, f"{rng.choice([1, 2, 4, 8])}", f"{rng.choice([4, 16, 32])}Gi",
-                       take)
+        pod = make_pod(ns, f"running-{n}", node, f"{rng.choice([1, 2, 4, 8])}", f"{rng.choice([4, 16, 32])}Gi", take)
         state.apply_pod("ADDED", pod)

@@ -27,9 +27,11 @@ if str(ROOT) not in sys.path:  # run as `python scripts/cluster.py`: the harness
 from tests.e2e import harness as h  # noqa: E402
 from tests.e2e.objects import node  # noqa: E402
 
-POOLS = [("a100", "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3, 4, 5, 6, 7]]),
-         ("a100-pcie", "NVIDIA-A100-PCIE-40GB", [[0, 1, 2, 3], [4, 5, 6, 7]]),
-         ("h100", "NVIDIA-H100-80GB-HBM3", [[0, 1, 2, 3, 4, 5, 6, 7]])]
+POOLS = [
+    ("a100", "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3, 4, 5, 6, 7]]),
+    ("a100-pcie", "NVIDIA-A100-PCIE-40GB", [[0, 1, 2, 3], [4, 5, 6, 7]]),
+    ("h100", "NVIDIA-H100-80GB-HBM3", [[0, 1, 2, 3, 4, 5, 6, 7]]),
+]
 EXAMPLE_POD = """apiVersion: v1
 kind: Pod
 metadata: {name: trainer, namespace: default, annotations: {berth.dev/topology: preferred}}
@@ -69,8 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def cluster_nodes() -> list[dict[str, object]]:
     nodes = [node(f"cpu-{i:02d}", "cluster", cpu="32", memory="128Gi", pool="shared") for i in range(12)]
     for pool, model, islands in POOLS:
-        nodes += [node(f"{pool}-{i:02d}", "cluster", cpu="96", memory="1Ti", gpus=8, model=model, pool=pool,
-                       islands=islands) for i in range(8)]
+        nodes += [
+            node(f"{pool}-{i:02d}", "cluster", cpu="96", memory="1Ti", gpus=8, model=model, pool=pool, islands=islands)
+            for i in range(8)
+        ]
     return nodes
 
 
@@ -88,9 +92,9 @@ def banner(cp: h.ControlPlane, port: int, nodes: int) -> str:
     return f"""
 Local cluster up: kube-apiserver {cp.url}, Berth http://127.0.0.1:{port}, {nodes} nodes (no kubelets).
   export KUBECONFIG={cp.admin_kubeconfig}
-  alias kubectl='{cp.bin / 'kubectl'}'
+  alias kubectl='{cp.bin / "kubectl"}'
   {kubectl} get nodes -L berth.dev/pool,nvidia.com/gpu.product
-  {kubectl} apply -f {cp.dir / 'trainer.yaml'}     # a 2-GPU pod with schedulerName: berth-scheduler
+  {kubectl} apply -f {cp.dir / "trainer.yaml"}     # a 2-GPU pod with schedulerName: berth-scheduler
   {kubectl} get pod trainer -o wide; curl -s 'http://127.0.0.1:{port}/debug/explain?namespace=default&pod=trainer'
 The nodes have no kubelet, so a pod bound to one never runs and a plain delete waits for a kubelet that
 never answers: delete pods with `kubectl delete pod NAME --force --grace-period=0`.
@@ -106,8 +110,9 @@ def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
     procs = [h.start_berth(cp, berth_kc, args.port)]
     try:
         h.wait_ready(f"http://127.0.0.1:{args.port}", procs[0])
-        cfg = h.scheduler_config(cp, cp.dir / "berth-scheduler.yaml", f"http://127.0.0.1:{args.port}",
-                                 "berth-scheduler")
+        cfg = h.scheduler_config(
+            cp, cp.dir / "berth-scheduler.yaml", f"http://127.0.0.1:{args.port}", "berth-scheduler"
+        )
         procs.append(h.start_scheduler(cp, "kube-scheduler-berth", cfg))
         (cp.dir / "trainer.yaml").write_text(EXAMPLE_POD)
         print(banner(cp, args.port, len(nodes)), flush=True)

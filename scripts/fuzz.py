@@ -48,8 +48,29 @@ GO_FIXTURES = ROOT / "tests" / "fixtures" / "go"
 VERBS = ("filter", "prioritize", "bind", "preempt")
 FILTER_KEYS = {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
 TRAINING_UID = "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91"
-ODD_QUANTITIES = ["abc", "", "1e1000000", "NaN", "Infinity", "-1", "-0.5", "1E", "9" * 40, "0.0000001m", "1Zi",
-                  "1.5.5", "--1", "Gi", "1e-1000000", "9223372036854775807", "1e18", " 1", "1 ", "0x10", "\uff11"]
+ODD_QUANTITIES = [
+    "abc",
+    "",
+    "1e1000000",
+    "NaN",
+    "Infinity",
+    "-1",
+    "-0.5",
+    "1E",
+    "9" * 40,
+    "0.0000001m",
+    "1Zi",
+    "1.5.5",
+    "--1",
+    "Gi",
+    "1e-1000000",
+    "9223372036854775807",
+    "1e18",
+    " 1",
+    "1 ",
+    "0x10",
+    "\uff11",
+]
 BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\xe2\x82", b"\x80"]
 Send = Callable[[str, bytes], Awaitable["Reply"]]
 MAX_PROBLEMS = 50  # then stop: enough to diagnose, and a hung server would otherwise take hours
@@ -58,8 +79,9 @@ MAX_PROBLEMS = 50  # then stop: enough to diagnose, and a hung server would othe
 # -- valid payloads --------------------------------------------------------------------------------------
 def go_node(name: str) -> dict[str, Any]:
     raw = (GO_FIXTURES / "node.json").read_bytes().strip()
-    return orjson.loads(raw.replace(b"__NODE__", name.encode()).replace(b"__UID__", b"u-" + name.encode())
-                        .replace(b"__POOL__", b"a100"))
+    return orjson.loads(
+        raw.replace(b"__NODE__", name.encode()).replace(b"__UID__", b"u-" + name.encode()).replace(b"__POOL__", b"a100")
+    )
 
 
 @dataclass
@@ -72,17 +94,35 @@ class Templates:
     def __post_init__(self) -> None:
         pod = orjson.loads((GO_FIXTURES / "pod-training.json").read_bytes())
         names = self.names
-        args = [{"Pod": pod, "Nodes": None, "NodeNames": names[:20]},
-                {"Pod": pod, "Nodes": {"metadata": {"resourceVersion": "48250"},
-                                       "items": [go_node(n) for n in names[:3]]}, "NodeNames": None}]
+        args = [
+            {"Pod": pod, "Nodes": None, "NodeNames": names[:20]},
+            {
+                "Pod": pod,
+                "Nodes": {"metadata": {"resourceVersion": "48250"}, "items": [go_node(n) for n in names[:3]]},
+                "NodeNames": None,
+            },
+        ]
         self.by_verb = {
             "filter": args,
             "prioritize": args,
-            "bind": [{"PodName": "train-llama-7f9c4-0", "PodNamespace": "ml-research", "PodUID": TRAINING_UID,
-                      "Node": self.bind_node}],
-            "preempt": [{"Pod": pod, "NodeNameToVictims": None, "NodeNameToMetaVictims": {
-                n: {"Pods": [{"UID": f"uid-ml-research-running-{i}"}], "NumPDBViolations": 0}
-                for i, n in enumerate(names[:3])}}],
+            "bind": [
+                {
+                    "PodName": "train-llama-7f9c4-0",
+                    "PodNamespace": "ml-research",
+                    "PodUID": TRAINING_UID,
+                    "Node": self.bind_node,
+                }
+            ],
+            "preempt": [
+                {
+                    "Pod": pod,
+                    "NodeNameToVictims": None,
+                    "NodeNameToMetaVictims": {
+                        n: {"Pods": [{"UID": f"uid-ml-research-running-{i}"}], "NumPDBViolations": 0}
+                        for i, n in enumerate(names[:3])
+                    },
+                }
+            ],
         }
 
     @property
@@ -99,16 +139,26 @@ class Templates:
 
 # -- strategies ------------------------------------------------------------------------------------------
 def json_values() -> st.SearchStrategy[Any]:
-    scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False)
-               | st.text(max_size=40) | st.sampled_from(ODD_QUANTITIES))
-    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
-                        | st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text(max_size=40)
+        | st.sampled_from(ODD_QUANTITIES)
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
+        max_leaves=20,
+    )
 
 
 # built once: hypothesis strategies are costly to construct and validate, cheap to draw from
 JSON_VALUES = json_values()
 QUANTITIES = st.sampled_from(ODD_QUANTITIES) | st.from_regex(
-    r"[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,7})?(m|k|M|G|T|E|Ki|Mi|Gi|Ei|u|n)?", fullmatch=True)
+    r"[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,7})?(m|k|M|G|T|E|Ki|Mi|Gi|Ei|u|n)?", fullmatch=True
+)
 OPS = st.sampled_from(["replace", "replace", "delete", "recase", "quantity"])
 
 
@@ -170,7 +220,7 @@ def mutated(draw: st.DrawFn, template: dict[str, Any]) -> bytes:
 
 @st.composite
 def truncated(draw: st.DrawFn, body: bytes) -> bytes:
-    return body[:draw(st.integers(0, len(body) - 1))]
+    return body[: draw(st.integers(0, len(body) - 1))]
 
 
 @st.composite
@@ -178,8 +228,15 @@ def nested(draw: st.DrawFn, limit: int) -> bytes:
     depth = draw(st.integers(1, limit // 2 + 64))
     opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}"), (b'{"Pod":', b"}")]))
     inner = opener * depth + b"1" + closer * draw(st.sampled_from([depth, 0, depth // 2]))
-    return draw(st.sampled_from([inner, b'{"Pod":{"metadata":{},"spec":' + inner + b'},"NodeNames":["n"]}',
-                                 b'{"Pod":{},"NodeNames":' + inner + b"}"]))
+    return draw(
+        st.sampled_from(
+            [
+                inner,
+                b'{"Pod":{"metadata":{},"spec":' + inner + b'},"NodeNames":["n"]}',
+                b'{"Pod":{},"NodeNames":' + inner + b"}",
+            ]
+        )
+    )
 
 
 @st.composite
@@ -209,7 +266,9 @@ def verb_bodies(templates: Templates, verb: str, limit: int) -> st.SearchStrateg
     pick_b = st.sampled_from(valid)
     return st.one_of(
         pick_b,
-        pick_t.flatmap(mutated), pick_t.flatmap(mutated), pick_t.flatmap(mutated),
+        pick_t.flatmap(mutated),
+        pick_t.flatmap(mutated),
+        pick_t.flatmap(mutated),
         pick_b.flatmap(truncated),
         JSON_VALUES.map(orjson.dumps),
         st.binary(max_size=1024),
@@ -247,13 +306,18 @@ def reply_problem(verb: str, reply: Reply) -> str | None:
     elif verb == "filter":
         ok = isinstance(data, dict) and set(data) == FILTER_KEYS and isinstance(data["Error"], str)
     elif verb == "prioritize":
-        ok = isinstance(data, list) and all(isinstance(e, dict) and set(e) == {"Host", "Score"}
-                                            and type(e["Score"]) is int and 0 <= e["Score"] <= 10 for e in data)
+        ok = isinstance(data, list) and all(
+            isinstance(e, dict) and set(e) == {"Host", "Score"} and type(e["Score"]) is int and 0 <= e["Score"] <= 10
+            for e in data
+        )
     elif verb == "bind":
         ok = isinstance(data, dict) and set(data) == {"Error"} and isinstance(data["Error"], str)
     else:
-        ok = isinstance(data, dict) and set(data) == {"NodeNameToMetaVictims"} and isinstance(
-            data["NodeNameToMetaVictims"], dict)
+        ok = (
+            isinstance(data, dict)
+            and set(data) == {"NodeNameToMetaVictims"}
+            and isinstance(data["NodeNameToMetaVictims"], dict)
+        )
     return None if ok else f"{verb} {reply.status} reply of the wrong shape: {reply.body[:300]!r}"
 
 
@@ -274,14 +338,20 @@ class Tally:
 
 
 # -- the live run ----------------------------------------------------------------------------------------
-def generate(templates: Templates, limit: int, count: int, out: queue.Queue[tuple[str, bytes] | None],
-             batch: int = 16) -> None:
+def generate(
+    templates: Templates, limit: int, count: int, out: queue.Queue[tuple[str, bytes] | None], batch: int = 16
+) -> None:
     """Hypothesis draws `count` bodies into `out` (run in a thread), then None. Each example is a batch of
     bodies: the engine's per-example bookkeeping costs more than drawing one body."""
     left = count
 
-    @settings(max_examples=-(-count // batch), deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=-(-count // batch),
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(bodies(templates, limit), min_size=batch, max_size=batch, unique_by=lambda item: item[1]))
     def draw(items: list[tuple[str, bytes]]) -> None:
         nonlocal left
@@ -303,8 +373,12 @@ def berth_server(port: int, limit: int) -> Iterator[subprocess.Popen[bytes]]:
         config.write_text(f"server:\n  max_body_bytes: {limit}\nlog_level: error\n")
         log = Path(tmp) / "stderr"
         with log.open("wb") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--demo", "--port", str(port),
-                                     "--config", str(config)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "scheduler", "serve", "--demo", "--port", str(port), "--config", str(config)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
             try:
                 yield proc
             finally:
@@ -332,8 +406,9 @@ async def fuzz_live(base: str, count: int, concurrency: int, limit: int, proc: s
         templates = Templates(names)
 
         async def send(verb: str, body: bytes) -> Reply:
-            async with session.post(f"{base}/scheduler/{verb}", data=body,
-                                    headers={"Content-Type": "application/json"}) as r:
+            async with session.post(
+                f"{base}/scheduler/{verb}", data=body, headers={"Content-Type": "application/json"}
+            ) as r:
                 return Reply(r.status, dict(r.headers), await r.read())
 
         before = await send("filter", templates.check_request())
@@ -346,8 +421,10 @@ async def fuzz_live(base: str, count: int, concurrency: int, limit: int, proc: s
     alive = proc.poll() is None
     report(tally, count, elapsed, concurrency, limit)
     same = after.body == before.body and after.status == 200
-    print(f"valid filter afterwards: {'same reply as before' if same else 'DIFFERENT reply'}; "
-          f"server {'alive' if alive else f'DIED with {proc.returncode}'}")
+    print(
+        f"valid filter afterwards: {'same reply as before' if same else 'DIFFERENT reply'}; "
+        f"server {'alive' if alive else f'DIED with {proc.returncode}'}"
+    )
     return 0 if same and alive and not tally.problems and not any(s.startswith("5") for s in tally.statuses) else 1
 
 
@@ -407,8 +484,10 @@ async def pump(templates: Templates, limit: int, count: int, concurrency: int, s
 
 def report(tally: Tally, count: int, elapsed: float, concurrency: int, limit: int) -> None:
     total = sum(tally.statuses.values())
-    print(f"\n{total:,} bodies in {elapsed:.1f} s ({total / elapsed:,.0f}/s), {concurrency} connections, "
-          f"body limit {limit:,} bytes")
+    print(
+        f"\n{total:,} bodies in {elapsed:.1f} s ({total / elapsed:,.0f}/s), {concurrency} connections, "
+        f"body limit {limit:,} bytes"
+    )
     for status, n in sorted(tally.statuses.items()):
         print(f"  {status:>16}: {n:>8,}")
     for problem in tally.problems[:20]:
@@ -421,8 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--count", type=int, default=10_000, help="bodies to send (default 10,000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent keep-alive connections (default 8)")
-    p.add_argument("--max-body", type=int, default=256 << 10,
-                   help="server.max_body_bytes for the run (default 256 KiB)")
+    p.add_argument(
+        "--max-body", type=int, default=256 << 10, help="server.max_body_bytes for the run (default 256 KiB)"
+    )
     args = p.parse_args(argv)
     port = free_port()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

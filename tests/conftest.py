@@ -66,8 +66,11 @@ class GoWire:
         facts = self.state.table.facts[slot] if slot is not None else None
         pool = facts.pool if facts else "unknown"
         uid = f"{zlib.crc32(name.encode()):08x}-0000-4000-8000-000000000000"
-        return (self.node_template.replace(b"__NODE__", name.encode()).replace(b"__UID__", uid.encode())
-                .replace(b"__POOL__", pool.encode()))
+        return (
+            self.node_template.replace(b"__NODE__", name.encode())
+            .replace(b"__UID__", uid.encode())
+            .replace(b"__POOL__", pool.encode())
+        )
 
     def node_list(self, names: list[str]) -> bytes:
         return b'{"metadata":{"resourceVersion":"48250"},"items":[' + b",".join(map(self.node, names)) + b"]}"

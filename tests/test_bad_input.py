@@ -96,15 +96,21 @@ def wrong_shapes(go: GoWire) -> list[tuple[str, bytes, str]]:
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": {"UID": "u"}}}}, f"{meta}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": ["u"]}}}, f"{meta}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [{"UID": 5}]}}}, f"{meta}[{node}].Pods"),
-        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": "1"}}},
-         f"{meta}[{node}].NumPDBViolations"),
-        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
-         f"{meta}[{node}].NumPDBViolations"),
+        (
+            {"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": "1"}}},
+            f"{meta}[{node}].NumPDBViolations",
+        ),
+        (
+            {"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
+            f"{meta}[{node}].NumPDBViolations",
+        ),
         ({"Pod": pod, "NodeNameToVictims": "x"}, victims),
         ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [1]}}}, f"{victims}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": "x"}]}}}, f"{victims}[{node}].Pods"),
-        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
-         f"{victims}[{node}].NumPDBViolations"),
+        (
+            {"Pod": pod, "NodeNameToVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
+            f"{victims}[{node}].NumPDBViolations",
+        ),
     ]:
         out.append(("preempt", orjson.dumps(bad), where))
     return out

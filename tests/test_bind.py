@@ -37,8 +37,9 @@ def holds_nothing(state: ClusterState, *pods: tuple[str, str, str]) -> None:
         assert uid not in state.ledger.by_uid, f"UID {uid} is in the ledger"
 
 
-async def test_bind_with_another_pods_uid_is_refused_over_http(client: TestClient, go: GoWire,
-                                                               demo_state: ClusterState) -> None:
+async def test_bind_with_another_pods_uid_is_refused_over_http(
+    client: TestClient, go: GoWire, demo_state: ClusterState
+) -> None:
     web_nodes = await survivors(client, go, "web")
     await survivors(client, go, "training")
     node = web_nodes[0]
@@ -94,8 +95,9 @@ async def test_binder_refuses_uid_seen_for_another_pod(demo_state: ClusterState,
     assert [a.uid for a in api.writes] == [WEB[2]]
 
 
-async def test_binder_refuses_uid_the_api_server_does_not_have(demo_state: ClusterState, go: GoWire,
-                                                               api: FakeApi) -> None:
+async def test_binder_refuses_uid_the_api_server_does_not_have(
+    demo_state: ClusterState, go: GoWire, api: FakeApi
+) -> None:
     """Filter never saw the pod: it is fetched by name, and its UID there must be the PodUID."""
     binder = Binder(demo_state, api.write, api.fetch)
     with pytest.raises(BindError) as err:
@@ -105,8 +107,9 @@ async def test_binder_refuses_uid_the_api_server_does_not_have(demo_state: Clust
     holds_nothing(demo_state, TRAIN, WEB)
 
 
-async def test_binder_checks_uid_before_trusting_a_bound_pod(demo_state: ClusterState, go: GoWire,
-                                                            api: FakeApi) -> None:
+async def test_binder_checks_uid_before_trusting_a_bound_pod(
+    demo_state: ClusterState, go: GoWire, api: FakeApi
+) -> None:
     """The pod of that name is already on the node but with another UID: not "already bound"."""
     node = go.names("shared")[0]
     api.pods[f"{TRAIN[1]}/{TRAIN[0]}"]["spec"]["nodeName"] = node

@@ -41,14 +41,36 @@ def test_twin_and_selector_use_the_same_values() -> None:
     used = {k: getattr(_python, k) for k in SHARED if hasattr(_python, k)}
     assert used == {k: SHARED[k] for k in used}
     assert {"OK", "UNKNOWN", "FLAG_PRESENT", "MAX_ISLANDS", "W_PACK", "TOPOLOGY_REQUIRED"} <= set(used)
-    for name in ("OK", "UNSCHEDULABLE", "POOL", "MODEL", "PODS", "CPU", "MEMORY", "GPU", "TOPOLOGY", "UNKNOWN",
-                 "OTHER_RESOURCE"):
+    for name in (
+        "OK",
+        "UNSCHEDULABLE",
+        "POOL",
+        "MODEL",
+        "PODS",
+        "CPU",
+        "MEMORY",
+        "GPU",
+        "TOPOLOGY",
+        "UNKNOWN",
+        "OTHER_RESOURCE",
+    ):
         assert getattr(kernels, name) == SHARED[name]
 
 
 def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
-    verdicts = [C.OK, C.UNSCHEDULABLE, C.POOL, C.MODEL, C.PODS, C.CPU, C.MEMORY, C.GPU, C.TOPOLOGY,
-                C.OTHER_RESOURCE, C.UNKNOWN]
+    verdicts = [
+        C.OK,
+        C.UNSCHEDULABLE,
+        C.POOL,
+        C.MODEL,
+        C.PODS,
+        C.CPU,
+        C.MEMORY,
+        C.GPU,
+        C.TOPOLOGY,
+        C.OTHER_RESOURCE,
+        C.UNKNOWN,
+    ]
     assert len(set(verdicts)) == len(verdicts) and all(0 <= v < 256 for v in verdicts)  # the kernels write bytes
     assert set(REASON_NAMES) == set(verdicts) - {C.OK}
 
@@ -66,8 +88,11 @@ def test_score_params_follow_the_indices() -> None:
 
 
 def test_topology_modes_and_request_bounds() -> None:
-    assert podspec.TOPOLOGY_MODES == {"none": C.TOPOLOGY_NONE, "preferred": C.TOPOLOGY_PREFERRED,
-                                      "required": C.TOPOLOGY_REQUIRED}
+    assert podspec.TOPOLOGY_MODES == {
+        "none": C.TOPOLOGY_NONE,
+        "preferred": C.TOPOLOGY_PREFERRED,
+        "required": C.TOPOLOGY_REQUIRED,
+    }
     assert C.MAX_GPU_REQUEST > C.MAX_GPUS  # what a pod may ask is bounded apart from what a node has
     assert 2 * C.MAX_UNITS - 1 < 1 << 63  # a node's use plus one request stays in int64
 

@@ -33,8 +33,16 @@ def picture(state: ClusterState) -> list[tuple[Any, ...]]:
     out = []
     for slot in sorted(t.slot_of.values()):
         view = state.node_view(slot)
-        out.append((view["name"], view["pool"], view["gpuModel"], sorted(view["free"].items()), view["gpuIdsUsed"],
-                    view["load"]))
+        out.append(
+            (
+                view["name"],
+                view["pool"],
+                view["gpuModel"],
+                sorted(view["free"].items()),
+                view["gpuIdsUsed"],
+                view["load"],
+            )
+        )
     return out
 
 
@@ -63,8 +71,9 @@ def test_smallest_clusters(nodes: int) -> None:
 
 # -- the command line -----------------------------------------------------------------------------
 def berth(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "scheduler", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "scheduler", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("nodes", ["0", "-1", "15001", "100000"])
@@ -100,8 +109,13 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, deadline: float = 60) -
 def serving(*args: str) -> Iterator[int]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "scheduler", "serve", "--demo", "--port", str(port), *args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scheduler", "serve", "--demo", "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         wait_ready(proc, port)
         yield port
@@ -138,8 +152,9 @@ def test_make_run_curl_gets_a_filter_result(demo_port: int) -> None:
         pytest.skip("config/demo-filter-request.json is not written yet")
     command = makefile_curl()
     assert "$(PORT)" in command and "@config/demo-filter-request.json" in command
-    proc = subprocess.run(["bash", "-c", command.replace("$(PORT)", str(demo_port))], cwd=ROOT, capture_output=True,
-                          timeout=30)
+    proc = subprocess.run(
+        ["bash", "-c", command.replace("$(PORT)", str(demo_port))], cwd=ROOT, capture_output=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     reply = orjson.loads(proc.stdout)
     assert set(reply) == FILTER_KEYS and reply["Error"] == "" and reply["Nodes"] is None
@@ -178,23 +193,40 @@ def test_object_factory_builds_what_berth_reads() -> None:
     Berth sees the pool, GPU model, islands and the pod's GPU and CPU on that node."""
     state = ClusterState(Config())
     alloc = {"cpu": "16", "memory": "64Gi", "pods": "110", "nvidia.com/gpu": "8"}
-    node = fake.node("gpu-0", alloc, pool="a100", gpu_model="NVIDIA-A100-SXM4-80GB",
-                     topology={"islands": [[0, 1, 2, 3], [4, 5, 6, 7]]})
+    node = fake.node(
+        "gpu-0",
+        alloc,
+        pool="a100",
+        gpu_model="NVIDIA-A100-SXM4-80GB",
+        topology={"islands": [[0, 1, 2, 3], [4, 5, 6, 7]]},
+    )
     assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB" and "spec" not in node
     state.apply_node("ADDED", node)
     main = fake.container("main", "busybox", fake.resources("2", "4Gi", gpus=2))
     state.apply_pod("ADDED", fake.pod("p", [main], namespace="ns", node_name="gpu-0", uid="u-1", phase="Running"))
     view = state.node_view(state.table.slot_of["gpu-0"])
-    assert (view["pool"], view["gpuModel"], view["islands"]) == ("a100", "NVIDIA-A100-SXM4-80GB",
-                                                                  [[0, 1, 2, 3], [4, 5, 6, 7]])
+    assert (view["pool"], view["gpuModel"], view["islands"]) == (
+        "a100",
+        "NVIDIA-A100-SXM4-80GB",
+        [[0, 1, 2, 3], [4, 5, 6, 7]],
+    )
     assert view["free"]["nvidia.com/gpu"] == 6 and view["free"]["cpu"] == 14_000, view
 
 
 def test_object_factory_keeps_go_field_order() -> None:
     """Pods come out in Go's struct field order whatever order the caller gave, so bodies built from them
     look like kube-scheduler's json.Marshal."""
-    pod = fake.pod("p", [], namespace="ns", node_name="n", priority=1, uid="u", metadata={"generateName": "p-"},
-                   spec={"tolerations": [], "volumes": []}, type_meta=False)
+    pod = fake.pod(
+        "p",
+        [],
+        namespace="ns",
+        node_name="n",
+        priority=1,
+        uid="u",
+        metadata={"generateName": "p-"},
+        spec={"tolerations": [], "volumes": []},
+        type_meta=False,
+    )
     assert list(pod) == ["metadata", "spec"]
     assert list(pod["metadata"]) == ["name", "generateName", "namespace", "uid"]
     assert list(pod["spec"]) == ["volumes", "containers", "nodeName", "schedulerName", "tolerations", "priority"]
@@ -205,9 +237,16 @@ def test_demo_objects_come_from_the_factory() -> None:
     topology = node["metadata"]["annotations"]["berth.dev/gpu-topology"]
     assert topology == '{"islands":[[0,1,2,3,4,5,6,7]],"links":"nvswitch"}'
     assert node["metadata"]["annotations"]["berth.dev/load"] == "0.50"
-    assert node["status"]["allocatable"] == {"cpu": "7500m", "memory": "63488Mi", "pods": "110",
-                                             "ephemeral-storage": "500Gi", "nvidia.com/gpu": "8"}
+    assert node["status"]["allocatable"] == {
+        "cpu": "7500m",
+        "memory": "63488Mi",
+        "pods": "110",
+        "ephemeral-storage": "500Gi",
+        "nvidia.com/gpu": "8",
+    }
     pod = make_pod("ns", "p", None, "1", "1Gi", 1)
     assert pod["status"] == {"phase": "Pending"} and "nodeName" not in pod["spec"]
-    assert pod["spec"]["containers"][0]["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"},
-                                                         "limits": {"nvidia.com/gpu": "1"}}
+    assert pod["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"nvidia.com/gpu": "1"},
+    }

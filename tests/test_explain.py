@@ -18,10 +18,14 @@ from scheduler.policy.binder import Binder
 async def client() -> AsyncIterator[TestClient]:
     state = ClusterState(Config())
     now = "2030-01-01T00:00:00Z"
-    state.apply_node("ADDED", make_node("half", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB",
-                                        [[0, 1, 2, 3], [4, 5, 6, 7]], None, now, "z1"))
-    state.apply_node("ADDED", make_node("empty", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB",
-                                        [[0, 1, 2, 3, 4, 5, 6, 7]], None, now, "z1"))
+    state.apply_node(
+        "ADDED",
+        make_node("half", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3], [4, 5, 6, 7]], None, now, "z1"),
+    )
+    state.apply_node(
+        "ADDED",
+        make_node("empty", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3, 4, 5, 6, 7]], None, now, "z1"),
+    )
     state.apply_node("ADDED", make_node("cpu", "shared", 32, 128, 0, None, None, None, now, "z1"))
     state.apply_pod("ADDED", make_pod("default", "held", "half", "1", "1Gi", 2, {"berth.dev/gpu-ids": "0,1"}))
     for kind in ("nodes", "pods"):
@@ -80,15 +84,18 @@ async def test_explain_accepts_yaml_as_kubectl_prints_it(client: TestClient) -> 
     assert [r["node"] for r in out["nodes"]] == [r["node"] for r in expected["nodes"]] == ["half", "empty", "cpu"]
 
 
-@pytest.mark.parametrize(("body", "words"), [
-    (b"{not json", "neither JSON nor YAML"),  # a YAML flow mapping left open
-    (b"key: [unclosed", "neither JSON nor YAML"),
-    (b"pod: \x80\x81", "neither JSON nor YAML"),  # not UTF-8
-    (b"[1, 2, 3]", "expected a Pod object"),
-    (b"just a string", "expected a Pod object"),
-    (b"kind: Pod\nmetadata: {name: x}\n", "cannot be judged"),
-    (b"metadata: {name: x}\nspec: {containers: 5}\n", "cannot be judged"),
-])
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{not json", "neither JSON nor YAML"),  # a YAML flow mapping left open
+        (b"key: [unclosed", "neither JSON nor YAML"),
+        (b"pod: \x80\x81", "neither JSON nor YAML"),  # not UTF-8
+        (b"[1, 2, 3]", "expected a Pod object"),
+        (b"just a string", "expected a Pod object"),
+        (b"kind: Pod\nmetadata: {name: x}\n", "cannot be judged"),
+        (b"metadata: {name: x}\nspec: {containers: 5}\n", "cannot be judged"),
+    ],
+)
 async def test_explain_bad_body_is_400_with_a_reason(client: TestClient, body: bytes, words: str) -> None:
     r = await client.post("/debug/explain", data=body)
     assert r.status == 400, await r.text()
@@ -120,8 +127,10 @@ async def test_debug_state_shows_the_informers_it_was_given() -> None:
     berth = Berth(state, Metrics(), Binder(state, None, None), informers=feeds)
     async with TestClient(TestServer(berth.app())) as c:
         out = await (await c.get("/debug/state")).json()
-        assert out["informers"] == {"nodes": {"resourceVersion": "41", "lists": 1, "events": 7},
-                                    "pods": {"resourceVersion": "48250", "lists": 2, "events": 0}}
+        assert out["informers"] == {
+            "nodes": {"resourceVersion": "41", "lists": 1, "events": 7},
+            "pods": {"resourceVersion": "48250", "lists": 2, "events": 0},
+        }
         feeds[1].events = 3
         assert (await (await c.get("/debug/state")).json())["informers"]["pods"]["events"] == 3
     assert "informers" not in state.summary()

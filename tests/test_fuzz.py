@@ -50,8 +50,9 @@ class Target:
         self.loop = asyncio.new_event_loop()
         self.client: TestClient = self.loop.run_until_complete(self._start())
         self.templates = fuzz.Templates(GoWire(self.state).names())
-        self.strategy = st.lists(fuzz.bodies(self.templates, LIMIT), min_size=BATCH, max_size=BATCH,
-                                 unique_by=lambda item: item[1])
+        self.strategy = st.lists(
+            fuzz.bodies(self.templates, LIMIT), min_size=BATCH, max_size=BATCH, unique_by=lambda item: item[1]
+        )
         self.tally = fuzz.Tally()
         self.reference = self.send("filter", self.templates.check_request())
         assert self.reference.status == 200 and orjson.loads(self.reference.body)["NodeNames"]
@@ -90,8 +91,13 @@ def target() -> Iterator[Target]:
     t.close()
 
 
-@settings(max_examples=BODIES // BATCH, deadline=None, database=None, phases=[Phase.generate],
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=BODIES // BATCH,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 @given(data=st.data())
 def test_fuzzed_bodies_never_get_5xx(target: Target, data: st.DataObject) -> None:
     for verb, body in data.draw(target.strategy):
@@ -120,19 +126,25 @@ def _pod(**spec_changes: object) -> dict[str, object]:
 
 
 REGRESSIONS: list[tuple[str, object]] = [
-    *[("filter", {"Pod": _pod(memory=q), "Nodes": None, "NodeNames": ["a"]})
-      for q in ("1e999999", "1e300000Ei", "Infinity", "NaN", "1e30", "-1", "1E", "9223372036854775807")],
+    *[
+        ("filter", {"Pod": _pod(memory=q), "Nodes": None, "NodeNames": ["a"]})
+        for q in ("1e999999", "1e300000Ei", "Infinity", "NaN", "1e30", "-1", "1E", "9223372036854775807")
+    ],
     *[("prioritize", {"Pod": _pod(cpu=q), "Nodes": None, "NodeNames": ["a"]}) for q in ("1e999999", "NaN", "-5")],
     ("preempt", {"Pod": _pod(cpu="1e999999"), "NodeNameToMetaVictims": {"a": {"Pods": []}}}),
     ("filter", {"Pod": _pod(**{"example.com/fpga": "1"}), "Nodes": None, "NodeNames": ["a"]}),
-    ("filter", {"Pod": {"metadata": {"annotations": {"berth.dev/topology": ["required"]}}, "spec": {}},
-                "NodeNames": ["a"]}),
+    (
+        "filter",
+        {"Pod": {"metadata": {"annotations": {"berth.dev/topology": ["required"]}}, "spec": {}}, "NodeNames": ["a"]},
+    ),
     ("filter", {"Pod": {"metadata": {}, "spec": {"containers": [{"resources": "big"}]}}, "NodeNames": ["a"]}),
     ("filter", {"Pod": {"metadata": {}, "spec": {}}, "Nodes": {"items": [{"metadata": ["x"]}]}}),
     ("filter", {"Pod": {"metadata": {}, "spec": {}}, "Nodes": {"items": {}}}),
     ("preempt", {"Pod": {"metadata": {}, "spec": {}}, "NodeNameToVictims": {"a": {"Pods": [{"metadata": "x"}]}}}),
-    ("preempt", {"Pod": {"metadata": {}, "spec": {}},
-                 "NodeNameToVictims": {"a": {"Pods": [], "NumPDBViolations": True}}}),
+    (
+        "preempt",
+        {"Pod": {"metadata": {}, "spec": {}}, "NodeNameToVictims": {"a": {"Pods": [], "NumPDBViolations": True}}},
+    ),
 ]
 
 

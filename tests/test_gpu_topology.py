@@ -81,15 +81,15 @@ def test_fixture_round_trips_through_annotation(name: str) -> None:
 
 def test_to_annotation_is_compact_json() -> None:
     topo = parse_nvidia_smi_topo(fixture("nvlink-2x4-a100.txt"))
-    assert topo.to_annotation() == (
-        '{"islands":[[0,1,2,3],[4,5,6,7]],"links":"nvlink"}'
-    )
+    assert topo.to_annotation() == ('{"islands":[[0,1,2,3],[4,5,6,7]],"links":"nvlink"}')
 
 
 def test_codec_imports_neither_subprocess_nor_kubernetes() -> None:
     """The node table imports the codec: it must not drag in what only `berth topology` needs."""
-    code = ("import sys; import scheduler.gpu.topology; "
-            "print(sorted(m for m in ('subprocess', 'kubernetes', 'scheduler.gpu.discovery') if m in sys.modules))")
+    code = (
+        "import sys; import scheduler.gpu.topology; "
+        "print(sorted(m for m in ('subprocess', 'kubernetes', 'scheduler.gpu.discovery') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -205,12 +205,8 @@ def test_non_text_is_rejected() -> None:
 
 def test_annotation_defaults() -> None:
     # No links: inferred from the islands.
-    assert parse_topology_annotation('{"islands": [[0,1],[2,3]]}', 4) == Topology(
-        4, ((0, 1), (2, 3)), "nvlink"
-    )
-    assert parse_topology_annotation('{"islands": [[0],[1]]}', None) == Topology(
-        2, ((0,), (1,)), "pcie"
-    )
+    assert parse_topology_annotation('{"islands": [[0,1],[2,3]]}', 4) == Topology(4, ((0, 1), (2, 3)), "nvlink")
+    assert parse_topology_annotation('{"islands": [[0],[1]]}', None) == Topology(2, ((0,), (1,)), "pcie")
 
 
 def test_annotation_is_canonicalised_and_gaps_filled() -> None:
@@ -283,7 +279,7 @@ def test_bad_annotation(value: str, gpu_count: int | None, message: str) -> None
         parse_topology_annotation(value, gpu_count)
 
 
-@pytest.mark.parametrize("numa", ['[[0,1],[1]]', '[[0],[8]]', '{"0": [0]}', '"x"', '[[0,1]]'])
+@pytest.mark.parametrize("numa", ["[[0,1],[1]]", "[[0],[8]]", '{"0": [0]}', '"x"', "[[0,1]]"])
 def test_numa_of_older_annotations_is_ignored(numa: str) -> None:
     """Annotations written before NUMA was dropped still place by their islands, whatever "numa" says."""
     topo = parse_topology_annotation(f'{{"islands": [[0,1],[2,3]], "numa": {numa}}}', 4)
@@ -374,11 +370,7 @@ def test_fuzz_matrix_mutated_fixture(name: str, data: st.DataObject) -> None:
 
 
 _JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=6),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=6),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=16,
 )
@@ -539,11 +531,6 @@ def test_cli_node_not_found(capsys: pytest.CaptureFixture[str], fake_kube: type[
 def test_cli_bad_kubeconfig(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
-    assert (
-        run(
-            _args("--file", str(FIXTURES / "pcie-4x-t4.txt"), "--node", "n1", "--kubeconfig", str(kubeconfig))
-        )
-        == 2
-    )
+    assert run(_args("--file", str(FIXTURES / "pcie-4x-t4.txt"), "--node", "n1", "--kubeconfig", str(kubeconfig))) == 2
     err = capsys.readouterr().err
     assert err.startswith("berth topology: cannot load Kubernetes config") and err.count("\n") == 1

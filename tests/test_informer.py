@@ -49,8 +49,12 @@ def pod(name: str, node_name: str = "n1", cpu: str = "1", ns: str = "a") -> dict
 
 
 def team(name: str, gpus: int = 4) -> dict[str, Any]:
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": name, "generation": 1},
-            "spec": {"namespaces": [name], "resources": {"nvidia.com/gpu": {"guaranteed": gpus}}}}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"namespaces": [name], "resources": {"nvidia.com/gpu": {"guaranteed": gpus}}},
+    }
 
 
 # -- what the state holds, comparable between two states --------------------------------------------
@@ -66,8 +70,9 @@ def teams_of(state: ClusterState) -> dict[str, Any]:
     return {name: (t.limits, t.namespaces) for name, t in state.quotas.teams.items()}
 
 
-def fresh(api: FakeApiServer, path: str, apply: Callable[[ClusterState], Callable[[str, dict[str, Any]], None]]
-          ) -> ClusterState:
+def fresh(
+    api: FakeApiServer, path: str, apply: Callable[[ClusterState], Callable[[str, dict[str, Any]], None]]
+) -> ClusterState:
     """A state fed once from what the fake serves now: what a new Berth process would list."""
     state = ClusterState(Config())
     for obj in api.objects(path):
@@ -126,9 +131,11 @@ async def start() -> AsyncIterator[Callable[[Informer], Informer]]:
 
 def then(action: Callable[[FakeApiServer], None], reply: Any = None) -> Callable[[FakeApiServer, Request], Any]:
     """A scripted reply that first changes the store behind the watchers' backs."""
+
     def act(srv: FakeApiServer, _: Request) -> Any:
         action(srv)
         return reply
+
     return act
 
 
@@ -138,7 +145,8 @@ def default(_: FakeApiServer, __: Request) -> None:
 
 # -- 410 Gone --------------------------------------------------------------------------------------
 async def test_a_410_on_the_watch_relists_and_the_state_equals_a_fresh_list(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     for name in ("n1", "n2", "n3"):
         api.put(NODES, node(name))
 
@@ -161,7 +169,8 @@ async def test_a_410_on_the_watch_relists_and_the_state_equals_a_fresh_list(
 
 
 async def test_an_http_410_to_the_watch_request_relists_too(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.put(NODES, node("n1"))
     api.on("watch", NODES, then(lambda s: s.remove(NODES, "n1"), Status(410, "too old resource version")))
     inf = start(Informer(kube, state, "nodes", NODES, state.apply_node))
@@ -171,13 +180,15 @@ async def test_an_http_410_to_the_watch_request_relists_too(
 
 
 async def test_a_410_on_a_continue_token_restarts_the_list_and_keeps_no_object_of_the_aborted_pages(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     state.apply_node("ADDED", node("n1"))
     for i in range(1, 6):
         api.put(PODS, pod(f"p{i}"))
     # The second page's token expired (compaction), and p1, already applied from page one, was deleted.
-    api.on("page", PODS, then(lambda s: s.remove(PODS, "a/p1"), Status(410, "the provided continue parameter "
-                                                                          "is too old")))
+    api.on(
+        "page", PODS, then(lambda s: s.remove(PODS, "a/p1"), Status(410, "the provided continue parameter is too old"))
+    )
     inf = start(Informer(kube, state, "pods", PODS, state.apply_pod, page_size=2))
     await eventually(lambda: len(api.calls("watch", PODS)) == 1, what="the watch after the list")
 
@@ -191,7 +202,8 @@ async def test_a_410_on_a_continue_token_restarts_the_list_and_keeps_no_object_o
 
 
 async def test_a_list_that_fails_half_way_forgets_nothing_it_applied(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     """Page one is applied, page two fails (500); by the retry n1 was deleted: the retry must remove it."""
     for name in ("n1", "n2", "n3"):
         api.put(NODES, node(name))
@@ -204,7 +216,8 @@ async def test_a_list_that_fails_half_way_forgets_nothing_it_applied(
 
 # -- bookmarks, deletes, broken watches ---------------------------------------------------------------
 async def test_bookmarks_advance_the_resource_version_without_events(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.put(NODES, node("n1"))
     api.on("watch", NODES, Watch([bookmark(), bookmark()]))  # then the stream ends (the watch timed out)
     apply = Recorder(state.apply_node)
@@ -221,7 +234,8 @@ async def test_bookmarks_advance_the_resource_version_without_events(
 
 
 async def test_a_team_deleted_during_a_relist_is_removed_from_the_state(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     for name in ("t1", "t2", "t3"):
         api.put(TEAMQUOTAS, team(name))
     # First list: three pages of one. The watch expires; t2 is deleted between the relist's first and
@@ -238,26 +252,30 @@ async def test_a_team_deleted_during_a_relist_is_removed_from_the_state(
 
 
 async def test_a_watch_that_ends_on_a_truncated_line_rewatches_from_the_last_event_without_loss_or_duplicates(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.put(NODES, node("n1"))
-    api.on("watch", NODES,
-           Watch([modified(node("n1", cpu=16)), added(node("n2")), line(modified(node("n2", cpu=8)))[:40]]),
-           Watch([modified(node("n2", cpu=8)), deleted(node("n1")), Hold()]))
+    api.on(
+        "watch",
+        NODES,
+        Watch([modified(node("n1", cpu=16)), added(node("n2")), line(modified(node("n2", cpu=8)))[:40]]),
+        Watch([modified(node("n2", cpu=8)), deleted(node("n1")), Hold()]),
+    )
     apply = Recorder(state.apply_node)
     inf = start(Informer(kube, state, "nodes", NODES, apply))
     await eventually(lambda: inf.events == 4, what="four watch events")
 
     second = api.calls("watch", NODES)[1]
     assert second.query["resourceVersion"] == api.sent[NODES][1]["object"]["metadata"]["resourceVersion"]
-    assert apply.seen == [("ADDED", "n1"), ("MODIFIED", "n1"), ("ADDED", "n2"), ("MODIFIED", "n2"),
-                          ("DELETED", "n1")]
+    assert apply.seen == [("ADDED", "n1"), ("MODIFIED", "n1"), ("ADDED", "n2"), ("MODIFIED", "n2"), ("DELETED", "n1")]
     assert inf.lists == 1
     assert nodes_of(state) == nodes_of(fresh(api, NODES, lambda s: s.apply_node))
     assert state.node_view(state.table.slot_of["n2"])["allocatable"]["cpu"] == 7500
 
 
 async def test_a_broken_connection_mid_line_recovers_by_relisting(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     """The connection drops inside an event (no end of the chunked body): the informer backs off and relists
     (a lost watch is a relist), and nothing it missed meanwhile is lost."""
     api.put(NODES, node("n1"))
@@ -270,17 +288,22 @@ async def test_a_broken_connection_mid_line_recovers_by_relisting(
 
 
 async def test_an_error_event_other_than_410_retries_with_a_relist(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.put(NODES, node("n1"))
-    api.on("watch", NODES, Watch([{"type": "ERROR", "object": {"kind": "Status", "code": 500,
-                                                                "message": "internal error"}}]))
+    api.on(
+        "watch",
+        NODES,
+        Watch([{"type": "ERROR", "object": {"kind": "Status", "code": 500, "message": "internal error"}}]),
+    )
     inf = start(Informer(kube, state, "nodes", NODES, state.apply_node))
     await eventually(lambda: len(api.calls("watch", NODES)) == 2)
     assert inf.lists == 2 and sorted(nodes_of(state)) == ["n1"]
 
 
 async def test_an_object_larger_than_aiohttps_line_limit_and_many_events_in_one_chunk(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     big = node("big")
     big["metadata"]["annotations"]["example.com/images"] = "x" * 300_000  # 300 KB: past aiohttp's 64 KiB lines
     many = b"".join(line(added(node(f"m{i}"))) for i in range(200))  # one write: one chunk
@@ -291,7 +314,8 @@ async def test_an_object_larger_than_aiohttps_line_limit_and_many_events_in_one_
 
 
 async def test_a_missing_crd_counts_as_synced_with_nothing_in_it(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.on("list", TEAMQUOTAS, Status(404, "the server could not find the requested resource"))
     start(Informer(kube, state, "teamquotas", TEAMQUOTAS, state.apply_team, optional=True))
     await eventually(lambda: state.synced.get("teamquotas") is True)
@@ -301,7 +325,8 @@ async def test_a_missing_crd_counts_as_synced_with_nothing_in_it(
 
 # -- retries ---------------------------------------------------------------------------------------
 async def test_an_unavailable_api_server_is_retried_until_it_answers(
-        api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]) -> None:
+    api: FakeApiServer, kube: KubeClient, state: ClusterState, start: Callable[[Informer], Informer]
+) -> None:
     api.put(NODES, node("n1"))
     api.on("list", NODES, Status(503, "starting"), Status(500, "etcd timeout"))
     inf = start(Informer(kube, state, "nodes", NODES, state.apply_node))

@@ -46,10 +46,14 @@ def native_module() -> ModuleType:
     """The Cython kernels; a missing build fails the test, unless the twins were asked for explicitly."""
     if _native is None:
         if NO_EXTENSIONS:
-            pytest.skip("scheduler.kernels._native is not built and BERTH_NO_EXTENSIONS is set: "
-                        "only the pure-Python twins are tested")
-        pytest.fail(f"scheduler.kernels._native cannot be imported ({NATIVE_IMPORT_ERROR}); "
-                    "run `make install` to compile the Cython kernels")
+            pytest.skip(
+                "scheduler.kernels._native is not built and BERTH_NO_EXTENSIONS is set: "
+                "only the pure-Python twins are tested"
+            )
+        pytest.fail(
+            f"scheduler.kernels._native cannot be imported ({NATIVE_IMPORT_ERROR}); "
+            "run `make install` to compile the Cython kernels"
+        )
     return _native
 
 
@@ -91,10 +95,20 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def node_obj(name: str, cpu: str = "32", mem: str = "128Gi", pods: str | None = "110", gpus: int = 0,
-             model: str | None = MODELS[0], pool: str | None = "a100", islands: list[list[int]] | None = None,
-             topology: str | None = None, unschedulable: bool = False, load: str | None = None,
-             load_time: str | None = None) -> dict[str, Any]:
+def node_obj(
+    name: str,
+    cpu: str = "32",
+    mem: str = "128Gi",
+    pods: str | None = "110",
+    gpus: int = 0,
+    model: str | None = MODELS[0],
+    pool: str | None = "a100",
+    islands: list[list[int]] | None = None,
+    topology: str | None = None,
+    unschedulable: bool = False,
+    load: str | None = None,
+    load_time: str | None = None,
+) -> dict[str, Any]:
     """A Node as the informer sees it; `topology` overrides the annotation built from `islands`."""
     alloc: dict[str, str] = {"cpu": cpu, "memory": mem}
     if pods is not None:
@@ -115,9 +129,11 @@ def node_obj(name: str, cpu: str = "32", mem: str = "128Gi", pods: str | None = 
         annotations["berth.dev/load"] = load
     if load_time is not None:
         annotations["berth.dev/load-time"] = load_time
-    return {"metadata": {"name": name, "labels": labels, "annotations": annotations},
-            "spec": {"unschedulable": True} if unschedulable else {},
-            "status": {"allocatable": alloc}}
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"unschedulable": True} if unschedulable else {},
+        "status": {"allocatable": alloc},
+    }
 
 
 def set_used(t: NodeTable, name: str, cpu: int = 0, mem: int = 0, pods: int = 0, gpus: tuple[int, ...] = ()) -> None:
@@ -166,8 +182,11 @@ def island_lists(draw: st.DrawFn, gpus: int) -> list[list[int]]:
     """1-4 disjoint islands over a permutation of the GPUs; GPUs left out become singletons."""
     order = draw(st.permutations(range(gpus)))
     count = draw(st.integers(1, min(4, gpus)))
-    cuts = sorted(draw(st.lists(st.integers(1, gpus - 1), min_size=count - 1, max_size=count - 1, unique=True))
-                  ) if count > 1 else []
+    cuts = (
+        sorted(draw(st.lists(st.integers(1, gpus - 1), min_size=count - 1, max_size=count - 1, unique=True)))
+        if count > 1
+        else []
+    )
     bounds = [0, *cuts, gpus]
     groups = [sorted(order[a:b]) for a, b in itertools.pairwise(bounds)]
     if draw(st.booleans()) and len(groups) > 1:
@@ -178,9 +197,12 @@ def island_lists(draw: st.DrawFn, gpus: int) -> list[list[int]]:
 def memories() -> st.SearchStrategy[int]:
     # Mostly realistic nodes; sometimes huge (up to 2**58 bytes: 10x still fits in int64), where the
     # conversion of large integers to double is where a twin could round differently from C.
-    return st.one_of(st.sampled_from([64, 256, 1024, 2048]).map(lambda g: g * GI),
-                     st.integers(0, 4096).map(lambda g: g * GI), st.integers(0, 1 << 42),
-                     st.integers(1 << 50, 1 << 58))
+    return st.one_of(
+        st.sampled_from([64, 256, 1024, 2048]).map(lambda g: g * GI),
+        st.integers(0, 4096).map(lambda g: g * GI),
+        st.integers(0, 1 << 42),
+        st.integers(1 << 50, 1 << 58),
+    )
 
 
 @st.composite
@@ -194,8 +216,7 @@ def node_dicts(draw: st.DrawFn, name: str) -> dict[str, Any]:
             islands = draw(island_lists(gpus))
         elif kind == "garbage":
             topology = draw(st.sampled_from(['{"islands": [[0, 99]]}', "not json", '{"islands": []}']))
-    load = draw(st.one_of(st.none(), st.floats(-0.5, 1.5).map(lambda x: f"{x:.3f}"), st.just("nan"),
-                          st.just("high")))
+    load = draw(st.one_of(st.none(), st.floats(-0.5, 1.5).map(lambda x: f"{x:.3f}"), st.just("nan"), st.just("high")))
     load_time = draw(st.one_of(st.none(), st.integers(-900, 900).map(lambda d: iso(NOW + d)), st.just("yesterday")))
     return node_obj(
         name,
@@ -244,9 +265,13 @@ class Pod:
     topo: int
 
 
-pods = st.builds(Pod, cpu=st.one_of(st.integers(0, 16_000), st.integers(0, 256_000)),
-                 mem=st.one_of(st.integers(0, 1024).map(lambda g: g * GI), st.integers(0, 1 << 50)),
-                 gpu=st.integers(0, 8), topo=st.sampled_from([0, 1, 2]))
+pods = st.builds(
+    Pod,
+    cpu=st.one_of(st.integers(0, 16_000), st.integers(0, 256_000)),
+    mem=st.one_of(st.integers(0, 1024).map(lambda g: g * GI), st.integers(0, 1 << 50)),
+    gpu=st.integers(0, 8),
+    topo=st.sampled_from([0, 1, 2]),
+)
 weights = st.one_of(st.just(0.0), st.floats(0.0, 100.0, allow_nan=False, allow_infinity=False))
 
 
@@ -259,21 +284,29 @@ def params_arrays(draw: st.DrawFn) -> array:
 
 
 @given(cluster=clusters(), pod=pods, data=st.data(), params=params_arrays())
-@settings(max_examples=250, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-def test_native_matches_twin(native: ModuleType, cluster: Cluster, pod: Pod, data: st.DataObject,
-                             params: array) -> None:
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_native_matches_twin(
+    native: ModuleType, cluster: Cluster, pod: Pod, data: st.DataObject, params: array
+) -> None:
     t = cluster.build()
     npools, nmodels = len(t.pools), len(t.models)
     # Every slot once (live and deleted), plus unknown (-1) and repeated ones, in any order.
     extra = data.draw(st.lists(st.integers(-1, t.size - 1), max_size=8), label="extra slots")
     slots = array("i", data.draw(st.permutations([*range(t.size), *extra]), label="slots"))
-    pool_ok = bytes(data.draw(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=npools + 1, max_size=npools + 1),
-                              label="pool_ok"))
-    model_ok = data.draw(st.one_of(st.just(b""), st.just(b""), st.binary(min_size=nmodels + 1, max_size=nmodels + 1)
-                                   .map(lambda b: bytes(x % 4 != 0 for x in b))), label="model_ok")
-    pool_avail = array("d", data.draw(st.lists(st.floats(0.0, 1.0), min_size=npools + 1, max_size=npools + 1),
-                                      label="pool_avail"))
+    pool_ok = bytes(
+        data.draw(st.lists(st.sampled_from([0, 1, 1, 2]), min_size=npools + 1, max_size=npools + 1), label="pool_ok")
+    )
+    model_ok = data.draw(
+        st.one_of(
+            st.just(b""),
+            st.just(b""),
+            st.binary(min_size=nmodels + 1, max_size=nmodels + 1).map(lambda b: bytes(x % 4 != 0 for x in b)),
+        ),
+        label="model_ok",
+    )
+    pool_avail = array(
+        "d", data.draw(st.lists(st.floats(0.0, 1.0), min_size=npools + 1, max_size=npools + 1), label="pool_avail")
+    )
     args = (slots, pod.cpu, pod.mem, pod.gpu, pod.topo)
 
     out_py, out_c = bytearray(len(slots)), bytearray(len(slots))
@@ -287,8 +320,9 @@ def test_native_matches_twin(native: ModuleType, cluster: Cluster, pod: Pod, dat
     for s in [*slots, t.capacity, t.capacity + 7]:
         one_py = _python.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok)
         assert native.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok) == one_py
-    assert [_python.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok)
-            for s in slots] == list(out_py)
+    assert [_python.node_verdict(t, s, pod.cpu, pod.mem, pod.gpu, pod.topo, pool_ok, model_ok) for s in slots] == list(
+        out_py
+    )
 
     score_py, score_c = array("q", bytes(8 * len(slots))), array("q", bytes(8 * len(slots)))
     _python.score_nodes(t, *args, pool_ok, pool_avail, params, score_py)
@@ -330,8 +364,17 @@ def table(*nodes: dict[str, Any]) -> NodeTable:
     return t
 
 
-def verdicts(mod: ModuleType, t: NodeTable, names: list[str | None], cpu: int = 0, mem: int = 0, gpu: int = 0,
-             topo: int = 0, pool_ok: bytes | None = None, model_ok: bytes = b"") -> list[int]:
+def verdicts(
+    mod: ModuleType,
+    t: NodeTable,
+    names: list[str | None],
+    cpu: int = 0,
+    mem: int = 0,
+    gpu: int = 0,
+    topo: int = 0,
+    pool_ok: bytes | None = None,
+    model_ok: bytes = b"",
+) -> list[int]:
     slots = array("i", [t.slot_of.get(n, -1) if n else -1 for n in names])
     pool_ok = pool_ok if pool_ok is not None else b"\x01" * (len(t.pools) + 1)
     out = bytearray(len(slots))
@@ -340,9 +383,18 @@ def verdicts(mod: ModuleType, t: NodeTable, names: list[str | None], cpu: int = 
     return list(out)
 
 
-def scores(mod: ModuleType, t: NodeTable, names: list[str], cpu: int = 0, mem: int = 0, gpu: int = 0,
-           topo: int = 0, pool_ok: bytes | None = None, params: array | None = None,
-           pool_avail: array | None = None) -> list[int]:
+def scores(
+    mod: ModuleType,
+    t: NodeTable,
+    names: list[str],
+    cpu: int = 0,
+    mem: int = 0,
+    gpu: int = 0,
+    topo: int = 0,
+    pool_ok: bytes | None = None,
+    params: array | None = None,
+    pool_avail: array | None = None,
+) -> list[int]:
     slots = array("i", [t.slot_of.get(n, -1) for n in names])
     pool_ok = pool_ok if pool_ok is not None else b"\x01" * (len(t.pools) + 1)
     pool_avail = pool_avail if pool_avail is not None else array("d", [0.0] * (len(t.pools) + 1))
@@ -382,8 +434,14 @@ def test_node_verdict(impl: ModuleType) -> None:
     t.remove("gone")
     pools = b"\x01" * (len(t.pools) + 1)
     one = [impl.node_verdict(t, s, 2000, 0, 0, 0, pools, b"") for s in (0, 1, 2, -1, t.capacity, 10**6)]
-    assert one == [kernels.UNSCHEDULABLE, kernels.CPU, kernels.UNKNOWN, kernels.UNKNOWN, kernels.UNKNOWN,
-                   kernels.UNKNOWN]
+    assert one == [
+        kernels.UNSCHEDULABLE,
+        kernels.CPU,
+        kernels.UNKNOWN,
+        kernels.UNKNOWN,
+        kernels.UNKNOWN,
+        kernels.UNKNOWN,
+    ]
     assert impl.node_verdict(t, 1, 1000, 0, 0, 0, pools, b"") == kernels.OK
 
 
@@ -396,19 +454,30 @@ def test_unschedulable_checked_before_pool(impl: ModuleType) -> None:
 def test_pool(impl: ModuleType) -> None:
     t = table(node_obj("own", pool="a"), node_obj("cohort", pool="b"), node_obj("other", pool="c"))
     assert verdicts(impl, t, ["own", "cohort", "other"], pool_ok=bytes([1, 2, 0, 0])) == [
-        kernels.OK, kernels.OK, kernels.POOL]
+        kernels.OK,
+        kernels.OK,
+        kernels.POOL,
+    ]
 
 
 def test_model(impl: ModuleType) -> None:
-    t = table(node_obj("a100", gpus=8, model=MODELS[0]), node_obj("h100", gpus=8, model=MODELS[1]),
-              node_obj("unlabelled", gpus=8, model=None), node_obj("cpu"))
+    t = table(
+        node_obj("a100", gpus=8, model=MODELS[0]),
+        node_obj("h100", gpus=8, model=MODELS[1]),
+        node_obj("unlabelled", gpus=8, model=None),
+        node_obj("cpu"),
+    )
     t.intern_model(MODELS[2])  # a model seen after model_ok was built: id beyond model_ok
     l4 = node_obj("l4", gpus=8, model=MODELS[2])
     t.upsert(l4)
     names: list[str | None] = ["a100", "h100", "unlabelled", "l4"]
     only_h100 = bytes([0, 1, 0])  # ids 0 (A100), 1 (H100); the trailing byte; L4 (id 2) left out
     assert verdicts(impl, t, names, gpu=1, model_ok=only_h100[:2]) == [
-        kernels.MODEL, kernels.OK, kernels.MODEL, kernels.MODEL]
+        kernels.MODEL,
+        kernels.OK,
+        kernels.MODEL,
+        kernels.MODEL,
+    ]
     assert verdicts(impl, t, names, gpu=1, model_ok=b"") == [kernels.OK] * 4  # empty: any model
     # CPU pods ignore the GPU model; the CPU node then fails on GPUs, not on the model
     assert verdicts(impl, t, [*names, "cpu"], gpu=0, model_ok=only_h100) == [kernels.OK] * 5
@@ -441,9 +510,11 @@ def test_gpu_count(impl: ModuleType) -> None:
 
 
 def test_topology_required(impl: ModuleType) -> None:
-    t = table(node_obj("split", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
-              node_obj("whole", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
-              node_obj("nvswitch", gpus=8))  # no annotation: one island of all GPUs
+    t = table(
+        node_obj("split", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+        node_obj("whole", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+        node_obj("nvswitch", gpus=8),
+    )  # no annotation: one island of all GPUs
     set_used(t, "split", gpus=(0, 1, 4, 5))  # 4 free, 2 per island
     set_used(t, "whole", gpus=(0, 1, 2, 3))  # 4 free, all in island 2
     set_used(t, "nvswitch", gpus=(0, 2, 4, 6))
@@ -456,8 +527,9 @@ def test_topology_required(impl: ModuleType) -> None:
 
 
 def test_topology_island_too_small(impl: ModuleType) -> None:
-    t = table(node_obj("pcie", gpus=4, islands=[[0], [1], [2], [3]]),
-              node_obj("bad", gpus=4, topology="not json"))  # unreadable: one island, never rejects
+    t = table(
+        node_obj("pcie", gpus=4, islands=[[0], [1], [2], [3]]), node_obj("bad", gpus=4, topology="not json")
+    )  # unreadable: one island, never rejects
     assert verdicts(impl, t, ["pcie", "bad"], gpu=2, topo=2) == [kernels.TOPOLOGY, kernels.OK]
     assert verdicts(impl, t, ["pcie"], gpu=1, topo=2) == [kernels.OK]
 
@@ -502,9 +574,14 @@ def test_topology_prefers_exact_island_fill(impl: ModuleType) -> None:
 
 def test_load(impl: ModuleType) -> None:
     fresh, stale = iso(NOW - 60), iso(NOW - 301)
-    t = table(node_obj("idle", load="0", load_time=fresh), node_obj("busy", load="1", load_time=fresh),
-              node_obj("stale", load="0", load_time=stale), node_obj("unknown"),
-              node_obj("edge", load="0", load_time=iso(NOW - 300)), node_obj("undated", load="0.2"))
+    t = table(
+        node_obj("idle", load="0", load_time=fresh),
+        node_obj("busy", load="1", load_time=fresh),
+        node_obj("stale", load="0", load_time=stale),
+        node_obj("unknown"),
+        node_obj("edge", load="0", load_time=iso(NOW - 300)),
+        node_obj("undated", load="0.2"),
+    )
     names = ["idle", "busy", "stale", "unknown", "edge", "undated"]
     assert scores(impl, t, names, cpu=100, params=only(W_LOAD)) == [10, 0, 5, 5, 10, 5]
     assert scores(impl, t, names, cpu=100, params=only(W_LOAD, max_age=1e12)) == [10, 0, 10, 5, 10, 8]

@@ -41,16 +41,19 @@ async def kube(api: FakeApiServer) -> AsyncIterator[KubeClient]:
 
 # -- bind --------------------------------------------------------------------------------------------
 async def test_bind_writes_a_binding_with_the_annotations_and_the_uid_precondition(
-        api: FakeApiServer, kube: KubeClient) -> None:
+    api: FakeApiServer, kube: KubeClient
+) -> None:
     api.put(PODS, pod())
     assert await kube.bind(args(), ANNOTATIONS, timeout=5) == ""
 
     (req,) = api.calls("create", BINDING_PATH)
     assert req.headers["Content-Type"] == "application/json"
-    assert req.json() == {"apiVersion": "v1", "kind": "Binding",
-                          "metadata": {"name": "job-0", "namespace": "ml", "annotations": ANNOTATIONS,
-                                       "uid": "uid-ml-job-0"},
-                          "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}
+    assert req.json() == {
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": {"name": "job-0", "namespace": "ml", "annotations": ANNOTATIONS, "uid": "uid-ml-job-0"},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"},
+    }
     bound = api.store[PODS]["ml/job-0"]
     assert bound["spec"]["nodeName"] == "n1"
     assert bound["metadata"]["annotations"] == ANNOTATIONS
@@ -77,13 +80,16 @@ async def test_a_conflict_on_a_pod_bound_elsewhere_says_where(api: FakeApiServer
 async def test_a_conflict_on_a_recreated_pod_is_the_api_servers_sentence(api: FakeApiServer, kube: KubeClient) -> None:
     api.put(PODS, pod())  # same name, another uid than the one kube-scheduler bound
     msg = await kube.bind(args(uid="uid-of-the-old-pod"), ANNOTATIONS, timeout=5)
-    assert msg.startswith("the API server refused the binding (409): Precondition failed: UID in precondition: "
-                          "uid-of-the-old-pod")
+    assert msg.startswith(
+        "the API server refused the binding (409): Precondition failed: UID in precondition: uid-of-the-old-pod"
+    )
 
 
 async def test_a_binding_refused_for_a_missing_pod(api: FakeApiServer, kube: KubeClient) -> None:
-    assert await kube.bind(args(), ANNOTATIONS, timeout=5) == \
-        'the API server refused the binding (404): pods "ml/job-0" not found'
+    assert (
+        await kube.bind(args(), ANNOTATIONS, timeout=5)
+        == 'the API server refused the binding (404): pods "ml/job-0" not found'
+    )
 
 
 async def test_a_bind_past_its_timeout_raises_timeout_error(api: FakeApiServer, kube: KubeClient) -> None:
@@ -110,14 +116,20 @@ async def test_names_are_quoted_in_paths(api: FakeApiServer, kube: KubeClient) -
     assert api.requests[-1].verb == "get"
 
 
-@pytest.mark.parametrize("reply, message", [
-    (Status(403, 'pods is forbidden: User "berth" cannot list resource "pods"'),
-     'pods is forbidden: User "berth" cannot list resource "pods"'),
-    (Json({"kind": "Status", "code": 500}, 500), "{'kind': 'Status', 'code': 500}"),  # no message: the body
-    (Raw(b"<html>502 Bad Gateway</html>", 502), "<html>502 Bad Gateway</html>"),  # not JSON: the text
-])
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        (
+            Status(403, 'pods is forbidden: User "berth" cannot list resource "pods"'),
+            'pods is forbidden: User "berth" cannot list resource "pods"',
+        ),
+        (Json({"kind": "Status", "code": 500}, 500), "{'kind': 'Status', 'code': 500}"),  # no message: the body
+        (Raw(b"<html>502 Bad Gateway</html>", 502), "<html>502 Bad Gateway</html>"),  # not JSON: the text
+    ],
+)
 async def test_errors_are_kube_errors_with_the_status_and_the_message(
-        api: FakeApiServer, kube: KubeClient, reply: Status | Json | Raw, message: str) -> None:
+    api: FakeApiServer, kube: KubeClient, reply: Status | Json | Raw, message: str
+) -> None:
     api.on("list", PODS, reply)
     api.on("get", POD_PATH, reply)
     with pytest.raises(KubeError) as listed:
@@ -138,8 +150,15 @@ async def test_get_json_sends_the_query(api: FakeApiServer, kube: KubeClient) ->
 
 
 async def test_patch_status_is_a_merge_patch_of_the_status_subresource(api: FakeApiServer, kube: KubeClient) -> None:
-    api.put(TEAMQUOTAS, {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": "t"},
-                         "status": {"pods": 1, "used": {"cpu": "1"}}})
+    api.put(
+        TEAMQUOTAS,
+        {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": "t"},
+            "status": {"pods": 1, "used": {"cpu": "1"}},
+        },
+    )
     await kube.patch_status(TEAMQUOTAS + "/t", {"pods": 2, "used": {"cpu": None}})
     (req,) = api.calls("patch", TEAMQUOTAS + "/t/status")
     assert req.headers["Content-Type"] == "application/merge-patch+json"
@@ -153,7 +172,8 @@ async def test_patch_status_is_a_merge_patch_of_the_status_subresource(api: Fake
 
 # -- headers ---------------------------------------------------------------------------------------------
 async def test_headers_carry_the_token_and_a_content_type_only_with_a_body(
-        api: FakeApiServer, kube: KubeClient) -> None:
+    api: FakeApiServer, kube: KubeClient
+) -> None:
     await kube.get_pod("ml", "job-0")
     get = api.requests[-1].headers
     assert get["Authorization"] == "Bearer token-1"

@@ -169,8 +169,7 @@ async def test_exactly_one_of_two_leads(two: tuple[FakeLeases, Replica, Replica]
     assert leases.leases["berth-system/berth"]["spec"]["leaseDurationSeconds"] == 1
 
 
-async def test_standby_takes_over_after_the_lease_duration_not_before(
-        two: tuple[FakeLeases, Replica, Replica]) -> None:
+async def test_standby_takes_over_after_the_lease_duration_not_before(two: tuple[FakeLeases, Replica, Replica]) -> None:
     leases, a, b = two
     a.start()
     await until(a.elector.is_leader, 3, "a to lead")
@@ -236,8 +235,13 @@ async def test_view(fake: tuple[FakeLeases, str]) -> None:
     a = Replica(url, "a", lease_name="writer", lease_namespace="ns1")
     try:
         assert await a.elector.try_acquire_or_renew()
-        assert a.elector.view() == {"enabled": True, "leader": True, "identity": "a", "holder": "a",
-                                    "lease": "ns1/writer"}
+        assert a.elector.view() == {
+            "enabled": True,
+            "leader": True,
+            "identity": "a",
+            "holder": "a",
+            "lease": "ns1/writer",
+        }
     finally:
         await a.close()
 
@@ -259,8 +263,13 @@ def test_gpu_seconds_counted_only_while_leading() -> None:
     m.counts_showback = lambda: leading[0]
 
     def total() -> float:
-        return sum(s.value for metric in m.registry.collect() if metric.name == "berth_team_gpu_seconds"
-                   for s in metric.samples if s.name.endswith("_total"))
+        return sum(
+            s.value
+            for metric in m.registry.collect()
+            if metric.name == "berth_team_gpu_seconds"
+            for s in metric.samples
+            if s.name.endswith("_total")
+        )
 
     account_gpu_seconds(state, m, 2.0)
     counted = total()
@@ -285,9 +294,15 @@ async def test_status_written_only_while_leading() -> None:
     config = Config()
     config.quotas.status_interval_seconds = 0.01
     state = ClusterState(config)
-    state.apply_team("ADDED", {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota",
-                               "metadata": {"name": "team-a", "generation": 1},
-                               "spec": {"namespaces": ["a"], "resources": {"nvidia.com/gpu": {"guaranteed": 8}}}})
+    state.apply_team(
+        "ADDED",
+        {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": "team-a", "generation": 1},
+            "spec": {"namespaces": ["a"], "resources": {"nvidia.com/gpu": {"guaranteed": 8}}},
+        },
+    )
     state.mark_synced("all")
     api = FakeStatusApi()
     leading = [False]
@@ -307,18 +322,27 @@ async def test_status_written_only_while_leading() -> None:
 
 
 # -- configuration ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "error"), [
-    ("leader_election: {enabled: 1}", "leader_election.enabled: expected bool, got 1"),
-    ("leader_election: {lease_duration_seconds: 0}",
-     "leader_election.lease_duration_seconds: expected a value from 1 to 3600, got 0"),
-    ("leader_election: {renew_deadline_seconds: 15}",
-     "leader_election: expected retry_period_seconds < renew_deadline_seconds < lease_duration_seconds, "
-     "got 2.0, 15.0, 15"),
-    ("leader_election: {retry_period_seconds: 10}",
-     "leader_election: expected retry_period_seconds < renew_deadline_seconds < lease_duration_seconds, "
-     "got 10.0, 10.0, 15"),
-    ("leader_election: {lease_name: 3}", "leader_election.lease_name: expected str, got 3"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("leader_election: {enabled: 1}", "leader_election.enabled: expected bool, got 1"),
+        (
+            "leader_election: {lease_duration_seconds: 0}",
+            "leader_election.lease_duration_seconds: expected a value from 1 to 3600, got 0",
+        ),
+        (
+            "leader_election: {renew_deadline_seconds: 15}",
+            "leader_election: expected retry_period_seconds < renew_deadline_seconds < lease_duration_seconds, "
+            "got 2.0, 15.0, 15",
+        ),
+        (
+            "leader_election: {retry_period_seconds: 10}",
+            "leader_election: expected retry_period_seconds < renew_deadline_seconds < lease_duration_seconds, "
+            "got 10.0, 10.0, 15",
+        ),
+        ("leader_election: {lease_name: 3}", "leader_election.lease_name: expected str, got 3"),
+    ],
+)
 def test_bad_leader_election_keys(tmp_path: Path, text: str, error: str) -> None:
     path = tmp_path / "berth.yaml"
     path.write_text(text)
@@ -329,16 +353,23 @@ def test_bad_leader_election_keys(tmp_path: Path, text: str, error: str) -> None
 
 def test_leader_election_keys_load(tmp_path: Path) -> None:
     path = tmp_path / "berth.yaml"
-    path.write_text("leader_election: {enabled: false, lease_duration_seconds: 4, renew_deadline_seconds: 3,"
-                    " retry_period_seconds: 1}")
+    path.write_text(
+        "leader_election: {enabled: false, lease_duration_seconds: 4, renew_deadline_seconds: 3,"
+        " retry_period_seconds: 1}"
+    )
     le = load_config(path).leader_election
-    assert (le.enabled, le.lease_duration_seconds, le.renew_deadline_seconds, le.retry_period_seconds) == \
-        (False, 4, 3.0, 1.0)
+    assert (le.enabled, le.lease_duration_seconds, le.renew_deadline_seconds, le.retry_period_seconds) == (
+        False,
+        4,
+        3.0,
+        1.0,
+    )
     assert Config().leader_election.enabled is True
 
 
-async def test_loop_survives_any_client_error(two: tuple[FakeLeases, Replica, Replica],
-                                              caplog: pytest.LogCaptureFixture) -> None:
+async def test_loop_survives_any_client_error(
+    two: tuple[FakeLeases, Replica, Replica], caplog: pytest.LogCaptureFixture
+) -> None:
     """aiohttp's ServerDisconnectedError is no OSError: the loop must neither die (a dead loop would leave a
     leader that believes it leads) nor log it every retry."""
     _, a, _ = two

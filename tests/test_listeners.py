@@ -28,8 +28,9 @@ async def test_health_listener_serves_health_and_metrics_only(unused_tcp_port_fa
         assert runners[1].port == srv.health_port
         go = GoWire(state)
         filter_body = go.args(go.pod(), go.names())
-        bind_body = go.binding("train-llama-7f9c4-0", "ml-research", "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91",
-                               go.names()[0])
+        bind_body = go.binding(
+            "train-llama-7f9c4-0", "ml-research", "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91", go.names()[0]
+        )
         async with aiohttp.ClientSession() as http:
             for path in ("/healthz", "/readyz", "/metrics"):
                 async with http.get(health + path) as r:
@@ -61,13 +62,16 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("server: {health_port: 8888}", "server.health_port: 8888 is already server.port or server.tls_port"),
-    ("server: {health_port: 8443}", "server.health_port: 8443 is already server.port or server.tls_port"),
-    ("server: {health_port: 70000}", "server.health_port: expected a value from 0 to 65535, got 70000"),
-    ("server: {health_host: 1}", "server.health_host: expected str, got 1"),
-    ("server: {tls_reload_seconds: -1}", "server.tls_reload_seconds: expected a value from 0 to inf, got -1.0"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("server: {health_port: 8888}", "server.health_port: 8888 is already server.port or server.tls_port"),
+        ("server: {health_port: 8443}", "server.health_port: 8443 is already server.port or server.tls_port"),
+        ("server: {health_port: 70000}", "server.health_port: expected a value from 0 to 65535, got 70000"),
+        ("server: {health_host: 1}", "server.health_host: expected str, got 1"),
+        ("server: {tls_reload_seconds: -1}", "server.tls_reload_seconds: expected a value from 0 to inf, got -1.0"),
+    ],
+)
 def test_bad_listener_keys(tmp_path: Path, text: str, error: str) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text))
@@ -81,8 +85,9 @@ def test_base_deploy_config_splits_the_listeners() -> None:
     assert (config.server.health_host, config.server.health_port) == ("0.0.0.0", 8889)
 
 
-async def test_tls_mode_with_health_port_opens_no_plain_port(unused_tcp_port_factory: Callable[[], int],
-                                                             tmp_path: Path) -> None:
+async def test_tls_mode_with_health_port_opens_no_plain_port(
+    unused_tcp_port_factory: Callable[[], int], tmp_path: Path
+) -> None:
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
     crt, key = tmp_path / "tls.crt", tmp_path / "tls.key"
@@ -92,8 +97,9 @@ async def test_tls_mode_with_health_port_opens_no_plain_port(unused_tcp_port_fac
     srv = state.config.server
     srv.host, srv.tls_port, srv.port = "127.0.0.1", 0, unused_tcp_port_factory()
     srv.health_host, srv.health_port = "127.0.0.1", unused_tcp_port_factory()
-    runners = await _listeners(Berth(state, Metrics(), Binder(state, None, None)), state.config,
-                               tls_context(str(crt), str(key), None))
+    runners = await _listeners(
+        Berth(state, Metrics(), Binder(state, None, None)), state.config, tls_context(str(crt), str(key), None)
+    )
     try:
         assert [r.port for r in runners][1:] == [srv.health_port]
         async with aiohttp.ClientSession() as http:

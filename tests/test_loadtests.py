@@ -66,8 +66,9 @@ def serving(argv: list[str], port: int) -> Iterator[str]:
 @pytest.fixture
 def typical_extender() -> Iterator[str]:
     port = free_port()
-    with serving([sys.executable, str(LOADTESTS / "typical_extender.py"), "--synthetic", "600", "--port",
-                  str(port)], port) as url:
+    with serving(
+        [sys.executable, str(LOADTESTS / "typical_extender.py"), "--synthetic", "600", "--port", str(port)], port
+    ) as url:
         yield url
 
 
@@ -75,8 +76,9 @@ def typical_extender() -> Iterator[str]:
 def berth_demo() -> Iterator[str]:
     """`berth serve --demo`, the server the README's locust command targets."""
     port = free_port()
-    with serving([sys.executable, "-m", "scheduler", "serve", "--demo", "--demo-nodes", "2000", "--port",
-                  str(port)], port) as url:
+    with serving(
+        [sys.executable, "-m", "scheduler", "serve", "--demo", "--demo-nodes", "2000", "--port", str(port)], port
+    ) as url:
         yield url
 
 
@@ -193,27 +195,44 @@ def test_render_plain_and_markdown() -> None:
     rows = [["filter", "1.5"], ["bind", "12.25"]]
     assert render(["case", "ms"], rows, markdown=True) == "| case | ms |\n|---|---|\n| filter | 1.5 |\n| bind | 12.25 |"
     assert render(["case", "ms"], rows, markdown=False).splitlines() == [
-        "case       ms", "------  -----", "filter    1.5", "bind    12.25"]
+        "case       ms",
+        "------  -----",
+        "filter    1.5",
+        "bind    12.25",
+    ]
 
 
 def test_berth_bench_outside_a_checkout_exits_2(tmp_path: Path) -> None:
     """An installed Berth has no loadtests/ next to its package: `berth bench` says where to run it."""
     shutil.copytree(ROOT / "scheduler", tmp_path / "scheduler")  # a package with no checkout around it
-    proc = subprocess.run([sys.executable, "-m", "scheduler", "bench", "--quick"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "bench", "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "source checkout" in proc.stderr and "make bench" in proc.stderr
     # Every other command still works there.
-    proc = subprocess.run([sys.executable, "-m", "scheduler", "explain", "--help"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scheduler", "explain", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0 and "--namespace" in proc.stdout, proc.stderr
 
 
 def test_berth_script_finds_the_bench_of_its_checkout(tmp_path: Path) -> None:
     """The `berth` script does not put the checkout on sys.path; the bench is found next to the package."""
     berth = Path(sys.executable).parent / "berth"
-    proc = subprocess.run([str(berth), "bench", "--help"], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60, check=False)
+    proc = subprocess.run(
+        [str(berth), "bench", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: berth bench") and "--quick" in proc.stdout
 

@@ -15,16 +15,22 @@ from scheduler.observability import logs
 from scheduler.observability.logs import JsonLines
 
 
-def record(msg: str = "bound %s to %s", args: tuple[Any, ...] = ("ml/job-0", "n1"), level: int = logging.INFO,
-           extra: dict[str, Any] | None = None, exc: bool = False) -> logging.LogRecord:
+def record(
+    msg: str = "bound %s to %s",
+    args: tuple[Any, ...] = ("ml/job-0", "n1"),
+    level: int = logging.INFO,
+    extra: dict[str, Any] | None = None,
+    exc: bool = False,
+) -> logging.LogRecord:
     exc_info = None
     if exc:
         try:
             raise ValueError("no such node")
         except ValueError:
             exc_info = sys.exc_info()
-    rec = logging.getLogger("berth.binder").makeRecord("berth.binder", level, __file__, 1, msg, args, exc_info,
-                                                       extra=extra)
+    rec = logging.getLogger("berth.binder").makeRecord(
+        "berth.binder", level, __file__, 1, msg, args, exc_info, extra=extra
+    )
     return rec
 
 
@@ -38,8 +44,12 @@ def formatted(rec: logging.LogRecord) -> dict[str, Any]:
 def test_every_record_has_time_level_logger_and_the_formatted_message() -> None:
     rec = record(level=logging.WARNING)
     rec.created, rec.msecs = 1714521600.25, 250.0  # 2024-05-01T00:00:00.250 UTC
-    assert formatted(rec) == {"ts": "2024-05-01T00:00:00.250Z", "level": "warning", "logger": "berth.binder",
-                              "msg": "bound ml/job-0 to n1"}
+    assert formatted(rec) == {
+        "ts": "2024-05-01T00:00:00.250Z",
+        "level": "warning",
+        "logger": "berth.binder",
+        "msg": "bound ml/job-0 to n1",
+    }
 
 
 def test_the_timestamp_is_utc_with_milliseconds() -> None:
@@ -51,11 +61,18 @@ def test_the_timestamp_is_utc_with_milliseconds() -> None:
 
 
 def test_the_extra_keys_berth_uses_are_fields_and_others_are_not() -> None:
-    extra = {"pod": "ml/job-0", "node": "n1", "team": "training", "verb": "bind", "reason": "quota",
-             "password": "hunter2"}
+    extra = {
+        "pod": "ml/job-0",
+        "node": "n1",
+        "team": "training",
+        "verb": "bind",
+        "reason": "quota",
+        "password": "hunter2",
+    }
     out = formatted(record(extra=extra))
-    assert {k: out[k] for k in ("pod", "node", "team", "verb", "reason")} == {k: extra[k] for k in extra
-                                                                                if k != "password"}
+    assert {k: out[k] for k in ("pod", "node", "team", "verb", "reason")} == {
+        k: extra[k] for k in extra if k != "password"
+    }
     assert "password" not in out
 
 
@@ -91,8 +108,9 @@ def root_logger() -> Iterator[logging.Logger]:
     logging.getLogger("aiohttp.access").setLevel(access)
 
 
-def test_setup_writes_json_lines_to_stderr_at_the_level(root_logger: logging.Logger,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_setup_writes_json_lines_to_stderr_at_the_level(
+    root_logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
     logs.setup("warning")
     assert len(root_logger.handlers) == 1 and isinstance(root_logger.handlers[0].formatter, JsonLines)
     log = logging.getLogger("berth.test")

@@ -60,10 +60,23 @@ def test_follows_node_additions_and_removals(impl: ModuleType) -> None:
     assert list(slots) == [t.slot_of.get(n, -1) for n in KNOWN[:30]] and slots[1] == -1
 
 
-@pytest.mark.parametrize("raw", [
-    b'"a", "b"', b'"a",', b',"a"', b'"a""b"', b'"a\\"b"', b'"a\\u0062"', b'"a', b'1,"a"', b'"a\x01"',
-    b'"\xff\xfe"', b' "a"', b'null',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'"a", "b"',
+        b'"a",',
+        b',"a"',
+        b'"a""b"',
+        b'"a\\"b"',
+        b'"a\\u0062"',
+        b'"a',
+        b'1,"a"',
+        b'"a\x01"',
+        b'"\xff\xfe"',
+        b' "a"',
+        b"null",
+    ],
+)
 def test_refuses_what_go_would_not_write(impl: ModuleType, raw: bytes) -> None:
     body = b'{"NodeNames":[' + raw + b"]}"
     assert impl.map_names(table(["a", "b"]), body, 14, len(body) - 2) is None
@@ -75,8 +88,11 @@ def test_empty_list(impl: ModuleType) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(known=st.lists(st.text(min_size=1, max_size=12), max_size=30, unique=True),
-       extra=st.lists(st.text(min_size=0, max_size=12), max_size=10), data=st.data())
+@given(
+    known=st.lists(st.text(min_size=1, max_size=12), max_size=30, unique=True),
+    extra=st.lists(st.text(min_size=0, max_size=12), max_size=10),
+    data=st.data(),
+)
 def test_native_and_twin_agree(known: list[str], extra: list[str], data: st.DataObject) -> None:
     t = table(known)
     asked = data.draw(st.lists(st.sampled_from(known + extra) if known + extra else st.just("x"), max_size=40))

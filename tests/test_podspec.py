@@ -16,8 +16,14 @@ GI, MI, KI = 1 << 30, 1 << 20, 1 << 10
 GPU = "nvidia.com/gpu"
 
 
-def c(name: str = "c", cpu: str | None = None, mem: str | None = None, sidecar: bool = False,
-      limits: dict[str, Any] | None = None, **requests: Any) -> dict[str, Any]:
+def c(
+    name: str = "c",
+    cpu: str | None = None,
+    mem: str | None = None,
+    sidecar: bool = False,
+    limits: dict[str, Any] | None = None,
+    **requests: Any,
+) -> dict[str, Any]:
     req = dict(requests)
     if cpu is not None:
         req["cpu"] = cpu
@@ -31,8 +37,9 @@ def c(name: str = "c", cpu: str | None = None, mem: str | None = None, sidecar: 
     return out
 
 
-def spec(containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = None,
-         overhead: dict[str, Any] | None = None) -> dict[str, Any]:
+def spec(
+    containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = None, overhead: dict[str, Any] | None = None
+) -> dict[str, Any]:
     s: dict[str, Any] = {"containers": containers}
     if init is not None:
         s["initContainers"] = init
@@ -42,35 +49,40 @@ def spec(containers: list[dict[str, Any]], init: list[dict[str, Any]] | None = N
 
 
 def pod(annotations: dict[str, Any] | None = None, **spec_fields: Any) -> dict[str, Any]:
-    return {"metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "annotations": annotations or {}},
-            "spec": {"containers": [c(cpu="1", mem="1Gi")], **spec_fields}}
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "annotations": annotations or {}},
+        "spec": {"containers": [c(cpu="1", mem="1Gi")], **spec_fields},
+    }
 
 
 # -- effective requests ------------------------------------------------------------------------------
-@pytest.mark.parametrize(("s", "expected"), [
-    (spec([c(cpu="1", mem="1Gi"), c(cpu="500m", mem="512Mi")]), {"cpu": 1500, "memory": GI + 512 * MI}),
-    # an init container bigger than the app containers sets the request
-    (spec([c(cpu="1"), c(cpu="1")], [c(cpu="3")]), {"cpu": 3000}),
-    # per resource: cpu from the app containers, memory from the init container
-    (spec([c(cpu="4", mem="1Gi")], [c(cpu="1", mem="8Gi")]), {"cpu": 4000, "memory": 8 * GI}),
-    # a sidecar before an init container runs beside it, and beside the app containers
-    (spec([c(cpu="1")], [c(cpu="1", sidecar=True), c(cpu="2")]), {"cpu": 3000}),
-    # a sidecar after an init container does not overlap it
-    (spec([c(cpu="1")], [c(cpu="2"), c(cpu="1", sidecar=True)]), {"cpu": 2000}),
-    # sidecars accumulate for the init containers after them
-    (spec([c(cpu="500m")], [c(cpu="1", sidecar=True), c(cpu="2", sidecar=True), c(cpu="1")]), {"cpu": 4000}),
-    (spec([c(cpu="500m")], [c(cpu="1", sidecar=True), c(cpu="2", sidecar=True)]), {"cpu": 3500}),
-    # overhead is added after the max
-    (spec([c(cpu="1")], [c(cpu="2")], {"cpu": "250m", "memory": "160Mi"}), {"cpu": 2250, "memory": 160 * MI}),
-    # extended resources come from limits when only limits are set (the API server defaults requests)
-    (spec([c(cpu="1", limits={GPU: "2"})], [c(limits={GPU: "1"})]), {"cpu": 1000, GPU: 2}),
-    (spec([c(limits={GPU: "4"}, **{GPU: "4"})]), {GPU: 4}),
-    (spec([c(limits={"example.com/fpga": "1"})]), {"example.com/fpga": 1}),
-    # cpu and memory count from requests only, as kube-scheduler reads them
-    (spec([c(limits={"cpu": "2", "memory": "2Gi"})]), {}),
-    (spec([c(cpu="1", limits={"cpu": "2"})]), {"cpu": 1000}),
-    (spec([]), {}),
-])
+@pytest.mark.parametrize(
+    ("s", "expected"),
+    [
+        (spec([c(cpu="1", mem="1Gi"), c(cpu="500m", mem="512Mi")]), {"cpu": 1500, "memory": GI + 512 * MI}),
+        # an init container bigger than the app containers sets the request
+        (spec([c(cpu="1"), c(cpu="1")], [c(cpu="3")]), {"cpu": 3000}),
+        # per resource: cpu from the app containers, memory from the init container
+        (spec([c(cpu="4", mem="1Gi")], [c(cpu="1", mem="8Gi")]), {"cpu": 4000, "memory": 8 * GI}),
+        # a sidecar before an init container runs beside it, and beside the app containers
+        (spec([c(cpu="1")], [c(cpu="1", sidecar=True), c(cpu="2")]), {"cpu": 3000}),
+        # a sidecar after an init container does not overlap it
+        (spec([c(cpu="1")], [c(cpu="2"), c(cpu="1", sidecar=True)]), {"cpu": 2000}),
+        # sidecars accumulate for the init containers after them
+        (spec([c(cpu="500m")], [c(cpu="1", sidecar=True), c(cpu="2", sidecar=True), c(cpu="1")]), {"cpu": 4000}),
+        (spec([c(cpu="500m")], [c(cpu="1", sidecar=True), c(cpu="2", sidecar=True)]), {"cpu": 3500}),
+        # overhead is added after the max
+        (spec([c(cpu="1")], [c(cpu="2")], {"cpu": "250m", "memory": "160Mi"}), {"cpu": 2250, "memory": 160 * MI}),
+        # extended resources come from limits when only limits are set (the API server defaults requests)
+        (spec([c(cpu="1", limits={GPU: "2"})], [c(limits={GPU: "1"})]), {"cpu": 1000, GPU: 2}),
+        (spec([c(limits={GPU: "4"}, **{GPU: "4"})]), {GPU: 4}),
+        (spec([c(limits={"example.com/fpga": "1"})]), {"example.com/fpga": 1}),
+        # cpu and memory count from requests only, as kube-scheduler reads them
+        (spec([c(limits={"cpu": "2", "memory": "2Gi"})]), {}),
+        (spec([c(cpu="1", limits={"cpu": "2"})]), {"cpu": 1000}),
+        (spec([]), {}),
+    ],
+)
 def test_effective_requests(s: dict[str, Any], expected: dict[str, int]) -> None:
     assert {k: v for k, v in effective_requests(s).items() if v} == expected
 
@@ -80,7 +92,11 @@ def test_recorded_training_pod(go: GoWire) -> None:
     sidecar, and 250m/160Mi runtime overhead."""
     ask = pod_ask(go.pod_object())
     assert (ask.namespace, ask.name, ask.uid, ask.priority) == (
-        "ml-research", "train-llama-7f9c4-0", "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91", 1000)
+        "ml-research",
+        "train-llama-7f9c4-0",
+        "3f0e8a52-6d1b-4c8e-9b7a-2d5f1c0e4a91",
+        1000,
+    )
     r = ask.request
     assert (r.cpu, r.memory, r.gpu, r.other) == (8500, 64 * GI + 256 * MI + 160 * MI, 2, {})
     assert ask.gpu_models == ("NVIDIA-A100-PCIE-40GB", "NVIDIA-A100-SXM4-80GB")
@@ -105,40 +121,93 @@ def kube_pod_requests(app: list[int], init: list[tuple[int, bool]], overhead: in
 
 
 @settings(max_examples=200, deadline=None)
-@given(app=st.lists(st.integers(0, 64_000), max_size=4),
-       init=st.lists(st.tuples(st.integers(0, 64_000), st.booleans()), max_size=5),
-       overhead=st.integers(0, 2_000))
+@given(
+    app=st.lists(st.integers(0, 64_000), max_size=4),
+    init=st.lists(st.tuples(st.integers(0, 64_000), st.booleans()), max_size=5),
+    overhead=st.integers(0, 2_000),
+)
 def test_effective_requests_match_kube_scheduler(app: list[int], init: list[tuple[int, bool]], overhead: int) -> None:
-    s = spec([c(cpu=f"{m}m") for m in app], [c(cpu=f"{m}m", sidecar=sc) for m, sc in init],
-             {"cpu": f"{overhead}m"})
+    s = spec([c(cpu=f"{m}m") for m in app], [c(cpu=f"{m}m", sidecar=sc) for m, sc in init], {"cpu": f"{overhead}m"})
     assert effective_requests(s).get("cpu", 0) == kube_pod_requests(app, init, overhead)
 
 
 # -- quantities --------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("cpu", "millicores"), [
-    ("500m", 500), ("0.5", 500), ("1.5", 1500), ("2", 2000), ("1e3", 1_000_000), ("100m", 100),
-    ("0.1m", 1), ("250u", 1), (2, 2000), (0.25, 250), ("1k", 1_000_000),
-])
+@pytest.mark.parametrize(
+    ("cpu", "millicores"),
+    [
+        ("500m", 500),
+        ("0.5", 500),
+        ("1.5", 1500),
+        ("2", 2000),
+        ("1e3", 1_000_000),
+        ("100m", 100),
+        ("0.1m", 1),
+        ("250u", 1),
+        (2, 2000),
+        (0.25, 250),
+        ("1k", 1_000_000),
+    ],
+)
 def test_cpu_quantities(cpu: Any, millicores: int) -> None:
     assert pod_request(spec([c(cpu=cpu)])).cpu == millicores
 
 
-@pytest.mark.parametrize(("mem", "size"), [
-    ("1.5Gi", 3 * GI // 2), ("64Gi", 64 * GI), ("100Ki", 100 * KI), ("1e3", 1000), ("128974848", 128974848),
-    ("129M", 129_000_000), ("123Mi", 123 * MI), ("1Ti", 1 << 40), ("0.5Ki", 512), ("1m", 1),
-])
+@pytest.mark.parametrize(
+    ("mem", "size"),
+    [
+        ("1.5Gi", 3 * GI // 2),
+        ("64Gi", 64 * GI),
+        ("100Ki", 100 * KI),
+        ("1e3", 1000),
+        ("128974848", 128974848),
+        ("129M", 129_000_000),
+        ("123Mi", 123 * MI),
+        ("1Ti", 1 << 40),
+        ("0.5Ki", 512),
+        ("1m", 1),
+    ],
+)
 def test_memory_quantities(mem: str, size: int) -> None:
     assert pod_request(spec([c(mem=mem)])).memory == size
 
 
 def test_request_split_into_fields() -> None:
-    r = pod_request(spec([c(cpu="1", mem="1Gi", limits={GPU: "2", "example.com/fpga": "1"},
-                            **{"ephemeral-storage": "10Gi", "pods": "1"})]))
+    r = pod_request(
+        spec(
+            [
+                c(
+                    cpu="1",
+                    mem="1Gi",
+                    limits={GPU: "2", "example.com/fpga": "1"},
+                    **{"ephemeral-storage": "10Gi", "pods": "1"},
+                )
+            ]
+        )
+    )
     assert (r.cpu, r.memory, r.gpu, r.other) == (1000, GI, 2, {"example.com/fpga": 1})
 
 
-@pytest.mark.parametrize("bad", ["abc", "1.5.5", "", "Gi", "1Zi", "--1", "NaN", "Infinity", "1e1000000", [], {}, None,
-                                 True, "-1", "1E", "9223372036854775807"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "abc",
+        "1.5.5",
+        "",
+        "Gi",
+        "1Zi",
+        "--1",
+        "NaN",
+        "Infinity",
+        "1e1000000",
+        [],
+        {},
+        None,
+        True,
+        "-1",
+        "1E",
+        "9223372036854775807",
+    ],
+)
 def test_bad_quantity_is_a_pod_error(bad: Any) -> None:
     with pytest.raises(PodError, match="container 'c'"):
         pod_request(spec([{"name": "c", "resources": {"requests": {"cpu": bad}}}]))
@@ -165,24 +234,36 @@ def test_huge_quantities_are_refused_at_once(huge: str) -> None:
     assert time.perf_counter() - started < 0.5
 
 
-@pytest.mark.parametrize("bad_spec", [
-    {"containers": ["main"]},
-    {"containers": [{"name": "c", "resources": "big"}]},
-    {"containers": [{"name": "c", "resources": {"requests": ["cpu"]}}]},
-    {"containers": [{"name": "c", "resources": {"limits": "2"}}]},
-    {"containers": [], "initContainers": [7]},
-])
+@pytest.mark.parametrize(
+    "bad_spec",
+    [
+        {"containers": ["main"]},
+        {"containers": [{"name": "c", "resources": "big"}]},
+        {"containers": [{"name": "c", "resources": {"requests": ["cpu"]}}]},
+        {"containers": [{"name": "c", "resources": {"limits": "2"}}]},
+        {"containers": [], "initContainers": [7]},
+    ],
+)
 def test_malformed_containers(bad_spec: dict[str, Any]) -> None:
     with pytest.raises(PodError):
         pod_request(bad_spec)
 
 
-@pytest.mark.parametrize("bad_pod", [
-    [], "pod", {"metadata": {}}, {"spec": {}}, {"metadata": [], "spec": {}},
-    {"metadata": {}, "spec": {"containers": {"a": 1}}}, {"metadata": {}, "spec": {"initContainers": "x"}},
-    {"metadata": {"annotations": ["a"]}, "spec": {}}, {"metadata": {}, "spec": {"priority": "high"}},
-    {"metadata": {}, "spec": {"priority": 1.5}},
-])
+@pytest.mark.parametrize(
+    "bad_pod",
+    [
+        [],
+        "pod",
+        {"metadata": {}},
+        {"spec": {}},
+        {"metadata": [], "spec": {}},
+        {"metadata": {}, "spec": {"containers": {"a": 1}}},
+        {"metadata": {}, "spec": {"initContainers": "x"}},
+        {"metadata": {"annotations": ["a"]}, "spec": {}},
+        {"metadata": {}, "spec": {"priority": "high"}},
+        {"metadata": {}, "spec": {"priority": 1.5}},
+    ],
+)
 def test_malformed_pods(bad_pod: Any) -> None:
     with pytest.raises(PodError):
         pod_ask(bad_pod)
@@ -191,18 +272,27 @@ def test_malformed_pods(bad_pod: Any) -> None:
 def test_pod_defaults() -> None:
     ask = pod_ask({"metadata": {"name": "p"}, "spec": {"containers": [c(cpu="1")]}})
     assert (ask.namespace, ask.uid, ask.priority, ask.node_name, ask.gpu_models, ask.topology) == (
-        "default", "", 0, "", (), 0)
+        "default",
+        "",
+        0,
+        "",
+        (),
+        0,
+    )
     assert pod_ask({"metadata": {}, "spec": {"nodeName": "n1"}}).node_name == "n1"
 
 
 # -- annotations -------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("raw", "models"), [
-    ("NVIDIA-H100-80GB-HBM3", ("NVIDIA-H100-80GB-HBM3",)),
-    ("NVIDIA-L4, NVIDIA-A100-SXM4-80GB", ("NVIDIA-A100-SXM4-80GB", "NVIDIA-L4")),
-    (" NVIDIA-L4 ,,NVIDIA-L4, ", ("NVIDIA-L4",)),
-    ("", ()),
-    (",", ()),
-])
+@pytest.mark.parametrize(
+    ("raw", "models"),
+    [
+        ("NVIDIA-H100-80GB-HBM3", ("NVIDIA-H100-80GB-HBM3",)),
+        ("NVIDIA-L4, NVIDIA-A100-SXM4-80GB", ("NVIDIA-A100-SXM4-80GB", "NVIDIA-L4")),
+        (" NVIDIA-L4 ,,NVIDIA-L4, ", ("NVIDIA-L4",)),
+        ("", ()),
+        (",", ()),
+    ],
+)
 def test_gpu_models(raw: str, models: tuple[str, ...]) -> None:
     assert pod_ask(pod({ANN_GPU_MODELS: raw})).gpu_models == models
 

@@ -29,26 +29,34 @@ def uid(ns: str, name: str) -> str:
     return f"uid-{ns}-{name}"  # as scheduler.demo.make_pod spells them
 
 
-def teamquota(name: str, pools: list[str], resources: dict[str, Any],
-              models: dict[str, Any] | None = None) -> dict[str, Any]:
+def teamquota(
+    name: str, pools: list[str], resources: dict[str, Any], models: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"namespaces": [name], "pools": pools, "cohort": "gpu", "resources": resources}
     if models:
         spec["gpuModels"] = models
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": name, "generation": 1},
-            "spec": spec}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name, "generation": 1},
+        "spec": spec,
+    }
 
 
-def demo_cluster(research_models: dict[str, Any] | None = None,
-                 research_gpus: dict[str, Any] | None = None) -> ClusterState:
+def demo_cluster(
+    research_models: dict[str, Any] | None = None, research_gpus: dict[str, Any] | None = None
+) -> ClusterState:
     """training owns the H100 pool, research the A100 pool; both guarantee 8 GPUs and may borrow to 24."""
     state = ClusterState(Config())
     for i in range(3):
-        state.apply_node("ADDED", make_node(f"h100-{i}", "h100", 96, 1024, 8, H100, [list(range(8))], None, NOW,
-                                            "zone-1"))
+        state.apply_node(
+            "ADDED", make_node(f"h100-{i}", "h100", 96, 1024, 8, H100, [list(range(8))], None, NOW, "zone-1")
+        )
     state.apply_node("ADDED", make_node("a100-0", "a100", 96, 1024, 8, A100, [list(range(8))], None, NOW, "zone-1"))
     state.apply_team("ADDED", teamquota("training", ["h100"], {GPU: {"guaranteed": 8, "max": 24}}))
-    state.apply_team("ADDED", teamquota("research", ["a100"], research_gpus or {GPU: {"guaranteed": 8, "max": 24}},
-                                        research_models))
+    state.apply_team(
+        "ADDED", teamquota("research", ["a100"], research_gpus or {GPU: {"guaranteed": 8, "max": 24}}, research_models)
+    )
     return state
 
 
@@ -62,10 +70,13 @@ def urgent(gpus: int = 4, ns: str = "training") -> PodAsk:
 
 def args(victims: dict[str, list[str]], pdb: dict[str, int] | None = None) -> PreemptionArgs:
     """ExtenderPreemptionArgs as kube-scheduler sends them (nodeCacheCapable: NodeNameToMetaVictims)."""
-    body = {"Pod": make_pod("training", "urgent", None, "1", "4Gi", 4, priority=1000),
-            "NodeNameToMetaVictims": {node: {"Pods": [{"UID": u} for u in uids],
-                                             "NumPDBViolations": (pdb or {}).get(node, 0)}
-                                      for node, uids in victims.items()}}
+    body = {
+        "Pod": make_pod("training", "urgent", None, "1", "4Gi", 4, priority=1000),
+        "NodeNameToMetaVictims": {
+            node: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": (pdb or {}).get(node, 0)}
+            for node, uids in victims.items()
+        },
+    }
     return parse_preemption_args(orjson.dumps(body))
 
 
@@ -165,8 +176,11 @@ def test_per_model_guaranteed_is_protected_too() -> None:
 
 def test_only_what_the_node_lacks_is_reclaimed() -> None:
     """Every pod needs cpu and memory: a team far below its cpu guarantee still gives back borrowed GPUs."""
-    research = {GPU: {"guaranteed": 8, "max": 24}, "cpu": {"guaranteed": "64", "max": "96"},
-                "memory": {"guaranteed": "512Gi", "max": "1Ti"}}
+    research = {
+        GPU: {"guaranteed": 8, "max": 24},
+        "cpu": {"guaranteed": "64", "max": "96"},
+        "memory": {"guaranteed": "512Gi", "max": "1Ti"},
+    }
     state = demo_cluster(research_gpus=research)
     run(state, "research", "own", "a100-0", 8)
     run(state, "research", "burst", "h100-0", 4, priority=1)
@@ -187,10 +201,16 @@ def test_only_what_the_node_lacks_is_reclaimed() -> None:
 def test_unknown_uids_pass_through() -> None:
     state = demo_cluster()
     run(state, "research", "a", "h100-0", 4, priority=1)  # research is not borrowing: protected
-    d = process(state, urgent(4), args({
-        "h100-1": ["uid-not-ours"],
-        "h100-0": ["uid-also-not-ours", uid("research", "a")],
-    }))
+    d = process(
+        state,
+        urgent(4),
+        args(
+            {
+                "h100-1": ["uid-not-ours"],
+                "h100-0": ["uid-also-not-ours", uid("research", "a")],
+            }
+        ),
+    )
     # kube-scheduler's arithmetic is trusted for pods Berth does not account
     assert d.victims == {"h100-1": ["uid-not-ours"], "h100-0": ["uid-also-not-ours"]}
     assert set(d.refused) == {uid("research", "a")}
@@ -219,13 +239,18 @@ def test_reply_shape() -> None:
     run(state, "research", "low", "h100-0", 4, priority=1)
     run(state, "training", "t0", "h100-0", 4, priority=2000)
     run(state, "scratch", "job", "h100-1", 8)
-    d = process(state, urgent(4), args({"h100-0": [uid("research", "low")], "h100-1": [uid("scratch", "job")]},
-                                       pdb={"h100-0": 1}))
+    d = process(
+        state,
+        urgent(4),
+        args({"h100-0": [uid("research", "low")], "h100-1": [uid("scratch", "job")]}, pdb={"h100-0": 1}),
+    )
     reply = orjson.loads(preemption_reply(d.victims, d.pdb))
-    assert reply == {"NodeNameToMetaVictims": {
-        "h100-0": {"Pods": [{"UID": uid("research", "low")}], "NumPDBViolations": 1},
-        "h100-1": {"Pods": [{"UID": uid("scratch", "job")}], "NumPDBViolations": 0},
-    }}
+    assert reply == {
+        "NodeNameToMetaVictims": {
+            "h100-0": {"Pods": [{"UID": uid("research", "low")}], "NumPDBViolations": 1},
+            "h100-1": {"Pods": [{"UID": uid("scratch", "job")}], "NumPDBViolations": 0},
+        }
+    }
 
 
 def test_full_victim_pods_are_understood_too() -> None:
@@ -233,26 +258,37 @@ def test_full_victim_pods_are_understood_too() -> None:
     state = demo_cluster()
     run(state, "scratch", "job", "h100-1", 8)
     victim = make_pod("scratch", "job", "h100-1", "1", "4Gi", 8)
-    body = {"Pod": make_pod("training", "urgent", None, "1", "4Gi", 4, priority=1000),
-            "NodeNameToVictims": {"h100-1": {"Pods": [victim], "NumPDBViolations": 2}}}
+    body = {
+        "Pod": make_pod("training", "urgent", None, "1", "4Gi", 4, priority=1000),
+        "NodeNameToVictims": {"h100-1": {"Pods": [victim], "NumPDBViolations": 2}},
+    }
     d = process(state, urgent(4), parse_preemption_args(orjson.dumps(body)))
-    assert orjson.loads(preemption_reply(d.victims, d.pdb)) == {"NodeNameToMetaVictims": {
-        "h100-1": {"Pods": [{"UID": uid("scratch", "job")}], "NumPDBViolations": 2}}}
+    assert orjson.loads(preemption_reply(d.victims, d.pdb)) == {
+        "NodeNameToMetaVictims": {"h100-1": {"Pods": [{"UID": uid("scratch", "job")}], "NumPDBViolations": 2}}
+    }
 
 
 pod_st = st.tuples(st.sampled_from(["a", "b", "scratch"]), st.integers(0, 2), st.integers(1, 4), st.integers(0, 5))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ga=st.integers(0, 8), gb=st.integers(0, 8), pods=st.lists(pod_st, max_size=12),
-       preemptor=st.sampled_from(["a", "b", "scratch"]), want=st.integers(1, 8),
-       picks=st.lists(st.booleans(), min_size=12, max_size=12), unknown=st.booleans())
-def test_preempt_invariants(ga: int, gb: int, pods: list[tuple[str, int, int, int]], preemptor: str, want: int,
-                            picks: list[bool], unknown: bool) -> None:
+@given(
+    ga=st.integers(0, 8),
+    gb=st.integers(0, 8),
+    pods=st.lists(pod_st, max_size=12),
+    preemptor=st.sampled_from(["a", "b", "scratch"]),
+    want=st.integers(1, 8),
+    picks=st.lists(st.booleans(), min_size=12, max_size=12),
+    unknown=st.booleans(),
+)
+def test_preempt_invariants(
+    ga: int, gb: int, pods: list[tuple[str, int, int, int]], preemptor: str, want: int, picks: list[bool], unknown: bool
+) -> None:
     state = ClusterState(Config())
     for i in range(3):
-        state.apply_node("ADDED", make_node(f"h100-{i}", "h100", 96, 1024, 8, H100, [list(range(8))], None, NOW,
-                                            "zone-1"))
+        state.apply_node(
+            "ADDED", make_node(f"h100-{i}", "h100", 96, 1024, 8, H100, [list(range(8))], None, NOW, "zone-1")
+        )
     for name, g in (("a", ga), ("b", gb)):
         state.apply_team("ADDED", teamquota(name, ["h100"], {GPU: {"guaranteed": g, "max": 24}}))
     free = [8, 8, 8]

@@ -40,8 +40,13 @@ def test_metrics_within_ranges(results: list[Result]) -> None:
         assert r.in_island[1] == 0  # single-GPU pods are not counted as multi-GPU
         assert 0.0 <= r.stranded <= r.gpus - r.busy + 1e-9  # stranded GPUs are free GPUs
         assert 0.0 < r.busy <= r.gpus
-        for share in (r.placed_share(), r.placed_share((8,)), r.placed_share((8,), first_try=True),
-                      r.island_share(), r.island_share((8,))):
+        for share in (
+            r.placed_share(),
+            r.placed_share((8,)),
+            r.placed_share((8,), first_try=True),
+            r.island_share(),
+            r.island_share((8,)),
+        ):
             assert 0.0 <= share <= 1.0
 
 

@@ -46,10 +46,17 @@ def cpu_node(name: str, pool: str = "shared") -> dict[str, Any]:
     return make_node(name, pool, 32, 128, 0, None, None, None, NOW, "zone-1")
 
 
-def teamquota(name: str, resources: dict[str, dict[str, Any]] | None = None, *, cohort: str | None = None,
-              pools: list[str] | None = None, namespaces: list[str] | None = None,
-              selector: dict[str, Any] | None = None, models: dict[str, dict[str, int]] | None = None,
-              generation: int = 1) -> dict[str, Any]:
+def teamquota(
+    name: str,
+    resources: dict[str, dict[str, Any]] | None = None,
+    *,
+    cohort: str | None = None,
+    pools: list[str] | None = None,
+    namespaces: list[str] | None = None,
+    selector: dict[str, Any] | None = None,
+    models: dict[str, dict[str, int]] | None = None,
+    generation: int = 1,
+) -> dict[str, Any]:
     """A TeamQuota as the informer hands it over (the shape of deploy/examples/teamquotas.yaml)."""
     spec: dict[str, Any] = {"resources": resources or {}}
     if namespaces is not None or selector is None:
@@ -62,8 +69,12 @@ def teamquota(name: str, resources: dict[str, dict[str, Any]] | None = None, *, 
         spec["cohort"] = cohort
     if models is not None:
         spec["gpuModels"] = models
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota",
-            "metadata": {"name": name, "generation": generation}, "spec": spec}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name, "generation": generation},
+        "spec": spec,
+    }
 
 
 def gpus(guaranteed: int | str, max_: int | str | None = None, lending: int | str | None = None) -> dict[str, Any]:
@@ -75,16 +86,30 @@ def gpus(guaranteed: int | str, max_: int | str | None = None, lending: int | st
     return {GPU: out}
 
 
-def run(state: ClusterState, ns: str, name: str, node: str, gpu: int = 0, cpu: str = "1", mem: str = "1Gi",
-        priority: int = 0) -> dict[str, Any]:
+def run(
+    state: ClusterState,
+    ns: str,
+    name: str,
+    node: str,
+    gpu: int = 0,
+    cpu: str = "1",
+    mem: str = "1Gi",
+    priority: int = 0,
+) -> dict[str, Any]:
     """A running pod (spec.nodeName set), through the informer path: its usage is ledger usage."""
     pod = make_pod(ns, name, node, cpu, mem, gpu, priority=priority)
     state.apply_pod("ADDED", pod)
     return pod
 
 
-def ask(ns: str, gpu: int = 0, cpu: str = "1", mem: str = "1Gi", name: str = "new",
-        annotations: dict[str, str] | None = None) -> PodAsk:
+def ask(
+    ns: str,
+    gpu: int = 0,
+    cpu: str = "1",
+    mem: str = "1Gi",
+    name: str = "new",
+    annotations: dict[str, str] | None = None,
+) -> PodAsk:
     return pod_ask(make_pod(ns, name, None, cpu, mem, gpu, annotations))
 
 
@@ -113,7 +138,8 @@ def test_guaranteed_always_fits_even_while_the_cohort_lent_it_out() -> None:
     assert adm.error is None  # 0 + 1 <= 8
     run(state, "a", "a1", "h100-2", 8)
     assert state.quotas.admit(ask("a", 1)).error == (
-        "team a: nvidia.com/gpu 8 used + 1 requested > guaranteed 8, and cohort c has only 0 left to lend")
+        "team a: nvidia.com/gpu 8 used + 1 requested > guaranteed 8, and cohort c has only 0 left to lend"
+    )
 
 
 def test_borrowing_within_cohort_opens_cohort_pools_only_while_borrowing() -> None:
@@ -139,7 +165,8 @@ def test_borrowing_within_cohort_opens_cohort_pools_only_while_borrowing() -> No
     # 4 used + 8 requested = 12 > guaranteed 4 by 8, and research lends all 8: exactly fits
     assert state.quotas.admit(ask("training", 8)).error is None
     assert state.quotas.admit(ask("training", 9)).error == (
-        "team training: nvidia.com/gpu 4 used + 9 requested > max 12")
+        "team training: nvidia.com/gpu 4 used + 9 requested > max 12"
+    )
 
 
 def test_lending_limit_caps_what_others_may_borrow() -> None:
@@ -150,14 +177,16 @@ def test_lending_limit_caps_what_others_may_borrow() -> None:
 
     assert state.quotas.admit(ask("a", 3)).error is None
     assert state.quotas.admit(ask("a", 4)).error == (
-        "team a: nvidia.com/gpu 4 used + 4 requested > guaranteed 4, and cohort c has only 3 left to lend")
+        "team a: nvidia.com/gpu 4 used + 4 requested > guaranteed 4, and cohort c has only 3 left to lend"
+    )
     # b keeps 8 - 3 = 5 to itself: its own use of those does not shrink what it lends
     run(state, "b", "b1", "h100-1", 5)
     assert state.quotas.admit(ask("a", 3)).error is None
     # but once b eats into its lendable part, a can borrow less
     run(state, "b", "b2", "h100-1", 2)
     assert state.quotas.admit(ask("a", 2)).error == (
-        "team a: nvidia.com/gpu 4 used + 2 requested > guaranteed 4, and cohort c has only 1 left to lend")
+        "team a: nvidia.com/gpu 4 used + 2 requested > guaranteed 4, and cohort c has only 1 left to lend"
+    )
     assert state.quotas.admit(ask("a", 1)).error is None
 
 
@@ -167,7 +196,8 @@ def test_lending_limit_zero_lends_nothing_and_a_larger_one_lends_at_most_guarant
     state.apply_team("ADDED", teamquota("b", gpus(4, 4, lending=0), cohort="c"))
     run(state, "a", "a1", "h100-0", 2)
     assert state.quotas.admit(ask("a", 1)).error == (
-        "team a: nvidia.com/gpu 2 used + 1 requested > guaranteed 2, and cohort c has only 0 left to lend")
+        "team a: nvidia.com/gpu 2 used + 1 requested > guaranteed 2, and cohort c has only 0 left to lend"
+    )
     assert state.quotas.teams["b"].limits[GPU].lendable == 0
     assert Limit(guaranteed=4, lending=10).lendable == 4
 
@@ -198,8 +228,8 @@ def test_no_cohort_means_no_borrowing() -> None:
     run(state, "solo", "s1", "h100-0", 3)
     assert state.quotas.admit(ask("solo", 1)).error is None
     assert state.quotas.admit(ask("solo", 2)).error == (
-        "team solo: nvidia.com/gpu 3 used + 2 requested > guaranteed 4, and team solo is in no cohort to "
-        "borrow from")
+        "team solo: nvidia.com/gpu 3 used + 2 requested > guaranteed 4, and team solo is in no cohort to borrow from"
+    )
 
 
 def test_unset_max_means_guaranteed_as_the_crd_says() -> None:
@@ -220,8 +250,9 @@ def test_resources_the_quota_does_not_name_are_not_limited() -> None:
 
 def test_every_resource_is_checked_and_the_first_refusal_is_the_sentence() -> None:
     state = h100_cluster(1)
-    state.apply_team("ADDED", teamquota("a", {GPU: {"guaranteed": 8, "max": 8},
-                                              "memory": {"guaranteed": "16Gi", "max": "16Gi"}}))
+    state.apply_team(
+        "ADDED", teamquota("a", {GPU: {"guaranteed": 8, "max": 8}, "memory": {"guaranteed": "16Gi", "max": "16Gi"}})
+    )
     run(state, "a", "a1", "h100-0", 1, mem="12Gi")
     adm = state.quotas.admit(ask("a", 1, mem="8Gi"))
     assert adm.error == "team a: memory 12Gi used + 8Gi requested > max 16Gi"
@@ -231,11 +262,19 @@ def test_every_resource_is_checked_and_the_first_refusal_is_the_sentence() -> No
 def test_quantities_in_quota_specs_and_pod_requests() -> None:
     state = cluster()
     state.apply_node("ADDED", cpu_node("cpu-0"))
-    state.apply_team("ADDED", teamquota("q", {
-        "cpu": {"guaranteed": "500m", "max": "1.5"},
-        "memory": {"guaranteed": "64Gi", "max": "64Gi"},
-        "example.com/fpga": {"guaranteed": 2, "max": "2"},
-    }, cohort="c", pools=["shared"]))
+    state.apply_team(
+        "ADDED",
+        teamquota(
+            "q",
+            {
+                "cpu": {"guaranteed": "500m", "max": "1.5"},
+                "memory": {"guaranteed": "64Gi", "max": "64Gi"},
+                "example.com/fpga": {"guaranteed": 2, "max": "2"},
+            },
+            cohort="c",
+            pools=["shared"],
+        ),
+    )
     state.apply_team("ADDED", teamquota("lender", {"cpu": {"guaranteed": "2", "max": "2"}}, cohort="c"))
     lim = state.quotas.teams["q"].limits
     assert (lim["cpu"].guaranteed, lim["cpu"].max) == (500, 1500)
@@ -250,9 +289,11 @@ def test_quantities_in_quota_specs_and_pod_requests() -> None:
     adm = state.quotas.admit(ask("q", cpu="1.25", mem="1Gi"))  # 1500m: borrows 1 core from lender
     assert adm.error is None and adm.borrowing
     assert state.quotas.admit(ask("q", cpu="1.5", mem="1Gi")).error == (
-        "team q: cpu 250m used + 1500m requested > max 1500m")
+        "team q: cpu 250m used + 1500m requested > max 1500m"
+    )
     assert state.quotas.admit(ask("q", cpu="100m", mem="4.5Gi")).error == (
-        "team q: memory 60Gi used + 4608Mi requested > max 64Gi")
+        "team q: memory 60Gi used + 4608Mi requested > max 64Gi"
+    )
 
     fpga = make_pod("q", "fpga", None, "100m", "1Gi", 0)
     fpga["spec"]["containers"][0]["resources"]["limits"] = {"example.com/fpga": "3"}
@@ -265,7 +306,8 @@ def test_unreadable_quota_spec_refuses_the_teams_pods_and_says_so_in_status() ->
     team = state.quotas.teams["bad"]
     assert team.error == "resources[cpu]: 'lots' is not a Kubernetes quantity"
     assert state.quotas.admit(ask("bad")).error == (
-        "team bad: TeamQuota spec is invalid: resources[cpu]: 'lots' is not a Kubernetes quantity")
+        "team bad: TeamQuota spec is invalid: resources[cpu]: 'lots' is not a Kubernetes quantity"
+    )
     valid = next(c for c in team_status(state, team)["conditions"] if c["type"] == "Valid")
     assert valid["status"] == "False" and valid["reason"] == "SpecError"
 
@@ -277,8 +319,15 @@ def test_per_model_quota_blocks_a_model_and_placement_filters_it_out() -> None:
     state.apply_node("ADDED", gpu_node("h100-0", "gpu", H100))
     state.apply_node("ADDED", gpu_node("l4-0", "gpu", L4))
     assert state.table.models == [A100, H100, L4]
-    state.apply_team("ADDED", teamquota("ml", gpus(16, 16), pools=["gpu"],
-                                        models={H100: {"guaranteed": 2, "max": 2}, A100: {"guaranteed": 8, "max": 12}}))
+    state.apply_team(
+        "ADDED",
+        teamquota(
+            "ml",
+            gpus(16, 16),
+            pools=["gpu"],
+            models={H100: {"guaranteed": 2, "max": 2}, A100: {"guaranteed": 8, "max": 12}},
+        ),
+    )
     run(state, "ml", "h1", "h100-0", 2)
     run(state, "ml", "a1", "a100-0", 4)
     team = state.quotas.teams["ml"]
@@ -286,14 +335,14 @@ def test_per_model_quota_blocks_a_model_and_placement_filters_it_out() -> None:
 
     j = judge(state, ask("ml", 1))
     assert j.admission.error is None
-    assert j.admission.blocked_models == {
-        H100: f"team ml: {H100} GPUs 2 used + 1 requested > max 2"}
+    assert j.admission.blocked_models == {H100: f"team ml: {H100} GPUs 2 used + 1 requested > max 2"}
     assert j.model_ok == b"\x01\x00\x01\x00"  # A100 yes, H100 no, L4 (not named by the quota) yes
 
     j = judge(state, ask("ml", 5))  # A100: 4 + 5 > guaranteed 8 and no cohort: blocked too
     assert set(j.admission.blocked_models) == {A100, H100}
     assert j.admission.blocked_models[A100] == (
-        f"team ml: {A100} GPUs 4 used + 5 requested > guaranteed 8, and team ml is in no cohort to borrow from")
+        f"team ml: {A100} GPUs 4 used + 5 requested > guaranteed 8, and team ml is in no cohort to borrow from"
+    )
     assert j.model_ok == b"\x00\x00\x01\x00"
 
     # the pod's own choice of models narrows it further
@@ -306,14 +355,20 @@ def test_per_model_quota_blocks_a_model_and_placement_filters_it_out() -> None:
 def test_per_model_quota_borrows_from_the_cohort_and_counts_as_borrowing() -> None:
     state = cluster()
     state.apply_node("ADDED", gpu_node("h100-0", "h100", H100))
-    state.apply_team("ADDED", teamquota("a", gpus(8, 8), cohort="c", pools=["h100"],
-                                        models={H100: {"guaranteed": 1, "max": 4}}))
-    state.apply_team("ADDED", teamquota("b", gpus(0, 0), cohort="c", pools=["b-pool"],
-                                        models={H100: {"guaranteed": 2, "max": 2, "lendingLimit": 1}}))
+    state.apply_team(
+        "ADDED", teamquota("a", gpus(8, 8), cohort="c", pools=["h100"], models={H100: {"guaranteed": 1, "max": 4}})
+    )
+    state.apply_team(
+        "ADDED",
+        teamquota(
+            "b", gpus(0, 0), cohort="c", pools=["b-pool"], models={H100: {"guaranteed": 2, "max": 2, "lendingLimit": 1}}
+        ),
+    )
     adm = state.quotas.admit(ask("a", 2))
     assert adm.error is None and adm.blocked_models == {} and adm.borrowing
     assert state.quotas.admit(ask("a", 3)).blocked_models == {
-        H100: f"team a: {H100} GPUs 0 used + 3 requested > guaranteed 1, and cohort c has only 2 left to lend"}
+        H100: f"team a: {H100} GPUs 0 used + 3 requested > guaranteed 1, and cohort c has only 2 left to lend"
+    }
 
 
 # -- team resolution ------------------------------------------------------------------------------
@@ -338,24 +393,29 @@ def test_namespace_claimed_twice_is_a_conflict_on_both_teams() -> None:
     state.apply_team("MODIFIED", teamquota("b", gpus(4, 4), namespaces=["b"], generation=2))
     assert state.quotas.teams["a"].conflicts == () and state.quotas.teams["b"].conflicts == ()
     assert state.quotas.admit(ask("shared-ns", 1)).team == "a"
-    cond = next(c for c in team_status(state, state.quotas.teams["b"])["conditions"]
-                if c["type"] == "NamespaceConflict")
+    cond = next(
+        c for c in team_status(state, state.quotas.teams["b"])["conditions"] if c["type"] == "NamespaceConflict"
+    )
     assert cond["status"] == "False" and cond["observedGeneration"] == 2
 
 
 def test_namespace_selector_follows_namespace_labels() -> None:
     state = h100_cluster(1)
-    selector = {"matchLabels": {"berth.dev/team": "inference"},
-                "matchExpressions": [{"key": "environment", "operator": "In", "values": ["prod", "staging"]}]}
+    selector = {
+        "matchLabels": {"berth.dev/team": "inference"},
+        "matchExpressions": [{"key": "environment", "operator": "In", "values": ["prod", "staging"]}],
+    }
     state.apply_team("ADDED", teamquota("inference", gpus(8, 8), selector=selector, pools=["h100"]))
     # a pod already running before its namespace is labelled is not the team's yet
     run(state, "serve-prod", "old", "h100-0", 2)
     assert state.quotas.admit(ask("serve-prod")).team is None
 
-    state.apply_namespace("ADDED", {"metadata": {"name": "serve-prod",
-                                                 "labels": {"berth.dev/team": "inference", "environment": "prod"}}})
-    state.apply_namespace("ADDED", {"metadata": {"name": "serve-dev",
-                                                 "labels": {"berth.dev/team": "inference", "environment": "dev"}}})
+    state.apply_namespace(
+        "ADDED", {"metadata": {"name": "serve-prod", "labels": {"berth.dev/team": "inference", "environment": "prod"}}}
+    )
+    state.apply_namespace(
+        "ADDED", {"metadata": {"name": "serve-dev", "labels": {"berth.dev/team": "inference", "environment": "dev"}}}
+    )
     assert state.quotas.admit(ask("serve-prod")).team == "inference"
     assert state.quotas.admit(ask("serve-dev")).team is None
     assert state.quotas.teams["inference"].used[GPU] == 2  # recounted from the ledger
@@ -369,16 +429,19 @@ def test_namespace_selector_follows_namespace_labels() -> None:
     assert state.quotas.admit(ask("serve-prod")).team is None
 
 
-@pytest.mark.parametrize(("expr", "labels", "matches"), [
-    ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {"tier": "web"}, True),
-    ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {"tier": "batch"}, False),
-    ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {}, True),
-    ({"key": "tier", "operator": "Exists"}, {"tier": ""}, True),
-    ({"key": "tier", "operator": "Exists"}, {}, False),
-    ({"key": "tier", "operator": "DoesNotExist"}, {}, True),
-    ({"key": "tier", "operator": "DoesNotExist"}, {"tier": "x"}, False),
-    ({"key": "tier", "operator": "In", "values": ["web"]}, {}, False),
-])
+@pytest.mark.parametrize(
+    ("expr", "labels", "matches"),
+    [
+        ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {"tier": "web"}, True),
+        ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {"tier": "batch"}, False),
+        ({"key": "tier", "operator": "NotIn", "values": ["batch"]}, {}, True),
+        ({"key": "tier", "operator": "Exists"}, {"tier": ""}, True),
+        ({"key": "tier", "operator": "Exists"}, {}, False),
+        ({"key": "tier", "operator": "DoesNotExist"}, {}, True),
+        ({"key": "tier", "operator": "DoesNotExist"}, {"tier": "x"}, False),
+        ({"key": "tier", "operator": "In", "values": ["web"]}, {}, False),
+    ],
+)
 def test_selector_operators(expr: dict[str, Any], labels: dict[str, str], matches: bool) -> None:
     book = QuotaBook()
     book.upsert_team(teamquota("t", selector={"matchExpressions": [expr]}))
@@ -471,7 +534,8 @@ def test_deleting_a_teamquota() -> None:
     state.apply_team("DELETED", {"metadata": {"name": "a"}})
     assert "a" not in state.quotas.teams
     assert state.quotas.admit(ask("a")).error == (
-        "namespace a belongs to no TeamQuota and this cluster rejects pods of no team")
+        "namespace a belongs to no TeamQuota and this cluster rejects pods of no team"
+    )
     assert len(state.ledger) == 1  # the running pod still holds its node's GPUs
     assert state.table.used_gpu[state.table.slot_of["h100-0"]] == 3
     # recreated: usage is counted again from the ledger
@@ -490,8 +554,17 @@ def test_usage_follows_pod_lifecycle_and_reservations() -> None:
     state.apply_pod("ADDED", pending)  # pending pods hold nothing
     assert state.quotas.teams["a"].used[GPU] == 2
 
-    entry = PodEntry(key="a/r1", uid="uid-r1", node="h100-0", request=PodRequest(cpu=1000, memory=GI, gpu=2),
-                     priority=0, team="a", borrowing=False, gpu_ids=0, confirmed=False)
+    entry = PodEntry(
+        key="a/r1",
+        uid="uid-r1",
+        node="h100-0",
+        request=PodRequest(cpu=1000, memory=GI, gpu=2),
+        priority=0,
+        team="a",
+        borrowing=False,
+        gpu_ids=0,
+        confirmed=False,
+    )
     state.reserve(entry)
     assert state.quotas.teams["a"].used[GPU] == 4
     assert state.quotas.admit(ask("a", 1)).error == "team a: nvidia.com/gpu 4 used + 1 requested > max 4"
@@ -509,8 +582,9 @@ CPU_STEP = 500  # cpu limits are generated in steps of 500m and written as "<n>m
 
 # (guaranteed, max - guaranteed or None for unset, lendingLimit or None): small numbers so that requests
 # of 0-6 hit every boundary (exactly guaranteed, exactly max, exactly what the cohort lends).
-limit_st = st.tuples(st.integers(0, 8), st.one_of(st.none(), st.integers(0, 8)),
-                     st.one_of(st.none(), st.integers(0, 9)))
+limit_st = st.tuples(
+    st.integers(0, 8), st.one_of(st.none(), st.integers(0, 8)), st.one_of(st.none(), st.integers(0, 9))
+)
 team_st = st.tuples(limit_st, limit_st, st.sampled_from(["c", "c", "c", None]))
 op_st = st.one_of(
     st.tuples(st.just("admit"), st.integers(0, 3), st.integers(0, 6), st.sampled_from([0, 250, 500, 1000, 2500])),
@@ -561,8 +635,9 @@ def _oracle(teams: dict[str, Team], team: Team, request: dict[str, int]) -> bool
     return True
 
 
-def _check_invariants(state: ClusterState, tally: dict[str, dict[str, int]],
-                      borrowed_now: tuple[str | None, set[str]] = (None, set())) -> None:
+def _check_invariants(
+    state: ClusterState, tally: dict[str, dict[str, int]], borrowed_now: tuple[str | None, set[str]] = (None, set())
+) -> None:
     """`borrowed_now`: the cohort and resources of the admission just made by borrowing, if any."""
     teams = state.quotas.teams
     for team in teams.values():
@@ -581,8 +656,9 @@ def _check_invariants(state: ClusterState, tally: dict[str, dict[str, int]],
         for res in RESOURCES:
             borrowers = [t for t in members if t.used.get(res, 0) > t.limits[res].guaranteed]
             lenders = [t for t in members if t not in borrowers]
-            assert (sum(t.used.get(res, 0) - t.limits[res].guaranteed for t in borrowers)
-                    <= sum(t.limits[res].lendable for t in lenders)), "the cohort lent more than its members offer"
+            assert sum(t.used.get(res, 0) - t.limits[res].guaranteed for t in borrowers) <= sum(
+                t.limits[res].lendable for t in lenders
+            ), "the cohort lent more than its members offer"
             total = sum(t.used.get(res, 0) for t in members)
             if cohort == borrowed_now[0] and res in borrowed_now[1]:
                 # Right after a borrowing admission the cohort holds no more than it guarantees in all.
@@ -605,8 +681,12 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
     state = cluster()
     names = [f"t{i}" for i in range(len(specs))]
     for i, (gpu_lim, cpu_lim, cohort) in enumerate(specs):
-        state.apply_team("ADDED", teamquota(names[i], {GPU: _spec(gpu_lim, GPU), "cpu": _spec(cpu_lim, "cpu")},
-                                            cohort="c" if i < 2 else cohort))
+        state.apply_team(
+            "ADDED",
+            teamquota(
+                names[i], {GPU: _spec(gpu_lim, GPU), "cpu": _spec(cpu_lim, "cpu")}, cohort="c" if i < 2 else cohort
+            ),
+        )
     tally = {n: dict.fromkeys(RESOURCES, 0) for n in names}
     held: list[PodEntry] = []
     _check_invariants(state, tally)
@@ -624,11 +704,22 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
             if within:
                 assert adm.error is None and not adm.borrowing
             if adm.error is None:
-                borrowed_now = (team.cohort, {r for r, v in request.as_dict().items()
-                                              if team.used.get(r, 0) + v > team.limits[r].guaranteed})
+                borrowed_now = (
+                    team.cohort,
+                    {r for r, v in request.as_dict().items() if team.used.get(r, 0) + v > team.limits[r].guaranteed},
+                )
                 assert adm.borrowing is bool(borrowed_now[1])
-                entry = PodEntry(key=f"{name}/p{step}", uid=f"uid-{step}", node="gpu-0", request=request,
-                                 priority=0, team=adm.team, borrowing=adm.borrowing, gpu_ids=0, confirmed=False)
+                entry = PodEntry(
+                    key=f"{name}/p{step}",
+                    uid=f"uid-{step}",
+                    node="gpu-0",
+                    request=request,
+                    priority=0,
+                    team=adm.team,
+                    borrowing=adm.borrowing,
+                    gpu_ids=0,
+                    confirmed=False,
+                )
                 state.reserve(entry)
                 held.append(entry)
                 for r, v in request.as_dict().items():
@@ -661,12 +752,16 @@ def test_reclaim_may_take_a_cohort_above_its_guaranteed_total_until_preemption()
     assert total == 24 > 16
     # and nobody may borrow meanwhile
     assert state.quotas.admit(ask("b", 1)).error == (
-        "team b: nvidia.com/gpu 16 used + 1 requested > guaranteed 8, and cohort c has only 0 left to lend")
+        "team b: nvidia.com/gpu 16 used + 1 requested > guaranteed 8, and cohort c has only 0 left to lend"
+    )
 
 
 @settings(max_examples=300, deadline=None)
-@given(limits=st.lists(st.tuples(limit_st, st.integers(0, 8)), min_size=1, max_size=3),
-       cohort=st.booleans(), amount=st.integers(1, 8))
+@given(
+    limits=st.lists(st.tuples(limit_st, st.integers(0, 8)), min_size=1, max_size=3),
+    cohort=st.booleans(),
+    amount=st.integers(1, 8),
+)
 # t0 keeps 3 of its 4 to itself (lendingLimit 1) and holds none: borrowing 1 of t1's idle GPU costs the
 # cohort only 5 - 3 = 2 of its shared capacity, which is what is left.
 @example(limits=[((4, 4, 1), 0), ((4, 4, None), 3)], cohort=True, amount=5)
@@ -690,4 +785,5 @@ def test_one_admission_matches_the_documented_rule(limits: list[Any], cohort: bo
         assert adm.error == f"team t0: nvidia.com/gpu {used} used + {amount} requested > max {lim.max}"
     else:
         assert adm.error.startswith(
-            f"team t0: nvidia.com/gpu {used} used + {amount} requested > guaranteed {lim.guaranteed}, and ")
+            f"team t0: nvidia.com/gpu {used} used + {amount} requested > guaranteed {lim.guaranteed}, and "
+        )

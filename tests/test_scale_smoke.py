@@ -31,8 +31,12 @@ def _replay() -> Any:  # a scale.ReplayServer (the module is loaded from its pat
         "/apis/berth.dev/v1alpha1/teamquotas": scale.dumps_all(scale.teamquota_object(t) for t in range(scale.TEAMS)),
         "/api/v1/pods": scale.pod_items(PODS, NODES, 4),
     }
-    kinds = {"/api/v1/nodes": "NodeList", "/api/v1/namespaces": "NamespaceList",
-             "/apis/berth.dev/v1alpha1/teamquotas": "TeamQuotaList", "/api/v1/pods": "PodList"}
+    kinds = {
+        "/api/v1/nodes": "NodeList",
+        "/api/v1/namespaces": "NamespaceList",
+        "/apis/berth.dev/v1alpha1/teamquotas": "TeamQuotaList",
+        "/api/v1/pods": "PodList",
+    }
     return scale.ReplayServer(lists, kinds)
 
 

@@ -17,8 +17,9 @@ from scheduler.policy.binder import Binder
 
 async def test_shutdown_finishes_in_flight_binds_and_releases_reservations() -> None:
     state = ClusterState(Config())
-    state.apply_node("ADDED", make_node("n1", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB", None, None,
-                                        "2030-01-01T00:00:00Z", "z"))
+    state.apply_node(
+        "ADDED", make_node("n1", "shared", 32, 128, 8, "NVIDIA-A100-SXM4-80GB", None, None, "2030-01-01T00:00:00Z", "z")
+    )
     release = asyncio.Event()
     written: list[str] = []
 

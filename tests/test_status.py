@@ -37,17 +37,27 @@ def test_nested_changes_carry_only_the_changed_leaves() -> None:
 
 
 def test_unchanged_is_an_empty_patch() -> None:
-    status = {"used": {"cpu": "2"}, "borrowed": {}, "pods": 1,
-              "conditions": [{"type": "Valid", "status": "True"}], "observedGeneration": 2}
+    status = {
+        "used": {"cpu": "2"},
+        "borrowed": {},
+        "pods": 1,
+        "conditions": [{"type": "Valid", "status": "True"}],
+        "observedGeneration": 2,
+    }
     assert merge_patch(status, copy.deepcopy(status)) == {}
     assert merge_patch({}, {}) == {}
 
 
 def test_lists_are_sent_whole_and_new_maps_as_they_are() -> None:
-    old = {"conditions": [{"type": "Valid", "status": "True"}, {"type": "NamespaceConflict", "status": "False"}],
-           "used": "not a map yet"}
-    new = {"conditions": [{"type": "Valid", "status": "False"}, {"type": "NamespaceConflict", "status": "False"}],
-           "used": {"cpu": "1"}, "borrowed": {}}
+    old = {
+        "conditions": [{"type": "Valid", "status": "True"}, {"type": "NamespaceConflict", "status": "False"}],
+        "used": "not a map yet",
+    }
+    new = {
+        "conditions": [{"type": "Valid", "status": "False"}, {"type": "NamespaceConflict", "status": "False"}],
+        "used": {"cpu": "1"},
+        "borrowed": {},
+    }
     assert merge_patch(old, new) == {"conditions": new["conditions"], "used": {"cpu": "1"}, "borrowed": {}}
 
 
@@ -58,7 +68,8 @@ _doc = st.dictionaries(st.sampled_from("abcd"), _json, max_size=4)
 
 @given(_doc, _doc)
 def test_applying_the_patch_gives_the_new_status_and_an_empty_patch_means_equal(
-        old: dict[str, Any], new: dict[str, Any]) -> None:
+    old: dict[str, Any], new: dict[str, Any]
+) -> None:
     patch = merge_patch(old, new)
     assert merge(old, patch) == new  # as the API server applies a merge patch (RFC 7386)
     assert (patch == {}) == (old == new)
@@ -66,10 +77,12 @@ def test_applying_the_patch_gives_the_new_status_and_an_empty_patch_means_equal(
 
 # -- StatusWriter against the fake API server -----------------------------------------------------------------
 def teamquota(name: str = "train", status: dict[str, Any] | None = None) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota",
-                           "metadata": {"name": name, "generation": 1},
-                           "spec": {"namespaces": [name], "resources": {"nvidia.com/gpu": {"guaranteed": 2,
-                                                                                         "max": 8}}}}
+    obj: dict[str, Any] = {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"namespaces": [name], "resources": {"nvidia.com/gpu": {"guaranteed": 2, "max": 8}}},
+    }
     if status is not None:
         obj["status"] = status
     return obj
@@ -79,8 +92,21 @@ def synced_state(*teams: dict[str, Any]) -> ClusterState:
     config = Config()
     config.quotas.status_interval_seconds = INTERVAL
     state = ClusterState(config)
-    state.apply_node("ADDED", make_node("n1", "shared", 64, 512, 8, "NVIDIA-H100-80GB-HBM3", [list(range(8))],
-                                        None, "2024-05-01T00:00:00Z", "zone-1"))
+    state.apply_node(
+        "ADDED",
+        make_node(
+            "n1",
+            "shared",
+            64,
+            512,
+            8,
+            "NVIDIA-H100-80GB-HBM3",
+            [list(range(8))],
+            None,
+            "2024-05-01T00:00:00Z",
+            "zone-1",
+        ),
+    )
     for t in teams:
         state.apply_team("ADDED", t)
     state.mark_synced("teamquotas", True)
@@ -125,7 +151,8 @@ async def rounds(n: int) -> None:
 
 
 async def test_the_writer_writes_each_change_once_and_only_what_changed(
-        api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]) -> None:
+    api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
+) -> None:
     api.put(TEAMQUOTAS, teamquota())
     state = synced_state(teamquota())
     writer = start(StatusWriter(kube, state))
@@ -140,9 +167,11 @@ async def test_the_writer_writes_each_change_once_and_only_what_changed(
     state.apply_pod("ADDED", gpu_pod("p1", 4))  # 2 guaranteed, 4 used: borrowing 2
     await eventually(lambda: len(api.calls("patch", PATCH_PATH)) == 2, what="the second status write")
     second = api.calls("patch", PATCH_PATH)[1].json()["status"]
-    assert second == {"used": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "4",
-                               "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3": "4"},
-                      "borrowed": {"nvidia.com/gpu": "2"}, "pods": 1}
+    assert second == {
+        "used": {"cpu": "1", "memory": "1Gi", "nvidia.com/gpu": "4", "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3": "4"},
+        "borrowed": {"nvidia.com/gpu": "2"},
+        "pods": 1,
+    }
     assert api.store[TEAMQUOTAS]["train"]["status"] == team_status(state, state.quotas.teams["train"], first)
 
     state.apply_pod("DELETED", gpu_pod("p1", 4))
@@ -153,7 +182,8 @@ async def test_the_writer_writes_each_change_once_and_only_what_changed(
 
 
 async def test_changes_within_one_interval_are_one_write(
-        api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]) -> None:
+    api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
+) -> None:
     api.put(TEAMQUOTAS, teamquota())
     state = synced_state(teamquota())
     for i in range(20):
@@ -166,7 +196,8 @@ async def test_changes_within_one_interval_are_one_write(
 
 
 async def test_nothing_is_written_before_the_state_is_synced(
-        api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]) -> None:
+    api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
+) -> None:
     api.put(TEAMQUOTAS, teamquota())
     state = synced_state(teamquota())
     state.mark_synced("pods", False)  # usage is not known yet: a status now would be wrong
@@ -178,7 +209,8 @@ async def test_nothing_is_written_before_the_state_is_synced(
 
 
 async def test_a_failed_write_is_retried_next_round(
-        api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]) -> None:
+    api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
+) -> None:
     api.put(TEAMQUOTAS, teamquota())
     api.on("patch", PATCH_PATH, Status(500, "etcd timeout"), Status(429, "slow down"))
     state = synced_state(teamquota())
@@ -191,7 +223,8 @@ async def test_a_failed_write_is_retried_next_round(
 
 
 async def test_after_a_restart_a_status_the_object_already_has_is_not_written_again(
-        api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]) -> None:
+    api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
+) -> None:
     previous = synced_state(teamquota())
     written = team_status(previous, previous.quotas.teams["train"])
     api.put(TEAMQUOTAS, teamquota(status=written))

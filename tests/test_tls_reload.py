@@ -44,8 +44,9 @@ class Served:
 
     async def peer_cert(self) -> bytes:
         """The certificate a new connection is served."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.listener.port, ssl=self.client,
-                                                      server_hostname="127.0.0.1")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", self.listener.port, ssl=self.client, server_hostname="127.0.0.1"
+        )
         try:
             blob = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -72,8 +73,9 @@ async def served(tmp_path: Path, ca: trustme.CA) -> AsyncIterator[tuple[Served, 
         await listener.close()
 
 
-async def test_new_connection_after_rotation_sees_new_certificate(served: tuple[Served, trustme.LeafCert],
-                                                                  ca: trustme.CA, tmp_path: Path) -> None:
+async def test_new_connection_after_rotation_sees_new_certificate(
+    served: tuple[Served, trustme.LeafCert], ca: trustme.CA, tmp_path: Path
+) -> None:
     s, first = served
     assert await s.peer_cert() == der(first)
     assert not s.reloader.check(), "nothing changed yet"
@@ -91,8 +93,9 @@ async def test_new_connection_after_rotation_sees_new_certificate(served: tuple[
         task.cancel()
 
 
-async def test_garbage_certificate_keeps_the_old_one(served: tuple[Served, trustme.LeafCert], tmp_path: Path,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+async def test_garbage_certificate_keeps_the_old_one(
+    served: tuple[Served, trustme.LeafCert], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     s, first = served
     (tmp_path / "tls.crt").write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     with caplog.at_level(logging.ERROR, logger="berth.tls"):
@@ -102,8 +105,9 @@ async def test_garbage_certificate_keeps_the_old_one(served: tuple[Served, trust
     assert await s.peer_cert() == der(first)
 
 
-async def test_certificate_without_its_key_keeps_the_old_pair(served: tuple[Served, trustme.LeafCert],
-                                                              ca: trustme.CA, tmp_path: Path) -> None:
+async def test_certificate_without_its_key_keeps_the_old_pair(
+    served: tuple[Served, trustme.LeafCert], ca: trustme.CA, tmp_path: Path
+) -> None:
     """Half a rotation (the new certificate is there, its key not yet): the live context must not end up
     with the new certificate and the old key, which would fail every handshake."""
     s, first = served

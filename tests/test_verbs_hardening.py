@@ -101,8 +101,10 @@ def bytes_held(obj: object, depth: int = 3) -> int:
 
 # -- memory given back ---------------------------------------------------------------------------
 
-async def test_closed_connections_are_freed_by_refcounting_alone(listener: Listener,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+
+async def test_closed_connections_are_freed_by_refcounting_alone(
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Housekeeping freezes the heap: a connection that needs the cyclic collector is never freed."""
     made: list[weakref.ref[VerbConnection]] = []
     real = VerbServer.__call__
@@ -179,7 +181,7 @@ async def test_a_body_is_held_once_while_it_arrives(listener: Listener) -> None:
     reader, writer = await connect(listener)
     half = len(raw) - len(body) // 2
     for i in range(0, half, 4096):
-        writer.write(raw[i:min(i + 4096, half)])
+        writer.write(raw[i : min(i + 4096, half)])
         await writer.drain()
         await asyncio.sleep(0.002)
     await asyncio.sleep(0.05)
@@ -191,6 +193,7 @@ async def test_a_body_is_held_once_while_it_arrives(listener: Listener) -> None:
 
 
 # -- time and count limits -----------------------------------------------------------------------
+
 
 async def test_a_trickled_body_gets_408_at_the_request_deadline(listener: Listener) -> None:
     body = filter_args(listener)
@@ -226,14 +229,17 @@ async def test_a_trickled_head_gets_408_at_the_deadline(listener: Listener) -> N
     assert status == 408 and time.monotonic() - t0 < 3 and await closed_by_server(reader)
 
 
-@pytest.mark.parametrize("head", [
-    b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n",
-    b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n"
-    b"Expect: 100-continue\r\n\r\n",
-    b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
-    b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n"
-    b"fffff",  # a chunk size split across writes
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n\r\n",
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551615\r\n"
+        b"Expect: 100-continue\r\n\r\n",
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n"
+        b"fffff",  # a chunk size split across writes
+    ],
+)
 async def test_a_body_announced_over_the_limit_is_413_at_once(listener: Listener, head: bytes) -> None:
     reader, writer = await connect(listener)
     for piece in head.split(b"fffff"):
@@ -345,19 +351,23 @@ async def test_a_preemption_past_its_bounds_is_413_naming_them(open_listener: Op
 
 # -- framing -------------------------------------------------------------------------------------
 
+
 async def test_http10_with_transfer_encoding_closes_after_the_reply(listener: Listener) -> None:
     body = filter_args(listener)
     reader, writer = await connect(listener)
-    writer.write(b"POST /scheduler/filter HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+    writer.write(
+        b"POST /scheduler/filter HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
     status, headers, _ = await read_reply(reader)
     assert status == 200 and headers.get("connection") == "close" and await closed_by_server(reader)
 
 
 async def test_an_upgrade_request_gets_exactly_one_reply(listener: Listener) -> None:
     reader, writer = await connect(listener)
-    writer.write(request("/scheduler/filter", filter_args(listener),
-                         headers="Connection: Upgrade\r\nUpgrade: websocket\r\n"))
+    writer.write(
+        request("/scheduler/filter", filter_args(listener), headers="Connection: Upgrade\r\nUpgrade: websocket\r\n")
+    )
     status, _, reply = await read_reply(reader)
     assert status == 400 and "upgrade" in orjson.loads(reply)["error"]
     assert await asyncio.wait_for(reader.read(), 3) == b"", "one reply, then the connection closes"
@@ -370,14 +380,19 @@ async def test_bare_lf_line_endings_are_answered_at_once(listener: Listener) -> 
     assert status == 400 and await closed_by_server(reader)
 
 
-@pytest.mark.parametrize(("coding", "status"), [
-    (b"identity, chunked", 501), (b"gzip, chunked", 501), (b"chunked, chunked", 400),
-])
-async def test_transfer_codings_other_than_chunked_are_refused(listener: Listener, coding: bytes,
-                                                               status: int) -> None:
+@pytest.mark.parametrize(
+    ("coding", "status"),
+    [
+        (b"identity, chunked", 501),
+        (b"gzip, chunked", 501),
+        (b"chunked, chunked", 400),
+    ],
+)
+async def test_transfer_codings_other_than_chunked_are_refused(listener: Listener, coding: bytes, status: int) -> None:
     reader, writer = await connect(listener)
-    writer.write(b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding
-                 + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    writer.write(
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
     got, headers, reply = await read_reply(reader)
     assert got == status and "Transfer-Encoding" in orjson.loads(reply)["error"]
     assert headers["connection"] == "close" and await closed_by_server(reader)
@@ -395,7 +410,8 @@ async def slow_binds(listener: Listener, monkeypatch: pytest.MonkeyPatch, second
 
 
 async def test_a_request_to_another_path_behind_a_bind_is_answered_after_it(
-        listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await slow_binds(listener, monkeypatch, 0.3)
     names = GoWire(berth_of(listener).state).names()
     reader, writer = await connect(listener)
@@ -412,7 +428,8 @@ async def test_a_request_to_another_path_behind_a_bind_is_answered_after_it(
 
 
 async def test_the_queue_behind_a_bind_is_bounded_and_replies_stay_in_order(
-        listener: Listener, monkeypatch: pytest.MonkeyPatch) -> None:
+    listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
     await slow_binds(listener, monkeypatch, 0.5)
     names = GoWire(berth_of(listener).state).names()
     body = filter_args(listener, 5)

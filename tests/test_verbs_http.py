@@ -29,8 +29,10 @@ async def listener() -> AsyncIterator[Listener]:
 
 
 def request(path: str, body: bytes = b"", method: str = "POST", headers: str = "") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\n{headers}"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/json\r\n{headers}"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 async def read_reply(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -74,7 +76,7 @@ async def test_requests_split_into_small_pieces_and_pipelined(listener: Listener
     reader, writer = await connect(listener)
     raw = request("/scheduler/filter", body) + request("/scheduler/prioritize", body)
     for i in range(0, len(raw), 97):  # the request line itself arrives in pieces
-        writer.write(raw[i:i + 97])
+        writer.write(raw[i : i + 97])
         await writer.drain()
         await asyncio.sleep(0)
     first, second = await read_reply(reader), await read_reply(reader)
@@ -102,11 +104,14 @@ async def test_other_paths_are_handed_to_aiohttp_first_or_later(listener: Listen
     writer.close()
 
 
-@pytest.mark.parametrize("raw", [
-    b"POST /scheduler/filter HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
-    b"POST /scheduler/filter HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-    b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\n\x00bad: header\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /scheduler/filter HTTP/1.1\r\nContent-Length: zz\r\n\r\n",
+        b"POST /scheduler/filter HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\n\x00bad: header\r\n\r\n",
+    ],
+)
 async def test_malformed_http_is_400_and_the_server_keeps_serving(listener: Listener, raw: bytes) -> None:
     reader, writer = await connect(listener)
     writer.write(raw)
@@ -126,8 +131,11 @@ async def test_oversized_bodies_are_413_by_header_or_by_chunks(listener: Listene
     assert status == 413 and f"the limit is {LIMIT} bytes" in orjson.loads(reply)["error"]
     reader, writer = await connect(listener)
     chunk = b"x" * 40_000
-    writer.write(b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2 + b"0\r\n\r\n")
+    writer.write(
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2
+        + b"0\r\n\r\n"
+    )
     status, _, reply = await read_reply(reader)
     assert status == 413 and "80000 bytes" in orjson.loads(reply)["error"]
     writer.close()
@@ -136,8 +144,9 @@ async def test_oversized_bodies_are_413_by_header_or_by_chunks(listener: Listene
 async def test_chunked_body_and_expect_continue(listener: Listener) -> None:
     body = filter_args(listener)
     reader, writer = await connect(listener)
-    writer.write(b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
-                 b"Transfer-Encoding: chunked\r\n\r\n")
+    writer.write(
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
     half = len(body) // 2
     writer.write(b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (half, body[:half], len(body) - half, body[half:]))
@@ -152,8 +161,9 @@ async def test_bad_json_bind_and_connection_close(listener: Listener) -> None:
     status, _, reply = await read_reply(reader)
     assert status == 400 and "not valid JSON" in orjson.loads(reply)["error"]
     names = GoWire(listener.verbs.berth.state).names()  # type: ignore[union-attr]
-    writer.write(request("/scheduler/bind", GoWire.binding("p", "default", "uid-p", names[0]),
-                         headers="Connection: close\r\n"))
+    writer.write(
+        request("/scheduler/bind", GoWire.binding("p", "default", "uid-p", names[0]), headers="Connection: close\r\n")
+    )
     status, headers, reply = await read_reply(reader)
     assert status == 200 and "Error" in orjson.loads(reply) and headers["connection"] == "close"
     assert await reader.read() == b""
@@ -162,8 +172,10 @@ async def test_bad_json_bind_and_connection_close(listener: Listener) -> None:
 async def test_requests_behind_a_bind_are_answered_after_it_in_order(listener: Listener) -> None:
     names = GoWire(listener.verbs.berth.state).names()  # type: ignore[union-attr]
     reader, writer = await connect(listener)
-    writer.write(request("/scheduler/bind", GoWire.binding("q", "default", "uid-q", names[0]))
-                 + request("/scheduler/filter", filter_args(listener)))
+    writer.write(
+        request("/scheduler/bind", GoWire.binding("q", "default", "uid-q", names[0]))
+        + request("/scheduler/filter", filter_args(listener))
+    )
     first, second = await read_reply(reader), await read_reply(reader)
     assert set(orjson.loads(first[2])) == {"Error"}, "the bind's reply comes first"
     assert orjson.loads(second[2])["NodeNames"] is not None, "then the filter queued behind it"

@@ -64,8 +64,9 @@ def mixed_names(go: GoWire, n: int = 40) -> list[str]:
     return [*go.names()[:n], UNKNOWN]
 
 
-async def filter_call(client: TestClient, go: GoWire, names: list[str], cache_capable: bool,
-                      pod: bytes | None = None) -> list[str]:
+async def filter_call(
+    client: TestClient, go: GoWire, names: list[str], cache_capable: bool, pod: bytes | None = None
+) -> list[str]:
     body = go.args(pod or go.pod(), names, cache_capable)
     status, reply = await call(client, "filter", body)
     assert status == 200
@@ -154,8 +155,9 @@ async def test_prioritize_is_a_bare_array(client: TestClient, go: GoWire, cache_
 
 # -- bind ------------------------------------------------------------------------------------------
 @MODES
-async def test_filter_prioritize_bind_cycle(client: TestClient, go: GoWire, demo_state: ClusterState,
-                                            cache_capable: bool) -> None:
+async def test_filter_prioritize_bind_cycle(
+    client: TestClient, go: GoWire, demo_state: ClusterState, cache_capable: bool
+) -> None:
     names = go.names()[:60]
     survivors = await filter_call(client, go, names, cache_capable)
     assert len(survivors) > 1
@@ -181,8 +183,9 @@ async def test_bind_of_pod_never_filtered_fails_with_reason(client: TestClient, 
 
 async def test_lower_case_binding_keys(client: TestClient, go: GoWire) -> None:
     node = (await filter_call(client, go, go.names()[:40], True))[0]
-    body = orjson.dumps({"podname": "train-llama-7f9c4-0", "podnamespace": "ml-research", "poduid": TRAINING_UID,
-                         "node": node})
+    body = orjson.dumps(
+        {"podname": "train-llama-7f9c4-0", "podnamespace": "ml-research", "poduid": TRAINING_UID, "node": node}
+    )
     assert await call(client, "bind", body) == (200, {"Error": ""})
 
 
@@ -213,8 +216,9 @@ def preemption_body(go: GoWire, victims: dict[str, list[PodEntry]], cache_capabl
 
 
 @MODES
-async def test_preempt_reply_is_meta_victims(client: TestClient, go: GoWire, demo_state: ClusterState,
-                                             cache_capable: bool) -> None:
+async def test_preempt_reply_is_meta_victims(
+    client: TestClient, go: GoWire, demo_state: ClusterState, cache_capable: bool
+) -> None:
     victims = victims_on_gpu_nodes(demo_state)
     status, reply = await call(client, "preempt", preemption_body(go, victims, cache_capable))
     assert status == 200 and isinstance(reply, dict) and set(reply) == {"NodeNameToMetaVictims"}
@@ -274,8 +278,10 @@ def test_repeated_node_names_track_every_state_change(go: GoWire, demo_state: Cl
     # Fill one node that fitted: it now fails (a new failed entry); the map must not be the cached one.
     slot = demo_state.table.slot_of[fits[0]]
     free = demo_state.table.free(slot)
-    demo_state.apply_pod("ADDED", make_pod("default", "filler", fits[0], f"{free['cpu']}m", str(free["memory"]),
-                                           free.get("nvidia.com/gpu", 0)))
+    demo_state.apply_pod(
+        "ADDED",
+        make_pod("default", "filler", fits[0], f"{free['cpu']}m", str(free["memory"]), free.get("nvidia.com/gpu", 0)),
+    )
     second = berth.filter_body(body)
     assert second == fresh_reply(body) != first
     reply = orjson.loads(second)

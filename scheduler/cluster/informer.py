@@ -82,9 +82,18 @@ def object_key(obj: dict[str, Any]) -> str:
 class Informer:
     retry_delay = 0.2  # seconds before the first retry; doubled, with jitter, up to 30 s
 
-    def __init__(self, client: KubeClient, state: ClusterState, resource: str, path: str, apply: Apply,
-                 field_selector: str | None = None, page_size: int = 500, watch_timeout: int = 300,
-                 optional: bool = False) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        state: ClusterState,
+        resource: str,
+        path: str,
+        apply: Apply,
+        field_selector: str | None = None,
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        optional: bool = False,
+    ) -> None:
         self.client = client
         self.state = state
         self.resource = resource
@@ -112,8 +121,9 @@ class Informer:
                 log.info("%s: watch expired (410 Gone); relisting", self.resource)
             except KubeError as exc:
                 if exc.status == 404 and self.optional:
-                    log.warning("%s: not served by the API server (CRD not installed?); retrying in 30 s",
-                                self.resource)
+                    log.warning(
+                        "%s: not served by the API server (CRD not installed?); retrying in 30 s", self.resource
+                    )
                     self.state.mark_synced(self.resource, True)
                     await asyncio.sleep(30)
                     continue
@@ -186,11 +196,16 @@ class Informer:
         return asyncio.ensure_future(self.client.get_json(self.path, params))
 
     async def _watch(self) -> None:
-        params = self._params() | {"watch": "1", "allowWatchBookmarks": "true", "resourceVersion": self.rv,
-                                   "timeoutSeconds": str(self.watch_timeout)}
+        params = self._params() | {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "resourceVersion": self.rv,
+            "timeoutSeconds": str(self.watch_timeout),
+        }
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.watch_timeout + 30)
-        async with self.client.session.get(self.client.base + self.path, params=params,
-                                           headers=self.client.headers(), timeout=timeout) as resp:
+        async with self.client.session.get(
+            self.client.base + self.path, params=params, headers=self.client.headers(), timeout=timeout
+        ) as resp:
             if resp.status == 410:
                 raise Gone()
             if resp.status != 200:
@@ -244,7 +259,6 @@ def informers(client: KubeClient, state: ClusterState) -> list[Informer]:
     return [
         Informer(client, state, "nodes", "/api/v1/nodes", state.apply_node),
         Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
-        Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team,
-                 optional=True),
+        Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team, optional=True),
         Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
     ]

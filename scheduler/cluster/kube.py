@@ -75,12 +75,24 @@ class KubeClient:
             h["Content-Type"] = content_type
         return h
 
-    async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None,
-                      content_type: str = "application/json", timeout: float = 30.0) -> tuple[int, bytes]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]:
         data = orjson.dumps(body) if body is not None else None
-        async with self.session.request(method, self.base + path, data=data, params=params,
-                                        headers=self.headers(content_type if data else None),
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with self.session.request(
+            method,
+            self.base + path,
+            data=data,
+            params=params,
+            headers=self.headers(content_type if data else None),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
             return resp.status, await resp.read()
 
     async def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
@@ -103,8 +115,12 @@ class KubeClient:
         meta: dict[str, Any] = {"name": args.name, "namespace": args.namespace, "annotations": annotations}
         if args.uid:
             meta["uid"] = args.uid  # precondition: never bind a recreated pod of the same name
-        body = {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
-                "target": {"apiVersion": "v1", "kind": "Node", "name": args.node}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": meta,
+            "target": {"apiVersion": "v1", "kind": "Node", "name": args.node},
+        }
         path = f"/api/v1/namespaces/{quote(args.namespace)}/pods/{quote(args.name)}/binding"
         status, raw = await self.request("POST", path, body, timeout=timeout)
         if status in (200, 201):
@@ -119,8 +135,9 @@ class KubeClient:
         return f"the API server refused the binding ({status}): {_message(raw)}"
 
     async def patch_status(self, path: str, status: dict[str, Any]) -> None:
-        code, raw = await self.request("PATCH", path + "/status", {"status": status},
-                                       content_type="application/merge-patch+json")
+        code, raw = await self.request(
+            "PATCH", path + "/status", {"status": status}, content_type="application/merge-patch+json"
+        )
         if code not in (200, 201):
             raise KubeError(code, _message(raw))
 

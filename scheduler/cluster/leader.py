@@ -45,8 +45,9 @@ def _now() -> str:
 
 
 class LeaderElector:
-    def __init__(self, client: KubeClient, config: LeaderElectionConfig,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self, client: KubeClient, config: LeaderElectionConfig, on_change: Callable[[bool], None] | None = None
+    ) -> None:
         self.client = client
         self.config = config
         self.name = config.lease_name
@@ -69,8 +70,13 @@ class LeaderElector:
         return self.leader
 
     def view(self) -> dict[str, Any]:
-        return {"enabled": True, "leader": self.leader, "identity": self.identity, "holder": self.holder,
-                "lease": f"{self.namespace}/{self.name}"}
+        return {
+            "enabled": True,
+            "leader": self.leader,
+            "identity": self.identity,
+            "holder": self.holder,
+            "lease": f"{self.namespace}/{self.name}",
+        }
 
     async def run(self) -> None:
         while True:
@@ -82,8 +88,12 @@ class LeaderElector:
             else:
                 self._last_error = ""
             if not ok and self.leader and time.monotonic() - self._renewed >= self.config.renew_deadline_seconds:
-                log.error("lease %s/%s not renewed for %.1fs: no longer the leader", self.namespace, self.name,
-                          time.monotonic() - self._renewed)
+                log.error(
+                    "lease %s/%s not renewed for %.1fs: no longer the leader",
+                    self.namespace,
+                    self.name,
+                    time.monotonic() - self._renewed,
+                )
                 self._set(False)
             await asyncio.sleep(self.config.retry_period_seconds)
 
@@ -110,10 +120,18 @@ class LeaderElector:
 
     async def _create(self) -> bool:
         now = _now()
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": self.namespace},
-                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.config.lease_duration_seconds,
-                         "acquireTime": now, "renewTime": now, "leaseTransitions": 0}}
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": self.config.lease_duration_seconds,
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            },
+        }
         status, raw = await self.client.request("POST", self.path, body, timeout=self._timeout)
         if status == 409:
             return False  # another replica created it first; the next round reads it
@@ -127,8 +145,13 @@ class LeaderElector:
         if holder != self.identity:
             spec["acquireTime"] = now
             spec["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
-        spec.update({"holderIdentity": self.identity, "renewTime": now,
-                     "leaseDurationSeconds": self.config.lease_duration_seconds})
+        spec.update(
+            {
+                "holderIdentity": self.identity,
+                "renewTime": now,
+                "leaseDurationSeconds": self.config.lease_duration_seconds,
+            }
+        )
         body = {**lease, "spec": spec}  # metadata.resourceVersion: the optimistic-concurrency precondition
         status, raw = await self.client.request("PUT", f"{self.path}/{quote(self.name)}", body, timeout=self._timeout)
         if status == 409:
@@ -160,8 +183,9 @@ class LeaderElector:
             if spec.get("holderIdentity") != self.identity:
                 return
             spec.update({"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": _now()})
-            status, raw = await self.client.request("PUT", f"{self.path}/{quote(self.name)}", lease,
-                                                    timeout=self._timeout)
+            status, raw = await self.client.request(
+                "PUT", f"{self.path}/{quote(self.name)}", lease, timeout=self._timeout
+            )
             if status != 200:
                 log.warning("lease %s/%s not released: %s", self.namespace, self.name, _message(raw))
         except Exception as exc:  # shutting down: say so and go on
@@ -172,9 +196,14 @@ class LeaderElector:
         text = f"{type(exc).__name__}: {exc}"
         if text != self._last_error:
             self._last_error = text
-            log.warning("lease %s/%s cannot be read or written, so this replica does not write TeamQuota "
-                        "status or count GPU-seconds: %s (leader_election.lease_namespace, or "
-                        "leader_election.enabled: false for a single replica)", self.namespace, self.name, text)
+            log.warning(
+                "lease %s/%s cannot be read or written, so this replica does not write TeamQuota "
+                "status or count GPU-seconds: %s (leader_election.lease_namespace, or "
+                "leader_election.enabled: false for a single replica)",
+                self.namespace,
+                self.name,
+                text,
+            )
 
     @property
     def _timeout(self) -> float:
@@ -184,8 +213,14 @@ class LeaderElector:
         if leader == self.leader:
             return
         self.leader = leader
-        log.info("%s the writer of lease %s/%s (identity %s)", "became" if leader else "no longer",
-                 self.namespace, self.name, self.identity, extra={"leader": leader})
+        log.info(
+            "%s the writer of lease %s/%s (identity %s)",
+            "became" if leader else "no longer",
+            self.namespace,
+            self.name,
+            self.identity,
+            extra={"leader": leader},
+        )
         if self.on_change is not None:
             self.on_change(leader)
 

@@ -75,8 +75,7 @@ def pool_measure(table: NodeTable, slot: int) -> tuple[float, bool]:
 
 
 class PodLedger:
-    def __init__(self, table: NodeTable, pools: PoolUsage,
-                 on_team: Callable[[PodEntry, int], None]) -> None:
+    def __init__(self, table: NodeTable, pools: PoolUsage, on_team: Callable[[PodEntry, int], None]) -> None:
         self.table = table
         self.pools = pools
         self.on_team = on_team  # the quota book's hook: (entry, +1 | -1)

@@ -57,10 +57,21 @@ class NodeTable:
     islands: array  # MAX_ISLANDS device masks per slot
 
     _SPEC = {
-        "alloc_cpu": "q", "alloc_mem": "q", "alloc_gpu": "i", "alloc_pods": "i",
-        "used_cpu": "q", "used_mem": "q", "used_gpu": "i", "used_pods": "i",
-        "gpu_mask": "Q", "gpu_used": "Q", "model": "i", "pool": "i", "flags": "B",
-        "load": "d", "load_time": "d",
+        "alloc_cpu": "q",
+        "alloc_mem": "q",
+        "alloc_gpu": "i",
+        "alloc_pods": "i",
+        "used_cpu": "q",
+        "used_mem": "q",
+        "used_gpu": "i",
+        "used_pods": "i",
+        "gpu_mask": "Q",
+        "gpu_used": "Q",
+        "model": "i",
+        "pool": "i",
+        "flags": "B",
+        "load": "d",
+        "load_time": "d",
     }
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -213,8 +224,12 @@ class NodeTable:
         }
 
     def allocatable(self, slot: int) -> dict[str, int]:
-        return {"cpu": self.alloc_cpu[slot], "memory": self.alloc_mem[slot], GPU: self.alloc_gpu[slot],
-                "pods": self.alloc_pods[slot]}
+        return {
+            "cpu": self.alloc_cpu[slot],
+            "memory": self.alloc_mem[slot],
+            GPU: self.alloc_gpu[slot],
+            "pods": self.alloc_pods[slot],
+        }
 
 
 def _units(alloc: Any) -> dict[str, int]:

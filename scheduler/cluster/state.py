@@ -114,8 +114,12 @@ class ClusterState:
             return
         held = self.ledger.get(key)
         self.reservations.pop(key, None)
-        if held is not None and held.node == node and held.request == entry.request and (
-                held.gpu_ids == entry.gpu_ids or not entry.gpu_ids):
+        if (
+            held is not None
+            and held.node == node
+            and held.request == entry.request
+            and (held.gpu_ids == entry.gpu_ids or not entry.gpu_ids)
+        ):
             held.confirmed = True  # our reservation (or an earlier event) already accounts it
             held.uid = entry.uid or held.uid
             return
@@ -133,10 +137,16 @@ class ClusterState:
             resolved, _ = self.quotas.team_for(key.split("/", 1)[0])
             team = resolved.name if resolved else None
         return PodEntry(
-            key=key, uid=str(meta.get("uid") or ""), node=node, request=request,
-            priority=int(spec.get("priority") or 0), team=team,
+            key=key,
+            uid=str(meta.get("uid") or ""),
+            node=node,
+            request=request,
+            priority=int(spec.get("priority") or 0),
+            team=team,
             borrowing=annotations.get(ANN_BORROWING) == "true",
-            gpu_ids=parse_gpu_ids(annotations.get(ANN_GPU_IDS)), confirmed=True, since=time.monotonic(),
+            gpu_ids=parse_gpu_ids(annotations.get(ANN_GPU_IDS)),
+            confirmed=True,
+            since=time.monotonic(),
         )
 
     # -- teams ---------------------------------------------------------------------------------

@@ -49,8 +49,9 @@ def refresh_gauges(state: ClusterState, metrics: Metrics) -> None:
 
 
 class DebugViews:
-    def __init__(self, verbs: Verbs, fetch_pod: PodFetcher | None = None,
-                 informers: Sequence[InformerStats] = ()) -> None:
+    def __init__(
+        self, verbs: Verbs, fetch_pod: PodFetcher | None = None, informers: Sequence[InformerStats] = ()
+    ) -> None:
         self.verbs = verbs
         self.state = verbs.state
         self.metrics = verbs.metrics
@@ -74,10 +75,17 @@ class DebugViews:
 
     async def debug_state(self, request: web.Request) -> web.Response:
         out = self.state.summary()
-        out["informers"] = {i.resource: {"resourceVersion": i.rv, "lists": i.lists, "events": i.events}
-                            for i in self.informers}
-        out.update({"kernels": "native" if K.NATIVE else "python", "nodeNamesCacheHits": self.verbs.names.hits,
-                    "bindsInFlight": self.verbs.binder.in_flight, "leaderElection": self.leader_view()})
+        out["informers"] = {
+            i.resource: {"resourceVersion": i.rv, "lists": i.lists, "events": i.events} for i in self.informers
+        }
+        out.update(
+            {
+                "kernels": "native" if K.NATIVE else "python",
+                "nodeNamesCacheHits": self.verbs.names.hits,
+                "bindsInFlight": self.verbs.binder.in_flight,
+                "leaderElection": self.leader_view(),
+            }
+        )
         return json_response(out)
 
     async def debug_nodes(self, request: web.Request) -> web.Response:

@@ -24,8 +24,12 @@ class ErrorReplies:
 
     def too_large(self, verb: str, detail: str) -> bytes:
         self.metrics.errors.labels(verb, "too_large").inc()
-        return orjson.dumps({"error": f"request body too large ({detail}); the limit is "
-                                      f"{self.server.max_body_bytes} bytes (server.max_body_bytes)"})
+        return orjson.dumps(
+            {
+                "error": f"request body too large ({detail}); the limit is "
+                f"{self.server.max_body_bytes} bytes (server.max_body_bytes)"
+            }
+        )
 
     def failed(self, verb: str, path: str, exc: BaseException | None = None) -> bytes:
         """For an unexpected exception: `exc`, or the one being handled, goes into the log with its trace."""

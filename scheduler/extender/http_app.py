@@ -25,8 +25,9 @@ JSON = "application/json"
 def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs: bool = True) -> web.Application:
     """The whole API; with serve_verbs=False only health, readiness and metrics (the plain port in TLS
     mode, for kubelet probes and Prometheus, while the verbs need a client certificate)."""
-    app = web.Application(client_max_size=verbs.state.config.server.max_body_bytes,
-                          middlewares=[_error_middleware(errors)])
+    app = web.Application(
+        client_max_size=verbs.state.config.server.max_body_bytes, middlewares=[_error_middleware(errors)]
+    )
     if serve_verbs:
         for name, handler in _verb_handlers(verbs).items():
             app.router.add_post(f"/scheduler/{name}", _timed(verbs, name, handler))
@@ -51,8 +52,13 @@ def _error_middleware(errors: ErrorReplies) -> Middleware:
         except web.HTTPRequestEntityTooLarge as exc:
             return web.Response(body=errors.too_large(verb, exc.text or ""), status=413, content_type=JSON)
         except web.HTTPMethodNotAllowed as exc:
-            return json_response({"error": f"{request.method} is not allowed on {request.path}; use "
-                                           f"{', '.join(sorted(exc.allowed_methods))}"}, 405)
+            return json_response(
+                {
+                    "error": f"{request.method} is not allowed on {request.path}; use "
+                    f"{', '.join(sorted(exc.allowed_methods))}"
+                },
+                405,
+            )
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return json_response({"error": f"{exc.reason}: {request.path}"}, exc.status)
@@ -61,6 +67,7 @@ def _error_middleware(errors: ErrorReplies) -> Middleware:
             raise
         except Exception:
             return web.Response(body=errors.failed(verb, request.path), status=500, content_type=JSON)
+
     return middleware
 
 
@@ -89,4 +96,5 @@ def _timed(verbs: Verbs, verb: str, fn: Handler) -> Handler:
             return await fn(request)
         finally:
             timer.observe(time.perf_counter() - t0)
+
     return handler

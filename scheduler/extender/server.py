@@ -17,8 +17,14 @@ from scheduler.policy.binder import Binder
 
 
 class Berth:
-    def __init__(self, state: ClusterState, metrics: Metrics, binder: Binder, fetch_pod: PodFetcher | None = None,
-                 informers: Sequence[InformerStats] = ()) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        metrics: Metrics,
+        binder: Binder,
+        fetch_pod: PodFetcher | None = None,
+        informers: Sequence[InformerStats] = (),
+    ) -> None:
         self.state = state
         self.metrics = metrics
         self.binder = binder

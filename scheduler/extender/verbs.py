@@ -42,8 +42,9 @@ class Verbs:
     """The verbs and what they keep between calls. `errors` words their failures; its three replies are
     bound here too, so the connection handler finds verbs and error replies on one object."""
 
-    def __init__(self, state: ClusterState, metrics: Metrics, binder: Binder, errors: ErrorReplies,
-                 by_name: bool = False) -> None:
+    def __init__(
+        self, state: ClusterState, metrics: Metrics, binder: Binder, errors: ErrorReplies, by_name: bool = False
+    ) -> None:
         self.state = state
         self.metrics = metrics
         self.binder = binder
@@ -78,8 +79,14 @@ class Verbs:
             return error_filter_reply(f"berth: pod cannot be judged: {exc}")
         body = self._filter(args, ask)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("filter %s/%s over %d nodes: %s", ask.namespace, ask.name, len(args.names), body[:300],
-                      extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "filter"})
+            log.debug(
+                "filter %s/%s over %d nodes: %s",
+                ask.namespace,
+                ask.name,
+                len(args.names),
+                body[:300],
+                extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "filter"},
+            )
         return body
 
     def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
@@ -154,9 +161,15 @@ class Verbs:
             scores = run_score(self.state, judge(self.state, ask), args.slots)
             if log.isEnabledFor(logging.DEBUG) and len(scores):
                 best = max(range(len(scores)), key=scores.__getitem__)
-                log.debug("prioritize %s/%s: best %s (%d of 10) among %d", ask.namespace, ask.name,
-                          args.names[best], scores[best], len(scores),
-                          extra={"pod": f"{ask.namespace}/{ask.name}", "node": args.names[best], "verb": "prioritize"})
+                log.debug(
+                    "prioritize %s/%s: best %s (%d of 10) among %d",
+                    ask.namespace,
+                    ask.name,
+                    args.names[best],
+                    scores[best],
+                    len(scores),
+                    extra={"pod": f"{ask.namespace}/{ask.name}", "node": args.names[best], "verb": "prioritize"},
+                )
         return K.prioritize_json(args.frags, scores)
 
     async def bind_body(self, raw: bytes) -> bytes:
@@ -167,12 +180,24 @@ class Verbs:
             result = await self.binder.bind(args)
         except BindError as exc:
             self.metrics.binds.labels(exc.result).inc()
-            log.info("bind %s/%s -> %s refused: %s", args.namespace, args.name, args.node, exc.reason,
-                     extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+            log.info(
+                "bind %s/%s -> %s refused: %s",
+                args.namespace,
+                args.name,
+                args.node,
+                exc.reason,
+                extra={"pod": f"{args.namespace}/{args.name}", "node": args.node},
+            )
             return binding_reply(exc.reason)
         self.metrics.binds.labels(result).inc()
-        log.debug("bound %s/%s -> %s (%s)", args.namespace, args.name, args.node, result,
-                  extra={"pod": f"{args.namespace}/{args.name}", "node": args.node})
+        log.debug(
+            "bound %s/%s -> %s (%s)",
+            args.namespace,
+            args.name,
+            args.node,
+            result,
+            extra={"pod": f"{args.namespace}/{args.name}", "node": args.node},
+        )
         return binding_reply()
 
     def preempt_body(self, raw: bytes) -> bytes:
@@ -182,9 +207,15 @@ class Verbs:
         except PodError as exc:
             raise WireError(400, f"ExtenderPreemptionArgs.Pod cannot be judged: {exc}") from None
         decision = preempt.process(self.state, ask, args)
-        log.info("preempt for %s/%s: %d candidate nodes, %d kept; spared: %s", ask.namespace, ask.name,
-                 len(args.victims), len(decision.victims), "; ".join(sorted(set(decision.refused.values()))) or "none",
-                 extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "preempt"})
+        log.info(
+            "preempt for %s/%s: %d candidate nodes, %d kept; spared: %s",
+            ask.namespace,
+            ask.name,
+            len(args.victims),
+            len(decision.victims),
+            "; ".join(sorted(set(decision.refused.values()))) or "none",
+            extra={"pod": f"{ask.namespace}/{ask.name}", "verb": "preempt"},
+        )
         for uids in decision.victims.values():
             for uid in uids:
                 key = self.state.ledger.by_uid.get(uid)

@@ -30,9 +30,18 @@ if TYPE_CHECKING:
 
 PREFIX = b"/scheduler/"
 VERBS = (b"filter", b"prioritize", b"bind", b"preempt")
-REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 408: b"Request Timeout",
-           413: b"Payload Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-           501: b"Not Implemented", 503: b"Service Unavailable"}
+REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    503: b"Service Unavailable",
+}
 FIRST_LINE_LIMIT = 8192
 # The request head: 64 KB in all and 100 fields. Apache httpd's defaults are 100 fields (LimitRequestFields)
 # of 8190 bytes each, nginx holds a head in 4 x 8 KB buffers; kube-scheduler sends five fields.
@@ -54,7 +63,7 @@ def verb_of(request_line: bytes) -> bytes | None:
     parts = request_line.split(b" ", 2)
     if len(parts) != 3 or parts[0] != b"POST" or not parts[1].startswith(PREFIX):
         return None
-    verb = parts[1][len(PREFIX):]
+    verb = parts[1][len(PREFIX) :]
     return verb if verb in VERBS else None
 
 
@@ -108,8 +117,11 @@ class VerbServer:
         not awaiting a bind (shutdown). A request in progress is not idle: its deadline applies."""
         now = time.monotonic()
         for conn in [*self.connections, *self.overflow]:
-            if conn.transport is not None and not conn.busy and (
-                    idle_for <= 0 or (not conn.started_at and now - conn.active_at >= idle_for)):
+            if (
+                conn.transport is not None
+                and not conn.busy
+                and (idle_for <= 0 or (not conn.started_at and now - conn.active_at >= idle_for))
+            ):
                 conn.transport.close()
 
     def expire(self) -> None:
@@ -224,8 +236,11 @@ class VerbConnection(asyncio.Protocol):
                 self._hand_off(data)
                 return
             if self.over_cap:
-                self._refuse(503, b'{"error":"too many connections: Berth serves at most %d verb connections '
-                                  b'(server.max_connections)"}' % self.server.max_connections)
+                self._refuse(
+                    503,
+                    b'{"error":"too many connections: Berth serves at most %d verb connections '
+                    b'(server.max_connections)"}' % self.server.max_connections,
+                )
                 return
         self._feed(data)
 
@@ -271,8 +286,8 @@ class VerbConnection(asyncio.Protocol):
         """A chunk whose size line was read in this read and whose data goes on: read its size (the parser
         does not tell it) so that `ffffffffffffffff` is a 413 now, not after max_body_bytes of data."""
         if self._chunk_open:
-            buf = self._tail + data[:len(data) - self._chunk_data]
-            line = buf[buf.rfind(b"\n", 0, len(buf) - 1) + 1:].split(b";", 1)[0].strip()
+            buf = self._tail + data[: len(data) - self._chunk_data]
+            line = buf[buf.rfind(b"\n", 0, len(buf) - 1) + 1 :].split(b";", 1)[0].strip()
             with contextlib.suppress(ValueError):
                 size = int(line, 16)
                 if self._size - self._chunk_data + size > self.server.max_body:
@@ -282,8 +297,11 @@ class VerbConnection(asyncio.Protocol):
 
     def _hand_off(self, data: bytes) -> None:
         if not data:
-            self._refuse(400, b'{"error":"pipelined requests to other paths are not served on a verb '
-                              b'connection; open a new connection"}')
+            self._refuse(
+                400,
+                b'{"error":"pipelined requests to other paths are not served on a verb '
+                b'connection; open a new connection"}',
+            )
             return
         if self.busy:  # the replies before it come first: handed over once they are written
             self._dead, self._deferred = True, [data]
@@ -317,8 +335,11 @@ class VerbConnection(asyncio.Protocol):
         limit = self.server.request_timeout if self._head_done else self.server.head_timeout
         if now - self.started_at > limit:
             what = "request" if self._head_done else "request head"
-            self._refuse(408, b'{"error":"the %s did not arrive within %g s (server.request_timeout_seconds)"}'
-                         % (what.encode(), limit))
+            self._refuse(
+                408,
+                b'{"error":"the %s did not arrive within %g s (server.request_timeout_seconds)"}'
+                % (what.encode(), limit),
+            )
 
     def _pause(self, why: int) -> None:
         if not self._paused and self.transport is not None:
@@ -376,10 +397,10 @@ class VerbConnection(asyncio.Protocol):
         self._head_done = True
         assert self.parser is not None
         path = self._url.split(b"?", 1)[0]
-        if not (path.startswith(PREFIX) and path[len(PREFIX):] in VERBS and self.parser.get_method() == b"POST"):
+        if not (path.startswith(PREFIX) and path[len(PREFIX) :] in VERBS and self.parser.get_method() == b"POST"):
             raise _HandOff
         self._chunks = []  # a verb: the raw bytes are not needed for a hand-off, the body is held once
-        self._verb = path[len(PREFIX):]
+        self._verb = path[len(PREFIX) :]
         if self._upgrade and self.parser.should_upgrade():  # its body would not be parsed: refused, one reply
             raise _Refuse(400, b'{"error":"protocol upgrades are not served here"}')
         if self._codings is not None:
@@ -507,9 +528,13 @@ class VerbConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():  # the caller left while a bind was awaited
             return
-        head = (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n"
-                % (status, REASONS.get(status, b"Error"), len(body), self.server.date(),
-                   b"" if keep_alive else b"Connection: close\r\n"))
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nDate: %s\r\n%s\r\n" % (
+            status,
+            REASONS.get(status, b"Error"),
+            len(body),
+            self.server.date(),
+            b"" if keep_alive else b"Connection: close\r\n",
+        )
         # Two buffers, one writev: a reply of several hundred KB is not copied to prepend its head.
         transport.writelines((head, body))
         self.active_at = time.monotonic()

@@ -99,8 +99,11 @@ def _cost(tail: int, names: int) -> int:
 
 
 def _too_many(n: int) -> WireError:
-    return WireError(413, f"ExtenderArgs: {n} node names; Berth serves at most {MAX_NAMES} node names "
-                          "(kube-scheduler's largest supported clusters have 5,000-15,000 nodes)")
+    return WireError(
+        413,
+        f"ExtenderArgs: {n} node names; Berth serves at most {MAX_NAMES} node names "
+        "(kube-scheduler's largest supported clusters have 5,000-15,000 nodes)",
+    )
 
 
 # verdict -> 1 where a node passed (verdict 0, kernels.OK), else 0: selectors for itertools.compress
@@ -160,8 +163,9 @@ class NodeNamesCache:
         slots = array("i", compress(parent.slots, selectors))
         if parent.known is None or parent.known.version != self.table.version:
             slots = self.slots_for(names)
-        return self._remember(_Known(body[at:], self.table.version, names, slots,
-                                     list(compress(parent.frags, selectors))))
+        return self._remember(
+            _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
+        )
 
     def _remember(self, known: _Known) -> _Known:
         """Kept in front (most recent first) unless too large; the oldest go while over count or bytes."""
@@ -266,8 +270,9 @@ def quoted(names: list[str]) -> list[bytes]:
     return [orjson.dumps(n) for n in names]
 
 
-def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unresolvable: bytes,
-                 passed_index: list[int] | None = None) -> bytes:
+def filter_reply(
+    args: ExtenderArgs, passed: bytes | None, failed: bytes, unresolvable: bytes, passed_index: list[int] | None = None
+) -> bytes:
     """ExtenderFilterResult from JSON fragments: `passed` is the inside of the NodeNames array (None:
     every node passed), `failed` / `unresolvable` the insides of the two maps. With full Nodes in, the
     survivors go back as Nodes (the scheduler ignores NodeNames then), chosen by `passed_index`."""
@@ -277,13 +282,15 @@ def filter_reply(args: ExtenderArgs, passed: bytes | None, failed: bytes, unreso
     else:
         head = [b'{"Nodes":null,"NodeNames":[', args.all_names_json() if passed is None else passed, b"]"]
     # One join, one copy: chained `+` would copy a 400 KB reply once per piece.
-    return b"".join([*head, b',"FailedNodes":{', failed, b'},"FailedAndUnresolvableNodes":{', unresolvable,
-                     b'},"Error":""}'])
+    return b"".join(
+        [*head, b',"FailedNodes":{', failed, b'},"FailedAndUnresolvableNodes":{', unresolvable, b'},"Error":""}']
+    )
 
 
 def error_filter_reply(error: str) -> bytes:
-    return orjson.dumps({"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {},
-                         "Error": error})
+    return orjson.dumps(
+        {"Nodes": None, "NodeNames": None, "FailedNodes": {}, "FailedAndUnresolvableNodes": {}, "Error": error}
+    )
 
 
 def parse_binding_args(body: bytes) -> BindingArgs:
@@ -323,8 +330,11 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
     plain = _field(data, "NodeNameToVictims")
     for given in (meta, plain):
         if isinstance(given, dict) and len(given) > MAX_PREEMPT_CANDIDATES:
-            raise WireError(413, f"ExtenderPreemptionArgs: {len(given)} candidate nodes; Berth serves at most "
-                                 f"{MAX_PREEMPT_CANDIDATES} candidate nodes")
+            raise WireError(
+                413,
+                f"ExtenderPreemptionArgs: {len(given)} candidate nodes; Berth serves at most "
+                f"{MAX_PREEMPT_CANDIDATES} candidate nodes",
+            )
     if meta is not None:
         if not isinstance(meta, dict):
             raise WireError(400, "ExtenderPreemptionArgs.NodeNameToMetaVictims: expected an object")
@@ -345,8 +355,9 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
             victims[node] = list(dict.fromkeys(str((p.get("metadata") or {}).get("uid") or "") for p in pods))
             n = _field(v, "NumPDBViolations")
             if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
-                raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].NumPDBViolations: "
-                                     "expected an integer")
+                raise WireError(
+                    400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].NumPDBViolations: expected an integer"
+                )
             pdb[node] = n or 0
     return PreemptionArgs(pod, victims, pdb)
 
@@ -354,8 +365,11 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
 def _count_victims(total: int) -> int:
     """Refused as soon as the victims counted so far pass the bound, before the rest are read."""
     if total > MAX_PREEMPT_VICTIMS:
-        raise WireError(413, f"ExtenderPreemptionArgs: more than {MAX_PREEMPT_VICTIMS} victims in all; "
-                             f"Berth serves at most {MAX_PREEMPT_VICTIMS} victims")
+        raise WireError(
+            413,
+            f"ExtenderPreemptionArgs: more than {MAX_PREEMPT_VICTIMS} victims in all; "
+            f"Berth serves at most {MAX_PREEMPT_VICTIMS} victims",
+        )
     return total
 
 
@@ -379,7 +393,11 @@ def _meta_victims(mv: Any, where: str) -> tuple[list[str], int]:
 
 
 def preemption_reply(victims: dict[str, list[str]], pdb: dict[str, int]) -> bytes:
-    return orjson.dumps({"NodeNameToMetaVictims": {
-        node: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb.get(node, 0)}
-        for node, uids in victims.items()
-    }})
+    return orjson.dumps(
+        {
+            "NodeNameToMetaVictims": {
+                node: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb.get(node, 0)}
+                for node, uids in victims.items()
+            }
+        }
+    )

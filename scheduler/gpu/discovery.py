@@ -67,8 +67,7 @@ def _find_header(lines: Sequence[str]) -> int:
         if tokens and tokens[0] == "GPU0":
             return at
     raise TopologyError(
-        "nvidia-smi topo -m: no header row starting with GPU0 found; "
-        "pass the unmodified output of `nvidia-smi topo -m`"
+        "nvidia-smi topo -m: no header row starting with GPU0 found; pass the unmodified output of `nvidia-smi topo -m`"
     )
 
 
@@ -78,8 +77,7 @@ def _parse_header(line: str) -> _Header:
     while gpu_count < len(columns) and _GPU_LABEL.fullmatch(columns[gpu_count]):
         if columns[gpu_count] != f"GPU{gpu_count}":
             raise TopologyError(
-                f"nvidia-smi topo -m: header column {gpu_count + 1} is {columns[gpu_count]}, "
-                f"expected GPU{gpu_count}"
+                f"nvidia-smi topo -m: header column {gpu_count + 1} is {columns[gpu_count]}, expected GPU{gpu_count}"
             )
         gpu_count += 1
     if gpu_count > MAX_GPUS:
@@ -122,15 +120,12 @@ def _parse_row(tokens: list[str], index: int, header: _Header) -> _Row:
     if len(cells) < header.link_columns or len(rest) != len(header.trailing):
         expected = header.link_columns + len(header.trailing)
         raise TopologyError(
-            f"nvidia-smi topo -m: row GPU{index} has {len(tokens) - 1} cells, "
-            f"the header has {expected} columns"
+            f"nvidia-smi topo -m: row GPU{index} has {len(tokens) - 1} cells, the header has {expected} columns"
         )
     gpu_cells = cells[: header.gpu_count]
     for peer, cell in enumerate(gpu_cells):
         if not _GPU_CELL.fullmatch(cell):
-            raise TopologyError(
-                f"nvidia-smi topo -m: row GPU{index}, column GPU{peer}: unknown link {cell!r}"
-            )
+            raise TopologyError(f"nvidia-smi topo -m: row GPU{index}, column GPU{peer}: unknown link {cell!r}")
         if (cell == "X") != (peer == index):
             raise TopologyError(
                 f"nvidia-smi topo -m: row GPU{index}, column GPU{peer}: "
@@ -200,9 +195,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"patch the {ANN_GPU_TOPOLOGY} annotation onto this Node instead of printing it",
     )
-    parser.add_argument(
-        "--kubeconfig", metavar="PATH", help="kubeconfig for --node (default: in-cluster config)"
-    )
+    parser.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig for --node (default: in-cluster config)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,13 +233,10 @@ def _read_matrix(path: str | None) -> str:
 
 def _run_nvidia_smi() -> str:
     try:
-        done = subprocess.run(
-            _NVIDIA_SMI, capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=False
-        )
+        done = subprocess.run(_NVIDIA_SMI, capture_output=True, text=True, timeout=_NVIDIA_SMI_TIMEOUT_S, check=False)
     except FileNotFoundError:
         raise _UsageError(
-            "nvidia-smi not found on PATH; run this on a GPU node or pass --file with saved "
-            "`nvidia-smi topo -m` output"
+            "nvidia-smi not found on PATH; run this on a GPU node or pass --file with saved `nvidia-smi topo -m` output"
         ) from None
     except subprocess.TimeoutExpired:
         raise _UsageError(f"nvidia-smi topo -m did not finish within {_NVIDIA_SMI_TIMEOUT_S}s") from None

@@ -154,13 +154,9 @@ def _links(doc: dict[str, object], islands: Sequence[Sequence[int]]) -> str:
     if links not in LINK_KINDS:
         raise _fail(f'"links" must be one of {", ".join(LINK_KINDS)}, got {_describe(links)}')
     if links == "pcie" and linked:
-        raise _fail(
-            '"links" is "pcie" but an island has more than one GPU; use "nvlink" or split the islands'
-        )
+        raise _fail('"links" is "pcie" but an island has more than one GPU; use "nvlink" or split the islands')
     if links != "pcie" and not linked:
-        raise _fail(
-            f'"links" is "{links}" but every island has one GPU; use "pcie" or list the NVLink islands'
-        )
+        raise _fail(f'"links" is "{links}" but every island has one GPU; use "pcie" or list the NVLink islands')
     if links == "nvswitch" and len(islands) > 1:
         raise _fail('"links" is "nvswitch" but there are several islands; use "nvlink" or merge the islands')
     return str(links)

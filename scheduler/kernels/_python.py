@@ -39,8 +39,9 @@ from scheduler.model.constants import (
 )
 
 
-def filter_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
-                 pool_ok: bytes, model_ok: bytes, out: bytearray) -> int:
+def filter_nodes(
+    t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int, pool_ok: bytes, model_ok: bytes, out: bytearray
+) -> int:
     """Writes a verdict per slot into `out`; returns how many nodes passed."""
     passed = 0
     for i in range(len(slots)):
@@ -51,8 +52,7 @@ def filter_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
     return passed
 
 
-def node_verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int,
-                 pool_ok: bytes, model_ok: bytes) -> int:
+def node_verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int, pool_ok: bytes, model_ok: bytes) -> int:
     """One node's verdict (bind checks the chosen node again); UNKNOWN for a slot outside the table."""
     if s >= len(t.flags):
         return UNKNOWN
@@ -64,8 +64,7 @@ def _free_gpus(t: Any, s: int) -> int:
     return t.gpu_mask[s] & ~t.gpu_used[s]
 
 
-def _verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int,
-             pool_ok: bytes, model_ok: bytes) -> int:
+def _verdict(t: Any, s: int, cpu: int, mem: int, gpu: int, topo: int, pool_ok: bytes, model_ok: bytes) -> int:
     if s < 0 or not t.flags[s] & FLAG_PRESENT:
         return UNKNOWN
     if t.flags[s] & FLAG_UNSCHEDULABLE:
@@ -107,8 +106,18 @@ def best_island(islands: array, s: int, free: int, gpu: int) -> tuple[int, int]:
     return best, size
 
 
-def score_nodes(t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int,
-                pool_ok: bytes, pool_avail: array, params: array, out: array) -> None:
+def score_nodes(
+    t: Any,
+    slots: array,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    topo: int,
+    pool_ok: bytes,
+    pool_avail: array,
+    params: array,
+    out: array,
+) -> None:
     """Writes a 0..10 score per slot into `out` (nodes that do not fit score 0)."""
     for i in range(len(slots)):
         s = slots[i]
@@ -126,9 +135,17 @@ def _final(total: float, wsum: float) -> int:
     return 0 if v < 0 else 10 if v > 10 else int(v)
 
 
-def node_score_parts(t: Any, s: int, cpu: int, mem: int, gpu: int, pool_ok: bytes,
-                     pool_avail: array, params: array, parts: dict[str, float] | None
-                     ) -> tuple[float, float]:
+def node_score_parts(
+    t: Any,
+    s: int,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    pool_ok: bytes,
+    pool_avail: array,
+    params: array,
+    parts: dict[str, float] | None,
+) -> tuple[float, float]:
     """Weighted sum and weight total for one node; fills `parts` (0..10 each) when given."""
     total = 0.0
     wsum = 0.0
@@ -260,8 +277,9 @@ def _too_small(t: Any, s: int, code: int, cpu: int, mem: int, gpu: int) -> int:
     return 0
 
 
-def reason_ids(t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: int, out: array
-               ) -> list[tuple[int, int]]:
+def reason_ids(
+    t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: int, out: array
+) -> list[tuple[int, int]]:
     """Groups failed nodes by the sentence they get: out[i] indexes the returned list of
     (code, sample slot); -1 for nodes that passed."""
     keys: dict[int, int] = {}

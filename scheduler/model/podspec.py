@@ -147,9 +147,7 @@ def pod_ask(pod: Any) -> PodAsk:
     spec = pod.get("spec")
     if not isinstance(meta, dict) or not isinstance(spec, dict):
         raise PodError("Pod needs metadata and spec objects")
-    if not isinstance(spec.get("containers") or [], list) or not isinstance(
-        spec.get("initContainers") or [], list
-    ):
+    if not isinstance(spec.get("containers") or [], list) or not isinstance(spec.get("initContainers") or [], list):
         raise PodError("Pod.spec.containers and initContainers must be lists")
     annotations = meta.get("annotations") or {}
     if not isinstance(annotations, dict):

@@ -78,5 +78,14 @@ def format_units(resource: str, amount: int) -> str:
     return str(amount)
 
 
-__all__ = ["GPU", "MAX_DIGITS", "QuantityError", "QuantityRangeError", "format_units", "milli", "to_decimal",
-           "to_units", "whole"]
+__all__ = [
+    "GPU",
+    "MAX_DIGITS",
+    "QuantityError",
+    "QuantityRangeError",
+    "format_units",
+    "milli",
+    "to_decimal",
+    "to_units",
+    "whole",
+]

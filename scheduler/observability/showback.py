@@ -15,26 +15,50 @@ def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None
     """The TeamQuota status Berth writes back (quantities as strings, like Kubernetes does).
     A condition keeps its lastTransitionTime from `previous` while its status does not change."""
     used = {r: _fmt(r, v) for r, v in sorted(team.used.items()) if v}
-    borrowed = {r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(team.limits)
-                if state.quotas.borrowed(team, r) > 0}
-    conditions = [_condition("Valid", team.error is None, "SpecError" if team.error else "Valid",
-                             team.error or "spec is valid", team.generation)]
+    borrowed = {
+        r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(team.limits) if state.quotas.borrowed(team, r) > 0
+    }
+    conditions = [
+        _condition(
+            "Valid",
+            team.error is None,
+            "SpecError" if team.error else "Valid",
+            team.error or "spec is valid",
+            team.generation,
+        )
+    ]
     overlap = ", ".join(team.conflicts)
-    conditions.append(_condition("NamespaceConflict", bool(team.conflicts), "Overlap" if overlap else "NoOverlap",
-                                 f"namespaces also claimed by {overlap}" if overlap else "no other team claims "
-                                 "these namespaces", team.generation))
+    conditions.append(
+        _condition(
+            "NamespaceConflict",
+            bool(team.conflicts),
+            "Overlap" if overlap else "NoOverlap",
+            f"namespaces also claimed by {overlap}" if overlap else "no other team claims these namespaces",
+            team.generation,
+        )
+    )
     before = {c["type"]: c for c in (previous or {}).get("conditions", [])}
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for c in conditions:
         old = before.get(c["type"])
         c["lastTransitionTime"] = old["lastTransitionTime"] if old and old["status"] == c["status"] else now
-    return {"used": used, "borrowed": borrowed, "pods": team.pods, "conditions": conditions,
-            "observedGeneration": team.generation}
+    return {
+        "used": used,
+        "borrowed": borrowed,
+        "pods": team.pods,
+        "conditions": conditions,
+        "observedGeneration": team.generation,
+    }
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
-    return {"type": kind, "status": "True" if status else "False", "reason": reason, "message": message,
-            "observedGeneration": generation}
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
 
 
 def team_rows(state: ClusterState) -> list[dict[str, Any]]:
@@ -43,9 +67,10 @@ def team_rows(state: ClusterState) -> list[dict[str, Any]]:
         team = state.quotas.teams[name]
         row: dict[str, Any] = {"team": name, "cohort": team.cohort, "pools": sorted(team.pools)}
         row.update(team_status(state, team))
-        row["limits"] = {r: {"guaranteed": _fmt(r, lim.guaranteed),
-                             "max": None if lim.max is None else _fmt(r, lim.max)}
-                         for r, lim in team.limits.items()}
+        row["limits"] = {
+            r: {"guaranteed": _fmt(r, lim.guaranteed), "max": None if lim.max is None else _fmt(r, lim.max)}
+            for r, lim in team.limits.items()
+        }
         rows.append(row)
     return rows
 

@@ -85,8 +85,11 @@ class Binder:
         if (ask.namespace, ask.name) != (args.namespace, args.name):
             # The UID was seen for another pod: binding it under this name would reserve that pod's
             # resources here and refuse its own bind later as "already bound".
-            raise BindError(f"PodUID {args.uid} is pod {pod_key(ask.namespace, ask.name)}'s, not {key}'s: "
-                            "the bind names one pod and the UID of another", "conflict")
+            raise BindError(
+                f"PodUID {args.uid} is pod {pod_key(ask.namespace, ask.name)}'s, not {key}'s: "
+                "the bind names one pod and the UID of another",
+                "conflict",
+            )
         if args.uid and ask.uid and ask.uid != args.uid:
             raise BindError(f"pod {key} has UID {ask.uid}, not {args.uid}: it was recreated")
         return ask, False
@@ -104,15 +107,26 @@ class Binder:
         r = ask.request
         code = node_verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
         if code != OK:
-            raise BindError(f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
-                            f"{Reasons(state, j).of(code, slot)[0]}", "conflict")
+            raise BindError(
+                f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
+                f"{Reasons(state, j).of(code, slot)[0]}",
+                "conflict",
+            )
         gpu_ids = 0
         if r.gpu:
             gpu_ids = choose_devices(t.islands, slot, t.free_gpus(slot), r.gpu, ask.topology)
         own = j.admission.own_pools is None or t.pools[t.pool[slot]] in j.admission.own_pools
-        entry = PodEntry(key=pod_key(ask.namespace, ask.name), uid=ask.uid, node=args.node, request=r,
-                         priority=ask.priority, team=j.admission.team,
-                         borrowing=j.admission.borrowing or not own, gpu_ids=gpu_ids, confirmed=False)
+        entry = PodEntry(
+            key=pod_key(ask.namespace, ask.name),
+            uid=ask.uid,
+            node=args.node,
+            request=r,
+            priority=ask.priority,
+            team=j.admission.team,
+            borrowing=j.admission.borrowing or not own,
+            gpu_ids=gpu_ids,
+            confirmed=False,
+        )
         state.reserve(entry)
         return entry
 

@@ -24,9 +24,15 @@ from scheduler.policy.quotas import Admission
 
 REASON_NAMES = {
     OTHER_RESOURCE: "extended_resource",
-    K.UNKNOWN: "node_unknown", K.UNSCHEDULABLE: "node_not_ready", K.POOL: "pool", K.MODEL: "gpu_model",
-    K.PODS: "too_many_pods", K.CPU: "insufficient_cpu", K.MEMORY: "insufficient_memory",
-    K.GPU: "insufficient_gpu", K.TOPOLOGY: "topology",
+    K.UNKNOWN: "node_unknown",
+    K.UNSCHEDULABLE: "node_not_ready",
+    K.POOL: "pool",
+    K.MODEL: "gpu_model",
+    K.PODS: "too_many_pods",
+    K.CPU: "insufficient_cpu",
+    K.MEMORY: "insufficient_memory",
+    K.GPU: "insufficient_gpu",
+    K.TOPOLOGY: "topology",
 }
 
 
@@ -57,10 +63,10 @@ def _model_ok(state: ClusterState, ask: PodAsk, admission: Admission) -> bytes:
     if ask.request.gpu <= 0 or (not ask.gpu_models and not admission.blocked_models):
         return b""
     wanted = set(ask.gpu_models)
-    return bytes(
-        1 if (not wanted or m in wanted) and m not in admission.blocked_models else 0
-        for m in state.table.models
-    ) + b"\x00"  # never empty once asked: empty means "any model" to the kernels
+    return (
+        bytes(1 if (not wanted or m in wanted) and m not in admission.blocked_models else 0 for m in state.table.models)
+        + b"\x00"
+    )  # never empty once asked: empty means "any model" to the kernels
 
 
 def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearray, int]:
@@ -85,8 +91,18 @@ def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None
     out = array("q", bytes(8 * len(slots)))
     r = j.ask.request
     state.pools.ensure(len(state.table.pools) + 1)
-    K.score_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, state.pools.avail,
-                  score_params(state.config, now), out)
+    K.score_nodes(
+        state.table,
+        slots,
+        r.cpu,
+        r.memory,
+        r.gpu,
+        j.ask.topology,
+        j.pool_ok,
+        state.pools.avail,
+        score_params(state.config, now),
+        out,
+    )
     return out
 
 
@@ -179,8 +195,11 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
             row["score"] = scores[i]
             row["parts"] = {k: round(v, 3) for k, v in parts.items()}
         else:
-            reason, unresolvable = reasons.of(verdicts[i], slots[i]) if slots[i] >= 0 else (
-                "berth: node is not in Berth's cache yet", False)
+            reason, unresolvable = (
+                reasons.of(verdicts[i], slots[i])
+                if slots[i] >= 0
+                else ("berth: node is not in Berth's cache yet", False)
+            )
             row["reason"] = reason
             row["unresolvable"] = unresolvable
         rows.append(row)
@@ -192,6 +211,6 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
         "team": adm.team,
         "borrowing": adm.borrowing,
         "quota": adm.error,
-        "weights": dict(zip(WEIGHT_NAMES, params[:len(WEIGHT_NAMES)], strict=True)),
+        "weights": dict(zip(WEIGHT_NAMES, params[: len(WEIGHT_NAMES)], strict=True)),
         "nodes": rows,
     }

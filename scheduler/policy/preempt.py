@@ -75,8 +75,14 @@ def _eligible(state: ClusterState, j: Judgement, node: str) -> bool:
     return True
 
 
-def _keep(state: ClusterState, team: str | None, needs: set[str], uids: list[str],
-          taken: dict[str, dict[str, int]], refused: dict[str, str]) -> list[PodEntry | str]:
+def _keep(
+    state: ClusterState,
+    team: str | None,
+    needs: set[str],
+    uids: list[str],
+    taken: dict[str, dict[str, int]],
+    refused: dict[str, str],
+) -> list[PodEntry | str]:
     kept: list[PodEntry | str] = []
     entries = []
     for uid in uids:
@@ -95,8 +101,9 @@ def _keep(state: ClusterState, team: str | None, needs: set[str], uids: list[str
     return kept
 
 
-def _protected(state: ClusterState, team: str | None, needs: set[str], victim: PodEntry,
-               taken: dict[str, dict[str, int]]) -> str | None:
+def _protected(
+    state: ClusterState, team: str | None, needs: set[str], victim: PodEntry, taken: dict[str, dict[str, int]]
+) -> str | None:
     if victim.team is None or victim.team == team:
         return None
     other = state.quotas.teams.get(victim.team)

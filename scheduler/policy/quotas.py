@@ -80,8 +80,11 @@ def _limit(name: str, raw: Any) -> Limit:
 def parse_team(obj: dict[str, Any]) -> Team:
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
-    team = Team(name=str(meta.get("name") or ""), generation=int(meta.get("generation") or 0),
-                status=obj.get("status") if isinstance(obj.get("status"), dict) else None)
+    team = Team(
+        name=str(meta.get("name") or ""),
+        generation=int(meta.get("generation") or 0),
+        status=obj.get("status") if isinstance(obj.get("status"), dict) else None,
+    )
     try:
         team.namespaces = frozenset(str(n) for n in spec.get("namespaces") or [])
         team.selector = spec.get("namespaceSelector")
@@ -162,8 +165,7 @@ class QuotaBook:
     def _namespaces_of(self, team: Team) -> set[str]:
         names = set(team.namespaces)
         if team.selector:
-            names.update(ns for ns, labels in self.namespace_labels.items()
-                         if _selector_matches(team.selector, labels))
+            names.update(ns for ns, labels in self.namespace_labels.items() if _selector_matches(team.selector, labels))
         return names
 
     def namespace_teams(self) -> dict[str, str | None]:
@@ -176,8 +178,9 @@ class QuotaBook:
             name = self._team_of_ns[namespace]
             if name is None:
                 claimants = sorted(t.name for t in self.teams.values() if namespace in self._namespaces_of(t))
-                return None, (f"namespace {namespace} is claimed by several TeamQuotas "
-                              f"({', '.join(claimants)}); fix the overlap")
+                return None, (
+                    f"namespace {namespace} is claimed by several TeamQuotas ({', '.join(claimants)}); fix the overlap"
+                )
             return self.teams[name], None
         return None, None
 
@@ -210,14 +213,25 @@ class QuotaBook:
             return Admission(None, False, frozenset(), frozenset(), {}, error)
         if team is None:
             if self.unmatched_policy == "reject" and self.teams:
-                return Admission(None, False, frozenset(), frozenset(), {},
-                                 f"namespace {ask.namespace} belongs to no TeamQuota and this cluster "
-                                 "rejects pods of no team")
+                return Admission(
+                    None,
+                    False,
+                    frozenset(),
+                    frozenset(),
+                    {},
+                    f"namespace {ask.namespace} belongs to no TeamQuota and this cluster rejects pods of no team",
+                )
             pools = self.shared_pools if self.teams else None
             return Admission(None, False, pools, frozenset(), {})
         if team.error:
-            return Admission(team.name, False, frozenset(), frozenset(), {},
-                             f"team {team.name}: TeamQuota spec is invalid: {team.error}")
+            return Admission(
+                team.name,
+                False,
+                frozenset(),
+                frozenset(),
+                {},
+                f"team {team.name}: TeamQuota spec is invalid: {team.error}",
+            )
         request = ask.request.as_dict()
         borrowing = False
         for res, amount in request.items():
@@ -244,19 +258,26 @@ class QuotaBook:
             return None
         after = used + amount
         if lim.max is not None and after > lim.max:
-            return (f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
-                    f"{format_amount(res, amount)} requested > max {format_amount(res, lim.max)}")
+            return (
+                f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
+                f"{format_amount(res, amount)} requested > max {format_amount(res, lim.max)}"
+            )
         if after <= lim.guaranteed:
             return None
         reserve = lim.unlent
         delta = max(0, after - reserve) - max(0, used - reserve)
         free = self.cohort_free(team, res)
         if delta > free:
-            why = (f"cohort {team.cohort} has only {format_amount(res, free)} left to lend" if team.cohort
-                   else f"team {team.name} is in no cohort to borrow from")
-            return (f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
-                    f"{format_amount(res, amount)} requested > guaranteed {format_amount(res, lim.guaranteed)}, "
-                    f"and {why}")
+            why = (
+                f"cohort {team.cohort} has only {format_amount(res, free)} left to lend"
+                if team.cohort
+                else f"team {team.name} is in no cohort to borrow from"
+            )
+            return (
+                f"team {team.name}: {resource_label(res)} {format_amount(res, used)} used + "
+                f"{format_amount(res, amount)} requested > guaranteed {format_amount(res, lim.guaranteed)}, "
+                f"and {why}"
+            )
         return True
 
     def cohort_free(self, team: Team, res: str) -> int:
@@ -284,7 +305,7 @@ class QuotaBook:
                 continue
             verdict = self._check(team, key, ask.request.gpu)
             if isinstance(verdict, str):
-                blocked[key[len(MODEL_PREFIX):]] = verdict
+                blocked[key[len(MODEL_PREFIX) :]] = verdict
             elif verdict is True:
                 borrow = True
         return blocked, borrow
@@ -299,10 +320,9 @@ def above_guarantee(team: Team, res: str, giving_up: int = 0) -> int:
 
 def resource_label(res: str) -> str:
     """A usage key as a person reads it: "cpu", or "NVIDIA-H100-80GB-HBM3 GPUs" for a per-model key."""
-    return res[len(MODEL_PREFIX):] + " GPUs" if res.startswith(MODEL_PREFIX) else res
+    return res[len(MODEL_PREFIX) :] + " GPUs" if res.startswith(MODEL_PREFIX) else res
 
 
 def format_amount(res: str, amount: int) -> str:
     """An amount of a usage key as Kubernetes writes quantities (per-model keys count GPUs)."""
     return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
-

@@ -28,8 +28,11 @@ def k8s_bin() -> Path:
     env = os.environ.get("BERTH_K8S_BIN")
     if env:
         return Path(env)
-    version = next(line.split()[1] for line in (K8S_DIR / "go.mod").read_text().splitlines()
-                   if line.strip().startswith("k8s.io/kubernetes v"))
+    version = next(
+        line.split()[1]
+        for line in (K8S_DIR / "go.mod").read_text().splitlines()
+        if line.strip().startswith("k8s.io/kubernetes v")
+    )
     return Path.home() / ".cache" / "berth" / f"k8s-{version}"
 
 
@@ -59,8 +62,14 @@ class Proc:
 
     def start(self) -> "Proc":
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.popen = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      env={**os.environ, **(self.env or {})}, start_new_session=True)
+        self.popen = subprocess.Popen(
+            self.args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})},
+            start_new_session=True,
+        )
         return self
 
     @property
@@ -116,8 +125,7 @@ class ControlPlane:
         if missing:
             raise RuntimeError(f"{', '.join(missing)} not built in {self.bin}: run `make k8s`")
         (self.dir / "certs").mkdir(parents=True, exist_ok=True)
-        subprocess.run(["openssl", "genrsa", "-out", str(self.dir / "sa.key"), "2048"], check=True,
-                       capture_output=True)
+        subprocess.run(["openssl", "genrsa", "-out", str(self.dir / "sa.key"), "2048"], check=True, capture_output=True)
         (self.dir / "tokens.csv").write_text(f'{self.ADMIN_TOKEN},admin,admin,"system:masters"\n')
         self.start_etcd()
         self.start_apiserver()
@@ -127,26 +135,50 @@ class ControlPlane:
     def start_etcd(self) -> None:
         e = f"http://127.0.0.1:{self.etcd_port}"
         p = f"http://127.0.0.1:{self.peer_port}"
-        self.etcd = Proc("etcd", [str(self.bin / "etcd"), "--name=e2e", f"--data-dir={self.dir / 'etcd'}",
-                                  f"--listen-client-urls={e}", f"--advertise-client-urls={e}",
-                                  f"--listen-peer-urls={p}", f"--initial-advertise-peer-urls={p}",
-                                  f"--initial-cluster=e2e={p}", "--unsafe-no-fsync", "--log-level=warn"],
-                         self.dir).start()
+        self.etcd = Proc(
+            "etcd",
+            [
+                str(self.bin / "etcd"),
+                "--name=e2e",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={e}",
+                f"--advertise-client-urls={e}",
+                f"--listen-peer-urls={p}",
+                f"--initial-advertise-peer-urls={p}",
+                f"--initial-cluster=e2e={p}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            self.dir,
+        ).start()
 
     def start_apiserver(self) -> None:
         d = self.dir
-        self.apiserver = Proc("kube-apiserver", [
-            str(self.bin / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.api_port}", "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none", f"--cert-dir={d / 'certs'}",
-            f"--service-account-key-file={d / 'sa.key'}", f"--service-account-signing-key-file={d / 'sa.key'}",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--token-auth-file={d / 'tokens.csv'}", "--authorization-mode=RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
-            "--watch-cache=true", "--max-requests-inflight=2000", "--max-mutating-requests-inflight=1000",
-            *self.apiserver_flags,
-        ], d).start()
+        self.apiserver = Proc(
+            "kube-apiserver",
+            [
+                str(self.bin / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={d / 'certs'}",
+                f"--service-account-key-file={d / 'sa.key'}",
+                f"--service-account-signing-key-file={d / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--token-auth-file={d / 'tokens.csv'}",
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                "--watch-cache=true",
+                "--max-requests-inflight=2000",
+                "--max-mutating-requests-inflight=1000",
+                *self.apiserver_flags,
+            ],
+            d,
+        ).start()
         wait_until(self._ready, 90, "kube-apiserver /readyz", every=0.3)
 
     def _ready(self) -> bool:
@@ -161,6 +193,7 @@ class ControlPlane:
 
     def get(self, path: str, token: str | None = None) -> bytes:
         import ssl
+
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -173,15 +206,20 @@ class ControlPlane:
         return self.dir / "admin.kubeconfig"
 
     def write_kubeconfig(self, path: Path, token: str) -> Path:
-        cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "e2e",
-               "clusters": [{"name": "e2e", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
-               "users": [{"name": "u", "user": {"token": token}}],
-               "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "u"}}]}
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "e2e",
+            "clusters": [{"name": "e2e", "cluster": {"server": self.url, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "u"}}],
+        }
         path.write_text(yaml.safe_dump(cfg))
         return path
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, kubeconfig: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bin / "kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args]
         res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=120)
         if check and res.returncode != 0:
@@ -208,25 +246,49 @@ class ControlPlane:
                 p.stop()
 
 
-def scheduler_config(cp: ControlPlane, path: Path, berth_url: str | None, scheduler_name: str,
-                     node_cache_capable: bool = True, percentage: int | None = None, qps: int = 500,
-                     leader_elect: bool = False, lock: str = "berth-scheduler",
-                     tls: dict[str, str] | None = None) -> Path:
+def scheduler_config(
+    cp: ControlPlane,
+    path: Path,
+    berth_url: str | None,
+    scheduler_name: str,
+    node_cache_capable: bool = True,
+    percentage: int | None = None,
+    qps: int = 500,
+    leader_elect: bool = False,
+    lock: str = "berth-scheduler",
+    tls: dict[str, str] | None = None,
+) -> Path:
     """A KubeSchedulerConfiguration: one profile; with berth_url, Berth as its extender. With tls (the
     extender's tlsConfig: caFile, certFile, keyFile, ...) the extender is called with enableHTTPS."""
     cfg: dict[str, Any] = {
-        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": str(cp.admin_kubeconfig), "qps": qps, "burst": qps * 2},
-        "leaderElection": {"leaderElect": leader_elect, "resourceName": lock, "resourceNamespace": "kube-system",
-                           "leaseDuration": "4s", "renewDeadline": "3s", "retryPeriod": "1s"},
+        "leaderElection": {
+            "leaderElect": leader_elect,
+            "resourceName": lock,
+            "resourceNamespace": "kube-system",
+            "leaseDuration": "4s",
+            "renewDeadline": "3s",
+            "retryPeriod": "1s",
+        },
         "profiles": [{"schedulerName": scheduler_name}],
     }
     if percentage is not None:
         cfg["percentageOfNodesToScore"] = percentage
     if berth_url:
-        cfg["extenders"] = [{"urlPrefix": f"{berth_url}/scheduler", "filterVerb": "filter",
-                             "prioritizeVerb": "prioritize", "bindVerb": "bind", "preemptVerb": "preempt",
-                             "weight": 5, "nodeCacheCapable": node_cache_capable, "httpTimeout": "5s"}]
+        cfg["extenders"] = [
+            {
+                "urlPrefix": f"{berth_url}/scheduler",
+                "filterVerb": "filter",
+                "prioritizeVerb": "prioritize",
+                "bindVerb": "bind",
+                "preemptVerb": "preempt",
+                "weight": 5,
+                "nodeCacheCapable": node_cache_capable,
+                "httpTimeout": "5s",
+            }
+        ]
         if tls:
             cfg["extenders"][0].update({"enableHTTPS": True, "tlsConfig": dict(tls)})
     path.write_text(yaml.safe_dump(cfg))
@@ -234,14 +296,33 @@ def scheduler_config(cp: ControlPlane, path: Path, berth_url: str | None, schedu
 
 
 def start_scheduler(cp: ControlPlane, name: str, config: Path) -> Proc:
-    return Proc(name, [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2"],
-                cp.dir).start()
+    return Proc(name, [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2"], cp.dir).start()
 
 
-def start_berth(cp: ControlPlane, kubeconfig: Path, port: int, name: str = "berth",
-                extra: list[str] | None = None, env: dict[str, str] | None = None) -> Proc:
-    proc = Proc(name, [sys.executable, "-m", "scheduler", "serve", "--kubeconfig", str(kubeconfig),
-                       "--port", str(port), *(extra or [])], cp.dir, env=env).start()
+def start_berth(
+    cp: ControlPlane,
+    kubeconfig: Path,
+    port: int,
+    name: str = "berth",
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    proc = Proc(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "scheduler",
+            "serve",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--port",
+            str(port),
+            *(extra or []),
+        ],
+        cp.dir,
+        env=env,
+    ).start()
     return proc
 
 
@@ -251,6 +332,7 @@ def wait_ready(url: str, proc: Proc, timeout: float = 60) -> None:
             raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
         with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
             return r.status == 200
+
     wait_until(ready, timeout, f"{proc.name} ready", every=0.2)
 
 

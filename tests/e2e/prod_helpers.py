@@ -59,9 +59,17 @@ def create_pod(api: kclient.CoreV1Api, ns: str, body: dict[str, Any], timeout: f
         time.sleep(0.3)
 
 
-def burst(api: kclient.CoreV1Api, ns: str, group: str, sizes: Iterable[int], scheduler: str, prefix: str = "p",
-          during: Mapping[int, Callable[[], Any]] | None = None, every: float = 0.0,
-          cpu: str = "500m") -> list[str]:
+def burst(
+    api: kclient.CoreV1Api,
+    ns: str,
+    group: str,
+    sizes: Iterable[int],
+    scheduler: str,
+    prefix: str = "p",
+    during: Mapping[int, Callable[[], Any]] | None = None,
+    every: float = 0.0,
+    cpu: str = "500m",
+) -> list[str]:
     """Create one pod per size (GPUs asked); `during[i]` runs just before pod i is created."""
     names = []
     for i, gpus in enumerate(sizes):
@@ -94,8 +102,9 @@ def wait_all_bound(api: kclient.CoreV1Api, ns: str, names: Iterable[str], timeou
     for name in unbound[:5]:
         evs = api.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
         reasons[name] = [f"{e.reason}: {e.message}" for e in evs][-2:]
-    raise AssertionError(f"{len(unbound)} of {len(want)} pods still unbound after {timeout}s: {unbound}; "
-                         f"last events: {reasons}")
+    raise AssertionError(
+        f"{len(unbound)} of {len(want)} pods still unbound after {timeout}s: {unbound}; last events: {reasons}"
+    )
 
 
 def bound_count(api: kclient.CoreV1Api, ns: str) -> int:
@@ -215,8 +224,10 @@ def assert_cache_matches(berth: BerthHandle, api: kclient.CoreV1Api, group: str,
     assert names, f"no nodes in group {group}"
 
     def views() -> tuple[Any, Any]:
-        return ((_berth_view(berth, names), berth_gpu_ids(berth, names)),
-                (_api_view(api, group), api_gpu_ids(api, names)))
+        return (
+            (_berth_view(berth, names), berth_gpu_ids(berth, names)),
+            (_api_view(api, group), api_gpu_ids(api, names)),
+        )
 
     deadline = time.monotonic() + timeout
     while True:
@@ -224,8 +235,9 @@ def assert_cache_matches(berth: BerthHandle, api: kclient.CoreV1Api, group: str,
         if got == want:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"Berth's cache differs from a fresh list after {timeout}s:\n"
-                                 f"berth: {got}\napi:   {want}")
+            raise AssertionError(
+                f"Berth's cache differs from a fresh list after {timeout}s:\nberth: {got}\napi:   {want}"
+            )
         time.sleep(0.2)
 
 
@@ -253,8 +265,14 @@ def berth_log(proc: h.Proc) -> list[dict[str, Any]]:
 def watch_expired(cp: h.ControlPlane, path: str, resource_version: str, field_selector: str = "") -> bool:
     """Whether the API server answers a watch of `path` from `resource_version` with 410 Gone (an HTTP 410 or
     an ERROR event with code 410): the history after that version is no longer available."""
-    query = urllib.parse.urlencode({"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": "1",
-                                    **({"fieldSelector": field_selector} if field_selector else {})})
+    query = urllib.parse.urlencode(
+        {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": "1",
+            **({"fieldSelector": field_selector} if field_selector else {}),
+        }
+    )
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -333,8 +351,10 @@ def tls12_handshake(port: int, ctx: ssl.SSLContext, timeout: float = 10) -> Base
     done and learns of the refusal on its first read), so this shows where a refusal happens."""
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
             tls.do_handshake()
             return None
     except (ssl.SSLError, OSError) as exc:
@@ -352,8 +372,17 @@ class TlsBerth(BerthHandle):
     def __post_init__(self) -> None:
         assert self.certs is not None
         self.tls_port = self.tls_port or h.free_port()
-        self.extra = [*self.extra, "--tls-port", str(self.tls_port), "--tls-cert", str(self.certs.server_cert),
-                      "--tls-key", str(self.certs.server_key), "--client-ca", str(self.certs.ca)]
+        self.extra = [
+            *self.extra,
+            "--tls-port",
+            str(self.tls_port),
+            "--tls-cert",
+            str(self.certs.server_cert),
+            "--tls-key",
+            str(self.certs.server_key),
+            "--client-ca",
+            str(self.certs.ca),
+        ]
 
     @property
     def https_url(self) -> str:

@@ -10,15 +10,30 @@ from tests.e2e.objects import create_namespace, create_nodes, node, pod
 from tests.e2e.test_live_cluster import _assert_devices_disjoint, wait_bound
 
 
-def test_gpu_pods_land_where_the_policy_says(api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc,
-                                            default_scheduler: h.Proc) -> None:
+def test_gpu_pods_land_where_the_policy_says(
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, default_scheduler: h.Proc
+) -> None:
     ns = create_namespace(api, f"gpu-{int(time.time())}")
     # g-a: two NVLink islands of 4, GPUs 0,1 held. g-b: empty, one island of 8.
     # LeastAllocated prefers the empty g-b for anything; Berth fills g-a's islands and keeps g-b whole.
-    create_nodes(api, [node("g-a", "gpu", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
-                       node("g-b", "gpu", gpus=8, islands=[[0, 1, 2, 3, 4, 5, 6, 7]])])
-    api.create_namespaced_pod(ns, pod("held", "gpu", gpus=2, node_name="g-a", scheduler="default-scheduler",
-                                      annotations={"berth.dev/gpu-ids": "0,1"}))
+    create_nodes(
+        api,
+        [
+            node("g-a", "gpu", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]]),
+            node("g-b", "gpu", gpus=8, islands=[[0, 1, 2, 3, 4, 5, 6, 7]]),
+        ],
+    )
+    api.create_namespaced_pod(
+        ns,
+        pod(
+            "held",
+            "gpu",
+            gpus=2,
+            node_name="g-a",
+            scheduler="default-scheduler",
+            annotations={"berth.dev/gpu-ids": "0,1"},
+        ),
+    )
     h.wait_until(lambda: berth.node("g-a")["gpuIdsUsed"] == "0,1", 10, "Berth sees GPUs 0,1 of g-a held")
 
     api.create_namespaced_pod(ns, pod("default-probe", "gpu", gpus=2, scheduler="default-scheduler"))

@@ -32,13 +32,14 @@ def ns(api: kclient.CoreV1Api) -> str:
 
 
 def test_berth_binds_to_the_node_it_prefers_and_default_pods_never_reach_it(
-        api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, default_scheduler: h.Proc,
-        ns: str) -> None:
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, default_scheduler: h.Proc, ns: str
+) -> None:
     # p-b already runs a 4-GPU pod: kube-scheduler's LeastAllocated prefers the empty p-a; Berth packs
     # GPUs and keeps p-a whole for an 8-GPU job, so it prefers p-b.
     create_nodes(api, [node("p-a", "prefer", gpus=8), node("p-b", "prefer", gpus=8)])
-    api.create_namespaced_pod(ns, pod("already-there", "prefer", gpus=4, cpu="8", node_name="p-b",
-                                      scheduler="default-scheduler"))
+    api.create_namespaced_pod(
+        ns, pod("already-there", "prefer", gpus=4, cpu="8", node_name="p-b", scheduler="default-scheduler")
+    )
     poll(lambda: berth.node("p-b")["free"]["nvidia.com/gpu"] == 4, 10, "Berth sees p-b half used")
 
     filters_before = berth.metric("berth_request_duration_seconds_count", verb="filter")
@@ -58,20 +59,24 @@ def test_berth_binds_to_the_node_it_prefers_and_default_pods_never_reach_it(
     assert berth.metric("berth_request_duration_seconds_count", verb="filter") > filters_before
 
 
-def test_a_pod_berth_rejects_shows_berths_reason(api: kclient.CoreV1Api, berth: BerthHandle,
-                                                 berth_scheduler: h.Proc, ns: str) -> None:
+def test_a_pod_berth_rejects_shows_berths_reason(
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, ns: str
+) -> None:
     # In-tree fit passes (8 GPUs free) but no NVLink island holds 5: only Berth can say why.
     create_nodes(api, [node("r-a", "reject", gpus=8, islands=[[0, 1, 2, 3], [4, 5, 6, 7]])])
-    api.create_namespaced_pod(ns, pod("too-wide", "reject", gpus=5,
-                                      annotations={"berth.dev/topology": "required"}))
-    msgs = poll(lambda: [m for m in events_for(api, ns, "too-wide") if m.startswith("FailedScheduling")], 30,
-                "FailedScheduling event")
+    api.create_namespaced_pod(ns, pod("too-wide", "reject", gpus=5, annotations={"berth.dev/topology": "required"}))
+    msgs = poll(
+        lambda: [m for m in events_for(api, ns, "too-wide") if m.startswith("FailedScheduling")],
+        30,
+        "FailedScheduling event",
+    )
     assert any("no NVLink island on this node has 5 GPUs" in m for m in msgs), msgs
     assert api.read_namespaced_pod("too-wide", ns).spec.node_name is None
 
 
-def test_delete_frees_resources_within_a_second(api: kclient.CoreV1Api, berth: BerthHandle,
-                                                berth_scheduler: h.Proc, ns: str) -> None:
+def test_delete_frees_resources_within_a_second(
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, ns: str
+) -> None:
     create_nodes(api, [node("d-a", "delete", gpus=8)])
     api.create_namespaced_pod(ns, pod("first", "delete", gpus=8))
     assert wait_bound(api, ns, "first") == "d-a"
@@ -85,8 +90,11 @@ def test_delete_frees_resources_within_a_second(api: kclient.CoreV1Api, berth: B
     api.create_namespaced_pod(ns, pod("blocker", "delete", gpus=8))
     assert wait_bound(api, ns, "blocker") == "d-a"
     api.create_namespaced_pod(ns, pod("waiting", "delete", gpus=8))
-    msgs = poll(lambda: [m for m in events_for(api, ns, "waiting") if m.startswith("FailedScheduling")], 30,
-                "the waiting pod to be refused first")
+    msgs = poll(
+        lambda: [m for m in events_for(api, ns, "waiting") if m.startswith("FailedScheduling")],
+        30,
+        "the waiting pod to be refused first",
+    )
     assert api.read_namespaced_pod("waiting", ns).spec.node_name is None, msgs
     delete_pod(api, ns, "blocker")
     assert wait_bound(api, ns, "waiting") == "d-a"
@@ -95,9 +103,14 @@ def test_delete_frees_resources_within_a_second(api: kclient.CoreV1Api, berth: B
 def _api_view(api: kclient.CoreV1Api, group: str) -> dict[str, dict[str, int]]:
     """Free cpu/memory/GPUs per node of a group, from a fresh list of the API server."""
     nodes = {n.metadata.name: n for n in api.list_node(label_selector=f"e2e-group={group}").items}
-    free = {name: {"cpu": milli(n.status.allocatable["cpu"]), "memory": whole(n.status.allocatable["memory"]),
-                   "nvidia.com/gpu": whole(n.status.allocatable.get("nvidia.com/gpu", "0"))}
-            for name, n in nodes.items()}
+    free = {
+        name: {
+            "cpu": milli(n.status.allocatable["cpu"]),
+            "memory": whole(n.status.allocatable["memory"]),
+            "nvidia.com/gpu": whole(n.status.allocatable.get("nvidia.com/gpu", "0")),
+        }
+        for name, n in nodes.items()
+    }
     for p in api.list_pod_for_all_namespaces().items:
         if p.spec.node_name in free and p.status.phase not in ("Succeeded", "Failed"):
             for c in p.spec.containers:
@@ -125,8 +138,9 @@ def _assert_devices_disjoint(api: kclient.CoreV1Api, ns: str) -> None:
                 seen[key] = p.metadata.name
 
 
-def test_killing_berth_mid_run_loses_no_pod(api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc,
-                                           ns: str) -> None:
+def test_killing_berth_mid_run_loses_no_pod(
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, ns: str
+) -> None:
     create_nodes(api, [node(f"k-{i}", "restart", gpus=8) for i in range(4)])
     names = [f"burst-{i}" for i in range(20)]  # 30 GPUs of the 32
     for i, name in enumerate(names):
@@ -142,9 +156,9 @@ def test_killing_berth_mid_run_loses_no_pod(api: kclient.CoreV1Api, berth: Berth
     poll(lambda: _berth_view(berth, group) == _api_view(api, "restart"), 10, "Berth's cache matches the API")
 
 
-def test_watch_broken_by_apiserver_restart_is_recovered(cp: h.ControlPlane, api: kclient.CoreV1Api,
-                                                        berth: BerthHandle, berth_scheduler: h.Proc,
-                                                        ns: str) -> None:
+def test_watch_broken_by_apiserver_restart_is_recovered(
+    cp: h.ControlPlane, api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, ns: str
+) -> None:
     create_nodes(api, [node("w-a", "watch", gpus=8), node("w-b", "watch", gpus=8)])
     api.create_namespaced_pod(ns, pod("before", "watch", gpus=2))
     wait_bound(api, ns, "before")

@@ -20,14 +20,25 @@ RBAC = DEPLOY / "base" / "rbac" / "berth.yaml"
 MIGRATION = "Warning: failed to migrate kubectl.kubernetes.io/last-applied-configuration for Server-Side Apply"
 
 BASE_OBJECTS = {
-    ("Namespace", "berth-system"), ("CustomResourceDefinition", "teamquotas.berth.dev"),
-    ("ServiceAccount", "berth"), ("ServiceAccount", "berth-scheduler"), ("Secret", "berth-scheduler-token"),
-    ("ClusterRole", "berth"), ("ClusterRoleBinding", "berth"), ("ClusterRoleBinding", "berth-scheduler"),
-    ("ClusterRoleBinding", "berth-scheduler-volume"), ("Role", "berth-scheduler-lease"),
-    ("RoleBinding", "berth-scheduler-lease"), ("Role", "berth-lease"), ("RoleBinding", "berth-lease"),
+    ("Namespace", "berth-system"),
+    ("CustomResourceDefinition", "teamquotas.berth.dev"),
+    ("ServiceAccount", "berth"),
+    ("ServiceAccount", "berth-scheduler"),
+    ("Secret", "berth-scheduler-token"),
+    ("ClusterRole", "berth"),
+    ("ClusterRoleBinding", "berth"),
+    ("ClusterRoleBinding", "berth-scheduler"),
+    ("ClusterRoleBinding", "berth-scheduler-volume"),
+    ("Role", "berth-scheduler-lease"),
+    ("RoleBinding", "berth-scheduler-lease"),
+    ("Role", "berth-lease"),
+    ("RoleBinding", "berth-lease"),
     ("RoleBinding", "berth-scheduler:extension-apiserver-authentication-reader"),
-    ("ConfigMap", "berth-config"), ("Deployment", "berth"), ("PodDisruptionBudget", "berth"),
-    ("Service", "berth"), ("NetworkPolicy", "berth"),
+    ("ConfigMap", "berth-config"),
+    ("Deployment", "berth"),
+    ("PodDisruptionBudget", "berth"),
+    ("Service", "berth"),
+    ("NetworkPolicy", "berth"),
 }
 
 
@@ -91,8 +102,11 @@ def test_base_applies_server_side(cp: h.ControlPlane) -> None:
 
     _by_key(_apply(cp, str(DEPLOY), dry_run=False))
     for kind, name in BASE_OBJECTS:
-        ns = [] if kind in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding") else \
-            ["-n", "kube-system" if name.endswith("authentication-reader") else "berth-system"]
+        ns = (
+            []
+            if kind in ("Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding")
+            else ["-n", "kube-system" if name.endswith("authentication-reader") else "berth-system"]
+        )
         got = _get(cp, kind.lower() if kind != "CustomResourceDefinition" else "crd", name, *ns)
         assert got is not None, f"{kind} {name} not created"
         assert got["metadata"]["labels"].get("app.kubernetes.io/part-of") == "berth", (kind, name)
@@ -115,8 +129,7 @@ def test_tls_overlay_applies_server_side(cp: h.ControlPlane, dry_run: bool) -> N
         objs = _by_key(_apply(cp, str(TLS), dry_run=dry_run))
         assert set(objs) == BASE_OBJECTS, set(objs) ^ BASE_OBJECTS
         _check_listeners(objs, tls=True)
-        deploy = _get(cp, "deployment", "berth", "-n", "berth-system") if not dry_run else \
-            objs[("Deployment", "berth")]
+        deploy = _get(cp, "deployment", "berth", "-n", "berth-system") if not dry_run else objs[("Deployment", "berth")]
         assert deploy is not None
         args = _container(deploy, "berth")["args"]
         assert args[args.index("--client-ca") + 1] == "/etc/berth-tls/ca.crt", args

@@ -47,8 +47,9 @@ def _pod_lists(berth: BerthHandle) -> int:
     return int(berth.get("/debug/state")["informers"]["pods"]["lists"])
 
 
-def test_apiserver_restart_mid_burst(cp: h.ControlPlane, api: kclient.CoreV1Api, berth: BerthHandle,
-                                     berth_scheduler: h.Proc) -> None:
+def test_apiserver_restart_mid_burst(
+    cp: h.ControlPlane, api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc
+) -> None:
     group = "fault-api"
     ns, nodes = _group(api, group, 6)
     try:
@@ -62,8 +63,10 @@ def test_apiserver_restart_mid_burst(cp: h.ControlPlane, api: kclient.CoreV1Api,
             restart.join(60)
             assert not restart.is_alive(), "the API server did not come back"
             wait_all_bound(api, ns, names, timeout=90)
-        print(f"API server restart: all bound after {time.monotonic() - t0:.1f}s; sampler {sampler.samples} "
-              f"samples, {sampler.errors} failed reads")
+        print(
+            f"API server restart: all bound after {time.monotonic() - t0:.1f}s; sampler {sampler.samples} "
+            f"samples, {sampler.errors} failed reads"
+        )
         sampler.assert_clean()
         assert sampler.errors > 0, "the sampler never saw the API server away: the restart was not mid-burst"
         assert_gpu_invariants(api, nodes)
@@ -73,8 +76,9 @@ def test_apiserver_restart_mid_burst(cp: h.ControlPlane, api: kclient.CoreV1Api,
         delete_group(api, ns, group)
 
 
-def test_berth_killed_and_restarted_mid_burst(api: kclient.CoreV1Api, berth: BerthHandle,
-                                              berth_scheduler: h.Proc) -> None:
+def test_berth_killed_and_restarted_mid_burst(
+    api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc
+) -> None:
     group = "fault-berth"
     ns, nodes = _group(api, group, 6)
     try:
@@ -111,8 +115,11 @@ def test_berth_killed_and_restarted_mid_burst(api: kclient.CoreV1Api, berth: Ber
 # --shutdown-watch-termination-grace-period so the watches end cleanly, as a real graceful shutdown does.
 # Berth resumes from its last resourceVersion, gets 410 (the test checks the API server answers 410 for that
 # version first) and must relist.
-EXPIRING_FLAGS = ["--etcd-compaction-interval=2s", "--watch-cache-sizes=pods#0",
-                  "--shutdown-watch-termination-grace-period=3s"]
+EXPIRING_FLAGS = [
+    "--etcd-compaction-interval=2s",
+    "--watch-cache-sizes=pods#0",
+    "--shutdown-watch-termination-grace-period=3s",
+]
 GONE_SCHEDULER = "berth-gone"
 
 
@@ -152,10 +159,21 @@ def _fill_to(api: kclient.CoreV1Api, ns: str, group: str, nodes: dict[str, int],
             used[p.spec.node_name] |= {int(i) for i in ids.split(",")}
     made = []
     for name, gpus in nodes.items():
-        for gpu in sorted(set(range(gpus)) - used[name])[:held - len(used[name])]:
+        for gpu in sorted(set(range(gpus)) - used[name])[: held - len(used[name])]:
             pod_name = f"by-hand-{name}-{gpu}"
-            create_pod(api, ns, pod(pod_name, group, gpus=1, cpu="100m", node_name=name, scheduler=GONE_SCHEDULER,
-                                    annotations={GPU_IDS: str(gpu)}))
+            create_pod(
+                api,
+                ns,
+                pod(
+                    pod_name,
+                    group,
+                    gpus=1,
+                    cpu="100m",
+                    node_name=name,
+                    scheduler=GONE_SCHEDULER,
+                    annotations={GPU_IDS: str(gpu)},
+                ),
+            )
             made.append(pod_name)
     return made
 
@@ -185,29 +203,41 @@ def test_expired_watch_is_recovered_by_a_relist(expiring: dict[str, Any]) -> Non
         # (Kept to ~50 watch events, ~120 KB: they wait in the frozen Berth's socket buffers, and the API
         # server's watch handler must not block on a full socket when it shuts down.)
         for i in range(24):
-            create_pod(api, ns, pod(f"churn-{i}", group, cpu="100m", node_name=f"{group}-{i % 4}",
-                                    scheduler=GONE_SCHEDULER))
+            create_pod(
+                api, ns, pod(f"churn-{i}", group, cpu="100m", node_name=f"{group}-{i % 4}", scheduler=GONE_SCHEDULER)
+            )
         for i in range(0, 24, 2):
             api.delete_namespaced_pod(f"churn-{i}", ns, grace_period_seconds=0)
         last_pod_rv = api.list_pod_for_all_namespaces(field_selector=BERTH_PODS).metadata.resource_version
         # A write after the last pod change, so that compaction can pass every pod event Berth may have seen.
         api.create_namespaced_config_map(ns, {"metadata": {"name": "after-the-churn"}})
         assert int(informer["resourceVersion"]) <= int(last_pod_rv)
-        h.wait_until(lambda: watch_expired(plane, "/api/v1/pods", last_pod_rv, BERTH_PODS), 30,
-                     "the API server to answer 410 Gone for the history Berth watches from", every=0.5)
+        h.wait_until(
+            lambda: watch_expired(plane, "/api/v1/pods", last_pod_rv, BERTH_PODS),
+            30,
+            "the API server to answer 410 Gone for the history Berth watches from",
+            every=0.5,
+        )
         assert watch_expired(plane, "/api/v1/pods", informer["resourceVersion"], BERTH_PODS)
         plane.restart_apiserver()  # ends the frozen Berth's watches (cleanly, see EXPIRING_FLAGS)
     finally:
         os.kill(berth.proc.popen.pid, signal.SIGCONT)
 
-    h.wait_until(lambda: berth.get("/debug/state")["informers"]["pods"]["lists"] > informer["lists"], 30,
-                 "Berth to relist pods")
-    expired = [r for r in berth_log(berth.proc) if r.get("msg") == "pods: watch expired (410 Gone); relisting"
-               and r.get("ts", "") >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(frozen_at))]
+    h.wait_until(
+        lambda: berth.get("/debug/state")["informers"]["pods"]["lists"] > informer["lists"], 30, "Berth to relist pods"
+    )
+    expired = [
+        r
+        for r in berth_log(berth.proc)
+        if r.get("msg") == "pods: watch expired (410 Gone); relisting"
+        and r.get("ts", "") >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(frozen_at))
+    ]
     assert expired, "Berth relisted pods, but not because the API server said 410 Gone:\n" + berth.proc.tail(20)
     assert_cache_matches(berth, api, group)
-    print(f"410 Gone and relist: pods informer {informer} -> {berth.get('/debug/state')['informers']['pods']}; "
-          f"{len(by_hand)} pods bound by hand while Berth was frozen")
+    print(
+        f"410 Gone and relist: pods informer {informer} -> {berth.get('/debug/state')['informers']['pods']}; "
+        f"{len(by_hand)} pods bound by hand while Berth was frozen"
+    )
 
     # Berth schedules on what it relisted: every node has exactly 4 GPUs left, and the burst takes them all.
     # A stale cache would hand out an index a by-hand pod holds, or keep a deleted pod's GPUs and leave pods

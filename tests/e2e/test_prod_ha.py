@@ -41,7 +41,8 @@ class Pair:
         """The scheduler's log says it became leader of the berth-ha lock."""
         return self.scheduler is not None and any(
             "successfully acquired lease" in line.lower() and f"kube-system/{LOCK}" in line
-            for line in log_lines(self.scheduler))
+            for line in log_lines(self.scheduler)
+        )
 
     def kill(self) -> None:
         if self.scheduler is not None:
@@ -54,12 +55,20 @@ def pairs(cp: h.ControlPlane) -> Iterator[list[Pair]]:
     made: list[Pair] = []
     try:
         for name in ("a", "b"):
-            pair = Pair(name, BerthHandle(cp, h.free_port(), cp.berth_kubeconfig,  # type: ignore[attr-defined]
-                                          name=f"berth-ha-{name}"))
+            pair = Pair(
+                name,
+                BerthHandle(
+                    cp,
+                    h.free_port(),
+                    cp.berth_kubeconfig,  # type: ignore[attr-defined]
+                    name=f"berth-ha-{name}",
+                ),
+            )
             made.append(pair)
             pair.berth.start()
-            cfg = h.scheduler_config(cp, cp.dir / f"sched-ha-{name}.yaml", pair.berth.url, SCHEDULER,
-                                     leader_elect=True, lock=LOCK)
+            cfg = h.scheduler_config(
+                cp, cp.dir / f"sched-ha-{name}.yaml", pair.berth.url, SCHEDULER, leader_elect=True, lock=LOCK
+            )
             pair.scheduler = h.start_scheduler(cp, f"kube-scheduler-ha-{name}", cfg)
         yield made
     finally:
@@ -106,12 +115,18 @@ def test_leader_pair_killed_mid_burst_standby_takes_over(api: kclient.CoreV1Api,
             assert "killed_at" in seen, "the leader was never killed"
             placed = wait_all_bound(api, ns, names, timeout=90)
             took = time.monotonic() - seen["killed_at"]
-            h.wait_until(lambda: sampler.timeline and sampler.timeline[-1][1] == sum(SIZES), 10,
-                         "the sampler to see every GPU pod bound")
-        print(f"all {len(placed)} pods bound {took:.1f}s after the kill; at the kill {seen['created_at_kill']:.0f} "
-              f"pods existed, {seen['bound_at_kill']:.0f} bound; sampler: {sampler.samples} samples")
-        print("GPUs held (s after the kill, GPUs):",
-              [(round(t - seen["killed_at"], 1), n) for t, n in sampler.timeline])
+            h.wait_until(
+                lambda: sampler.timeline and sampler.timeline[-1][1] == sum(SIZES),
+                10,
+                "the sampler to see every GPU pod bound",
+            )
+        print(
+            f"all {len(placed)} pods bound {took:.1f}s after the kill; at the kill {seen['created_at_kill']:.0f} "
+            f"pods existed, {seen['bound_at_kill']:.0f} bound; sampler: {sampler.samples} samples"
+        )
+        print(
+            "GPUs held (s after the kill, GPUs):", [(round(t - seen["killed_at"], 1), n) for t, n in sampler.timeline]
+        )
         sampler.assert_clean(min_samples=20)
         assert_gpu_invariants(api, NODES)
         assert seen["leader_binds"] > 0, "the leader pair bound pods before it died"

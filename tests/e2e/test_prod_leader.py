@@ -28,11 +28,27 @@ def world(api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi) -> Iterator[
     ns = create_namespace(api, f"prod-leader-{int(time.time())}")
     create_nodes(api, [node("leader-a", GROUP, gpus=8)])
     for i, gpus in enumerate((4, 2)):
-        api.create_namespaced_pod(ns, pod(f"held-{i}", GROUP, gpus=gpus, cpu="100m",  # type: ignore[arg-type]
-                                          node_name="leader-a"))
-    custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", {
-        "apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": TEAM},
-        "spec": {"namespaces": [ns], "resources": {"nvidia.com/gpu": {"guaranteed": 8}}}})
+        api.create_namespaced_pod(
+            ns,
+            pod(
+                f"held-{i}",
+                GROUP,
+                gpus=gpus,
+                cpu="100m",  # type: ignore[arg-type]
+                node_name="leader-a",
+            ),
+        )
+    custom.create_cluster_custom_object(
+        "berth.dev",
+        "v1alpha1",
+        "teamquotas",
+        {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": TEAM},
+            "spec": {"namespaces": [ns], "resources": {"nvidia.com/gpu": {"guaranteed": 8}}},
+        },
+    )
     try:
         yield ns
     finally:
@@ -43,16 +59,28 @@ def world(api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi) -> Iterator[
 @pytest.fixture
 def pair(cp: h.ControlPlane, world: str) -> Iterator[list[BerthHandle]]:
     config = cp.dir / "berth-leader.yaml"
-    config.write_text(yaml.safe_dump({
-        "quotas": {"status_interval_seconds": 0.5},
-        "leader_election": {"lease_duration_seconds": LEASE, "renew_deadline_seconds": RENEW,
-                            "retry_period_seconds": RETRY}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "quotas": {"status_interval_seconds": 0.5},
+                "leader_election": {
+                    "lease_duration_seconds": LEASE,
+                    "renew_deadline_seconds": RENEW,
+                    "retry_period_seconds": RETRY,
+                },
+            }
+        )
+    )
     made: list[BerthHandle] = []
     try:
         for name in ("a", "b"):
-            handle = BerthHandle(cp, h.free_port(), cp.berth_kubeconfig,  # type: ignore[attr-defined]
-                                 name=f"berth-leader-{name}",
-                                 extra=["--config", str(config), "--log-level", "debug"])
+            handle = BerthHandle(
+                cp,
+                h.free_port(),
+                cp.berth_kubeconfig,  # type: ignore[attr-defined]
+                name=f"berth-leader-{name}",
+                extra=["--config", str(config), "--log-level", "debug"],
+            )
             made.append(handle)
             handle.start()
         yield made
@@ -75,8 +103,9 @@ def holder(api: kclient.CoreV1Api) -> str:
     return str(lease.spec.holder_identity or "") if lease.spec else ""
 
 
-def test_one_writer_and_takeover_after_kill(api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi,
-                                            pair: list[BerthHandle]) -> None:
+def test_one_writer_and_takeover_after_kill(
+    api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi, pair: list[BerthHandle]
+) -> None:
     # A Berth of an earlier test, killed, may still hold the Lease (15 s by default): wait that out.
     leaders = h.wait_until(lambda: [b for b in pair if b.metric("berth_leader") == 1], 30, "a Berth leader")
     assert len(leaders) == 1, "two leaders of one Lease"

@@ -48,8 +48,13 @@ def shipped(cp: h.ControlPlane) -> Iterator[tuple[BerthHandle, int]]:
     config["server"]["health_port"] = health  # the hosts stay as shipped; the ports must be free here
     path = cp.dir / "berth-base-listeners.yaml"
     path.write_text(yaml.safe_dump(config))
-    handle = BerthHandle(cp, h.free_port(), cp.berth_kubeconfig,  # type: ignore[attr-defined]
-                         name="berth-base-listeners", extra=["--config", str(path)]).start()
+    handle = BerthHandle(
+        cp,
+        h.free_port(),
+        cp.berth_kubeconfig,  # type: ignore[attr-defined]
+        name="berth-base-listeners",
+        extra=["--config", str(path)],
+    ).start()
     yield handle, health
     handle.stop()
 
@@ -146,8 +151,12 @@ def test_verbs_unreachable_from_another_network_namespace(shipped: tuple[BerthHa
     try:
         script = tmp_path / "probe.py"
         script.write_text(PROBE)
-        res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, str(script), host_ip, str(berth.port),
-                              str(health)], capture_output=True, text=True, timeout=60)
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, str(script), host_ip, str(berth.port), str(health)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert res.returncode == 0, res.stderr
         assert res.stdout.split("\n")[:2] == ["verbs: ConnectionRefusedError", "health: 200"], res.stdout
     finally:

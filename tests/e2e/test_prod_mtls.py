@@ -48,9 +48,13 @@ def tls_berth(cp: h.ControlPlane, certs: Certs) -> Iterator[TlsBerth]:
 
 @pytest.fixture(scope="module")
 def mtls_scheduler(cp: h.ControlPlane, tls_berth: TlsBerth, certs: Certs) -> Iterator[h.Proc]:
-    cfg = h.scheduler_config(cp, cp.dir / "sched-mtls.yaml", tls_berth.https_url, SCHEDULER,
-                             tls={"caFile": str(certs.ca), "certFile": str(certs.client_cert),
-                                  "keyFile": str(certs.client_key)})
+    cfg = h.scheduler_config(
+        cp,
+        cp.dir / "sched-mtls.yaml",
+        tls_berth.https_url,
+        SCHEDULER,
+        tls={"caFile": str(certs.ca), "certFile": str(certs.client_cert), "keyFile": str(certs.client_key)},
+    )
     proc = h.start_scheduler(cp, "kube-scheduler-mtls", cfg)
     try:
         yield proc
@@ -58,8 +62,9 @@ def mtls_scheduler(cp: h.ControlPlane, tls_berth: TlsBerth, certs: Certs) -> Ite
         proc.stop()
 
 
-def test_kube_scheduler_binds_through_berth_over_mtls(api: kclient.CoreV1Api, tls_berth: TlsBerth,
-                                                      mtls_scheduler: h.Proc) -> None:
+def test_kube_scheduler_binds_through_berth_over_mtls(
+    api: kclient.CoreV1Api, tls_berth: TlsBerth, mtls_scheduler: h.Proc
+) -> None:
     ns = create_namespace(api, f"prod-mtls-{int(time.time())}")
     create_nodes(api, [node("mtls-a", GROUP, gpus=8), node("mtls-b", GROUP, gpus=8)])
     try:
@@ -89,8 +94,9 @@ def _assert_no_http_reply(outcome: int | BaseException, who: str) -> None:
     assert isinstance(outcome, ssl.SSLError | ConnectionError), f"{who}: unexpected {outcome!r}"
 
 
-def test_callers_without_a_certificate_of_berths_ca_get_no_reply(tls_berth: TlsBerth, certs: Certs,
-                                                                 tmp_path: Path) -> None:
+def test_callers_without_a_certificate_of_berths_ca_get_no_reply(
+    tls_berth: TlsBerth, certs: Certs, tmp_path: Path
+) -> None:
     url = tls_berth.https_url + "/scheduler/filter"
     # Control: the scheduler's client pair gets HTTP answers from the same port and path.
     good = https_post(url, client_context(certs.ca, certs.client_cert, certs.client_key))
@@ -102,9 +108,13 @@ def test_callers_without_a_certificate_of_berths_ca_get_no_reply(tls_berth: TlsB
     other = make_certs(tmp_path / "other-ca")
     assert other.ca.read_bytes() != certs.ca.read_bytes()
     # Both clients trust Berth's CA (so a refusal is the server's); one has no pair, one a pair of another CA.
-    for who, ctx in (("a client without a certificate", lambda: client_context(certs.ca)),
-                     ("a client with a certificate from another CA",
-                      lambda: client_context(certs.ca, other.client_cert, other.client_key))):
+    for who, ctx in (
+        ("a client without a certificate", lambda: client_context(certs.ca)),
+        (
+            "a client with a certificate from another CA",
+            lambda: client_context(certs.ca, other.client_cert, other.client_key),
+        ),
+    ):
         outcome = https_post(url, ctx())
         _assert_no_http_reply(outcome, who)
         handshake = tls12_handshake(tls_berth.tls_port, ctx())
@@ -113,8 +123,9 @@ def test_callers_without_a_certificate_of_berths_ca_get_no_reply(tls_berth: TlsB
 
     # The plain port keeps health and metrics only.
     for path in ("/scheduler/filter", "/scheduler/bind"):
-        req = urllib.request.Request(tls_berth.url + path, data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            tls_berth.url + path, data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(req, timeout=10)
         assert refused.value.code == 404, path

@@ -43,8 +43,14 @@ def ns(api: kclient.CoreV1Api) -> Iterator[str]:
     delete_nodes(api, GROUP)
 
 
-def test_berth_authenticates_as_its_service_account(cp: h.ControlPlane, api: kclient.CoreV1Api, berth: BerthHandle,
-                                                    berth_scheduler: h.Proc, berth_kubeconfig: Path, ns: str) -> None:
+def test_berth_authenticates_as_its_service_account(
+    cp: h.ControlPlane,
+    api: kclient.CoreV1Api,
+    berth: BerthHandle,
+    berth_scheduler: h.Proc,
+    berth_kubeconfig: Path,
+    ns: str,
+) -> None:
     # The running Berth is given this kubeconfig...
     assert berth.proc is not None
     args = berth.proc.args
@@ -71,8 +77,7 @@ def _refused(call: Callable[[], Any]) -> ApiException:
     return refused.value
 
 
-def test_writes_outside_the_role_are_forbidden(api: kclient.CoreV1Api, as_berth: kclient.ApiClient,
-                                              ns: str) -> None:
+def test_writes_outside_the_role_are_forbidden(api: kclient.CoreV1Api, as_berth: kclient.ApiClient, ns: str) -> None:
     core = kclient.CoreV1Api(as_berth)
     api.create_namespaced_pod(ns, pod("victim", GROUP, scheduler=NOBODY))
     _refused(lambda: core.delete_namespaced_pod("victim", ns, grace_period_seconds=0))
@@ -85,16 +90,33 @@ def test_writes_outside_the_role_are_forbidden(api: kclient.CoreV1Api, as_berth:
     _refused(lambda: core.patch_node_status("rbac-a", {"status": {"capacity": {"nvidia.com/gpu": "64"}}}))
     _refused(lambda: core.delete_namespace(ns))
     custom = kclient.CustomObjectsApi(as_berth)
-    _refused(lambda: custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", {
-        "apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": "prod-rbac-smuggled"},
-        "spec": {"namespaces": [ns]}}))
+    _refused(
+        lambda: custom.create_cluster_custom_object(
+            "berth.dev",
+            "v1alpha1",
+            "teamquotas",
+            {
+                "apiVersion": "berth.dev/v1alpha1",
+                "kind": "TeamQuota",
+                "metadata": {"name": "prod-rbac-smuggled"},
+                "spec": {"namespaces": [ns]},
+            },
+        )
+    )
     rbac = kclient.RbacAuthorizationV1Api(as_berth)
-    _refused(lambda: rbac.patch_cluster_role("berth", {"rules": [{"apiGroups": ["*"], "resources": ["*"],
-                                                                  "verbs": ["*"]}]}))
+    _refused(
+        lambda: rbac.patch_cluster_role("berth", {"rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})
+    )
 
 
-def test_writes_berth_needs_are_allowed(cp: h.ControlPlane, api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi,
-                                        as_berth: kclient.ApiClient, berth_kubeconfig: Path, ns: str) -> None:
+def test_writes_berth_needs_are_allowed(
+    cp: h.ControlPlane,
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    as_berth: kclient.ApiClient,
+    berth_kubeconfig: Path,
+    ns: str,
+) -> None:
     def can_i(*args: str) -> bool:
         res = cp.kubectl("auth", "can-i", *args, check=False, kubeconfig=berth_kubeconfig)
         return res.stdout.strip() == "yes"
@@ -111,22 +133,41 @@ def test_writes_berth_needs_are_allowed(cp: h.ControlPlane, api: kclient.CoreV1A
     # And for real: a Binding written with Berth's token binds the pod...
     api.create_namespaced_pod(ns, pod("bound-by-hand", GROUP, scheduler=NOBODY))
     kclient.CoreV1Api(as_berth).create_namespaced_pod_binding(
-        "bound-by-hand", ns, {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound-by-hand"},
-                              "target": {"apiVersion": "v1", "kind": "Node", "name": "rbac-a"}},
-        _preload_content=False)  # the client cannot decode the Status the API server returns
+        "bound-by-hand",
+        ns,
+        {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": "bound-by-hand"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "rbac-a"},
+        },
+        _preload_content=False,
+    )  # the client cannot decode the Status the API server returns
     assert api.read_namespaced_pod("bound-by-hand", ns).spec.node_name == "rbac-a"
 
     # ...and a status merge patch on a TeamQuota goes through, while its spec stays closed.
     name = "prod-rbac-team"
-    custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", {
-        "apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": name},
-        "spec": {"namespaces": [ns], "pools": ["prod-rbac"]}})
+    custom.create_cluster_custom_object(
+        "berth.dev",
+        "v1alpha1",
+        "teamquotas",
+        {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": name},
+            "spec": {"namespaces": [ns], "pools": ["prod-rbac"]},
+        },
+    )
     try:
         mine = kclient.CustomObjectsApi(as_berth)
-        mine.patch_cluster_custom_object_status("berth.dev", "v1alpha1", "teamquotas", name,
-                                                {"status": {"observedGeneration": 1}})
-        _refused(lambda: mine.patch_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", name,
-                                                          {"spec": {"cohort": "stolen"}}))
+        mine.patch_cluster_custom_object_status(
+            "berth.dev", "v1alpha1", "teamquotas", name, {"status": {"observedGeneration": 1}}
+        )
+        _refused(
+            lambda: mine.patch_cluster_custom_object(
+                "berth.dev", "v1alpha1", "teamquotas", name, {"spec": {"cohort": "stolen"}}
+            )
+        )
         got = custom.get_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", name)
         assert "cohort" not in got["spec"]
     finally:
@@ -136,6 +177,7 @@ def test_writes_berth_needs_are_allowed(cp: h.ControlPlane, api: kclient.CoreV1A
 def test_lease_rights_cover_berths_own_lease_only(cp: h.ControlPlane, berth_kubeconfig: Path) -> None:
     """Leader election (Role berth-lease): get and update of berth-system/berth and nothing else; create
     cannot be limited by name, so it is allowed in berth-system alone."""
+
     def can_i(*args: str) -> bool:
         res = cp.kubectl("auth", "can-i", *args, check=False, kubeconfig=berth_kubeconfig)
         return res.stdout.strip() == "yes"

@@ -20,9 +20,17 @@ GUARANTEED, MAX = 16, 24
 
 
 def team_quota(name: str, ns: str, pool: str) -> dict:
-    return {"apiVersion": "berth.dev/v1alpha1", "kind": "TeamQuota", "metadata": {"name": name},
-            "spec": {"namespaces": [ns], "pools": [pool], "cohort": "e2e-cohort",
-                     "resources": {"nvidia.com/gpu": {"guaranteed": GUARANTEED, "max": MAX}}}}
+    return {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaces": [ns],
+            "pools": [pool],
+            "cohort": "e2e-cohort",
+            "resources": {"nvidia.com/gpu": {"guaranteed": GUARANTEED, "max": MAX}},
+        },
+    }
 
 
 class Sampler(threading.Thread):
@@ -37,9 +45,12 @@ class Sampler(threading.Thread):
     def held(self) -> dict[str, int]:
         out = {}
         for team, ns in self.namespaces.items():
-            out[team] = sum(whole((c.resources.limits or {}).get("nvidia.com/gpu", "0"))
-                            for p in self.api.list_namespaced_pod(ns).items if p.spec.node_name
-                            for c in p.spec.containers)
+            out[team] = sum(
+                whole((c.resources.limits or {}).get("nvidia.com/gpu", "0"))
+                for p in self.api.list_namespaced_pod(ns).items
+                if p.spec.node_name
+                for c in p.spec.containers
+            )
         return out
 
     def run(self) -> None:
@@ -76,8 +87,12 @@ class Kubelet(threading.Thread):
 def teams(cp: h.ControlPlane, api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi) -> Iterator[dict[str, str]]:
     suffix = int(time.time())
     nss = {"team-a": create_namespace(api, f"team-a-{suffix}"), "team-b": create_namespace(api, f"team-b-{suffix}")}
-    cp.apply([{"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": n},
-               "value": v} for n, v in (("e2e-low", 100), ("e2e-high", 1000))])
+    cp.apply(
+        [
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": n}, "value": v}
+            for n, v in (("e2e-low", 100), ("e2e-high", 1000))
+        ]
+    )
     for team, pool in (("team-a", "qa"), ("team-b", "qb")):
         custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", team_quota(team, nss[team], pool))
     create_nodes(api, [node(f"{p}-{i}", "quota", gpus=8, pool=p) for p in ("qa", "qb") for i in range(2)])
@@ -90,9 +105,9 @@ def bound(api: kclient.CoreV1Api, ns: str) -> int:
     return sum(1 for p in api.list_namespaced_pod(ns).items if p.spec.node_name and not p.metadata.deletion_timestamp)
 
 
-def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, api: kclient.CoreV1Api,
-                                                           berth: BerthHandle, berth_scheduler: h.Proc,
-                                                           teams: dict[str, str]) -> None:
+def test_quotas_hold_under_a_burst_with_restart_and_reclaim(
+    cp: h.ControlPlane, api: kclient.CoreV1Api, berth: BerthHandle, berth_scheduler: h.Proc, teams: dict[str, str]
+) -> None:
     h.wait_until(lambda: berth.get("/debug/state")["teams"] >= 2, 10, "Berth sees the TeamQuotas")
     sampler, kubelet = Sampler(api, teams), Kubelet(api, list(teams.values()))
     sampler.start()
@@ -100,10 +115,14 @@ def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, 
     try:
         # team-a: 32 one-GPU pods at once, far beyond its max of 24; Berth is killed in the middle.
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(api.create_namespaced_pod, teams["team-a"],
-                                   pod(f"a-{i}", "quota", gpus=1, cpu="100m", priority_class="e2e-low",
-                                       grace_period=30))
-                       for i in range(32)]
+            futures = [
+                pool.submit(
+                    api.create_namespaced_pod,
+                    teams["team-a"],
+                    pod(f"a-{i}", "quota", gpus=1, cpu="100m", priority_class="e2e-low", grace_period=30),
+                )
+                for i in range(32)
+            ]
             time.sleep(1.0)
             berth.kill()
             berth.start()
@@ -112,25 +131,38 @@ def test_quotas_hold_under_a_burst_with_restart_and_reclaim(cp: h.ControlPlane, 
         h.wait_until(lambda: bound(api, teams["team-a"]) == MAX, 120, "team-a to reach its max")
         time.sleep(2)
         assert bound(api, teams["team-a"]) == MAX
-        refused = h.wait_until(lambda: [m for p in api.list_namespaced_pod(teams["team-a"]).items
-                                        if not p.spec.node_name
-                                        for m in events_for(api, teams["team-a"], p.metadata.name)
-                                        if "FailedScheduling" in m], 60, "FailedScheduling events")
+        refused = h.wait_until(
+            lambda: [
+                m
+                for p in api.list_namespaced_pod(teams["team-a"]).items
+                if not p.spec.node_name
+                for m in events_for(api, teams["team-a"], p.metadata.name)
+                if "FailedScheduling" in m
+            ],
+            60,
+            "FailedScheduling events",
+        )
         sentence = f"team team-a: nvidia.com/gpu {MAX} used + 1 requested > max {MAX}"
         assert any(sentence in m for m in refused), refused[:3]
 
         # team-b lent its idle pool to team-a; now it wants its guaranteed 16 back.
         for i in range(GUARANTEED):
-            api.create_namespaced_pod(teams["team-b"], pod(f"b-{i}", "quota", gpus=1, cpu="100m",
-                                                           priority_class="e2e-high"))
+            api.create_namespaced_pod(
+                teams["team-b"], pod(f"b-{i}", "quota", gpus=1, cpu="100m", priority_class="e2e-high")
+            )
         try:
             h.wait_until(lambda: bound(api, teams["team-b"]) == GUARANTEED, 120, "team-b to get its guaranteed share")
         except TimeoutError:
             print("last sample", sampler.samples[-1], "berth teams", berth.get("/debug/teams"))
             for ns in teams.values():
                 for p in api.list_namespaced_pod(ns).items:
-                    print(p.metadata.name, p.spec.node_name, p.metadata.deletion_timestamp,
-                          p.status.nominated_node_name, (p.metadata.annotations or {}).get("berth.dev/borrowing"))
+                    print(
+                        p.metadata.name,
+                        p.spec.node_name,
+                        p.metadata.deletion_timestamp,
+                        p.status.nominated_node_name,
+                        (p.metadata.annotations or {}).get("berth.dev/borrowing"),
+                    )
             raise
         assert bound(api, teams["team-a"]) >= GUARANTEED, "reclaim never takes team-a below its guarantee"
         # team-b's pool held 8 of team-a's borrowed pods: only preemption can have freed them.

@@ -35,8 +35,12 @@ NODES = "/api/v1/nodes"
 PODS = "/api/v1/pods"
 NAMESPACES = "/api/v1/namespaces"
 TEAMQUOTAS = "/apis/berth.dev/v1alpha1/teamquotas"
-LIST_KINDS = {NODES: ("v1", "NodeList"), PODS: ("v1", "PodList"), NAMESPACES: ("v1", "NamespaceList"),
-              TEAMQUOTAS: ("berth.dev/v1alpha1", "TeamQuotaList")}
+LIST_KINDS = {
+    NODES: ("v1", "NodeList"),
+    PODS: ("v1", "PodList"),
+    NAMESPACES: ("v1", "NamespaceList"),
+    TEAMQUOTAS: ("berth.dev/v1alpha1", "TeamQuotaList"),
+}
 
 _POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 _BINDING = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/binding$")
@@ -116,8 +120,15 @@ Reply = Status | Json | Raw | Watch | Action
 
 def status_object(code: int, message: str, reason: str = "") -> dict[str, Any]:
     reasons = {404: "NotFound", 409: "Conflict", 410: "Expired", 500: "InternalError", 403: "Forbidden"}
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason or reasons.get(code, ""), "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or reasons.get(code, ""),
+        "code": code,
+    }
 
 
 def added(obj: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +252,14 @@ class FakeApiServer:
 
     # -- HTTP -------------------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        req = Request(request.method, request.path, dict(request.query), dict(request.headers),
-                      await request.read(), _verb(request))
+        req = Request(
+            request.method,
+            request.path,
+            dict(request.query),
+            dict(request.headers),
+            await request.read(),
+            _verb(request),
+        )
         self.requests.append(req)
         reply: Any = None
         script = self._script.get((req.verb, req.path))
@@ -293,11 +310,13 @@ class FakeApiServer:
             return Status(404, f'pods "{key}" not found')
         uid = (binding.get("metadata") or {}).get("uid")
         if uid and uid != (pod.get("metadata") or {}).get("uid"):
-            return Status(409, f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
-                               f"{pod['metadata'].get('uid')}")
+            return Status(
+                409,
+                f"Precondition failed: UID in precondition: {uid}, UID in object meta: {pod['metadata'].get('uid')}",
+            )
         node = (pod.get("spec") or {}).get("nodeName")
         if node:
-            return Status(409, f"pod {key} is already assigned to node \"{node}\"")
+            return Status(409, f'pod {key} is already assigned to node "{node}"')
         pod = copy.deepcopy(pod)
         pod["spec"]["nodeName"] = binding["target"]["name"]
         ann = (binding.get("metadata") or {}).get("annotations") or {}
