@@ -1,7 +1,7 @@
 """Numeric facts the kernels share with the Python around them: the one place each is written.
 
 The Cython kernel reads these too: setup.py executes this file and writes ext/_constants.pxi (one
-`cdef enum` of every upper-case integer here), which ext/_native.pyx includes; tests/test_constants.py
+`cdef enum` of every upper-case integer here), which ext/_native.pyx includes; tests/model/test_constants.py
 checks the native module, the twin and this file agree. So keep this file plain assignments, with no
 imports: setup.py runs it on its own, before the package is installed.
 """

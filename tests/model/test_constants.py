@@ -16,7 +16,7 @@ from scheduler.model import constants as C
 from scheduler.model import podspec
 from scheduler.policy.placement import REASON_NAMES, score_params
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = {k: v for k, v in vars(C).items() if k.isupper() and type(v) is int}
 
 

@@ -23,7 +23,7 @@ from scheduler.extender.wire import MAX_NAMES, MAX_PREEMPT_CANDIDATES, NodeNames
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder
 from tests.conftest import GoWire, demo_cluster
-from tests.test_verbs_http import read_reply, request
+from tests.extender.test_verbs_http import read_reply, request
 
 LIMIT = 64 * 1024
 Open = Callable[..., Awaitable[Listener]]

@@ -19,7 +19,7 @@ from scheduler.gpu.discovery import add_arguments, parse_nvidia_smi_topo, run
 from scheduler.gpu.topology import Topology, TopologyError, islands_to_masks, parse_topology_annotation
 from scheduler.model.names import ANN_GPU_TOPOLOGY as ANNOTATION
 
-FIXTURES = Path(__file__).parent / "fixtures" / "nvidia-smi"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "nvidia-smi"
 
 QUADS = ((0, 1, 2, 3), (4, 5, 6, 7))
 ALL8 = ((0, 1, 2, 3, 4, 5, 6, 7),)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.demo import make_node
 from scheduler.kernels import _python
-from tests.test_kernels import native_module
+from tests.kernels.test_kernels import native_module
 
 
 @pytest.fixture(params=["python", "native"])
