@@ -46,6 +46,7 @@ from loadtests.trace_workload import (
 )
 
 TARGETS = (1.0, 1.3)
+CLASSES = ("CPU-only", "fraction", "1 GPU", "2 GPUs", "4 GPUs", "8 GPUs", "model-constrained")
 ORDER = ("random", "least-allocated", "best-fit", "fgd", "berth")
 
 
@@ -65,6 +66,7 @@ class Snapshot:
     by_model: float = 0.0  # free GPUs on nodes where a failed pod fits but for its GPU model
     by_cpu: float = 0.0  # ... else where one fits but for CPU
     by_memory: float = 0.0  # ... else where one fits but for memory
+    failed_by: dict[str, int] = field(default_factory=dict)  # failed pods by class (CLASSES)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class RunResult:
     sharing: bool
     seed: int
     gpus: int
+    variant: str = "default"
     at: dict[float, Snapshot] = field(default_factory=dict)
     before_failure_pods: int = 0  # pods placed before the first pod that fitted nowhere
     before_failure_gpus: float = 0.0
@@ -126,6 +129,8 @@ def run_one(kind: type[Policy], nodes: list[NodeSpec], stream: Stream, pool: lis
         p = policy.place(ask)
         if p is None:
             failed.append(ask)
+            for cls in classes(pod):
+                snap.failed_by[cls] = snap.failed_by.get(cls, 0) + 1
             if not first_failure:
                 first_failure = True
                 result.before_failure_pods, result.before_failure_gpus = snap.placed, snap.requested
@@ -144,6 +149,12 @@ def run_one(kind: type[Policy], nodes: list[NodeSpec], stream: Stream, pool: lis
     return result
 
 
+def classes(pod: TracePod) -> list[str]:
+    out = ["CPU-only" if not pod.gpus else "fraction" if pod.fractional else
+           "1 GPU" if pod.gpus == 1 else f"{pod.gpus} GPUs"]
+    return [*out, "model-constrained"] if pod.models else out
+
+
 def _count(c: SimCluster, ask: Ask, p: Placement, snap: Snapshot) -> None:
     snap.placed += 1
     snap.requested += ask.pod.gpu_request
@@ -154,7 +165,7 @@ def _count(c: SimCluster, ask: Ask, p: Placement, snap: Snapshot) -> None:
 
 
 def _close(c: SimCluster, failed: list[Ask], snap: Snapshot) -> Snapshot:
-    out = Snapshot(**vars(snap))
+    out = Snapshot(**{**vars(snap), "failed_by": dict(snap.failed_by)})
     stranded(c, failed, out)
     return out
 
@@ -193,9 +204,10 @@ def run(seeds: Sequence[int], policies: Sequence[str], sharing_modes: Sequence[b
                 if sharing and not kind.supports_sharing:
                     continue
                 r = run_one(kind, nodes, stream, pool, sharing, seed)
+                r.variant = variant
                 out.append(r)
                 if progress:
-                    print(f"seed {seed} {'sharing' if sharing else 'whole GPUs'} {name}: "
+                    print(f"{variant} seed {seed} {'sharing' if sharing else 'whole GPUs'} {name}: "
                           f"{100 * r.at[max(targets)].requested / r.gpus:.1f}% allocated at "
                           f"{max(targets):.0%}, {r.seconds:.1f} s", file=sys.stderr, flush=True)
     return out
@@ -216,8 +228,8 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     return f"{med} ({fmt.format(min(values))} to {fmt.format(max(values))})"
 
 
-def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, targets: tuple[float, ...]
-           ) -> list[str]:
+def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, targets: tuple[float, ...],
+           variant: str = "default") -> list[str]:
     hi, lo = max(targets), min(targets)
     lines: list[str] = []
     head1 = ["policy", f"GPU alloc. ratio @{lo:.0%}", f"@{hi:.0%}", f"GPUs held @{hi:.0%}",
@@ -226,12 +238,15 @@ def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, tar
     head2 = ["policy", f"free GPUs @{hi:.0%}", "on nodes with < 2 idle GPUs (no 2/4/8-GPU fit)",
              "stranded by GPU model", "stranded by CPU", "stranded by memory",
              f"CPU-only pods on all-idle GPU nodes @{hi:.0%}", "seconds per run"]
-    body1, body2 = [], []
+    head3 = ["policy", *(f"failed @{hi:.0%}: {c}" for c in CLASSES)]
+    body1: list[list[str]] = []
+    body2: list[list[str]] = []
+    body3: list[list[str]] = []
     for name in policies:
-        rs = [r for r in results if r.policy == name and r.sharing == sharing]
+        rs = [r for r in results if r.policy == name and r.sharing == sharing and r.variant == variant]
         if not rs:
-            body1.append([name] + ["n/a"] * (len(head1) - 1))
-            body2.append([name] + ["n/a"] * (len(head2) - 1))
+            for head, body in ((head1, body1), (head2, body2), (head3, body3)):
+                body.append([name] + ["n/a"] * (len(head) - 1))
             continue
         g = rs[0].gpus
         a_hi = [r.at[hi] for r in rs]
@@ -248,7 +263,8 @@ def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, tar
             name, spread([s.free for s in a_hi]), spread([s.no_multi for s in a_hi]),
             spread([s.by_model for s in a_hi]), spread([s.by_cpu for s in a_hi]), spread([s.by_memory for s in a_hi]),
             spread([s.cpu_only_on_idle for s in a_hi], "{:.0f}"), spread([r.seconds for r in rs])])
-    return [*lines, *render(head1, body1), "", *render(head2, body2)]
+        body3.append([name, *(spread([s.failed_by.get(c, 0) for s in a_hi], "{:.0f}") for c in CLASSES)])
+    return [*lines, *render(head1, body1), "", *render(head2, body2), "", *render(head3, body3)]
 
 
 def _pct_or(values: list[float], none: str) -> str:
@@ -276,7 +292,7 @@ def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[st
         source = f"the trace files {args.trace[0]} and {args.trace[1]} ({len(pool)} pods)"
     else:
         nodes = cluster(args.seeds[0], args.cpu_nodes, scale=args.scale)
-        source = f"`{args.variant}` mix, a pool of {args.pods} pods"
+        source = f"{' and '.join(f'`{v}`' for v in args.variants)} mix, a pool of {args.pods} pods"
     gpus = sum(n.gpus for n in nodes)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -297,13 +313,14 @@ def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[st
         "- paper (130 %, with sharing): Random 87.5 %, BestFit 93.1 %, FGD 95.4 %",
         "",
     ]
-    for sharing in args.sharing_modes:
-        title = "With GPU sharing (fractions share a GPU)" if sharing else \
-            "Without GPU sharing (a fraction holds a whole GPU)"
-        lines += [f"## {title}", ""]
-        if sharing:
-            lines += ["Berth has no GPU sharing yet: its rows are n/a.", ""]
-        lines += [*tables(results, args.policies, sharing, args.targets), ""]
+    for variant in (["trace"] if args.trace else args.variants):
+        for sharing in args.sharing_modes:
+            title = "with GPU sharing (fractions share a GPU)" if sharing else \
+                "without GPU sharing (a fraction holds a whole GPU)"
+            lines += [f"## `{variant}` mix, {title}", ""]
+            if sharing:
+                lines += ["Berth has no GPU sharing yet: its rows are n/a.", ""]
+            lines += [*tables(results, args.policies, sharing, args.targets, variant), ""]
     return "\n".join(lines)
 
 
@@ -314,7 +331,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--policies", default=",".join(ORDER), help=f"comma-separated, of {', '.join(POLICIES)}")
     p.add_argument("--sharing", choices=["both", "off", "on"], default="both",
                    help="GPU sharing modes to run (default both)")
-    p.add_argument("--variant", choices=VARIANTS, default="default", help="pod mix (default: default)")
+    p.add_argument("--variant", default="default",
+                   help=f"pod mix, or several comma-separated, of {', '.join(VARIANTS)} (default: default)")
     p.add_argument("--pods", type=int, default=8150, help="pods in the pool (default 8150)")
     p.add_argument("--cpu-nodes", type=int, default=0, help="CPU-only nodes added to the cluster (default 0)")
     p.add_argument("--trace-nodes", type=Path, metavar="CSV", help="openb node list instead of the generator")
@@ -333,6 +351,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown policies: {', '.join(unknown)}")
     args.sharing_modes = {"both": [False, True], "off": [False], "on": [True]}[args.sharing]
     args.targets = TARGETS
+    args.variants = [v for v in args.variant.split(",") if v]
+    if any(v not in VARIANTS for v in args.variants):
+        p.error(f"--variant: of {', '.join(VARIANTS)}")
     if bool(args.trace_nodes) != bool(args.trace_pods):
         p.error("--trace-nodes and --trace-pods go together")
     args.trace = (args.trace_nodes, args.trace_pods) if args.trace_nodes else None
@@ -343,8 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     started = time.perf_counter()
-    results = run(args.seeds, args.policies, args.sharing_modes, args.variant, args.pods, args.cpu_nodes,
-                  args.scale, args.targets, progress=True, trace=args.trace)
+    results: list[RunResult] = []
+    for variant in (["trace"] if args.trace else args.variants):
+        results += run(args.seeds, args.policies, args.sharing_modes, variant if not args.trace else "default",
+                       args.pods, args.cpu_nodes, args.scale, args.targets, progress=True, trace=args.trace)
+        if args.trace:
+            for r in results:
+                r.variant = "trace"
     text = report(args, results, argv, time.perf_counter() - started)
     print(text)
     if args.markdown:
