@@ -59,6 +59,9 @@ bench-e2e: install k8s  ## pods/s of kube-scheduler alone and through Berth, on 
 bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,000 pods
 	$(PY) -m loadtests.scale --pods-from apiserver --repeat 2 --ab --probe-list --markdown docs/benchmarks/scale-apiserver.md
 
+bench-trace: install  ## GPU placement on the Alibaba 2023 trace's shape: Berth vs Random, LeastAllocated, BestFit, FGD
+	$(PY) -m loadtests.trace_bench --variant default,multi-gpu-heavy --markdown docs/benchmarks/trace.md
+
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)
 
