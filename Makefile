@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-e2e bench-scale locust certs lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs lint clean
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 

@@ -110,12 +110,12 @@ def stranded(c: SimCluster, failed: list[Ask], snap: Snapshot) -> None:
     snap.by_memory = float(free[k][by_mem].sum()) / MILLI
 
 
-def run_one(kind: type[Policy], nodes: list[NodeSpec], stream: Stream, pool: list[TracePod], sharing: bool,
-            seed: int) -> RunResult:
+def run_one(
+    kind: type[Policy], nodes: list[NodeSpec], stream: Stream, pool: list[TracePod], sharing: bool, seed: int
+) -> RunResult:
     """One policy over one stream; deterministic for a seed."""
     c = SimCluster(nodes)
-    policy = kind(c, sharing, random.Random(seed * 1009 + ORDER.index(kind.name) if kind.name in ORDER else seed),
-                  pool)
+    policy = kind(c, sharing, random.Random(seed * 1009 + ORDER.index(kind.name) if kind.name in ORDER else seed), pool)
     result = RunResult(kind.name, sharing, seed, c.total_gpus)
     cuts = sorted(stream.cuts.items(), key=lambda kv: kv[1])
     snap = Snapshot()
@@ -150,8 +150,15 @@ def run_one(kind: type[Policy], nodes: list[NodeSpec], stream: Stream, pool: lis
 
 
 def classes(pod: TracePod) -> list[str]:
-    out = ["CPU-only" if not pod.gpus else "fraction" if pod.fractional else
-           "1 GPU" if pod.gpus == 1 else f"{pod.gpus} GPUs"]
+    out = [
+        "CPU-only"
+        if not pod.gpus
+        else "fraction"
+        if pod.fractional
+        else "1 GPU"
+        if pod.gpus == 1
+        else f"{pod.gpus} GPUs"
+    ]
     return [*out, "model-constrained"] if pod.models else out
 
 
@@ -160,7 +167,7 @@ def _count(c: SimCluster, ask: Ask, p: Placement, snap: Snapshot) -> None:
     snap.requested += ask.pod.gpu_request
     snap.occupied += ask.gpus * ask.milli / MILLI
     snap.gpu8_placed += ask.gpus == 8
-    if not ask.gpus and c.ngpu[p.node] and (c.gpu[p.node, :c.ngpu[p.node]] == MILLI).all():
+    if not ask.gpus and c.ngpu[p.node] and (c.gpu[p.node, : c.ngpu[p.node]] == MILLI).all():
         snap.cpu_only_on_idle += 1
 
 
@@ -179,15 +186,27 @@ def _check_berth(policy: Policy, c: SimCluster) -> None:
         u = usage(s)
         held = [g for g in range(MAX_GPUS) if u["gpu_used_mask"] >> g & 1]
         expect = [g for g in range(int(c.ngpu[s])) if c.gpu[s, g] < MILLI]
-        if (u["cpu"] != c.alloc_cpu[s] - c.cpu[s] or u["memory"] != (c.alloc_mem[s] - c.mem[s]) * 2**20
-                or held != expect):
+        if (
+            u["cpu"] != c.alloc_cpu[s] - c.cpu[s]
+            or u["memory"] != (c.alloc_mem[s] - c.mem[s]) * 2**20
+            or held != expect
+        ):
             raise AssertionError(f"Berth's ledger and the simulated cluster differ on {c.nodes[s].name}")
 
 
-def run(seeds: Sequence[int], policies: Sequence[str], sharing_modes: Sequence[bool], variant: str = "default",
-        pods: int = 8150, cpu_nodes: int = 0, scale: float = 1.0, targets: tuple[float, ...] = TARGETS,
-        progress: bool = False, kinds: dict[str, type[Policy]] | None = None,
-        trace: tuple[Path, Path] | None = None) -> list[RunResult]:
+def run(
+    seeds: Sequence[int],
+    policies: Sequence[str],
+    sharing_modes: Sequence[bool],
+    variant: str = "default",
+    pods: int = 8150,
+    cpu_nodes: int = 0,
+    scale: float = 1.0,
+    targets: tuple[float, ...] = TARGETS,
+    progress: bool = False,
+    kinds: dict[str, type[Policy]] | None = None,
+    trace: tuple[Path, Path] | None = None,
+) -> list[RunResult]:
     """Every policy over the same seeded streams. `trace`: (nodes CSV, pods CSV) in the openb format
     instead of the generator; the seed then orders the nodes, the arrivals and the ties."""
     kinds = kinds or POLICIES
@@ -207,9 +226,13 @@ def run(seeds: Sequence[int], policies: Sequence[str], sharing_modes: Sequence[b
                 r.variant = variant
                 out.append(r)
                 if progress:
-                    print(f"{variant} seed {seed} {'sharing' if sharing else 'whole GPUs'} {name}: "
-                          f"{100 * r.at[max(targets)].requested / r.gpus:.1f}% allocated at "
-                          f"{max(targets):.0%}, {r.seconds:.1f} s", file=sys.stderr, flush=True)
+                    print(
+                        f"{variant} seed {seed} {'sharing' if sharing else 'whole GPUs'} {name}: "
+                        f"{100 * r.at[max(targets)].requested / r.gpus:.1f}% allocated at "
+                        f"{max(targets):.0%}, {r.seconds:.1f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     return out
 
 
@@ -228,16 +251,36 @@ def spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     return f"{med} ({fmt.format(min(values))} to {fmt.format(max(values))})"
 
 
-def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, targets: tuple[float, ...],
-           variant: str = "default") -> list[str]:
+def tables(
+    results: list[RunResult],
+    policies: Sequence[str],
+    sharing: bool,
+    targets: tuple[float, ...],
+    variant: str = "default",
+) -> list[str]:
     hi, lo = max(targets), min(targets)
     lines: list[str] = []
-    head1 = ["policy", f"GPU alloc. ratio @{lo:.0%}", f"@{hi:.0%}", f"GPUs held @{hi:.0%}",
-             f"failed pods @{hi:.0%}", "pods placed before 1st failure", "GPUs placed before 1st failure",
-             f"8-GPU pods placed @{hi:.0%}", "GPUs in use at 1st 8-GPU failure"]
-    head2 = ["policy", f"free GPUs @{hi:.0%}", "on nodes with < 2 idle GPUs (no 2/4/8-GPU fit)",
-             "stranded by GPU model", "stranded by CPU", "stranded by memory",
-             f"CPU-only pods on all-idle GPU nodes @{hi:.0%}", "seconds per run"]
+    head1 = [
+        "policy",
+        f"GPU alloc. ratio @{lo:.0%}",
+        f"@{hi:.0%}",
+        f"GPUs held @{hi:.0%}",
+        f"failed pods @{hi:.0%}",
+        "pods placed before 1st failure",
+        "GPUs placed before 1st failure",
+        f"8-GPU pods placed @{hi:.0%}",
+        "GPUs in use at 1st 8-GPU failure",
+    ]
+    head2 = [
+        "policy",
+        f"free GPUs @{hi:.0%}",
+        "on nodes with < 2 idle GPUs (no 2/4/8-GPU fit)",
+        "stranded by GPU model",
+        "stranded by CPU",
+        "stranded by memory",
+        f"CPU-only pods on all-idle GPU nodes @{hi:.0%}",
+        "seconds per run",
+    ]
     head3 = ["policy", *(f"failed @{hi:.0%}: {c}" for c in CLASSES)]
     body1: list[list[str]] = []
     body2: list[list[str]] = []
@@ -250,19 +293,35 @@ def tables(results: list[RunResult], policies: Sequence[str], sharing: bool, tar
             continue
         g = rs[0].gpus
         a_hi = [r.at[hi] for r in rs]
-        body1.append([
-            name, spread([100 * r.at[lo].requested / r.gpus for r in rs]) + " %",
-            spread([100 * s.requested / g for s in a_hi]) + " %", spread([100 * s.occupied / g for s in a_hi]) + " %",
-            spread([s.arrived - s.placed for s in a_hi], "{:.0f}"),
-            spread([r.before_failure_pods for r in rs], "{:.0f}"),
-            spread([r.before_failure_gpus for r in rs], "{:.0f}"),
-            spread([s.gpu8_placed for s in a_hi], "{:.0f}") + f" of {spread([s.gpu8_arrived for s in a_hi], '{:.0f}')}",
-            _pct_or([100 * r.in_use_at_8gpu_failure for r in rs if r.in_use_at_8gpu_failure is not None],
-                    "no 8-GPU pod failed")])
-        body2.append([
-            name, spread([s.free for s in a_hi]), spread([s.no_multi for s in a_hi]),
-            spread([s.by_model for s in a_hi]), spread([s.by_cpu for s in a_hi]), spread([s.by_memory for s in a_hi]),
-            spread([s.cpu_only_on_idle for s in a_hi], "{:.0f}"), spread([r.seconds for r in rs])])
+        body1.append(
+            [
+                name,
+                spread([100 * r.at[lo].requested / r.gpus for r in rs]) + " %",
+                spread([100 * s.requested / g for s in a_hi]) + " %",
+                spread([100 * s.occupied / g for s in a_hi]) + " %",
+                spread([s.arrived - s.placed for s in a_hi], "{:.0f}"),
+                spread([r.before_failure_pods for r in rs], "{:.0f}"),
+                spread([r.before_failure_gpus for r in rs], "{:.0f}"),
+                spread([s.gpu8_placed for s in a_hi], "{:.0f}")
+                + f" of {spread([s.gpu8_arrived for s in a_hi], '{:.0f}')}",
+                _pct_or(
+                    [100 * r.in_use_at_8gpu_failure for r in rs if r.in_use_at_8gpu_failure is not None],
+                    "no 8-GPU pod failed",
+                ),
+            ]
+        )
+        body2.append(
+            [
+                name,
+                spread([s.free for s in a_hi]),
+                spread([s.no_multi for s in a_hi]),
+                spread([s.by_model for s in a_hi]),
+                spread([s.by_cpu for s in a_hi]),
+                spread([s.by_memory for s in a_hi]),
+                spread([s.cpu_only_on_idle for s in a_hi], "{:.0f}"),
+                spread([r.seconds for r in rs]),
+            ]
+        )
         body3.append([name, *(spread([s.failed_by.get(c, 0) for s in a_hi], "{:.0f}") for c in CLASSES)])
     return [*lines, *render(head1, body1), "", *render(head2, body2), "", *render(head3, body3)]
 
@@ -272,18 +331,32 @@ def _pct_or(values: list[float], none: str) -> str:
 
 
 def render(headers: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|",
-            *("| " + " | ".join(row) + " |" for row in body)]
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+        *("| " + " | ".join(row) + " |" for row in body),
+    ]
 
 
 def machine() -> str:
     from scheduler import kernels
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown") \
-        if Path("/proc/cpuinfo").exists() else platform.processor() or "unknown"
-    return (f"nproc {os.cpu_count()}, {cpu}; Python {platform.python_version()}, numpy {np.__version__}; "
-            f"Berth kernels: {'native (Cython)' if kernels.NATIVE else 'pure-Python twins'}")
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor() or "unknown",
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor() or "unknown"
+    )
+    return (
+        f"nproc {os.cpu_count()}, {cpu}; Python {platform.python_version()}, numpy {np.__version__}; "
+        f"Berth kernels: {'native (Cython)' if kernels.NATIVE else 'pure-Python twins'}"
+    )
 
 
 def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[str], wall: float) -> str:
@@ -296,7 +369,8 @@ def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[st
     gpus = sum(n.gpus for n in nodes)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "# GPU placement on the shape of the Alibaba 2023 GPU trace (FGD paper): Berth vs the baselines", "",
+        "# GPU placement on the shape of the Alibaba 2023 GPU trace (FGD paper): Berth vs the baselines",
+        "",
         f"- command: `{shlex.join(['python', '-m', 'loadtests.trace_bench', *argv])}`",
         f"- date: {stamp}; machine: {machine()}; wall time {wall:.0f} s",
         f"- seeds: {', '.join(map(str, args.seeds))} (each seed: node order, pod pool, arrival order, ties)",
@@ -313,10 +387,13 @@ def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[st
         "- paper (130 %, with sharing): Random 87.5 %, BestFit 93.1 %, FGD 95.4 %",
         "",
     ]
-    for variant in (["trace"] if args.trace else args.variants):
+    for variant in ["trace"] if args.trace else args.variants:
         for sharing in args.sharing_modes:
-            title = "with GPU sharing (fractions share a GPU)" if sharing else \
-                "without GPU sharing (a fraction holds a whole GPU)"
+            title = (
+                "with GPU sharing (fractions share a GPU)"
+                if sharing
+                else "without GPU sharing (a fraction holds a whole GPU)"
+            )
             lines += [f"## `{variant}` mix, {title}", ""]
             if sharing:
                 lines += ["Berth has no GPU sharing yet: its rows are n/a.", ""]
@@ -329,10 +406,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="seeds 1..N (default 5)")
     p.add_argument("--seed-list", help="comma-separated seeds, instead of --seeds")
     p.add_argument("--policies", default=",".join(ORDER), help=f"comma-separated, of {', '.join(POLICIES)}")
-    p.add_argument("--sharing", choices=["both", "off", "on"], default="both",
-                   help="GPU sharing modes to run (default both)")
-    p.add_argument("--variant", default="default",
-                   help=f"pod mix, or several comma-separated, of {', '.join(VARIANTS)} (default: default)")
+    p.add_argument(
+        "--sharing", choices=["both", "off", "on"], default="both", help="GPU sharing modes to run (default both)"
+    )
+    p.add_argument(
+        "--variant",
+        default="default",
+        help=f"pod mix, or several comma-separated, of {', '.join(VARIANTS)} (default: default)",
+    )
     p.add_argument("--pods", type=int, default=8150, help="pods in the pool (default 8150)")
     p.add_argument("--cpu-nodes", type=int, default=0, help="CPU-only nodes added to the cluster (default 0)")
     p.add_argument("--trace-nodes", type=Path, metavar="CSV", help="openb node list instead of the generator")
@@ -365,9 +446,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     results: list[RunResult] = []
-    for variant in (["trace"] if args.trace else args.variants):
-        results += run(args.seeds, args.policies, args.sharing_modes, variant if not args.trace else "default",
-                       args.pods, args.cpu_nodes, args.scale, args.targets, progress=True, trace=args.trace)
+    for variant in ["trace"] if args.trace else args.variants:
+        results += run(
+            args.seeds,
+            args.policies,
+            args.sharing_modes,
+            variant if not args.trace else "default",
+            args.pods,
+            args.cpu_nodes,
+            args.scale,
+            args.targets,
+            progress=True,
+            trace=args.trace,
+        )
         if args.trace:
             for r in results:
                 r.variant = "trace"

@@ -99,7 +99,7 @@ class SimCluster:
         # Free milli per GPU; slots past a node's GPUs hold 0 and so never fit anything.
         self.gpu = np.zeros((n, MAX_GPUS), dtype=np.int64)
         for x in nodes:
-            self.gpu[x.index, :x.gpus] = MILLI
+            self.gpu[x.index, : x.gpus] = MILLI
         self.total_gpus = int(self.ngpu.sum())
 
     def feasible(self, ask: Ask) -> BoolArray:
@@ -147,8 +147,9 @@ class Policy:
     name: ClassVar[str] = ""
     supports_sharing: ClassVar[bool] = True
 
-    def __init__(self, cluster: SimCluster, sharing: bool, rng: random.Random,
-                 workload: list[TracePod] | None = None) -> None:
+    def __init__(
+        self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
+    ) -> None:
         self.c = cluster
         self.sharing = sharing
         self.rng = rng
@@ -161,7 +162,7 @@ class Policy:
         if not ask.gpus:
             return ()
         if ask.milli >= MILLI:
-            return tuple(self.c.idle_gpus(s)[:ask.gpus])
+            return tuple(self.c.idle_gpus(s)[: ask.gpus])
         row = self.c.gpu[s]
         fit = [g for g in range(int(self.c.ngpu[s])) if row[g] >= ask.milli]
         return (min(fit, key=lambda g: (row[g], g)),)
@@ -240,8 +241,9 @@ class BestFitPolicy(Policy):
         if not len(ok):
             return ok, ok
         free_gpu = c.gpu[ok].sum(axis=1)
-        waste = (0.5 * (c.cpu[ok] - ask.cpu) / BESTFIT_MAX_CPU
-                 + 0.5 * (free_gpu - ask.gpus * ask.milli) / BESTFIT_MAX_GPU)
+        waste = (
+            0.5 * (c.cpu[ok] - ask.cpu) / BESTFIT_MAX_CPU + 0.5 * (free_gpu - ask.gpus * ask.milli) / BESTFIT_MAX_GPU
+        )
         raw = ((1.0 - waste) * MAX_SCORE).astype(np.int64)  # Go's int64() truncates toward zero
         return ok, normalize(raw)
 
@@ -270,8 +272,7 @@ class TypicalPods:
     level_of: IntArray  # index into levels per typical pod
 
 
-def typical_pods(workload: list[TracePod], sharing: bool, popularity: float = 0.60, step: int = 10
-                 ) -> TypicalPods:
+def typical_pods(workload: list[TracePod], sharing: bool, popularity: float = 0.60, step: int = 10) -> TypicalPods:
     """frag.go GetTypicalPods (CPU-only pods left out, no GPU weighting): the most frequent shapes, added
     `step` at a time until they cover `popularity` of the GPU pods, frequencies renormalised."""
     shapes: Counter[tuple[int, int, int, int]] = Counter()
@@ -285,16 +286,22 @@ def typical_pods(workload: list[TracePod], sharing: bool, popularity: float = 0.
     chosen: list[tuple[tuple[int, int, int, int], int]] = []
     covered = 0
     while covered < popularity * total and len(chosen) < len(ordered):
-        for item in ordered[len(chosen):len(chosen) + step]:
+        for item in ordered[len(chosen) : len(chosen) + step]:
             chosen.append(item)
             covered += item[1]
     keys = [k for k, _ in chosen]
     freq = np.array([n for _, n in chosen], dtype=np.float64)
     milli = np.array([k[1] for k in keys], dtype=np.int64)
     levels = np.unique(milli)
-    return TypicalPods(np.array([k[0] for k in keys], dtype=np.int64), milli,
-                       np.array([k[2] for k in keys], dtype=np.int64), np.array([k[3] for k in keys], dtype=np.int64),
-                       freq / freq.sum(), levels, np.searchsorted(levels, milli).astype(np.int64))
+    return TypicalPods(
+        np.array([k[0] for k in keys], dtype=np.int64),
+        milli,
+        np.array([k[2] for k in keys], dtype=np.int64),
+        np.array([k[3] for k in keys], dtype=np.int64),
+        freq / freq.sum(),
+        levels,
+        np.searchsorted(levels, milli).astype(np.int64),
+    )
 
 
 def fragmentation(t: TypicalPods, cpu: IntArray, gpu: IntArray, model: IntArray) -> npt.NDArray[np.float64]:
@@ -304,8 +311,9 @@ def fragmentation(t: TypicalPods, cpu: IntArray, gpu: IntArray, model: IntArray)
     enough = gpu[:, None, :] >= t.levels[None, :, None]  # K x L x 8
     count = enough.sum(axis=2)[:, t.level_of]  # K x T
     short = np.where(enough, 0, gpu[:, None, :]).sum(axis=2)[:, t.level_of]
-    access = (t.mask[None, :] == 0) | ((model[:, None] >= 0)
-                                       & (((t.mask[None, :] >> np.maximum(model, 0)[:, None]) & 1) == 1))
+    access = (t.mask[None, :] == 0) | (
+        (model[:, None] >= 0) & (((t.mask[None, :] >> np.maximum(model, 0)[:, None]) & 1) == 1)
+    )
     satisfied = access & (count >= t.gpus[None, :]) & (cpu[:, None] >= t.cpu[None, :])  # Q3
     per = np.where(satisfied, short, total[:, None])
     out: npt.NDArray[np.float64] = per @ t.freq
@@ -321,8 +329,9 @@ def fgd_score(before: npt.NDArray[np.float64], after: npt.NDArray[np.float64]) -
 class FGDPolicy(Policy):
     name = "fgd"
 
-    def __init__(self, cluster: SimCluster, sharing: bool, rng: random.Random,
-                 workload: list[TracePod] | None = None) -> None:
+    def __init__(
+        self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
+    ) -> None:
         super().__init__(cluster, sharing, rng)
         if not workload:
             raise ValueError("FGD needs the target workload (its typical pods)")
@@ -385,8 +394,9 @@ class BerthPolicy(Policy):
     name = "berth"
     supports_sharing = False  # a fraction-aware Berth sets True and handles ask.milli < 1000
 
-    def __init__(self, cluster: SimCluster, sharing: bool, rng: random.Random,
-                 workload: list[TracePod] | None = None) -> None:
+    def __init__(
+        self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
+    ) -> None:
         super().__init__(cluster, sharing, rng)
         # Imported here: the baselines need none of Berth, and Berth's modules are being reorganised.
         from scheduler.cluster.state import ClusterState
@@ -433,10 +443,14 @@ class BerthPolicy(Policy):
         """Berth's own view of a node's use (for cross-checks)."""
         t: Any = self.state.table  # its columns are set at run time
         slot = self.slots[s]
-        return {"cpu": t.used_cpu[slot], "memory": t.used_mem[slot], "gpu": t.used_gpu[slot],
-                "gpu_used_mask": t.gpu_used[slot]}
+        return {
+            "cpu": t.used_cpu[slot],
+            "memory": t.used_mem[slot],
+            "gpu": t.used_gpu[slot],
+            "gpu_used_mask": t.gpu_used[slot],
+        }
 
 
-POLICIES: dict[str, type[Policy]] = {p.name: p for p in (RandomPolicy, LeastAllocatedPolicy, BestFitPolicy,
-                                                          FGDPolicy, BerthPolicy)}
-
+POLICIES: dict[str, type[Policy]] = {
+    p.name: p for p in (RandomPolicy, LeastAllocatedPolicy, BestFitPolicy, FGDPolicy, BerthPolicy)
+}

@@ -139,8 +139,9 @@ class TracePod:
         return replace(self, gpu_milli=MILLI) if self.fractional else self
 
 
-def cluster(seed: int, cpu_nodes: int = 0, types: tuple[NodeType, ...] = NODE_TYPES,
-            scale: float = 1.0) -> list[NodeSpec]:
+def cluster(
+    seed: int, cpu_nodes: int = 0, types: tuple[NodeType, ...] = NODE_TYPES, scale: float = 1.0
+) -> list[NodeSpec]:
     """The node mix, in a seeded order; `scale` < 1 keeps each type's share (for quick runs)."""
     rng = random.Random(seed)
     shapes: list[NodeType] = []
@@ -161,14 +162,37 @@ def cluster(seed: int, cpu_nodes: int = 0, types: tuple[NodeType, ...] = NODE_TY
 
 # (GPUs, gpu_milli marker, share); gpu_milli -1: a fraction, drawn from FRACTIONS.
 MIXES: dict[str, tuple[tuple[int, int, float], ...]] = {
-    "default": ((0, 0, 0.133), (1, -1, 0.378), (1, MILLI, 0.480), (2, MILLI, 0.004), (4, MILLI, 0.003),
-                (8, MILLI, 0.002)),
-    "multi-gpu-heavy": ((0, 0, 0.133), (1, -1, 0.378), (1, MILLI, 0.379), (2, MILLI, 0.045), (4, MILLI, 0.035),
-                        (8, MILLI, 0.030)),
+    "default": (
+        (0, 0, 0.133),
+        (1, -1, 0.378),
+        (1, MILLI, 0.480),
+        (2, MILLI, 0.004),
+        (4, MILLI, 0.003),
+        (8, MILLI, 0.002),
+    ),
+    "multi-gpu-heavy": (
+        (0, 0, 0.133),
+        (1, -1, 0.378),
+        (1, MILLI, 0.379),
+        (2, MILLI, 0.045),
+        (4, MILLI, 0.035),
+        (8, MILLI, 0.030),
+    ),
 }
 VARIANTS = tuple(MIXES)
-FRACTIONS = ((50, 0.04), (100, 0.08), (200, 0.10), (250, 0.10), (300, 0.08), (400, 0.06), (500, 0.30),
-             (600, 0.06), (700, 0.06), (800, 0.06), (900, 0.06))
+FRACTIONS = (
+    (50, 0.04),
+    (100, 0.08),
+    (200, 0.10),
+    (250, 0.10),
+    (300, 0.08),
+    (400, 0.06),
+    (500, 0.30),
+    (600, 0.06),
+    (700, 0.06),
+    (800, 0.06),
+    (900, 0.06),
+)
 CONSTRAINED = 1 / 3  # of GPU pods
 # Weights of the model a constrained pod names (inference on T4 is the common case in the trace).
 MODEL_WEIGHTS = {"T4": 0.40, "V100M32": 0.18, "V100M16": 0.15, "G3": 0.10, "A10": 0.10, "P100": 0.07}
@@ -202,8 +226,9 @@ def _fit_cap(gpus: int, models: tuple[str, ...], types: tuple[NodeType, ...]) ->
     return (max(t.cpu * 1000 - 500 for t in able), max(t.mem_gi * 1024 - 2048 for t in able))
 
 
-def pod_pool(seed: int, pods: int = 8150, variant: str = "default",
-             types: tuple[NodeType, ...] = NODE_TYPES) -> list[TracePod]:
+def pod_pool(
+    seed: int, pods: int = 8150, variant: str = "default", types: tuple[NodeType, ...] = NODE_TYPES
+) -> list[TracePod]:
     """`pods` pods drawn from the mix of `variant`."""
     rng = random.Random(seed * 7919 + 17)
     mix = MIXES[variant]
@@ -285,16 +310,36 @@ def load_openb(nodes_csv: Path, pods_csv: Path, seed: int) -> tuple[list[NodeSpe
     for i, r in enumerate(rows):
         gpus, model = int(r["gpu"]), (r.get("model") or "").strip() or None
         cpu, mem = int(r["cpu_milli"]), int(r["memory_mib"])
-        nodes.append(NodeSpec(i, f"node-{i:04d}-{(r.get('sn') or '').lower()[:20] or 'x'}", gpus if model else 0,
-                              model if gpus else None, -(-cpu // 1000), -(-mem // 1024), None, cpu, mem))
+        nodes.append(
+            NodeSpec(
+                i,
+                f"node-{i:04d}-{(r.get('sn') or '').lower()[:20] or 'x'}",
+                gpus if model else 0,
+                model if gpus else None,
+                -(-cpu // 1000),
+                -(-mem // 1024),
+                None,
+                cpu,
+                mem,
+            )
+        )
     with pods_csv.open(newline="") as f:
         pods = []
         for i, r in enumerate(csv.DictReader(f)):
             gpus = int(r["num_gpu"])
             milli = min(int(r["gpu_milli"]), MILLI) if gpus else 0
             models = tuple(sorted({m for m in (r.get("gpu_spec") or "").split("|") if m}, key=model_id))
-            pods.append(TracePod(i, f"pod-{i:05d}", int(r["cpu_milli"]), int(r["memory_mib"]), gpus,
-                                 milli if gpus == 1 else MILLI if gpus else 0, models if gpus else ()))
+            pods.append(
+                TracePod(
+                    i,
+                    f"pod-{i:05d}",
+                    int(r["cpu_milli"]),
+                    int(r["memory_mib"]),
+                    gpus,
+                    milli if gpus == 1 else MILLI if gpus else 0,
+                    models if gpus else (),
+                )
+            )
     return nodes, pods
 
 
@@ -313,13 +358,19 @@ def node_dict(node: NodeSpec) -> dict[str, Any]:
     if node.gpus and node.model:
         for key in ("capacity", "allocatable"):
             status[key]["nvidia.com/gpu"] = str(node.gpus)
-        labels.update({"nvidia.com/gpu.product": node.model, "nvidia.com/gpu.count": str(node.gpus),
-                       "nvidia.com/gpu.memory": str(GPU_MEMORY_MIB.get(node.model, 16384)),
-                       "nvidia.com/mig.strategy": "none"})
+        labels.update(
+            {
+                "nvidia.com/gpu.product": node.model,
+                "nvidia.com/gpu.count": str(node.gpus),
+                "nvidia.com/gpu.memory": str(GPU_MEMORY_MIB.get(node.model, 16384)),
+                "nvidia.com/mig.strategy": "none",
+            }
+        )
         if node.islands:
             links = "nvswitch" if len(node.islands) == 1 else "nvlink"
             out["metadata"]["annotations"]["berth.dev/gpu-topology"] = orjson.dumps(
-                {"islands": [list(i) for i in node.islands], "links": links}).decode()
+                {"islands": [list(i) for i in node.islands], "links": links}
+            ).decode()
     return out
 
 

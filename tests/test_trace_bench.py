@@ -173,18 +173,38 @@ def test_quick_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_openb_trace_files_load_and_run(tmp_path: Path) -> None:
     nodes_csv, pods_csv = tmp_path / "nodes.csv", tmp_path / "pods.csv"
-    nodes_csv.write_text("sn,cpu_milli,memory_mib,gpu,model\n"
-                         "n0,96000,786432,8,V100M32\nn1,64000,262144,2,T4\nn2,32000,131072,0,\n")
-    pods_csv.write_text("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
-                        "deletion_time,scheduled_time\n"
-                        "a,12000,16384,1,1000,,LS,Running,0,1,0\nb,6000,12288,1,460,T4,LS,Running,0,1,0\n"
-                        "c,4000,8192,0,0,,BE,Running,0,1,0\nd,64000,65536,8,1000,V100M16|V100M32,LS,Running,0,1,0\n")
+    nodes_csv.write_text(
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,96000,786432,8,V100M32\nn1,64000,262144,2,T4\nn2,32000,131072,0,\n"
+    )
+    pods_csv.write_text(
+        "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,"
+        "deletion_time,scheduled_time\n"
+        "a,12000,16384,1,1000,,LS,Running,0,1,0\nb,6000,12288,1,460,T4,LS,Running,0,1,0\n"
+        "c,4000,8192,0,0,,BE,Running,0,1,0\nd,64000,65536,8,1000,V100M16|V100M32,LS,Running,0,1,0\n"
+    )
     nodes, pods = trace_workload.load_openb(nodes_csv, pods_csv, seed=1)
     by_sn = {n.name.rsplit("-", 1)[-1]: n for n in nodes}
     assert by_sn["n0"].alloc_cpu == 96000 and by_sn["n0"].alloc_mem == 786432 and by_sn["n0"].gpus == 8
     assert by_sn["n2"].gpus == 0 and by_sn["n2"].model is None
     assert [(p.gpus, p.gpu_milli, p.models) for p in pods] == [
-        (1, 1000, ()), (1, 460, ("T4",)), (0, 0, ()), (8, 1000, ("V100M32", "V100M16"))]
-    assert trace_bench.main(["--trace-nodes", str(nodes_csv), "--trace-pods", str(pods_csv), "--seeds", "1",
-                             "--markdown", str(tmp_path / "t.md")]) == 0
+        (1, 1000, ()),
+        (1, 460, ("T4",)),
+        (0, 0, ()),
+        (8, 1000, ("V100M32", "V100M16")),
+    ]
+    assert (
+        trace_bench.main(
+            [
+                "--trace-nodes",
+                str(nodes_csv),
+                "--trace-pods",
+                str(pods_csv),
+                "--seeds",
+                "1",
+                "--markdown",
+                str(tmp_path / "t.md"),
+            ]
+        )
+        == 0
+    )
     assert "| berth |" in (tmp_path / "t.md").read_text()
