@@ -113,7 +113,12 @@ def test_one_writer_and_takeover_after_kill(
     assert standby.metric("berth_leader") == 0
     view = leader.get("/debug/state")["leaderElection"]
     assert view["enabled"] and view["leader"] and view["holder"] == view["identity"] == holder(api)
-    assert standby.get("/debug/state")["leaderElection"]["holder"] == view["identity"]
+    # The standby reads the Lease once a retry period: it may still name an earlier holder for that long.
+    h.wait_until(
+        lambda: standby.get("/debug/state")["leaderElection"]["holder"] == view["identity"],
+        10,
+        "the standby to see the new holder",
+    )
     h.wait_until(lambda: status_writes(leader) >= 1, 10, "the leader to write TeamQuota status")
     got: dict[str, Any] = custom.get_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)  # type: ignore[assignment]
     assert got.get("status", {}).get("used", {}).get("nvidia.com/gpu") == str(GPUS), got.get("status")
