@@ -15,7 +15,7 @@ from cachetools import TTLCache
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
 
-from scheduler.model.binding import BindingArgs
+from scheduler.model.binding import BindConflict, BindingArgs
 
 
 class KubeError(Exception):
@@ -126,12 +126,7 @@ class KubeClient:
         if status in (200, 201):
             return ""
         if status == 409:
-            pod = await self.get_pod(args.namespace, args.name)
-            node = (pod or {}).get("spec", {}).get("nodeName")
-            if node == args.node:
-                return ""  # bound already, to the same node: a retry whose first reply was lost
-            if node:
-                return f"pod {args.namespace}/{args.name} is already bound to {node}"
+            raise BindConflict(_message(raw))
         return f"the API server refused the binding ({status}): {_message(raw)}"
 
     async def patch_status(self, path: str, status: dict[str, Any]) -> None:

@@ -13,3 +13,8 @@ class BindingArgs:
     namespace: str
     uid: str
     node: str
+
+
+class BindConflict(Exception):
+    """The API server refused a Binding with 409 Conflict: the pod is bound already (maybe by an earlier
+    try of ours whose reply was lost). The binder decides what that means; the client only reports it."""

@@ -12,7 +12,7 @@ from typing import Any
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
 from scheduler.kernels import OK, choose_devices, node_verdict
-from scheduler.model.binding import BindingArgs
+from scheduler.model.binding import BindConflict, BindingArgs
 from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.policy.placement import Reasons, judge
@@ -57,6 +57,8 @@ class Binder:
         self.in_flight += 1
         try:
             error = await self.write(args, self.annotations(entry))
+        except BindConflict as exc:
+            return await self._conflict(args, str(exc))
         except Exception as exc:  # any failure of the write must release the reservation
             error = f"binding {key} to {args.node} failed: {exc}"
         finally:
@@ -65,6 +67,20 @@ class Binder:
             self.state.forget(key)
             raise BindError(error)
         return "bound"
+
+    async def _conflict(self, args: BindingArgs, message: str) -> str:
+        """409 from the API server: bound already. To this node (a retry whose first reply was lost) it is
+        done, and the watch confirms the reservation; elsewhere the reservation is released."""
+        key = pod_key(args.namespace, args.name)
+        pod = await self.fetch(args.namespace, args.name) if self.fetch is not None else None
+        try:
+            if already_bound(key, ((pod or {}).get("spec") or {}).get("nodeName"), args.node):
+                return "already_bound"
+        except BindError:
+            self.state.forget(key)
+            raise
+        self.state.forget(key)
+        raise BindError(f"the API server refused the binding of {key} (409): {message}", "conflict")
 
     async def _ask(self, args: BindingArgs) -> tuple[PodAsk, bool]:
         key = pod_key(args.namespace, args.name)

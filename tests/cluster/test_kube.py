@@ -10,7 +10,7 @@ import pytest
 
 from scheduler.cluster.kube import KubeClient, KubeError
 from scheduler.demo import make_pod
-from scheduler.extender.wire import BindingArgs
+from scheduler.model.binding import BindConflict, BindingArgs
 from tests.fakes.apiserver import PODS, TEAMQUOTAS, FakeApiServer, Json, Raw, Request, Status
 
 ANNOTATIONS = {"berth.dev/gpu-ids": "0,1", "berth.dev/team": "training"}
@@ -65,24 +65,13 @@ async def test_bind_without_a_uid_sends_no_precondition(api: FakeApiServer, kube
     assert "uid" not in api.calls("create", BINDING_PATH)[0].json()["metadata"]
 
 
-async def test_a_conflict_on_a_pod_bound_to_the_same_node_is_success(api: FakeApiServer, kube: KubeClient) -> None:
-    """A retry whose first reply was lost: the API server says 409, the pod is on the node we asked for."""
-    api.put(PODS, pod(node="n1"))
-    assert await kube.bind(args("n1"), ANNOTATIONS, timeout=5) == ""
-    assert [r.verb for r in api.requests] == ["create", "get"]
-
-
-async def test_a_conflict_on_a_pod_bound_elsewhere_says_where(api: FakeApiServer, kube: KubeClient) -> None:
-    api.put(PODS, pod(node="n2"))
-    assert await kube.bind(args("n1"), ANNOTATIONS, timeout=5) == "pod ml/job-0 is already bound to n2"
-
-
-async def test_a_conflict_on_a_recreated_pod_is_the_api_servers_sentence(api: FakeApiServer, kube: KubeClient) -> None:
+async def test_a_conflict_is_reported_for_the_binder_to_judge(api: FakeApiServer, kube: KubeClient) -> None:
+    """409 (bound already, or a recreated pod's UID precondition): the client says so and decides nothing;
+    the binder reads the pod and judges (tests/policy/test_bind.py)."""
     api.put(PODS, pod())  # same name, another uid than the one kube-scheduler bound
-    msg = await kube.bind(args(uid="uid-of-the-old-pod"), ANNOTATIONS, timeout=5)
-    assert msg.startswith(
-        "the API server refused the binding (409): Precondition failed: UID in precondition: uid-of-the-old-pod"
-    )
+    with pytest.raises(BindConflict, match="Precondition failed: UID in precondition: uid-of-the-old-pod"):
+        await kube.bind(args(uid="uid-of-the-old-pod"), ANNOTATIONS, timeout=5)
+    assert [r.verb for r in api.requests] == ["create"]
 
 
 async def test_a_binding_refused_for_a_missing_pod(api: FakeApiServer, kube: KubeClient) -> None:

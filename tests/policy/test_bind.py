@@ -8,7 +8,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from scheduler.cluster.state import ClusterState
-from scheduler.extender.wire import BindingArgs
+from scheduler.model.binding import BindConflict, BindingArgs
 from scheduler.model.podspec import pod_ask
 from scheduler.policy.binder import Binder, BindError
 from tests.conftest import GoWire
@@ -118,3 +118,50 @@ async def test_binder_checks_uid_before_trusting_a_bound_pod(
         await binder.bind(BindingArgs(TRAIN[0], TRAIN[1], WEB[2], node))
     assert "recreated" in err.value.reason
     holds_nothing(demo_state, TRAIN, WEB)
+
+
+# -- 409 from the API server: the binder reads the pod and decides ------------------------------------
+class ConflictingApi(FakeApi):
+    """The Binding write gets 409, as from a real API server when the pod is bound already."""
+
+    async def write(self, args: BindingArgs, annotations: dict[str, str]) -> str:
+        self.writes.append(args)
+        raise BindConflict("Operation cannot be fulfilled on pods/binding: pod is already assigned to a node")
+
+
+async def test_a_conflict_on_the_node_asked_for_is_already_bound(demo_state: ClusterState, go: GoWire) -> None:
+    """A retry whose first reply was lost: the pod is on this node. Done; the watch confirms the hold."""
+    node = go.names("shared")[0]
+    api = ConflictingApi({f"{WEB[1]}/{WEB[0]}": go.pod_object("web")})
+    binder = Binder(demo_state, api.write, api.fetch)
+    demo_state.seen.remember(pod_ask(go.pod_object("web")))
+    api.pods[f"{WEB[1]}/{WEB[0]}"]["spec"]["nodeName"] = node  # the API server has it there
+    assert await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node)) == "already_bound"
+    held = demo_state.ledger.get(f"{WEB[1]}/{WEB[0]}")
+    assert held is not None and held.node == node
+
+
+async def test_a_conflict_elsewhere_releases_and_says_where(demo_state: ClusterState, go: GoWire) -> None:
+    node, other = go.names("shared")[:2]
+    api = ConflictingApi({f"{WEB[1]}/{WEB[0]}": go.pod_object("web")})
+    binder = Binder(demo_state, api.write, api.fetch)
+    demo_state.seen.remember(pod_ask(go.pod_object("web")))
+    api.pods[f"{WEB[1]}/{WEB[0]}"]["spec"]["nodeName"] = other
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node))
+    assert err.value.result == "conflict" and f"already bound to {other}, not {node}" in err.value.reason
+    holds_nothing(demo_state, WEB)
+
+
+async def test_a_conflict_on_an_unbound_pod_releases_with_the_api_servers_sentence(
+    demo_state: ClusterState, go: GoWire
+) -> None:
+    """409 on a pod bound nowhere (a UID precondition of a recreated pod): refused, nothing held."""
+    node = go.names("shared")[0]
+    api = ConflictingApi({f"{WEB[1]}/{WEB[0]}": go.pod_object("web")})
+    binder = Binder(demo_state, api.write, api.fetch)
+    demo_state.seen.remember(pod_ask(go.pod_object("web")))
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node))
+    assert "(409)" in err.value.reason and "already assigned" in err.value.reason
+    holds_nothing(demo_state, WEB)
