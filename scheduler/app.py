@@ -18,8 +18,9 @@ from aiohttp import web
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.extender.debug import refresh_gauges
+from scheduler.extender.guard import Guard, guard_cap
 from scheduler.extender.server import Berth
-from scheduler.extender.verbs_http import VerbServer
+from scheduler.extender.verbs_http import VerbServer, connection_cap
 from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import account_gpu_seconds
 from scheduler.policy.binder import Binder
@@ -179,10 +180,15 @@ async def _listen(
     )
     await runner.setup()
     try:
-        if not verbs:
-            await web.TCPSite(runner, host, port, ssl_context=ctx, backlog=1024, reuse_address=True).start()
-            return Listener(runner, runner.addresses[0][1])
         assert runner.server is not None
+        if not verbs:  # health and metrics only: aiohttp, counted and under a deadline (extender/guard.py)
+            srv = config.server
+            guard = Guard(runner.server, srv.request_timeout_seconds, guard_cap(connection_cap(srv.max_connections)))
+            server = await asyncio.get_running_loop().create_server(
+                guard, host, port, ssl=ctx, backlog=1024, reuse_address=True
+            )
+            sweep = asyncio.create_task(guard.sweep(), name="health-deadlines")
+            return Listener(runner, server.sockets[0].getsockname()[1], None, server, sweep)
         verb_server = VerbServer(berth.verbs, runner.server, config.server.keepalive_timeout)
         server = await asyncio.get_running_loop().create_server(
             verb_server, host, port, ssl=ctx, backlog=1024, reuse_address=True

@@ -66,7 +66,7 @@ async def test_plain_listener_reports_its_bound_port_and_serves_health_only() ->
     state.config.server.host = "127.0.0.1"
     listener = await _listen(Berth(state, Metrics(), Binder(state, None, None)), state.config, 0, None, verbs=False)
     try:
-        assert listener.port > 0 and listener.server is None
+        assert listener.port > 0 and listener.verbs is None
         for path, status in ((b"/healthz", b"200"), (b"/scheduler/filter", b"404"), (b"/debug/state", b"404")):
             reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
             writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from scheduler.extender.guard import Guard, guard_cap
 from scheduler.extender.wire import WireError
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class VerbServer:
         self.request_timeout = config.request_timeout_seconds
         self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)
         self.max_connections = connection_cap(config.max_connections)
+        self.guard = Guard(fallback, self.request_timeout, guard_cap(self.max_connections))
         self.connections: set[VerbConnection] = set()
         self.overflow: set[VerbConnection] = set()  # over the cap, until their first line says what they are
         self._date = b""
@@ -137,6 +139,7 @@ class VerbServer:
             await asyncio.sleep(every)
             self.close_idle(self.keepalive)
             self.expire()
+            self.guard.expire()
 
 
 class VerbConnection(asyncio.Protocol):
@@ -313,10 +316,7 @@ class VerbConnection(asyncio.Protocol):
         self._release()
         if self._paused:
             transport.resume_reading()
-        handler = self.server.fallback()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        handler.data_received(data)
+        self.server.guard.adopt(transport, data)  # aiohttp serves it, counted and under a deadline (guard.py)
 
     def _refuse(self, status: int, body: bytes) -> None:
         """Answer `status` and close, after the replies still owed; nothing more is read."""

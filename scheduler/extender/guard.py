@@ -1,0 +1,130 @@
+"""Bounds for the connections aiohttp serves: health, readiness, metrics and debug, on the plain health
+port and on the verb port after a hand-off (verbs_http.py).
+
+aiohttp limits a request head's size but reads a request under no deadline (its keep-alive timer starts
+only after a reply) and accepts connections without a cap, so a client trickling a GET's head keeps a
+connection forever and enough of them use up the file descriptors the kubelet's probes need. `Guard`
+counts these connections against a cap of their own and closes one whose request has waited longer than
+`server.request_timeout_seconds` for its reply. It sees both directions through thin wrappers: the
+protocol's reads (a request is waiting from its first byte) and the transport's writes (a reply began).
+Not on the hot path: the verbs never go through here.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
+
+
+def guard_cap(verb_cap: int) -> int:
+    """A quarter of the verb connections' cap: kube-scheduler needs the verbs; these need few."""
+    return max(FLOOR, verb_cap // 4)
+
+
+class Guard:
+    """Shared by the aiohttp connections of one listener."""
+
+    def __init__(self, fallback: Callable[[], asyncio.Protocol], request_timeout: float, cap: int) -> None:
+        self.fallback = fallback  # aiohttp's web.Server: a protocol factory
+        self.request_timeout = request_timeout
+        self.cap = cap
+        self.open: set[Guarded] = set()
+        self.refused = 0  # connections closed at once because the cap was reached
+
+    def __call__(self) -> "Guarded":
+        """Protocol factory for a listener that serves only aiohttp (the health port)."""
+        return Guarded(self, self.fallback())
+
+    def adopt(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Take over a verb-port connection whose first request is not a verb (`data`: its bytes so far)."""
+        guarded = Guarded(self, self.fallback())
+        transport.set_protocol(guarded)
+        guarded.connection_made(transport)
+        if guarded.transport is not None:
+            guarded.data_received(data)
+
+    def expire(self, now: float | None = None) -> None:
+        """Close connections whose request has waited past the deadline (no reply begun)."""
+        now = time.monotonic() if now is None else now
+        for conn in [c for c in self.open if c.waiting_since and now - c.waiting_since > self.request_timeout]:
+            conn.close()
+
+    async def sweep(self) -> None:
+        every = max(0.05, min(1.0, self.request_timeout / 4))
+        while True:
+            await asyncio.sleep(every)
+            self.expire()
+
+    def close_all(self) -> None:
+        for conn in list(self.open):
+            conn.close()
+
+
+class Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, seen through: counts it, times its requests."""
+
+    def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.waiting_since = 0.0  # monotonic time a request's first byte arrived with no reply begun since
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        if len(self.guard.open) >= self.guard.cap:
+            self.guard.refused += 1
+            transport.close()
+            return
+        self.transport = transport
+        self.guard.open.add(self)
+        self.inner.connection_made(_Writes(transport, self))  # type: ignore[arg-type]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.open.discard(self)
+        if self.transport is not None:
+            self.transport = None
+            self.inner.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.waiting_since:
+            self.waiting_since = time.monotonic()
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def replied(self) -> None:
+        self.waiting_since = 0.0
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Writes:
+    """The transport aiohttp writes to: the real one, noting that a reply has begun."""
+
+    __slots__ = ("_owner", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, owner: Guarded) -> None:
+        self._transport = transport
+        self._owner = owner
+
+    def write(self, data: Any) -> None:
+        self._owner.replied()
+        self._transport.write(data)
+
+    def writelines(self, data: Any) -> None:
+        self._owner.replied()
+        self._transport.writelines(data)
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
+        return getattr(self._transport, name)
