@@ -13,7 +13,7 @@ Not on the hot path: the verbs never go through here.
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
@@ -72,7 +72,7 @@ class Guarded(asyncio.Protocol):
         self.waiting_since = 0.0  # monotonic time a request's first byte arrived with no reply begun since
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         if len(self.guard.open) >= self.guard.cap:
             self.guard.refused += 1
             transport.close()
