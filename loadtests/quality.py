@@ -39,8 +39,8 @@ from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.demo import make_node, make_pod
-from scheduler.extender.wire import BindingArgs
 from scheduler.kernels._python import lowest_bits
+from scheduler.model.binding import BindingArgs
 from scheduler.model.constants import TOPOLOGY_NONE
 from scheduler.model.podspec import PodAsk, PodRequest, pod_ask
 from scheduler.policy.binder import Binder

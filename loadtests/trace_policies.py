@@ -414,7 +414,7 @@ class BerthPolicy(Policy):
     def place(self, ask: Ask) -> Placement | None:
         from scheduler import kernels
         from scheduler.cluster.state import pod_key
-        from scheduler.extender.wire import BindingArgs
+        from scheduler.model.binding import BindingArgs
         from scheduler.model.podspec import pod_ask
         from scheduler.policy.placement import judge, run_filter, run_score
 
@@ -422,11 +422,10 @@ class BerthPolicy(Policy):
             raise NotImplementedError("Berth has no GPU sharing yet")
         state = self.state
         pod = pod_ask(pod_dict(ask.pod))
-        state.seen[pod.uid] = pod  # what the filter handler records: bind gets only names
+        state.seen.remember(pod)  # what the filter handler records: bind gets only names
         j = judge(state, pod)
         verdicts, passed = run_filter(state, j, self.slots)
         if not passed:
-            state.seen.pop(pod.uid, None)
             return None
         scores = run_score(state, j, self.slots, now=0.0)
         ok = [i for i, v in enumerate(verdicts) if v == kernels.OK]
