@@ -3,7 +3,7 @@
 Both front ends call these: the hot-path connection handler (verbs_http.py) and the aiohttp routes
 (http_app.py). This is the hot path: metric children are bound once, a pod's ask is remembered by
 UID and resourceVersion (cluster/seen.py), and a partial filter reply is reused while the failures
-repeat on the same names (wire.NodeNamesCache keeps it with the names).
+repeat on the same names (names_cache.NodeNamesCache keeps it with the names).
 """
 
 import logging
@@ -15,9 +15,9 @@ import orjson
 from scheduler import kernels as K
 from scheduler.cluster.state import ClusterState
 from scheduler.extender.errors import ErrorReplies
+from scheduler.extender.names_cache import NodeNamesCache
 from scheduler.extender.wire import (
     ExtenderArgs,
-    NodeNamesCache,
     WireError,
     binding_reply,
     error_filter_reply,

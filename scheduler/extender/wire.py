@@ -7,14 +7,14 @@ case-insensitively, so we accept any case. A request kube-scheduler would never 
 
 from array import array
 from dataclasses import dataclass
-from itertools import compress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from scheduler import kernels as K
-from scheduler.cluster.nodetable import NodeTable
 from scheduler.model.binding import BindingArgs
+
+if TYPE_CHECKING:  # the cache calls the parser below: it imports this module, not the other way round
+    from scheduler.extender.names_cache import NodeNamesCache, _Known
 
 # kube-scheduler's largest supported cluster is 5,000 nodes (15,000 in its scalability tests): a list past
 # this bound is no real cluster, and mapping a million names would hold the one event loop for seconds.
@@ -24,13 +24,6 @@ MAX_NAMES = 100_000
 # request is refused: 1000 nodes x 1000 victims held the loop 2.7 s; 100,000 victims take ~0.6 s.
 MAX_PREEMPT_CANDIDATES = 15_000
 MAX_PREEMPT_VICTIMS = 100_000
-# What the NodeNames cache may hold. An entry costs about four times its bytes (the array's bytes, the joined
-# names, the last partial reply and its parts) plus ~200 bytes a name (its str, its quoted fragment, list
-# slots), as measured (docs/hardening.md): 5,000 names are ~1.8 MB, 15,000 ~5.4 MB, so eight of
-# kube-scheduler's largest lists fit. An entry over a quarter of the budget is not kept: it would push the
-# others out, and no real cluster sends one.
-NAMES_CACHE_BYTES = 64 << 20
-NAME_COST = 200
 
 
 class WireError(Exception):
@@ -69,7 +62,7 @@ class ExtenderArgs:
     slots: array  # int32 slot per name, -1 where the node is not in the table
     nodes: list[dict[str, Any]] | None  # full Node objects (nodeCacheCapable: false), else None
     frags: list[bytes]  # each name JSON-quoted, ready to be copied into a reply
-    known: "_Known | None" = None  # the cache entry these names came from
+    known: "_Known | None" = None  # the NodeNames cache entry these names came from (names_cache.py)
 
     def all_names_json(self) -> bytes:
         """The inside of a NodeNames array holding every requested name (joined once per list)."""
@@ -80,25 +73,7 @@ class ExtenderArgs:
         return b",".join(self.frags)
 
 
-@dataclass(slots=True)
-class _Known:
-    tail: bytes
-    version: int
-    names: list[str]
-    slots: array
-    frags: list[bytes]
-    joined: bytes | None = None
-    # The last partial filter reply written for these names:
-    # (ids, texts, hard, the passing names' JSON, reply, failed count, unresolvable count).
-    partial: tuple[array, list[bytes], bytes, bytes, bytes, int, int] | None = None
-    cost: int = 0
-
-
-def _cost(tail: int, names: int) -> int:
-    return 4 * tail + NAME_COST * names
-
-
-def _too_many(n: int) -> WireError:
+def too_many_names(n: int) -> WireError:
     return WireError(
         413,
         f"ExtenderArgs: {n} node names; Berth serves at most {MAX_NAMES} node names "
@@ -106,141 +81,22 @@ def _too_many(n: int) -> WireError:
     )
 
 
-# verdict -> 1 where a node passed (verdict 0, kernels.OK), else 0: selectors for itertools.compress
-_PASSED = bytes([1] + [0] * 255)
-
-
-class NodeNamesCache:
-    """kube-scheduler sends the same NodeNames again and again: remember the names, their slots and
-    their quoted reply fragments by the raw bytes of the array, so a repeat skips decoding thousands
-    of names and looking them up. Hand-written because the key is a slice of the body that no JSON
-    library exposes; entries are compared by length, then memcmp (cheaper than hashing the slice)."""
-
-    MARK = b',"NodeNames":['
-
-    def __init__(self, table: NodeTable, size: int = 8, budget: int = NAMES_CACHE_BYTES) -> None:
-        self.table = table
-        self.size = size
-        self.budget = budget
-        self.max_entry = budget // 4
-        self.bytes = 0  # the estimated cost of the entries kept (see NAMES_CACHE_BYTES)
-        self._known: list[_Known] = []
-        self._last_head: tuple[bytes, dict[str, Any] | None] = (b"", None)
-        self._survivors: tuple[bytes, ExtenderArgs, bytearray] | None = None
-        self.hits = 0
-
-    def slots_for(self, names: list[str]) -> array:
-        get = self.table.slot_of.get
-        return array("i", [get(n, -1) for n in names])
-
-    def _lookup(self, body: bytes, at: int) -> _Known | None:
-        size = len(body) - at
-        for i, k in enumerate(self._known):
-            if len(k.tail) == size and body.startswith(k.tail, at):  # memcmp in place, no copy of the tail
-                if i:
-                    self._known.insert(0, self._known.pop(i))
-                if k.version != self.table.version:
-                    k.slots, k.version = self.slots_for(k.names), self.table.version
-                return k
-        return self._survivors_of(body, at)
-
-    def offer_survivors(self, parent: ExtenderArgs, picked: bytes, verdicts: bytearray) -> None:
-        """kube-scheduler sends prioritize exactly the NodeNames filter returned, in that order
-        (extender.go builds the feasible list from the reply): remember the last filter's survivors so
-        the prioritize call that follows finds its names already mapped. Materialized only on a hit."""
-        if parent.nodes is None and _cost(len(picked), len(parent.names)) <= self.max_entry:
-            self._survivors = (picked, parent, verdicts.translate(_PASSED))
-
-    def _survivors_of(self, body: bytes, at: int) -> _Known | None:
-        if self._survivors is None:
-            return None
-        picked, parent, selectors = self._survivors
-        start = at + len(self.MARK)
-        if len(body) - start != len(picked) + 2 or not body.startswith(picked, start):
-            return None
-        self._survivors = None
-        names = list(compress(parent.names, selectors))
-        slots = array("i", compress(parent.slots, selectors))
-        if parent.known is None or parent.known.version != self.table.version:
-            slots = self.slots_for(names)
-        return self._remember(
-            _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
-        )
-
-    def _remember(self, known: _Known) -> _Known:
-        """Kept in front (most recent first) unless too large; the oldest go while over count or bytes."""
-        known.cost = _cost(len(known.tail), len(known.names))
-        if known.cost > self.max_entry:
-            return known
-        kept = self._known
-        kept.insert(0, known)
-        self.bytes += known.cost
-        while len(kept) > self.size or self.bytes > self.budget:
-            self.bytes -= kept.pop().cost
-        return known
-
-    def _head(self, body: bytes, idx: int) -> dict[str, Any] | None:
-        """The request before NodeNames, decoded, when it is as Go writes it ({"Pod":..,"Nodes":null});
-        filter and then prioritize send the same pod's bytes, so the last one is kept (read only, never
-        changed by its users)."""
-        last_bytes, last = self._last_head
-        if len(last_bytes) == idx and body.startswith(last_bytes):
-            return last
-        head_bytes = body[:idx]
-        try:
-            head = orjson.loads(head_bytes + b"}")
-        except orjson.JSONDecodeError:
-            return None
-        if not (isinstance(head, dict) and head.keys() <= {"Pod", "Nodes"} and head.get("Nodes") is None):
-            return None
-        if idx <= self.max_entry:  # a Pod is a few KB; a huge one is not kept past its request
-            self._last_head = (head_bytes, head)
-        return head
-
-    def parse(self, body: bytes) -> ExtenderArgs:
-        # Searched from the front: the Pod comes first and is a few KB, the names are up to 300 KB. A quote
-        # inside a JSON string is escaped, so the mark cannot sit in one; if a Pod ever held it as a key,
-        # the head below would not parse and the request would take the full path.
-        idx = body.find(self.MARK)
-        cacheable = idx > 0 and body.endswith(b"]}")
-        head = self._head(body, idx) if cacheable else None
-        if head is not None:
-            known = self._lookup(body, idx)
-            if known is not None:
-                self.hits += 1
-                return ExtenderArgs(_pod(head), known.names, known.slots, None, known.frags, known)
-            # A new list (kube-scheduler's NodeNames order varies call to call): mapped in place. Past
-            # 4 bytes a name the list may be over the bound: counted first (Go writes `","` between names).
-            start, end = idx + len(self.MARK), len(body) - 2
-            if end - start > 4 * MAX_NAMES and (n := body.count(b'","', start, end) + 1) > MAX_NAMES:
-                raise _too_many(n)
-            mapped = K.map_names(self.table, body, start, end)
-            if mapped is not None:
-                slots, names, frags = mapped
-                known = self._remember(_Known(body[idx:], self.table.version, names, slots, frags))
-                return ExtenderArgs(_pod(head), names, slots, None, frags, known)
-        args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
-        if args.nodes is None and cacheable:
-            args.known = self._remember(_Known(body[idx:], self.table.version, args.names, args.slots, args.frags))
-        return args
-
-
-def _pod(data: dict[str, Any]) -> dict[str, Any]:
+def pod_of(data: dict[str, Any]) -> dict[str, Any]:
     pod = _field(data, "Pod")
     if not isinstance(pod, dict):
         raise WireError(400, "ExtenderArgs.Pod: expected a Pod object")
     return pod
 
 
-def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> ExtenderArgs:
-    pod = _pod(data)
+def parse_extender_args(data: dict[str, Any], cache: "NodeNamesCache") -> ExtenderArgs:
+    pod = pod_of(data)
     raw_names = _field(data, "NodeNames")
     raw_nodes = _field(data, "Nodes")
     if raw_names is not None:
         if not isinstance(raw_names, list):
             raise WireError(400, "ExtenderArgs.NodeNames: expected a list of node names or null")
         if len(raw_names) > MAX_NAMES:
-            raise _too_many(len(raw_names))
+            raise too_many_names(len(raw_names))
         for i, n in enumerate(raw_names):
             if not isinstance(n, str):
                 raise WireError(400, f"ExtenderArgs.NodeNames[{i}]: expected a string")
@@ -255,7 +111,7 @@ def parse_extender_args(data: dict[str, Any], cache: NodeNamesCache) -> Extender
     if not isinstance(items, list):
         raise WireError(400, "ExtenderArgs.Nodes.items: expected a list of Node objects")
     if len(items) > MAX_NAMES:
-        raise _too_many(len(items))
+        raise too_many_names(len(items))
     names = []
     for i, node in enumerate(items):
         meta = node.get("metadata") if isinstance(node, dict) else None

@@ -17,9 +17,10 @@ import pytest
 from scheduler.app import Listener, _listen
 from scheduler.config import Config
 from scheduler.extender import verbs_http
+from scheduler.extender.names_cache import NodeNamesCache
 from scheduler.extender.server import Berth
 from scheduler.extender.verbs_http import VerbConnection, VerbServer
-from scheduler.extender.wire import MAX_NAMES, MAX_PREEMPT_CANDIDATES, NodeNamesCache
+from scheduler.extender.wire import MAX_NAMES, MAX_PREEMPT_CANDIDATES
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder
 from tests.conftest import GoWire, demo_cluster
