@@ -21,8 +21,8 @@ def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None
     `kubectl get teamquotas` prints from it (the CRD's additionalPrinterColumns), so what a column
     shows is always written: used cpu, memory and GPUs and borrowed GPUs are "0" rather than absent,
     and the Valid condition's reason (Valid, SpecError or Conflict) is the Status column."""
-    used = {r: _fmt(r, v) for r, v in sorted(team.used.items()) if v or r in ALWAYS_SHOWN or r in team.limits}
-    used |= {r: "0" for r in ALWAYS_SHOWN if r not in used}
+    shown = {r for r, v in team.used.items() if v} | set(ALWAYS_SHOWN) | set(team.limits)
+    used = {r: _fmt(r, team.used.get(r, 0)) for r in sorted(shown)}
     borrowed = {r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(set(team.limits) | {GPU})}
     overlap = ", ".join(team.conflicts)
     conditions = [
@@ -51,7 +51,7 @@ def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None
         old = before.get(c["type"])
         c["lastTransitionTime"] = old["lastTransitionTime"] if old and old["status"] == c["status"] else now
     return {
-        "used": dict(sorted(used.items())),
+        "used": used,
         "borrowed": borrowed,
         "pods": team.pods,
         "conditions": conditions,
