@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from loadtests import objects, wrk
 from loadtests.report import render
@@ -274,3 +275,33 @@ def test_make_cluster_says_how_to_delete_pods_without_kubelets() -> None:
     cp = cluster.h.ControlPlane(Path("/nonexistent"))
     text = cluster.banner(cp, 8888, 36)
     assert "--force --grace-period=0" in text and "http://127.0.0.1:8888" in text
+
+
+def test_the_example_teamquotas_fit_the_pools_make_cluster_and_the_demo_create() -> None:
+    """deploy/examples/teamquotas.yaml (which `make cluster` applies), scripts/cluster.py's nodes and the
+    demo cluster name the same pools, GPU models and teams; every team claims a namespace make cluster makes."""
+    from scheduler.demo import SHAPES, TEAMS
+    from scheduler.policy.quotas import QuotaBook
+
+    cluster = load_cluster_script()
+    teams = cluster.example_teams()
+    nodes = cluster.cluster_nodes()
+    labels = [n["metadata"]["labels"] for n in nodes]
+    pools = {lab["berth.dev/pool"] for lab in labels}
+    models = {lab["nvidia.com/gpu.product"] for lab in labels if "nvidia.com/gpu.product" in lab}
+    assert pools == {shape[0] for shape in SHAPES}, "make cluster and the demo have the same pools"
+    assert models == {shape[5] for shape in SHAPES if shape[5]}
+    assert {t["metadata"]["name"] for t in teams} == {t["name"] for t in TEAMS}, "and the same teams"
+    for team in teams:
+        assert set(team["spec"]["pools"]) <= pools, team["metadata"]["name"]
+        assert set(team["spec"].get("gpuModels") or {}) <= models, team["metadata"]["name"]
+    book = QuotaBook()
+    for team in teams:
+        book.upsert_team(team)
+    for ns in cluster.example_namespaces(teams):
+        book.set_namespace(ns["metadata"]["name"], ns["metadata"]["labels"])
+    claimed = {team for team in book.namespace_teams().values() if team}
+    assert claimed == set(book.teams) and not any(t.conflicts for t in book.teams.values())
+    pod = yaml.safe_load(cluster.EXAMPLE_POD)
+    assert book.namespace_teams()[pod["metadata"]["namespace"]] == "ml-research", "the banner's pod has a team"
+    assert "teamquotas" in cluster.banner(cluster.h.ControlPlane(Path("/nonexistent")), 8888, len(nodes))

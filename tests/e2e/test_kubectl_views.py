@@ -117,3 +117,10 @@ def test_the_crd_is_the_one_deploy_ships() -> None:
     crd = yaml.safe_load((Path(h.ROOT) / "deploy" / "crds" / "berth.dev_teamquotas.yaml").read_text())
     names = [c["name"].upper() for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert ["NAME", *names] == COLUMNS
+
+
+def test_the_example_teamquotas_pass_the_crds_validation(cp: h.ControlPlane) -> None:
+    """What `make cluster` applies: accepted by the real API server (schema and CEL rules)."""
+    example = Path(h.ROOT) / "deploy" / "examples" / "teamquotas.yaml"
+    out = cp.kubectl("apply", "--dry-run=server", "-f", str(example))
+    assert out.stdout.count("(server dry run)") == 4, out.stdout
