@@ -14,6 +14,8 @@ import urllib.request
 from collections import Counter
 from typing import Any, TextIO
 
+from scheduler.model.quantity import format_units
+
 TOP = 5
 
 
@@ -96,10 +98,15 @@ def _http_error(args: argparse.Namespace, exc: urllib.error.HTTPError) -> str:
         message = raw
     if exc.code == 404 and args.pod:
         return (
-            f"{message}\n  Berth has not seen {args.namespace}/{args.pod}. Send the pod itself: berth explain -f "
-            f"pod.yaml (or: kubectl get pod -n {args.namespace} {args.pod} -o yaml | berth explain -f -)"
+            f"{message}\n  Send the pod itself: berth explain --url {args.url} -f pod.yaml, or from a cluster:\n"
+            f"  kubectl get pod -n {args.namespace} {args.pod} -o yaml | berth explain --url {args.url} -f -"
         )
     return f"{exc.code}: {message}"
+
+
+def _quantity(resource: str, amount: object) -> str:
+    """The request as a person wrote it (the document counts millicores and bytes)."""
+    return format_units(resource, amount) if isinstance(amount, int) else str(amount)
 
 
 def _fail(message: str) -> int:
@@ -111,7 +118,7 @@ def summary(doc: dict[str, Any], out: TextIO, top: int = TOP) -> None:
     """The explain document as a person reads it: who, the verdict, the best nodes, the rest by reason."""
     nodes = doc.get("nodes") or []
     fits = [n for n in nodes if n.get("fits")]
-    request = ", ".join(f"{k}={v}" for k, v in (doc.get("request") or {}).items())
+    request = ", ".join(f"{k}={_quantity(k, v)}" for k, v in (doc.get("request") or {}).items())
     team = doc.get("team") or "(no team)"
     line = f"pod {doc.get('pod')}  team {team}{'  borrowing' if doc.get('borrowing') else ''}  request {request}"
     out.write(line + "\n")

@@ -178,7 +178,8 @@ def test_explain_by_name_of_a_pod_never_seen_says_how_to_send_it(demo: str) -> N
     out = berth("explain", "--url", demo, "-n", "ml-research", "ghost")
     assert out.returncode == 2
     assert "ml-research/ghost not found" in out.stderr
-    assert "berth explain -f pod.yaml" in out.stderr and "kubectl get pod -n ml-research ghost -o yaml" in out.stderr
+    assert f"berth explain --url {demo} -f pod.yaml" in out.stderr
+    assert "kubectl get pod -n ml-research ghost -o yaml | berth explain" in out.stderr
 
 
 def test_explain_by_name_after_filter_saw_it(demo: str) -> None:
@@ -242,7 +243,7 @@ def test_explain_over_mtls(tmp_path: Path, pod_file: Path) -> None:
 def test_summary_of_a_quota_refusal_shows_the_quota_sentence_once() -> None:
     doc = {
         "pod": "t/p",
-        "request": {"nvidia.com/gpu": 4},
+        "request": {"cpu": 1500, "memory": 3 * 2**30, "nvidia.com/gpu": 4},
         "team": "t",
         "borrowing": False,
         "quota": "team t: nvidia.com/gpu 8 used + 4 requested > max 8",
@@ -256,7 +257,7 @@ def test_summary_of_a_quota_refusal_shows_the_quota_sentence_once() -> None:
     out = io.StringIO()
     summary(doc, out)
     assert out.getvalue().splitlines() == [
-        "pod t/p  team t  request nvidia.com/gpu=4",
+        "pod t/p  team t  request cpu=1500m, memory=3Gi, nvidia.com/gpu=4",
         "quota: team t: nvidia.com/gpu 8 used + 4 requested > max 8",
         "winner: none; no node of 3 fits",
         "why the other 3 do not fit:",
