@@ -84,14 +84,31 @@ def berth_demo() -> Iterator[str]:
 
 
 def test_locust_scenario_runs_clean_against_berth(berth_demo: str, tmp_path: Path) -> None:
-    run_locust(berth_demo, tmp_path)
+    rows = run_locust(berth_demo, tmp_path)
+    # Unteamed "sandbox" pods fit nowhere in the demo: filters that leave no node are their own row.
+    empty = int(rows["filter (no node fits)"]["Request Count"])
+    assert 0 < empty < int(rows["filter"]["Request Count"]), rows.keys()
+    assert int(rows["filter (no node fits)"]["Failure Count"]) == 0
+
+
+def test_locust_sends_pods_of_every_demo_team() -> None:
+    """Read in a process of its own: importing locust monkey-patches this one (gevent)."""
+    from scheduler.demo import TEAMS
+
+    code = "import sys, json; sys.path.insert(0, 'loadtests'); import locustfile as l; "
+    code += "print(json.dumps([l.NAMESPACES, l.__doc__]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    namespaces, doc = orjson.loads(out.stdout.splitlines()[-1])
+    assert {ns for ns, weight in namespaces if weight > 0} == {t["name"] for t in TEAMS} | {"sandbox"}
+    assert "make bench" in doc, "the docstring points to the server's own latency"
 
 
 def test_locust_scenario_runs_clean_against_typical_extender(typical_extender: str, tmp_path: Path) -> None:
     run_locust(typical_extender, tmp_path)
 
 
-def run_locust(host: str, tmp_path: Path) -> None:
+def run_locust(host: str, tmp_path: Path) -> dict[str, dict[str, str]]:
     """A short bounded headless run; every verb is exercised and nothing fails."""
     locust = Path(sys.executable).parent / "locust"
     argv = [
@@ -118,8 +135,9 @@ def run_locust(host: str, tmp_path: Path) -> None:
     with (tmp_path / "run_stats.csv").open() as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     for verb in ("filter", "prioritize", "bind"):
-        assert int(rows[verb]["Request Count"]) > 0, rows.keys()
+        assert verb in rows and int(rows[verb]["Request Count"]) > 0, (rows.keys(), proc.stderr[-3000:])
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+    return rows
 
 
 def sample_nodes(count: int) -> list[dict]:
