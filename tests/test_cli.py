@@ -263,3 +263,17 @@ def test_summary_of_a_quota_refusal_shows_the_quota_sentence_once() -> None:
         "why the other 3 do not fit:",
         "       3  berth: team t: nvidia.com/gpu 8 used + 4 requested > max 8",
     ]
+
+
+def test_the_readme_explain_command_works_on_the_demo(demo: str) -> None:
+    """README's "The demo cluster": the heredoc pod it sends, and its claim that a pod of no team fits nowhere."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("berth explain -f - <<'EOF'\n") + len("berth explain -f - <<'EOF'\n")
+    pod = readme[start : readme.index("\nEOF\n", start)]
+    out = berth("explain", "--url", demo, "-f", "-", stdin=pod)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1].startswith("winner: aks-a100"), out.stdout[:500]
+    nobody = berth(
+        "explain", "--url", demo, "-f", "-", stdin=pod.replace("namespace: ml-research", "namespace: default")
+    )
+    assert "winner: none" in nobody.stdout and "pods of no team" in nobody.stdout, nobody.stdout[:500]
