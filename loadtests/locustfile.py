@@ -2,15 +2,25 @@
 
     locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:8888
 
-Pods are CPU-only or ask for 1/2/4/8 GPUs, in the three demo teams' namespaces or an unteamed one.
-Filter gets a random sample of 500 of the server's node names (fetched once from /debug/nodes),
-prioritize the survivors, bind the best. Requests are named by verb, so locust's table reads per verb.
+Pods are CPU-only or ask for 1/2/4/8 GPUs, in the namespace of every demo team (scheduler/demo.py:
+a team's namespace is its name) or an unteamed one. Filter gets a random sample of 500 of the server's
+node names (fetched once from /debug/nodes), prioritize the survivors, bind the best. Requests are
+named by verb, so locust's table reads per verb.
 
-A filter with no surviving node is a valid answer (the cluster is full for that pod): success.
-Failures are HTTP errors, replies missing their fields or breaking the protocol (names that were not
-sent, scores outside 0..10) and a filter `Error`. A bind rejected with an `Error` (another simulated
-user took the room first: these users race, a real scheduler does not) is counted under
-"bind (rejected)" instead of failing the run.
+**What the latencies are.** Locust's times are measured in the client: a Python process (gevent,
+FastHttpUser) that here shares the machine's cores with the server, so they include the client's own
+time to build, send and parse each request and its wait for a core. They show that the whole loop
+works under concurrency, not how fast Berth answers: for the server's latency use `make bench`
+(wrk, server and client pinned to cores of their own; docs/BENCHMARKS.md).
+
+A filter with no surviving node is a valid answer (the cluster is full for that pod, or its team may
+not use the sampled nodes): success, and also counted under "filter (no node fits)", so the table
+shows how many pods went nowhere. Unteamed pods ("sandbox") fit nowhere in the demo: with TeamQuotas
+present they may use only quotas.shared_pools, which the demo leaves empty. Failures are HTTP errors,
+replies missing their fields or breaking the protocol (names that were not sent, scores outside
+0..10) and a filter `Error`. A bind rejected with an `Error` (another simulated user took the room
+first: these users race, a real scheduler does not) is counted under "bind (rejected)" instead of
+failing the run.
 """
 
 from __future__ import annotations
@@ -42,8 +52,11 @@ PROFILES = (
     ("gpu4", 4, "32", "192Gi", 12),
     ("gpu8", 8, "64", "400Gi", 9),
 )
-# Demo teams own the first three; the last has no team.
-NAMESPACES = (("ml-research", 35), ("inference", 25), ("data-eng", 25), ("sandbox", 15))
+# (namespace, weight): every demo team's namespace (scheduler/demo.py TEAMS; tests/test_loadtests.py keeps
+# the two equal: importing the package here would pull aiohttp in before locust's gevent patches ssl),
+# GPU teams more often; "sandbox" belongs to no team.
+NAMESPACES = (("ml-research", 25), ("training", 25), ("inference", 25), ("data-eng", 15), ("sandbox", 10))
+NO_NODE = "filter (no node fits)"
 
 node_names: list[str] = []
 
@@ -116,6 +129,7 @@ class SchedulerUser(FastHttpUser):
             self.bind(pod, host)
 
     def filter(self, pod: dict[str, Any], names: list[str]) -> list[str]:
+        started = time.perf_counter()
         with self.post("filter", {"Pod": pod, "Nodes": None, "NodeNames": names}) as response:
             reply = decode(response)
             if reply is None:
@@ -124,7 +138,9 @@ class SchedulerUser(FastHttpUser):
             if isinstance(result, str):
                 response.failure(result)
                 return []
-            response.success()  # no survivor is a valid answer too
+            response.success()  # no survivor is a valid answer too, counted as its own outcome as well
+            if not result:
+                self.record(NO_NODE, (time.perf_counter() - started) * 1000, "")
             return result
 
     def prioritize(self, pod: dict[str, Any], survivors: list[str]) -> str | None:
@@ -156,16 +172,17 @@ class SchedulerUser(FastHttpUser):
             if not isinstance(reply, dict) or "Error" not in reply:
                 response.failure("reply lacks Error")
             elif reply["Error"]:
-                self.record_rejected_bind(started, reply["Error"])
+                self.record("bind (rejected)", (time.perf_counter() - started) * 1000, reply["Error"])
                 response.success()
             else:
                 response.success()
 
-    def record_rejected_bind(self, started: float, reason: str) -> None:
+    def record(self, name: str, response_time: float, reason: str) -> None:
+        """An outcome of its own row in locust's table (a subset of the verb's requests, not a failure)."""
         self.environment.events.request.fire(
             request_type="POST",
-            name="bind (rejected)",
-            response_time=(time.perf_counter() - started) * 1000,
+            name=name,
+            response_time=response_time,
             response_length=len(reason),
             exception=None,
             context={},

@@ -115,13 +115,13 @@ async def serve(
         berth = Berth(state, metrics, binder)
     else:
         from scheduler.cluster.informer import informers
-        from scheduler.cluster.kube import KubeClient, load_configuration
+        from scheduler.cluster.kube import ClusterConfigError, KubeClient, load_configuration
         from scheduler.cluster.status import StatusWriter
 
         try:
             cfg = load_configuration(kubeconfig)
-        except Exception as exc:  # the kubernetes loader raises several unrelated types
-            raise StartupError(f"cannot load the cluster configuration: {exc}") from exc
+        except ClusterConfigError as exc:  # names the paths it tried
+            raise StartupError(f"cannot find the cluster: {exc}") from exc
         client = KubeClient(cfg)
         timeout = config.bind.timeout_seconds
         binder = Binder(state, lambda a, ann: client.bind(a, ann, timeout), client.get_pod)

@@ -7,18 +7,33 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from scheduler import explain_cli
 from scheduler.config import ConfigError, load_config
 from scheduler.gpu import discovery
 
 
+def _version() -> str:
+    """The installed package's version (pyproject.toml); a bare checkout on sys.path has none."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("berth")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="berth", description="Berth: a kube-scheduler extender.")
+    p.add_argument("--version", action="version", version=f"berth {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve filter/prioritize/bind/preempt for kube-scheduler")
     s.add_argument("--config", help="YAML config file (see config/berth.example.yaml)")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default 8888)")
-    s.add_argument("--kubeconfig", help="kubeconfig of the cluster (default: in-cluster configuration)")
+    s.add_argument(
+        "--kubeconfig",
+        help="kubeconfig of the cluster (default, as kubectl: $KUBECONFIG, else ~/.kube/config, else in-cluster)",
+    )
     s.add_argument("--demo", action="store_true", help="serve an embedded, seeded demo cluster; no API server")
     s.add_argument("--demo-nodes", type=int, help="demo cluster size (default 1000, at most 15000)")
     s.add_argument("--tls-port", type=int, help="with --tls-cert: port of the HTTPS verbs (default 8443)")
@@ -29,9 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("topology", help="read `nvidia-smi topo -m` into the berth.dev/gpu-topology annotation")
     discovery.add_arguments(t)
     e = sub.add_parser("explain", help="why a pod goes where it goes: per-node verdicts and score parts")
-    e.add_argument("--url", default="http://127.0.0.1:8888", help="Berth's address")
-    e.add_argument("--namespace", "-n", default="default")
-    e.add_argument("pod")
+    explain_cli.add_arguments(e)
     # Listed for --help only: main() hands `berth bench ...` to loadtests/ before parsing (see _bench).
     sub.add_parser(
         "bench",
@@ -49,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "topology":
         return discovery.run(args)
     if args.command == "explain":
-        return _explain(args)
+        return explain_cli.run(args)
     return _serve(args)
 
 
@@ -126,22 +139,3 @@ def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
         except ImportError:
             pass
     return asyncio.run
-
-
-def _explain(args: argparse.Namespace) -> int:
-    import json
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    query = urllib.parse.urlencode({"namespace": args.namespace, "pod": args.pod})
-    try:
-        with urllib.request.urlopen(f"{args.url}/debug/explain?{query}", timeout=30) as r:
-            print(json.dumps(json.loads(r.read()), indent=2))
-        return 0
-    except urllib.error.HTTPError as exc:
-        print(f"berth explain: {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"berth explain: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 2

@@ -139,6 +139,7 @@ def populate(state: ClusterState, nodes: int, seed: int) -> None:
     _prebind(state, rng, placed)
     for kind in ("nodes", "pods", "teamquotas"):
         state.mark_synced(kind)
+    state.watched = False  # generated once, never watched: its picture cannot go stale
 
 
 def _shape_for(i: int, nodes: int) -> tuple[str, float, int, int, int, str | None, list[list[int]] | None]:

@@ -19,6 +19,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python scripts/cluster.py`: the harness comes from the checkout
@@ -27,14 +30,18 @@ if str(ROOT) not in sys.path:  # run as `python scripts/cluster.py`: the harness
 from tests.e2e import harness as h  # noqa: E402
 from tests.e2e.objects import node  # noqa: E402
 
+# The GPU pools of the demo cluster (scheduler/demo.py) and of deploy/examples/teamquotas.yaml, which
+# this script applies; the CPU nodes are pool "shared". tests/test_loadtests.py keeps the three agreeing.
 POOLS = [
     ("a100", "NVIDIA-A100-SXM4-80GB", [[0, 1, 2, 3, 4, 5, 6, 7]]),
     ("a100-pcie", "NVIDIA-A100-PCIE-40GB", [[0, 1, 2, 3], [4, 5, 6, 7]]),
     ("h100", "NVIDIA-H100-80GB-HBM3", [[0, 1, 2, 3, 4, 5, 6, 7]]),
+    ("inference", "NVIDIA-L4", [[i] for i in range(8)]),
 ]
+TEAMQUOTAS = ROOT / "deploy" / "examples" / "teamquotas.yaml"
 EXAMPLE_POD = """apiVersion: v1
 kind: Pod
-metadata: {name: trainer, namespace: default, annotations: {berth.dev/topology: preferred}}
+metadata: {name: trainer, namespace: ml-research, annotations: {berth.dev/topology: preferred}}
 spec:
   schedulerName: berth-scheduler
   containers:
@@ -78,6 +85,33 @@ def cluster_nodes() -> list[dict[str, object]]:
     return nodes
 
 
+def example_namespaces(teams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The namespaces the example TeamQuotas name, and for a namespaceSelector one that it selects
+    (named after the team, labelled with matchLabels and the first value of each `In` expression)."""
+    out: dict[str, dict[str, str]] = {}
+    for team in teams:
+        spec = team["spec"]
+        for name in spec.get("namespaces") or []:
+            out.setdefault(name, {})
+        selector = spec.get("namespaceSelector")
+        if selector:
+            labels = dict(selector.get("matchLabels") or {})
+            labels |= {
+                e["key"]: e["values"][0] for e in selector.get("matchExpressions") or [] if e["operator"] == "In"
+            }
+            out[team["metadata"]["name"]] = labels
+    return [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": v}} for n, v in out.items()]
+
+
+def example_teams() -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(TEAMQUOTAS.read_text()) if doc]
+
+
+def apply_teams(cp: h.ControlPlane) -> None:
+    cp.apply(example_namespaces(example_teams()))
+    cp.kubectl("apply", "-f", str(TEAMQUOTAS))
+
+
 def control_plane(args: argparse.Namespace, workdir: Path) -> h.ControlPlane:
     cp = h.ControlPlane(workdir)
     # The harness picks free ports; a port asked for on the command line replaces its pick.
@@ -90,15 +124,31 @@ def control_plane(args: argparse.Namespace, workdir: Path) -> h.ControlPlane:
 def banner(cp: h.ControlPlane, port: int, nodes: int) -> str:
     kubectl = f"{cp.bin / 'kubectl'} --kubeconfig {cp.admin_kubeconfig}"
     return f"""
-Local cluster up: kube-apiserver {cp.url}, Berth http://127.0.0.1:{port}, {nodes} nodes (no kubelets).
+Local cluster up: kube-apiserver {cp.url}, Berth http://127.0.0.1:{port}, {nodes} nodes (no kubelets),
+pools shared (CPU), {", ".join(p for p, _, _ in POOLS)}; the TeamQuotas of {TEAMQUOTAS.relative_to(ROOT)}.
   export KUBECONFIG={cp.admin_kubeconfig}
   alias kubectl='{cp.bin / "kubectl"}'
   {kubectl} get nodes -L berth.dev/pool,nvidia.com/gpu.product
-  {kubectl} apply -f {cp.dir / "trainer.yaml"}     # a 2-GPU pod with schedulerName: berth-scheduler
-  {kubectl} get pod trainer -o wide; curl -s 'http://127.0.0.1:{port}/debug/explain?namespace=default&pod=trainer'
+  {kubectl} get teamquotas
+  {kubectl} apply -f {cp.dir / "trainer.yaml"}     # a 2-GPU pod of ml-research, schedulerName: berth-scheduler
+  {kubectl} get pod -n ml-research trainer -o wide
+  {Path(sys.executable).parent / "berth"} explain --url http://127.0.0.1:{port} -n ml-research trainer
 The nodes have no kubelet, so a pod bound to one never runs and a plain delete waits for a kubelet that
 never answers: delete pods with `kubectl delete pod NAME --force --grace-period=0`.
 Logs: {cp.dir}/*.log. Ctrl-C stops everything and removes {cp.dir}."""
+
+
+def teams_table(cp: h.ControlPlane) -> str:
+    """`kubectl get teamquotas` once Berth has written every team's status (or as it is after 20 s)."""
+
+    def written() -> str | None:
+        out = cp.kubectl("get", "teamquotas", "-o", "jsonpath={range .items[*]}{.status.pods}{' '}{end}").stdout
+        return None if len(out.split()) < len(example_teams()) else cp.kubectl("get", "teamquotas").stdout
+
+    try:
+        return str(h.wait_until(written, 20, "TeamQuota status"))
+    except TimeoutError:
+        return cp.kubectl("get", "teamquotas").stdout
 
 
 def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
@@ -107,6 +157,7 @@ def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
     berth_kc = cp.install_berth_identity()
     nodes = cluster_nodes()
     cp.kubectl("create", "-f", "-", input="\n".join(json.dumps(n) for n in nodes))
+    apply_teams(cp)
     procs = [h.start_berth(cp, berth_kc, args.port)]
     try:
         h.wait_ready(f"http://127.0.0.1:{args.port}", procs[0])
@@ -116,6 +167,7 @@ def serve(args: argparse.Namespace, cp: h.ControlPlane) -> int:
         procs.append(h.start_scheduler(cp, "kube-scheduler-berth", cfg))
         (cp.dir / "trainer.yaml").write_text(EXAMPLE_POD)
         print(banner(cp, args.port, len(nodes)), flush=True)
+        print(teams_table(cp), flush=True)
         while all(p.alive for p in procs):
             time.sleep(1)
         dead = [p for p in procs if not p.alive]

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from loadtests import objects, wrk
 from loadtests.report import render
@@ -83,14 +84,31 @@ def berth_demo() -> Iterator[str]:
 
 
 def test_locust_scenario_runs_clean_against_berth(berth_demo: str, tmp_path: Path) -> None:
-    run_locust(berth_demo, tmp_path)
+    rows = run_locust(berth_demo, tmp_path)
+    # Unteamed "sandbox" pods fit nowhere in the demo: filters that leave no node are their own row.
+    empty = int(rows["filter (no node fits)"]["Request Count"])
+    assert 0 < empty < int(rows["filter"]["Request Count"]), rows.keys()
+    assert int(rows["filter (no node fits)"]["Failure Count"]) == 0
+
+
+def test_locust_sends_pods_of_every_demo_team() -> None:
+    """Read in a process of its own: importing locust monkey-patches this one (gevent)."""
+    from scheduler.demo import TEAMS
+
+    code = "import sys, json; sys.path.insert(0, 'loadtests'); import locustfile as l; "
+    code += "print(json.dumps([l.NAMESPACES, l.__doc__]))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    namespaces, doc = orjson.loads(out.stdout.splitlines()[-1])
+    assert {ns for ns, weight in namespaces if weight > 0} == {t["name"] for t in TEAMS} | {"sandbox"}
+    assert "make bench" in doc, "the docstring points to the server's own latency"
 
 
 def test_locust_scenario_runs_clean_against_typical_extender(typical_extender: str, tmp_path: Path) -> None:
     run_locust(typical_extender, tmp_path)
 
 
-def run_locust(host: str, tmp_path: Path) -> None:
+def run_locust(host: str, tmp_path: Path) -> dict[str, dict[str, str]]:
     """A short bounded headless run; every verb is exercised and nothing fails."""
     locust = Path(sys.executable).parent / "locust"
     argv = [
@@ -117,8 +135,9 @@ def run_locust(host: str, tmp_path: Path) -> None:
     with (tmp_path / "run_stats.csv").open() as f:
         rows = {row["Name"]: row for row in csv.DictReader(f)}
     for verb in ("filter", "prioritize", "bind"):
-        assert int(rows[verb]["Request Count"]) > 0, rows.keys()
+        assert verb in rows and int(rows[verb]["Request Count"]) > 0, (rows.keys(), proc.stderr[-3000:])
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+    return rows
 
 
 def sample_nodes(count: int) -> list[dict]:
@@ -274,3 +293,33 @@ def test_make_cluster_says_how_to_delete_pods_without_kubelets() -> None:
     cp = cluster.h.ControlPlane(Path("/nonexistent"))
     text = cluster.banner(cp, 8888, 36)
     assert "--force --grace-period=0" in text and "http://127.0.0.1:8888" in text
+
+
+def test_the_example_teamquotas_fit_the_pools_make_cluster_and_the_demo_create() -> None:
+    """deploy/examples/teamquotas.yaml (which `make cluster` applies), scripts/cluster.py's nodes and the
+    demo cluster name the same pools, GPU models and teams; every team claims a namespace make cluster makes."""
+    from scheduler.demo import SHAPES, TEAMS
+    from scheduler.policy.quotas import QuotaBook
+
+    cluster = load_cluster_script()
+    teams = cluster.example_teams()
+    nodes = cluster.cluster_nodes()
+    labels = [n["metadata"]["labels"] for n in nodes]
+    pools = {lab["berth.dev/pool"] for lab in labels}
+    models = {lab["nvidia.com/gpu.product"] for lab in labels if "nvidia.com/gpu.product" in lab}
+    assert pools == {shape[0] for shape in SHAPES}, "make cluster and the demo have the same pools"
+    assert models == {shape[5] for shape in SHAPES if shape[5]}
+    assert {t["metadata"]["name"] for t in teams} == {t["name"] for t in TEAMS}, "and the same teams"
+    for team in teams:
+        assert set(team["spec"]["pools"]) <= pools, team["metadata"]["name"]
+        assert set(team["spec"].get("gpuModels") or {}) <= models, team["metadata"]["name"]
+    book = QuotaBook()
+    for team in teams:
+        book.upsert_team(team)
+    for ns in cluster.example_namespaces(teams):
+        book.set_namespace(ns["metadata"]["name"], ns["metadata"]["labels"])
+    claimed = {team for team in book.namespace_teams().values() if team}
+    assert claimed == set(book.teams) and not any(t.conflicts for t in book.teams.values())
+    pod = yaml.safe_load(cluster.EXAMPLE_POD)
+    assert book.namespace_teams()[pod["metadata"]["namespace"]] == "ml-research", "the banner's pod has a team"
+    assert "teamquotas" in cluster.banner(cluster.h.ControlPlane(Path("/nonexistent")), 8888, len(nodes))

@@ -5,7 +5,9 @@ go through aiohttp so list and watch bodies reach orjson as bytes, with no per-o
 deserialisation (the typed client would build Python objects for every pod on every event).
 """
 
+import os
 import ssl
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -14,6 +16,7 @@ import orjson
 from cachetools import TTLCache
 from kubernetes import client as kclient
 from kubernetes import config as kconfig
+from kubernetes.config import kube_config
 
 from scheduler.model.binding import BindConflict, BindingArgs
 
@@ -25,12 +28,51 @@ class KubeError(Exception):
         self.message = message
 
 
-def load_configuration(kubeconfig: str | None) -> kclient.Configuration:
-    cfg = kclient.Configuration()
+class ClusterConfigError(Exception):
+    """No usable cluster configuration; the message names every place that was tried."""
+
+
+DEFAULT_KUBECONFIG = "~/.kube/config"
+
+
+def kubeconfig_paths(kubeconfig: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+    """Where the kubeconfig comes from, as kubectl looks: --kubeconfig, else $KUBECONFIG (a list joined
+    by the OS path separator, merged in order), else ~/.kube/config. Returns (where, expanded paths)."""
+    env = os.environ if environ is None else environ
     if kubeconfig:
-        kconfig.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-    else:
+        return "--kubeconfig", [os.path.expanduser(kubeconfig)]
+    if env.get("KUBECONFIG"):
+        return "$KUBECONFIG", [os.path.expanduser(p) for p in env["KUBECONFIG"].split(os.pathsep) if p]
+    return DEFAULT_KUBECONFIG, [os.path.expanduser(DEFAULT_KUBECONFIG)]
+
+
+def load_configuration(kubeconfig: str | None, environ: Mapping[str, str] | None = None) -> kclient.Configuration:
+    """The cluster's address and credentials, found as kubectl finds them: --kubeconfig (which must
+    exist), else the files of $KUBECONFIG or ~/.kube/config that exist, else the in-cluster service
+    account. Raises ClusterConfigError naming the paths tried and why each did not do."""
+    where, paths = kubeconfig_paths(kubeconfig, environ)
+    present = [p for p in paths if os.path.isfile(p)]
+    cfg = kclient.Configuration()
+    if present:
+        try:  # the library merges a list joined by ":" exactly as kubectl does
+            kconfig.load_kube_config(
+                config_file=kube_config.ENV_KUBECONFIG_PATH_SEPARATOR.join(present),
+                client_configuration=cfg,
+                persist_config=False,
+            )
+        except Exception as exc:  # the loader raises ConfigException, yaml errors, OSError, TypeError, ...
+            raise ClusterConfigError(f"kubeconfig {', '.join(present)} ({where}) is not usable: {exc}") from exc
+        return cfg
+    tried = f"{where} ({', '.join(paths) or 'empty'}): no such file"
+    if kubeconfig:
+        raise ClusterConfigError(f"kubeconfig {tried}")
+    try:
         kconfig.load_incluster_config(client_configuration=cfg)
+    except kconfig.ConfigException as exc:
+        raise ClusterConfigError(
+            f"no cluster configuration found: tried kubeconfig {tried}; tried in-cluster: {exc} "
+            "(not running in a pod?). Pass --kubeconfig FILE or set KUBECONFIG, or use --demo"
+        ) from exc
     return cfg
 
 

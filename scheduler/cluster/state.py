@@ -55,6 +55,8 @@ class ClusterState:
         self.seen = SeenPods()
         self.synced: dict[str, bool] = {}
         self.last_event = 0.0  # monotonic time of the last informer event or bookmark
+        # False when no watch feeds the state (the demo): then nothing can go stale and staleness is 0.
+        self.watched = True
         self.last_sync = 0.0  # wall time the last full list finished
         self.started = time.monotonic()
         self.expired_reservations = 0
@@ -74,6 +76,9 @@ class ClusterState:
         self.last_event = time.monotonic()
 
     def staleness(self) -> float:
+        """Seconds since the last watch event or bookmark (inf before the first); 0 with no watch."""
+        if not self.watched:
+            return 0.0
         return time.monotonic() - self.last_event if self.last_event else float("inf")
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -224,7 +229,8 @@ class ClusterState:
             "ready": self.ready,
             "synced": dict(self.synced),
             "lastSync": self.last_sync,
-            "stalenessSeconds": None if self.last_event == 0 else round(self.staleness(), 3),
+            "stalenessSeconds": None if self.last_event == 0 or not self.watched else round(self.staleness(), 3),
+            "watched": self.watched,
             "gpuModels": list(self.table.models),
             "pools": list(self.table.pools),
         }

@@ -89,9 +89,27 @@ class DebugViews:
         return json_response(out)
 
     async def debug_nodes(self, request: web.Request) -> web.Response:
-        t = self.state.table
-        nodes = [self.state.node_view(t.slot_of[n]) for n in sorted(t.slot_of)]
-        return json_response({"count": len(nodes), "nodes": nodes})
+        """Every node (by name), or those of ?pool=NAME, or those in the pools open to ?team=NAME;
+        ?limit=N returns the first N of them (count is still all that matched)."""
+        q = request.query
+        t, pools = self.state.table, self._pools_asked(q.get("pool"), q.get("team"))
+        limit = _limit(q.get("limit"))
+        names = sorted(n for n, s in t.slot_of.items() if pools is None or t.pools[t.pool[s]] in pools)
+        shown = names if limit is None else names[:limit]
+        nodes = [self.state.node_view(t.slot_of[n]) for n in shown]
+        return json_response({"count": len(names), "returned": len(nodes), "nodes": nodes})
+
+    def _pools_asked(self, pool: str | None, team: str | None) -> frozenset[str] | None:
+        """The pools ?pool= and ?team= allow together (None: any)."""
+        allowed = None if pool is None else frozenset([pool])
+        if team is not None:
+            quotas = self.state.quotas
+            if team not in quotas.teams:
+                known = ", ".join(sorted(quotas.teams)) or "none"
+                raise WireError(404, f"no TeamQuota {team!r} (teams: {known})")
+            own = quotas.pools_of(quotas.teams[team])
+            allowed = own if allowed is None else allowed & own
+        return allowed
 
     async def debug_teams(self, request: web.Request) -> web.Response:
         return json_response({"teams": team_rows(self.state)})
@@ -116,8 +134,48 @@ class DebugViews:
             pod = await self.fetch_pod(ns, name)
             ask = None if pod is None else _ask_of(pod)
         if ask is None:
-            raise WireError(404, f"pod {pod_key(ns, name)} not found")
+            where = "in the API server" if self.fetch_pod else "among the pods sent to filter (demo)"
+            raise WireError(
+                404,
+                f"pod {pod_key(ns, name)} not found {where}; POST the Pod to /debug/explain instead "
+                "(JSON or YAML: berth explain -f pod.yaml)",
+            )
         return ask
+
+
+def _limit(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise WireError(400, f"limit must be a whole number, not {raw!r}")
+    return int(raw)
+
+
+# What GET / lists: every route of make_app, so a person at the root finds the rest.
+ENDPOINTS = {
+    "POST /scheduler/filter": "extender verb: the nodes that fit (ExtenderArgs -> ExtenderFilterResult)",
+    "POST /scheduler/prioritize": "extender verb: a score 0..10 per node (ExtenderArgs -> HostPriorityList)",
+    "POST /scheduler/bind": "extender verb: bind the pod (ExtenderBindingArgs -> ExtenderBindingResult)",
+    "POST /scheduler/preempt": "extender verb: victims per node (ExtenderPreemptionArgs -> ...Result)",
+    "GET /debug/state": "cache counts, sync and informer state, kernels, leader election",
+    "GET /debug/nodes": "nodes with free resources and GPU indices in use; ?pool=, ?team=, ?limit=",
+    "GET /debug/teams": "TeamQuota usage, limits, borrowing and conditions",
+    "GET /debug/explain": "?namespace=&pod=: per-node verdicts and score parts for a pod (berth explain)",
+    "POST /debug/explain": "the same for a POSTed Pod, JSON or YAML (berth explain -f pod.yaml)",
+    "GET /healthz": "liveness",
+    "GET /readyz": "readiness: 200 once the initial lists are in",
+    "GET /metrics": "Prometheus metrics",
+}
+
+
+def index_view(routes: Sequence[str], mode: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /: what this port serves (`routes`, keys of ENDPOINTS), as JSON."""
+    body = orjson.dumps({"name": "berth", "mode": mode, "endpoints": {r: ENDPOINTS[r] for r in routes}})
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type=JSON)
+
+    return handler
 
 
 async def _posted(request: web.Request) -> Any:

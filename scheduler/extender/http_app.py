@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from scheduler.extender.debug import DebugViews, json_response
+from scheduler.extender.debug import ENDPOINTS, DebugViews, index_view, json_response
 from scheduler.extender.errors import ErrorReplies
 from scheduler.extender.verbs import Verbs
 from scheduler.extender.wire import WireError
@@ -38,6 +38,9 @@ def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs:
     app.router.add_get("/healthz", debug.healthz)
     app.router.add_get("/readyz", debug.readyz)
     app.router.add_get("/metrics", debug.metrics_view)
+    # GET / lists what this port serves: everything, or (serve_verbs=False) health, readiness, metrics.
+    routes = [r for r in ENDPOINTS if serve_verbs or r.split()[1] in ("/healthz", "/readyz", "/metrics")]
+    app.router.add_get("/", index_view(routes, "demo cluster" if debug.fetch_pod is None else "live cluster"))
     return app
 
 

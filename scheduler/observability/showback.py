@@ -10,24 +10,32 @@ from scheduler.observability.metrics import Metrics
 from scheduler.policy.quotas import Team
 from scheduler.policy.quotas import format_amount as _fmt
 
+# Resources a TeamQuota's status always reports (the printer columns read them).
+ALWAYS_SHOWN = ("cpu", "memory", GPU)
+
 
 def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """The TeamQuota status Berth writes back (quantities as strings, like Kubernetes does).
-    A condition keeps its lastTransitionTime from `previous` while its status does not change."""
-    used = {r: _fmt(r, v) for r, v in sorted(team.used.items()) if v}
-    borrowed = {
-        r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(team.limits) if state.quotas.borrowed(team, r) > 0
-    }
+    A condition keeps its lastTransitionTime from `previous` while its status does not change.
+
+    `kubectl get teamquotas` prints from it (the CRD's additionalPrinterColumns), so what a column
+    shows is always written: used cpu, memory and GPUs and borrowed GPUs are "0" rather than absent,
+    and the Valid condition's reason (Valid, SpecError or Conflict) is the Status column."""
+    shown = {r for r, v in team.used.items() if v} | set(ALWAYS_SHOWN) | set(team.limits)
+    used = {r: _fmt(r, team.used.get(r, 0)) for r in sorted(shown)}
+    borrowed = {r: _fmt(r, state.quotas.borrowed(team, r)) for r in sorted(set(team.limits) | {GPU})}
+    overlap = ", ".join(team.conflicts)
     conditions = [
         _condition(
             "Valid",
-            team.error is None,
-            "SpecError" if team.error else "Valid",
-            team.error or "spec is valid",
+            team.error is None and not overlap,
+            "SpecError" if team.error else "Conflict" if overlap else "Valid",
+            team.error
+            or (overlap and f"namespaces also claimed by {overlap}: their pods are refused until the overlap is fixed")
+            or "spec is valid",
             team.generation,
         )
     ]
-    overlap = ", ".join(team.conflicts)
     conditions.append(
         _condition(
             "NamespaceConflict",

@@ -3,11 +3,14 @@ then reasons a person can act on. Runs on the event loop without awaiting."""
 
 import time
 from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from scheduler import kernels as K
-from scheduler.cluster.state import ClusterState
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.model.constants import (
     LOAD_MAX_AGE,
@@ -175,7 +178,37 @@ class Reasons:
 
 
 def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) -> dict[str, Any]:
-    """Per-node verdict and score parts (computed by the twin, the reference), best nodes first."""
+    """Per-node verdict and score parts (computed by the twin, the reference), best nodes first.
+    A pod Berth already accounts (bound, or reserved by a bind) is judged as if it were not there
+    yet, so it is not counted against itself: its hold is lifted for the call and put back, exactly,
+    before returning (synchronously, so no other handler sees the state without it)."""
+    entry = state.ledger.get(pod_key(ask.namespace, ask.name))
+    if entry is None or (ask.uid and entry.uid and ask.uid != entry.uid):
+        return _explain(state, ask, names, None)
+    with _without(state, entry):
+        return _explain(state, ask, names, entry.node)
+
+
+@contextmanager
+def _without(state: ClusterState, entry: PodEntry) -> Iterator[None]:
+    """Lift `entry`'s hold, then hold it again. Pool usage is a float sum, so it is restored from a
+    snapshot rather than recomputed; the quota book's version is put back too (nothing changed)."""
+    slot = state.table.slot_of.get(entry.node)
+    pool = state.table.pool[slot] if slot is not None else -1
+    saved = (state.pools.used[pool], state.pools.avail[pool]) if 0 <= pool < len(state.pools.used) else None
+    version, gpu_ids = state.quotas.version, entry.gpu_ids
+    state.ledger.release(entry.key)
+    try:
+        yield
+    finally:
+        entry.gpu_ids = gpu_ids
+        state.ledger.hold(entry)
+        if saved is not None:
+            state.pools.used[pool], state.pools.avail[pool] = saved
+        state.quotas.version = version
+
+
+def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to: str | None) -> dict[str, Any]:
     j = judge(state, ask)
     t = state.table
     names = names if names is not None else [n for n in t.names if n]
@@ -185,17 +218,21 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
     reasons = Reasons(state, j)
     params = score_params(state.config)
     state.pools.ensure(len(t.pools) + 1)
+    adm = j.admission
+    # Refused by quota, the pod fits nowhere for that one reason: filter words every node so, and so does
+    # explain (the kernels, given no open pool, would blame each node's pool instead).
+    refused = (f"berth: {adm.error}", True) if adm.error else None
     rows = []
     for i, name in enumerate(names):
-        row: dict[str, Any] = {"node": name, "fits": verdicts[i] == K.OK}
-        if verdicts[i] == K.OK:
+        row: dict[str, Any] = {"node": name, "fits": verdicts[i] == K.OK and refused is None}
+        if row["fits"]:
             parts: dict[str, float] = {}
             r = ask.request
             K.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
             row["score"] = scores[i]
             row["parts"] = {k: round(v, 3) for k, v in parts.items()}
         else:
-            reason, unresolvable = (
+            reason, unresolvable = refused or (
                 reasons.of(verdicts[i], slots[i])
                 if slots[i] >= 0
                 else ("berth: node is not in Berth's cache yet", False)
@@ -204,13 +241,13 @@ def explain(state: ClusterState, ask: PodAsk, names: list[str] | None = None) ->
             row["unresolvable"] = unresolvable
         rows.append(row)
     rows.sort(key=lambda r: (not r["fits"], -r.get("score", 0), r["node"]))
-    adm = j.admission
     return {
         "pod": f"{ask.namespace}/{ask.name}",
         "request": ask.request.as_dict(),
         "team": adm.team,
         "borrowing": adm.borrowing,
         "quota": adm.error,
+        "boundTo": bound_to,
         "weights": dict(zip(WEIGHT_NAMES, params[: len(WEIGHT_NAMES)], strict=True)),
         "nodes": rows,
     }

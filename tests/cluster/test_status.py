@@ -160,7 +160,13 @@ async def test_the_writer_writes_each_change_once_and_only_what_changed(
 
     first = api.calls("patch", PATCH_PATH)[0].json()["status"]
     assert first == writer.written["train"] == api.store[TEAMQUOTAS]["train"]["status"]
-    assert (first["pods"], first["used"], first["observedGeneration"]) == (0, {}, 1)
+    zero = {"cpu": "0", "memory": "0", "nvidia.com/gpu": "0"}  # written as 0, so kubectl's columns are never blank
+    assert (first["pods"], first["used"], first["borrowed"], first["observedGeneration"]) == (
+        0,
+        zero,
+        {"nvidia.com/gpu": "0"},
+        1,
+    )
     await rounds(5)
     assert len(api.calls("patch", PATCH_PATH)) == 1, "nothing changed: nothing written"
 
@@ -177,8 +183,8 @@ async def test_the_writer_writes_each_change_once_and_only_what_changed(
     state.apply_pod("DELETED", gpu_pod("p1", 4))
     await eventually(lambda: len(api.calls("patch", PATCH_PATH)) == 3, what="the third status write")
     third = api.calls("patch", PATCH_PATH)[2].json()["status"]
-    assert third["borrowed"] == {"nvidia.com/gpu": None}, "a team that stops borrowing loses the entry"
-    assert api.store[TEAMQUOTAS]["train"]["status"]["borrowed"] == {}
+    assert third["borrowed"] == {"nvidia.com/gpu": "0"}, "a team that stops borrowing borrows 0"
+    assert api.store[TEAMQUOTAS]["train"]["status"]["borrowed"] == {"nvidia.com/gpu": "0"}
 
 
 async def test_changes_within_one_interval_are_one_write(

@@ -156,9 +156,17 @@ async def test_wrong_method_is_405(client: TestClient, go: GoWire, verb: str) ->
     await still_serves(client, go, before)
 
 
-@pytest.mark.parametrize("path", ["/scheduler/filterx", "/scheduler", "/filter", "/scheduler/filter/", "/"])
+@pytest.mark.parametrize("path", ["/scheduler/filterx", "/scheduler", "/filter", "/scheduler/filter/", "/debug"])
 async def test_unknown_path_is_404(client: TestClient, go: GoWire, path: str) -> None:
     before = await still_serves(client, go)
     status, text = await post(client, path, go.args(go.pod(), go.names()[:3], True))
     assert status == 404 and orjson.loads(text)["error"]
+    await still_serves(client, go, before)
+
+
+async def test_a_verb_posted_to_the_root_is_405_naming_get(client: TestClient, go: GoWire) -> None:
+    """GET / lists the endpoints; a POST there is the wrong method, answered in JSON like the rest."""
+    before = await still_serves(client, go)
+    status, text = await post(client, "/", go.args(go.pod(), go.names()[:3], True))
+    assert status == 405 and "GET" in orjson.loads(text)["error"]
     await still_serves(client, go, before)

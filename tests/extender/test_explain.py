@@ -134,3 +134,78 @@ async def test_debug_state_shows_the_informers_it_was_given() -> None:
         feeds[1].events = 3
         assert (await (await c.get("/debug/state")).json())["informers"]["pods"]["events"] == 3
     assert "informers" not in state.summary()
+
+
+# -- a team at its quota, and a pod that is already bound -------------------------------------------
+
+
+def team_cluster() -> ClusterState:
+    """Team ml owns pool a100 (two 8-GPU nodes) with a max of 8 GPUs, all held by pod ml/big on a1."""
+    state = ClusterState(Config())
+    now = "2030-01-01T00:00:00Z"
+    for name in ("a1", "a2"):
+        node = make_node(name, "a100", 96, 1024, 8, "NVIDIA-A100-SXM4-80GB", [list(range(8))], None, now, "z1")
+        state.apply_node("ADDED", node)
+    state.apply_node("ADDED", make_node("c1", "shared", 32, 128, 0, None, None, None, now, "z1"))
+    team = {"namespaces": ["ml"], "pools": ["a100"], "resources": {"nvidia.com/gpu": {"guaranteed": 8, "max": 8}}}
+    state.apply_team("ADDED", {"metadata": {"name": "ml", "generation": 1}, "spec": team})
+    state.apply_pod("ADDED", make_pod("ml", "big", "a1", "8", "64Gi", 8))
+    for kind in ("nodes", "pods", "teamquotas"):
+        state.mark_synced(kind)
+    return state
+
+
+def books(state: ClusterState) -> tuple[object, ...]:
+    """Everything a hold touches: node arrays, device masks, pool usage, team usage, the ledger."""
+    t, team = state.table, state.quotas.teams["ml"]
+    pools = len(t.pools)  # the score path grows the pool arrays by a spare entry: compare the real ones
+    arrays = (t.used_cpu, t.used_mem, t.used_gpu, t.used_pods, t.gpu_used, state.pools.used[:pools])
+    ledger = {e.key: (e.node, e.gpu_ids, e.team, e.model) for e in state.ledger}
+    held = (dict(team.used), team.pods, state.quotas.version, ledger)
+    return (*(list(a) for a in arrays), list(state.pools.avail[:pools]), *held)
+
+
+async def test_a_quota_refused_pod_gets_the_quota_sentence_on_every_node() -> None:
+    """Not "pool a100 is not open to team ml" for the team's own pool: the quota is why, and filter says so too."""
+    state = team_cluster()
+    pod = make_pod("ml", "more", None, "1", "1Gi", 4)
+    sentence = "berth: team ml: nvidia.com/gpu 8 used + 4 requested > max 8"
+    async with TestClient(TestServer(Berth(state, Metrics(), Binder(state, None, None)).app())) as c:
+        out = await (await c.post("/debug/explain", data=orjson.dumps(pod))).json()
+        args = {"Pod": pod, "Nodes": None, "NodeNames": ["a1", "a2", "c1"]}
+        filtered = await (await c.post("/scheduler/filter", data=orjson.dumps(args))).json()
+    assert out["quota"] == sentence.removeprefix("berth: ")
+    assert [(r["node"], r["fits"], r["reason"], r["unresolvable"]) for r in out["nodes"]] == [
+        (n, False, sentence, True) for n in ("a1", "a2", "c1")
+    ]
+    assert filtered["FailedAndUnresolvableNodes"] == {n: sentence for n in ("a1", "a2", "c1")}
+
+
+async def test_a_bound_pod_is_not_counted_against_itself() -> None:
+    """ml/big holds all 8 GPUs of a1 and all of ml's quota; judged again, it fits where it is (its own
+    hold lifted), and the books are exactly as before afterwards."""
+    state = team_cluster()
+    before = books(state)
+    bound = make_pod("ml", "big", "a1", "8", "64Gi", 8)
+    async with TestClient(TestServer(Berth(state, Metrics(), Binder(state, None, None)).app())) as c:
+        r = await c.post("/debug/explain", data=orjson.dumps(bound))
+        assert r.status == 200, await r.text()
+        out = await r.json()
+        other = await (
+            await c.post("/debug/explain", data=orjson.dumps(make_pod("ml", "x", None, "8", "64Gi", 8)))
+        ).json()
+    rows = {row["node"]: row for row in out["nodes"]}
+    assert out["quota"] is None and out["boundTo"] == "a1"
+    assert rows["a1"]["fits"] and rows["a2"]["fits"], rows
+    assert "not open to team ml" in rows["c1"]["reason"]
+    assert books(state) == before, "the hold is back, to the last float"
+    assert other["quota"] and other["boundTo"] is None, "another pod still sees ml/big's hold"
+
+
+async def test_a_recreated_pod_of_the_same_name_is_judged_with_the_old_hold() -> None:
+    state = team_cluster()
+    newer = make_pod("ml", "big", None, "8", "64Gi", 8)
+    newer["metadata"]["uid"] = "a-new-uid"
+    async with TestClient(TestServer(Berth(state, Metrics(), Binder(state, None, None)).app())) as c:
+        out = await (await c.post("/debug/explain", data=orjson.dumps(newer))).json()
+    assert out["boundTo"] is None and out["quota"], "a different uid: not the pod that holds the GPUs"
