@@ -140,6 +140,8 @@ def _merged(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ),
         "gcs": total([*gc, "gen0"]) + total([*gc, "gen1"]) + total([*gc, "gen2"]),
         "gcInCall": total(["gc", "inCall"]),
+        "gcExplicit": total(["gc", "explicit"]),
+        "hkOwnMax": max((float(run["housekeeping"].get("ownMs", {}).get("max", 0.0)) for run in runs), default=0.0),
         "gcMax": top(["gc", "pauseMs", "max"]),
         "hkRuns": total(["housekeeping", "runs"]),
         "hkMax": top(["housekeeping", "ms", "max"]),
@@ -185,8 +187,9 @@ def attribution_table(stalls: Mapping[tuple[Case, int], Any], markdown: bool) ->
                 f"{read[0]:.3f} / {read[1]:.3f} / {read[2]:.2f}",
                 f"{handler[0]:.3f} / {handler[1]:.3f} / {handler[2]:.2f}",
                 f"{write[0]:.3f} / {write[1]:.3f} / {write[2]:.2f}",
-                f"{m['gcs']:.0f} ({m['gcInCall']:.0f} in a call), max {m['gcMax']:.2f}",
-                f"{m['hkRuns']:.0f}, max {m['hkMax']:.2f}",
+                f"{m['gcs']:.0f} ({m['gcInCall']:.0f} in a call, {m['gcExplicit']:.0f} by housekeeping), "
+                f"max {m['gcMax']:.2f}",
+                f"{m['hkRuns']:.0f}, max {m['hkMax']:.2f} (own {m['hkOwnMax']:.2f})",
                 f"{m['lagOver']:.0f}, max {m['lagMax']:.2f}",
                 f"{m['runqueue']:.1f} ({m['runqueue'] / max(m['seconds'] * 1e3, 1e-9):.1%})",
                 _slow_note(slowest) if slowest else "",
@@ -238,7 +241,7 @@ def report(
             heading("berth over the floor (ms; the floor answers the same bytes from a compiled server, same core)"),
             floor_table(results, "berth", markdown),
         ]
-    if stalls:
+    if stalls and any(reading.runs for reading in stalls.values()):
         parts += [
             heading("attribution inside berth (/debug/stalls, ms; GC, housekeeping and lag counts over all runs)"),
             attribution_table(stalls, markdown),

@@ -103,6 +103,7 @@ class StallRecorder:
         self.gc_in_call = 0
         self.gc_explicit = 0
         self.housekeeping = _Ring(self.capacity)
+        self.housekeeping_own = _Ring(self.capacity)  # less the time its thread waited for a CPU
         self.housekeeping_total = 0.0
         self.lag = _Ring(self.capacity)
         self.lag_events = 0
@@ -180,14 +181,18 @@ class StallRecorder:
     # -- what the process reports --------------------------------------------------------------
     @contextmanager
     def housekeeping_run(self) -> Iterator[None]:
+        """Time a housekeeping run, and what of it was its own (not waiting for a CPU)."""
         start = clock()
+        waited = self._runqueue() if self._schedstat is not None else 0.0
         self._in_span += 1
         try:
             yield
         finally:
             self._in_span -= 1
             end = clock()
+            preempted = self._runqueue() - waited if self._schedstat is not None else 0.0
             self.housekeeping.add(end - start)
+            self.housekeeping_own.add(max(0.0, end - start - preempted))
             self.housekeeping_total += end - start
             self.events.append((start, end, "housekeeping"))
 
@@ -256,6 +261,7 @@ class StallRecorder:
             "housekeeping": {
                 "runs": len(self.housekeeping.data),
                 "ms": {**percentiles(self.housekeeping.data), "total": self.housekeeping_total * 1e3},
+                "ownMs": percentiles(self.housekeeping_own.data),
             },
             "loopLag": {
                 "probes": len(self.lag.data),
