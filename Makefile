@@ -45,7 +45,7 @@ cluster: install k8s  ## a local control plane + Berth (PORT) + berth-scheduler 
 	$(PY) scripts/cluster.py --port $(PORT) $(if $(API_PORT),--api-port $(API_PORT)) \
 		$(if $(ETCD_PORT),--etcd-port $(ETCD_PORT)) $(if $(ETCD_PEER_PORT),--etcd-peer-port $(ETCD_PEER_PORT))
 
-bench: install  ## verb latency/throughput: Berth vs its Python twins vs a typical extender (needs wrk)
+bench: install  ## verb latency/throughput: Berth vs the floor (a compiled server; needs Go), its Python twins, a typical extender (needs wrk)
 	@command -v wrk >/dev/null || { echo "make bench needs wrk (https://github.com/wg/wrk): on Debian/Ubuntu" \
 		"\`sudo apt-get install -y wrk\`, on macOS \`brew install wrk\`; then run make bench again" >&2; exit 2; }
 	$(PY) -m scheduler bench --markdown docs/benchmarks/bench.md

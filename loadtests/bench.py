@@ -18,16 +18,15 @@ and pins the processes, `report` writes the tables and `objects` builds the requ
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from loadtests.procs import REPO, make_pinning
+from loadtests.procs import REPO, floor_binary, machine_state, make_pinning
 from loadtests.report import environment_notes, report
-from loadtests.suite import run_suite
-from loadtests.wrk import Measurement
+from loadtests.suite import Stalls, run_suite
+from loadtests.wrk import Case, Measurement
 
 TYPICAL_SCRIPT = REPO / "loadtests" / "typical_extender.py"
 SERVERS = ("berth", "berth-pure", "typical")
@@ -42,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: NodeNames of 500, 1 s per case")
     parser.add_argument("--duration", type=int, default=3, help="seconds per measured case (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each case (default 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case, median shown (default 3)")
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the compiled floor server (run with berth)"
+    )
     parser.add_argument("--conns", default="1,8", help="connection counts (default 1,8)")
     parser.add_argument("--demo-nodes", type=int, default=7500, help="Berth demo cluster size (default 7500)")
     parser.add_argument(
@@ -65,8 +68,9 @@ def normalise(args: argparse.Namespace) -> argparse.Namespace:
     if unknown:
         raise SystemExit(f"unknown server(s): {', '.join(sorted(unknown))}")
     args.conns = [int(c) for c in str(args.conns).split(",")]
+    args.repeat = max(1, args.repeat)
     if args.quick:
-        args.duration, args.warmup = 1, 1
+        args.duration, args.warmup, args.repeat = 1, 1, min(args.repeat, 2)
         # NodeNames of 500; a cluster of 2,000 keeps a few seconds of binds from using up its pod slots.
         args.demo_nodes = min(args.demo_nodes, 2000)
         args.synthetic = args.synthetic and min(args.synthetic, 2000)
@@ -82,25 +86,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"typical extender not found at {args.typical_script} (run from a checkout)", file=sys.stderr)
         return 2
     pin, pin_note = make_pinning(args.server_cpu, args.client_cpu)
-    load_before = os.getloadavg()[0]
+    args.floor_bin, args.floor_note = None, "not run (--no-floor, or berth not among the servers)"
+    if args.floor and "berth" in args.servers:
+        args.floor_bin, args.floor_note = floor_binary()
+        if args.floor_bin:
+            args.floor_note = (
+                f"loadtests/floor ({args.floor_bin}), Berth's reply bytes per case, same core, alternating "
+                "run by run with Berth (stopped while the floor runs)"
+            )
+        print(f"bench: {args.floor_note}", file=sys.stderr, flush=True)
+    before = machine_state()
     results: list[Measurement] = []
+    stalls: dict[tuple[Case, int], Stalls] = {}
     sizes: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         workdir = Path(tmp)
         for name in args.servers:
             print(f"bench: {name}", file=sys.stderr, flush=True)
             try:
-                results += run_suite(name, args, pin, workdir)
+                results += run_suite(name, args, pin, workdir, stalls)
             except RuntimeError as exc:
                 print(f"bench: {name} failed: {exc}", file=sys.stderr)
                 return 1
         sizes = {p.stem.removeprefix("body-"): p.stat().st_size for p in sorted(workdir.glob("body-*.json"))}
-    notes = environment_notes(args, pin_note, sizes, load_before)
-    print(report(results, args.servers, markdown=False))
+    notes = environment_notes(args, pin_note, sizes, before, machine_state())
+    print(report(results, args.servers, False, stalls))
     print("\n".join(notes))
     if args.markdown:
-        text = "# berth bench\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + report(results, args.servers, True)
-        args.markdown.write_text(text)
+        body = report(results, args.servers, True, stalls)
+        args.markdown.write_text("# berth bench\n\n" + "\n".join(f"- {n}" for n in notes) + "\n\n" + body)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from typing import Any
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
+FLOOR_BUILD = REPO / "loadtests" / "floor" / "build.sh"
 
 
 @dataclass
@@ -41,13 +43,22 @@ def http_json(url: str, body: bytes | None = None, timeout: float = 30) -> Any:
         return orjson.loads(reply.read())
 
 
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+def http_bytes(url: str, body: bytes) -> bytes:
+    """POST `body`; the reply's body, bytes as they came."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return bytes(reply.read())
+
+
+def wait_ready(
+    base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120, path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as reply:
+            with urllib.request.urlopen(base + path, timeout=2) as reply:
                 if reply.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -57,22 +68,85 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
 
 
 @contextmanager
-def running(argv: list[str], env: dict[str, str], port: int, workdir: Path, tag: str) -> Iterator[str]:
-    """Start one server, wait for /readyz, yield its base URL, and stop it afterwards."""
+def running(
+    argv: list[str], env: dict[str, str], port: int, workdir: Path, tag: str, ready: str = "/readyz"
+) -> Iterator[str]:
+    """Start one server, wait for `ready` to answer 200, yield its base URL, and stop it afterwards."""
     log = workdir / f"{tag}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
+    PROCESSES[base] = proc
     try:
-        wait_ready(base, proc, log)
+        wait_ready(base, proc, log, path=ready)
         yield base
     finally:
+        PROCESSES.pop(base, None)
+        proc.send_signal(signal.SIGCONT)  # if it was paused (paused())
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+PROCESSES: dict[str, subprocess.Popen[bytes]] = {}  # base URL -> the server running there
+
+
+@contextmanager
+def paused(base: str) -> Iterator[None]:
+    """SIGSTOP the server at `base` while another one is measured on its core: a stopped Berth's
+    housekeeping and timers cannot disturb the floor. It resumes (SIGCONT) afterwards."""
+    proc = PROCESSES[base]
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.05)  # let the timers that came due while stopped fire before the next reading
+
+
+def floor_binary() -> tuple[Path | None, str]:
+    """Build (or reuse) the floor server; (None, why) without Go."""
+    if not shutil.which("go"):
+        return None, "no floor: needs Go (https://go.dev/dl/) to build loadtests/floor"
+    proc = subprocess.run([str(FLOOR_BUILD)], capture_output=True, text=True, timeout=300, check=False)
+    path = Path(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
+    if path is None or not path.is_file():
+        return None, f"no floor: {FLOOR_BUILD.name} failed: {proc.stderr.strip()[-500:]}"
+    return path, f"floor: {path}"
+
+
+def machine_state() -> dict[str, float]:
+    """The 1-minute load average and /proc/stat's CPU counters (jiffies), to compare before and after."""
+    out = {"load1": os.getloadavg()[0]}
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return out
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    out.update({name: float(v) for name, v in zip(names, fields[1:], strict=False)})
+    return out
+
+
+def steal_share(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Stolen CPU time (a hypervisor running someone else on these cores) as a share of all CPU time."""
+    keys = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    if not all(k in before and k in after for k in keys):
+        return None
+    total = sum(after[k] - before[k] for k in keys)
+    return (after["steal"] - before["steal"]) / total if total > 0 else 0.0
+
+
+def busy_share(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Non-idle CPU time as a share of all CPU time between two readings."""
+    keys = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    if not all(k in before and k in after for k in keys):
+        return None
+    total = sum(after[k] - before[k] for k in keys)
+    idle = after["idle"] - before["idle"] + after["iowait"] - before["iowait"]
+    return 1 - idle / total if total > 0 else 0.0
 
 
 def berth_argv(pin: Pinning, port: int, demo_nodes: int) -> list[str]:

@@ -6,7 +6,9 @@ Each case is one verb with one body shape; wrk (one thread, `--latency`) posts a
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +37,31 @@ class WrkResult:
     rps: float
     requests: int
     errors: int = 0  # non-2xx replies, socket errors and (bind) replies with a non-empty Error
+    p999_ms: float = math.nan  # from the scripts' done() (LATENCY_LUA); nan when wrk did not print it
+    max_ms: float = math.nan
+    runs: int = 1  # repetitions this result is the median of
+
+
+def median_result(runs: Sequence[WrkResult]) -> WrkResult:
+    """One case over several repetitions: each percentile and the rate is the median of the runs' values
+    (a run disturbed by the shared machine moves it less than a mean would); requests and errors add up."""
+    if not runs:
+        raise ValueError("no runs")
+
+    def med(values: Sequence[float]) -> float:
+        kept = [v for v in values if not math.isnan(v)]
+        return statistics.median(kept) if kept else math.nan
+
+    return WrkResult(
+        med([r.p50_ms for r in runs]),
+        med([r.p99_ms for r in runs]),
+        med([r.rps for r in runs]),
+        sum(r.requests for r in runs),
+        sum(r.errors for r in runs),
+        med([r.p999_ms for r in runs]),
+        max((r.max_ms for r in runs if not math.isnan(r.max_ms)), default=math.nan),
+        len(runs),
+    )
 
 
 @dataclass
@@ -46,7 +73,17 @@ class Measurement:
     note: str = ""
 
 
-POST_LUA = """
+# wrk's own --latency table stops at p99: every script's done() also prints p50 / p99 / p99.9 / max (us).
+LATENCY_LUA = """
+function print_latency(latency)
+  io.write(string.format("LATENCY p50=%d p99=%d p999=%d max=%d\\n", latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
+
+POST_LUA = (
+    LATENCY_LUA.replace("{", "{{").replace("}", "}}")
+    + """
 -- POST one prepared ExtenderArgs body, as kube-scheduler's Go client would send it.
 local f = assert(io.open("{body}", "rb"))
 wrk.method = "POST"
@@ -55,12 +92,19 @@ f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept-Encoding"] = "gzip"
 wrk.headers["User-Agent"] = "Go-http-client/1.1"
+
+function done(summary, latency, requests)
+  print_latency(latency)
+end
 """
+)
 
 # Binds need pods the server has seen: bind carries only names, so Berth learns a pod's request from
 # filter (in demo mode an unseen pod is refused). A seed run files tiny pods through filter, each
 # against the one node it will be bound to; the bind run then binds them in the same order.
-_LUA_COMMON = """
+_LUA_COMMON = (
+    LATENCY_LUA.replace("{", "{{").replace("}", "}}")
+    + """
 local nodes = {{{nodes}}}
 local threads = {{}}
 local headers = {{["Content-Type"] = "application/json", ["User-Agent"] = "Go-http-client/1.1"}}
@@ -86,6 +130,7 @@ function total(name)
   return sum
 end
 """
+)
 
 SEED_LUA = (
     _LUA_COMMON
@@ -138,6 +183,7 @@ end
 function done(summary, latency, requests)
   local line = "BIND ok=%d rejected=%d repeats=%d\\n"
   io.write(string.format(line, total("ok"), total("rejected"), total("repeats")))
+  print_latency(latency)
   for _, t in ipairs(threads) do
     local first = t:get("first_rejection")
     if first then io.write("BIND first rejection: " .. string.gsub(first, "\\n", " ") .. "\\n") end
@@ -165,6 +211,10 @@ def parse_wrk(output: str) -> WrkResult:
     total = re.search(r"^\s+(\d+) requests in ", output, re.MULTILINE)
     if "50" not in percentiles or "99" not in percentiles or not rps or not total:
         raise ValueError(f"unexpected wrk output:\n{output}")
+    p999 = top = math.nan
+    lua = re.search(r"^LATENCY p50=(\d+) p99=(\d+) p999=(\d+) max=(\d+)", output, re.MULTILINE)
+    if lua:  # microseconds, from the same histogram: finer than the table's rounded figures
+        percentiles["50"], percentiles["99"], p999, top = (int(g) / 1e3 for g in lua.groups())
     errors = 0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non2xx:
@@ -176,7 +226,8 @@ def parse_wrk(output: str) -> WrkResult:
     if rejected:
         # A rejected bind is also a 200 reply: count it once, not twice.
         errors = max(errors, int(rejected.group(1)))
-    return WrkResult(percentiles["50"], percentiles["99"], float(rps.group(1)), int(total.group(1)), errors)
+    rps_value, requests = float(rps.group(1)), int(total.group(1))
+    return WrkResult(percentiles["50"], percentiles["99"], rps_value, requests, errors, p999, top)
 
 
 def run_wrk(pin: Pinning, url: str, script: Path, conns: int, seconds: int, script_args: Sequence[str] = ()) -> str:

@@ -19,6 +19,7 @@ from scheduler.extender.wire import WireError
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import team_rows
+from scheduler.observability.stalls import RECORDER as STALLS
 from scheduler.policy.placement import explain
 
 JSON = "application/json"
@@ -113,6 +114,14 @@ class DebugViews:
 
     async def debug_teams(self, request: web.Request) -> web.Response:
         return json_response({"teams": team_rows(self.state)})
+
+    async def debug_stalls(self, request: web.Request) -> web.Response:
+        """What the event loop did around the slowest verb calls (scheduler/observability/stalls.py);
+        ?reset=1 starts the counts afresh after this reading (the benchmark reads one per case)."""
+        out = STALLS.snapshot()
+        if request.query.get("reset") in ("1", "true"):
+            STALLS.reset()
+        return json_response(out)
 
     async def debug_explain(self, request: web.Request) -> web.Response:
         """GET ?namespace=&pod= (from the API server, or the pods the verbs saw in demo), or POST a Pod

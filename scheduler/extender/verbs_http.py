@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import socket
 import time
@@ -25,6 +26,8 @@ import httptools
 
 from scheduler.extender.guard import Guard, guard_cap
 from scheduler.extender.wire import WireError
+from scheduler.observability.stalls import RECORDER, StallRecorder
+from scheduler.observability.stalls import clock as _clock
 
 if TYPE_CHECKING:
     from scheduler.extender.verbs import Verbs
@@ -57,6 +60,7 @@ LINGER = 2.0  # after a refusal: seconds the input is still read (and dropped) s
 OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
 _ANSWER, _WRITE, _HANDOFF = 0, 1, 2  # what a queued item does once the replies before it are written
 _PAUSED_WRITING, _PAUSED_QUEUE = 1, 2
+_JOIN_BELOW = 64 * 1024  # bodies smaller than this may be copied next to their head
 
 
 def verb_of(request_line: bytes) -> bytes | None:
@@ -104,6 +108,7 @@ class VerbServer:
         self.overflow: set[VerbConnection] = set()  # over the cap, until their first line says what they are
         self._date = b""
         self._date_at = 0
+        self.stalls: StallRecorder = RECORDER  # each call's phases, for GET /debug/stalls
 
     def __call__(self) -> VerbConnection:
         return VerbConnection(self)
@@ -155,6 +160,7 @@ class VerbConnection(asyncio.Protocol):
         self.over_cap = False
         self.active_at = time.monotonic()  # the last reply written (idle since)
         self.started_at = 0.0  # the first byte of the request in progress; 0 when none is
+        self._received = 0.0  # the first byte of the request last completed (for the stall recorder)
         self._now = 0.0
         self._dead = False  # refused or handed off: nothing more is parsed
         self._paused = 0
@@ -437,7 +443,7 @@ class VerbConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._between = self._completed = True
         self._chunks = []
-        self.started_at = 0.0
+        self._received, self.started_at = self.started_at or self._now, 0.0
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body = []  # held by the answer (or the queue) alone, released with the reply
@@ -461,9 +467,16 @@ class VerbConnection(asyncio.Protocol):
     # -- answering -----------------------------------------------------------------------------
     def _answer(self, verb: bytes, body: bytes, keep: bool) -> None:
         berth = self.server.berth
+        stalls = self.server.stalls
         name = verb.decode()
-        timer = berth.timers[name]
-        t0 = time.perf_counter()
+        received = self._received
+        stalls.in_call = True
+        # The cyclic collector never starts inside a call: a young collection that comes due now runs once
+        # the reply is out (housekeeping also collects the young generation between calls, app.py).
+        collecting = gc.isenabled()
+        if collecting:
+            gc.disable()
+        t0 = _clock()
         try:
             if verb == b"filter":
                 reply = berth.filter_body(body)
@@ -473,22 +486,33 @@ class VerbConnection(asyncio.Protocol):
                 reply = berth.preempt_body(body)
             else:
                 self.busy = True
+                stalls.in_call = False
+                if collecting:
+                    gc.enable()
                 # Held here: the event loop keeps only a weak reference to a running task.
                 self._bind_task = asyncio.ensure_future(berth.bind_body(body))
-                self._bind_task.add_done_callback(lambda t: self._bound(t, keep, t0))
+                self._bind_task.add_done_callback(lambda t: self._bound(t, keep, received, t0))
                 return
         except WireError as exc:
-            self._write(exc.status, berth.refused(name, exc), keep)
+            status, reply = exc.status, berth.refused(name, exc)
         except Exception:
-            self._write(500, berth.failed(name, PREFIX.decode() + name), keep)
+            status, reply = 500, berth.failed(name, PREFIX.decode() + name)
         else:
-            self._write(200, reply, keep)
-        timer.observe(time.perf_counter() - t0)
+            status = 200
+        answered = _clock()
+        self._write(status, reply, keep)
+        written = _clock()
+        stalls.in_call = False
+        berth.timers[name].observe(written - t0)
+        stalls.call(name, received, t0, answered, written, len(reply))
+        if collecting:
+            gc.enable()
 
-    def _bound(self, task: asyncio.Future[bytes], keep: bool, t0: float) -> None:
+    def _bound(self, task: asyncio.Future[bytes], keep: bool, received: float, t0: float) -> None:
         berth = self.server.berth
         self.busy, self._bind_task = False, None
-        berth.timers["bind"].observe(time.perf_counter() - t0)
+        answered = _clock()
+        berth.timers["bind"].observe(answered - t0)
         if self.transport is None:  # the caller left while the bind was awaited
             return
         if task.cancelled():
@@ -496,11 +520,15 @@ class VerbConnection(asyncio.Protocol):
             return
         exc = task.exception()
         if exc is None:
-            self._write(200, task.result(), keep)
+            reply = task.result()
+            self._write(200, reply, keep)
         elif isinstance(exc, WireError):
-            self._write(exc.status, berth.refused("bind", exc), keep)
+            reply = berth.refused("bind", exc)
+            self._write(exc.status, reply, keep)
         else:
-            self._write(500, berth.failed("bind", "/scheduler/bind", exc), keep)
+            reply = berth.failed("bind", "/scheduler/bind", exc)
+            self._write(500, reply, keep)
+        self.server.stalls.call("bind", received, t0, answered, _clock(), len(reply))
         self._drain()
 
     def _drain(self) -> None:
@@ -535,8 +563,14 @@ class VerbConnection(asyncio.Protocol):
             self.server.date(),
             b"" if keep_alive else b"Connection: close\r\n",
         )
-        # Two buffers, one writev: a reply of several hundred KB is not copied to prepend its head.
-        transport.writelines((head, body))
+        # Two buffers, one writev (uvloop, and asyncio from 3.12): a reply of several hundred KB is not
+        # copied to prepend its head. asyncio's 3.11 transports join the buffers in writelines: there a
+        # large body goes in a write of its own instead of being copied.
+        if len(body) < _JOIN_BELOW or type(transport).writelines is not asyncio.WriteTransport.writelines:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+            transport.write(body)
         self.active_at = time.monotonic()
         if linger and transport.can_write_eof():
             # Refused while the caller may still be sending: closing now would answer its next bytes with a

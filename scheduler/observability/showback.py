@@ -1,9 +1,11 @@
 """Showback: per-team usage as Prometheus gauges, GPU-seconds, and the rows of /debug/teams and of
 TeamQuota status."""
 
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
+from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.model.names import GPU
 from scheduler.observability.metrics import Metrics
@@ -99,16 +101,75 @@ def _scale(res: str, amount: int) -> float:
     return amount / 1000.0 if res == "cpu" else float(amount)  # cpu in cores, as Prometheus users expect
 
 
-def account_gpu_seconds(state: ClusterState, m: Metrics, elapsed: float) -> None:
-    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback)."""
-    totals: dict[tuple[str, str], int] = {}
-    for entry in state.ledger:
-        if entry.request.gpu:
+class GpuHeld:
+    """GPUs held by (team, model), kept up to date by the ledger's hook instead of a walk over every pod
+    each second (~0.5 ms at 2,600 pods, tens of ms at 150,000, on the event loop the verbs share).
+
+    A pod's team and model are fixed from when it starts holding until it stops, except when teams or
+    their namespaces change (the state recounts every pod then): on such a change the totals are walked
+    again once. What each pod added is remembered, so a release takes back exactly that."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+        self.totals: dict[tuple[str, str], int] = {}
+        self.held: dict[str, tuple[tuple[str, str], int]] = {}  # pod key -> ((team, model), GPUs)
+        self.membership: tuple[frozenset[str], dict[str, str | None]] | None = None
+        self.exported: tuple[Metrics | None, int] = (None, -1)  # the Metrics and quotas.version last exported
+        inner = state.ledger.on_team
+
+        def hook(entry: PodEntry, sign: int) -> None:
+            inner(entry, sign)
+            self._change(entry, sign)
+
+        state.ledger.on_team = hook
+
+    def _change(self, entry: PodEntry, sign: int) -> None:
+        if sign < 0:
+            was = self.held.pop(entry.key, None)
+            if was is not None:
+                self._add(was[0], -was[1])
+        elif entry.request.gpu:
             k = (entry.team or "", entry.model or "")
-            totals[k] = totals.get(k, 0) + entry.request.gpu
-    for (team, model), gpus in totals.items():
+            self.held[entry.key] = (k, entry.request.gpu)
+            self._add(k, entry.request.gpu)
+
+    def _add(self, k: tuple[str, str], gpus: int) -> None:
+        left = self.totals.get(k, 0) + gpus
+        if left:
+            self.totals[k] = left
+        else:
+            self.totals.pop(k, None)
+
+    def current(self) -> dict[tuple[str, str], int]:
+        quotas = self.state.quotas
+        membership = (frozenset(quotas.teams), quotas.namespace_teams())
+        if membership != self.membership:  # teams re-resolved: walk once
+            self.membership = membership
+            self.totals, self.held = {}, {}
+            for entry in self.state.ledger:
+                self._change(entry, 1)
+        return self.totals
+
+
+_HELD: "weakref.WeakKeyDictionary[ClusterState, GpuHeld]" = weakref.WeakKeyDictionary()
+
+
+def gpus_held(state: ClusterState) -> GpuHeld:
+    held = _HELD.get(state)
+    if held is None:
+        held = _HELD[state] = GpuHeld(state)
+    return held
+
+
+def account_gpu_seconds(state: ClusterState, m: Metrics, elapsed: float) -> None:
+    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback). The team gauges
+    are written again only when the quota book changed (its version) since they were last written."""
+    held = gpus_held(state)
+    for (team, model), gpus in held.current().items():
         m.gpu_seconds.labels(team, model).inc(gpus * elapsed)
-    export_team_gauges(state, m)
+    if held.exported[0] is not m or held.exported[1] != state.quotas.version:
+        export_team_gauges(state, m)
+        held.exported = (m, state.quotas.version)
 
 
 __all__ = ["GPU", "account_gpu_seconds", "export_team_gauges", "team_rows", "team_status"]

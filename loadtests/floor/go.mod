@@ -1,0 +1,3 @@
+module berth.local/floor
+
+go 1.22
