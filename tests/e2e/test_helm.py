@@ -26,12 +26,14 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 import yaml
 
+from scheduler import config as berth_config
 from scheduler.config import load_config
 from tests.e2e import harness as h
 
@@ -288,6 +290,8 @@ def test_cert_manager_certificates() -> None:
         ),
         (["--set-json", 'teams=[{"name":"Bad_Name","spec":{"namespaces":["a"]}}]'], "at '/teams/0/name'"),
         (["--set-json", 'teams=[{"name":"a","spec":{"cohort":"c"}}]'], "missing property 'namespaceSelector'"),
+        (["--set", "config.scoring.weight.load=2"], "additional properties 'weight' not allowed"),
+        (["--set", "config.server.health_port=0"], "at '/config/server/health_port': minimum"),
         (["--set", "agent.enabled=true"], "its DaemonSet comes with the node agent"),
         (["--set", "serviceMonitor.interval=often"], "at '/serviceMonitor/interval'"),
     ],
@@ -298,6 +302,24 @@ def test_bad_values_are_refused(args: list[str], says: str) -> None:
     assert res.returncode != 0, res.stdout[:500]
     assert "Error:" in res.stderr, res.stderr
     assert says in res.stderr[res.stderr.index("Error:") :], res.stderr
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    """A config dataclass's keys, nested sections as mappings of their own."""
+    hints = get_type_hints(cls)
+    return {f.name: _fields(hints[f.name]) if is_dataclass(hints[f.name]) else None for f in fields(cls)}
+
+
+def _schema_keys(schema: dict[str, Any]) -> dict[str, Any]:
+    props = schema.get("properties", {})
+    return {k: _schema_keys(v) if v.get("type") == "object" else None for k, v in props.items()}
+
+
+def test_schema_knows_every_berth_yaml_key() -> None:
+    """values.schema.json's config section has exactly Berth's keys (scheduler/config.py), so a typo in values
+    fails the install instead of the pod's start, and a key Berth gains is one the chart accepts."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert _schema_keys(schema["properties"]["config"]) == _fields(berth_config.Config)
 
 
 # -- install, upgrade, uninstall on the local kube-apiserver -----------------------------------------------------
