@@ -185,8 +185,11 @@ def test_service_monitor_renders_what_the_monitoring_component_adds(tmp_path: Pa
     assert not [o for o in render() if o["kind"] == "ServiceMonitor"], "off by default"
 
 
-def test_crds_are_the_ones_in_deploy_crds() -> None:
-    """The chart's crds/ holds every CRD deploy/crds/kustomization.yaml lists, byte for byte."""
+def test_crds_and_rules_are_the_ones_in_deploy() -> None:
+    """The chart's crds/ holds every CRD deploy/crds/kustomization.yaml lists, byte for byte, and its ClusterRole's
+    rules come from deploy/base/rbac/berth.yaml (files/rbac-berth.yaml): one source for both installs."""
+    rbac = DEPLOY / "base" / "rbac" / "berth.yaml"
+    assert (CHART / "files" / "rbac-berth.yaml").read_bytes() == rbac.read_bytes()
     listed = yaml.safe_load((DEPLOY / "crds" / "kustomization.yaml").read_text())["resources"]
     assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(listed)
     for name in listed:
