@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
@@ -307,22 +307,54 @@ def test_bad_values_are_refused(args: list[str], says: str) -> None:
     assert says in res.stderr[res.stderr.index("Error:") :], res.stderr
 
 
-def _fields(cls: type) -> dict[str, Any]:
-    """A config dataclass's keys, nested sections as mappings of their own."""
-    hints = get_type_hints(cls)
-    return {f.name: _fields(hints[f.name]) if is_dataclass(hints[f.name]) else None for f in fields(cls)}
+def _key_schema(kind: Any, path: str) -> dict[str, Any]:
+    """One berth.yaml key as scheduler/config.py reads it: its type, choices and range."""
+    if isinstance(kind, type) and is_dataclass(kind):
+        hints = get_type_hints(kind)
+        props = {f.name: _key_schema(hints[f.name], f"{path}.{f.name}" if path else f.name) for f in fields(kind)}
+        return {"type": "object", "additionalProperties": False, "properties": props}
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        return {"type": "array", "items": {**_key_schema(item, path), **({"minLength": 1} if item is str else {})}}
+    out: dict[str, Any] = {"type": {int: "integer", float: "number", str: "string", bool: "boolean"}[kind]}
+    if path in berth_config._CHOICES:
+        out = {"enum": list(berth_config._CHOICES[path])}
+    if kind in (int, float):
+        lo, hi = berth_config._RANGES.get(path, (0, float("inf")))
+        out["minimum"] = lo
+        if hi != float("inf"):
+            out["maximum"] = hi
+    return out
 
 
-def _schema_keys(schema: dict[str, Any]) -> dict[str, Any]:
-    props = schema.get("properties", {})
-    return {k: _schema_keys(v) if v.get("type") == "object" else None for k, v in props.items()}
+def config_schema() -> dict[str, Any]:
+    """values.schema.json's `config`: berth.yaml's keys, and the chart's needs on top (the ports it wires)."""
+    schema = _key_schema(berth_config.Config, "")
+    schema["description"] = "berth.yaml as Berth reads it (scheduler/config.py); Berth checks it again at start."
+    schema["required"] = ["server"]
+    server = schema["properties"]["server"]
+    server["required"] = ["host", "port", "health_host", "health_port"]
+    for port in ("port", "tls_port", "health_port"):  # Berth's 0 means "no listener"; the chart needs each one
+        server["properties"][port]["minimum"] = 1
+    return schema
+
+
+SCHEMA = CHART / "values.schema.json"
+REGENERATE = ".venv/bin/python -m tests.e2e.test_helm"
 
 
 def test_schema_knows_every_berth_yaml_key() -> None:
-    """values.schema.json's config section has exactly Berth's keys (scheduler/config.py), so a typo in values
-    fails the install instead of the pod's start, and a key Berth gains is one the chart accepts."""
-    schema = json.loads((CHART / "values.schema.json").read_text())
-    assert _schema_keys(schema["properties"]["config"]) == _fields(berth_config.Config)
+    """values.schema.json's config section is berth.yaml's keys, types, choices and ranges (scheduler/config.py),
+    so a typo in values fails the install instead of the pod's start, and a key Berth gains is one the chart
+    accepts."""
+    got = json.loads(SCHEMA.read_text())["properties"]["config"]
+    assert got == config_schema(), f"values.schema.json's config is not scheduler/config.py's: run {REGENERATE}"
+
+
+def _write_schema() -> None:
+    schema = json.loads(SCHEMA.read_text())
+    schema["properties"]["config"] = config_schema()
+    SCHEMA.write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
 
 
 # -- install, upgrade, uninstall on the local kube-apiserver -----------------------------------------------------
@@ -411,3 +443,7 @@ def test_install_upgrade_uninstall(plane: h.ControlPlane, tmp_path: Path) -> Non
     assert helm("list", "-n", NS, "-q", kubeconfig=kc).stdout.strip() == ""
     assert plane.kubectl("get", "crd", "teamquotas.berth.dev", check=False).returncode == 0
     assert plane.kubectl("get", "namespace", NS, check=False).returncode == 0
+
+
+if __name__ == "__main__":  # regenerate values.schema.json's config section from scheduler/config.py
+    _write_schema()
