@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-scheduler and kubectl from the Go module proxy into a cache
-# outside git (BERTH_K8S_BIN, default ~/.cache/berth/k8s-<version>). Reuses what is already built.
+# Builds etcd, kube-apiserver, kube-scheduler and kubectl (pinned in go.mod) and helm (pinned in
+# helm/go.mod, a sibling module: see there why) from the Go module proxy into a cache outside git
+# (BERTH_K8S_BIN, default ~/.cache/berth/k8s-<version>). Reuses what is already built.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 k8s_version=$(awk '$1=="k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")
@@ -18,4 +19,11 @@ build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
+# helm: its own module; the binary is rebuilt when helm/go.mod pins another version than the cached one.
+helm_version=$(awk '$1=="helm.sh/helm/v4" {print $2; exit}' "$here/helm/go.mod")
+if [ -x "$bin/helm" ] && [ "$("$bin/helm" version --template '{{.Version}}')" != "$helm_version" ]; then
+  rm -f "$bin/helm"
+fi
+(cd "$here/helm" && ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" &&
+  build helm helm.sh/helm/v4/cmd/helm)
 echo "$bin"
