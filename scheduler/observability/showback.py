@@ -7,7 +7,7 @@ from typing import Any
 from scheduler.cluster.state import ClusterState
 from scheduler.model.names import GPU
 from scheduler.observability.metrics import Metrics
-from scheduler.policy.quotas import Team
+from scheduler.policy.quotas import Team, in_gpu_milli
 from scheduler.policy.quotas import format_amount as _fmt
 
 
@@ -88,18 +88,22 @@ def export_team_gauges(state: ClusterState, m: Metrics) -> None:
 
 
 def _scale(res: str, amount: int) -> float:
-    return amount / 1000.0 if res == "cpu" else float(amount)  # cpu in cores, as Prometheus users expect
+    # cpu in cores, GPUs as GPUs (a fraction as a fraction), as Prometheus users expect
+    return amount / 1000.0 if res == "cpu" or in_gpu_milli(res) else float(amount)
 
 
 def account_gpu_seconds(state: ClusterState, m: Metrics, elapsed: float) -> None:
-    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback)."""
-    totals: dict[tuple[str, str], int] = {}
+    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback); a fraction counts
+    as its fraction (a pod holding 250 milli of a GPU for 4 s adds 1 GPU-second)."""
+    totals: dict[tuple[str, str], int] = {}  # GPU milli
     for entry in state.ledger:
-        if entry.request.gpu:
+        charged = entry.charged if entry.charged is not None else entry.request.quota_units()
+        milli = charged.get(GPU, 0)
+        if milli:
             k = (entry.team or "", entry.model or "")
-            totals[k] = totals.get(k, 0) + entry.request.gpu
-    for (team, model), gpus in totals.items():
-        m.gpu_seconds.labels(team, model).inc(gpus * elapsed)
+            totals[k] = totals.get(k, 0) + milli
+    for (team, model), milli in totals.items():
+        m.gpu_seconds.labels(team, model).inc(milli * elapsed / 1000.0)
     export_team_gauges(state, m)
 
 
