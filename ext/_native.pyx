@@ -229,6 +229,211 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
             out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
 
 
+# ---- GPU sharing: the fractional path (twins: share_ask, best_share, filter_shared, ... in _python.py) ----
+
+cdef extern from *:
+    int ctz "__builtin_ctzll"(unsigned long long x) nogil
+
+
+cdef class _ShareViews:
+    """The node table's views plus the sharing columns; only the shared path pays for them."""
+    cdef _Views v
+    cdef int[::1] replicas, gpu_milli
+    cdef unsigned char[::1] share_res
+    cdef int* rep
+    cdef int* milli
+    cdef unsigned char* res
+
+    def __cinit__(self, t):
+        self.v = _Views(t)
+        self.replicas = t.replicas
+        self.gpu_milli = t.gpu_milli
+        self.share_res = t.share_res
+        self.rep = &self.replicas[0]
+        self.milli = &self.gpu_milli[0]
+        self.res = &self.share_res[0]
+
+
+cdef inline int _share_ask(_ShareViews sv, int s, int gpu, int shared, int fraction,
+                           int* m) noexcept nogil:
+    """Whole GPUs the pod holds on node s (-1: the node does not offer the resource); m: milli of one."""
+    cdef long long r = sv.rep[s]
+    cdef long long k, other, mm
+    m[0] = 0
+    if r < 1:
+        r = 1
+    if sv.res[s] == SHARE_GPU_SHARED:
+        k = shared
+        other = gpu
+    else:
+        k = gpu
+        other = shared
+    if other > 0:
+        return -1
+    if k <= 0:
+        return 0
+    if r == 1:
+        return <int>k
+    if k >= r:
+        return <int>((k + r - 1) // r)
+    mm = (k * GPU_MILLI + r - 1) // r
+    if fraction > mm:
+        mm = fraction
+    if mm >= GPU_MILLI:
+        return 1
+    m[0] = <int>mm
+    return 0
+
+
+cdef inline int _best_share(_ShareViews sv, int s, int m, int* held) noexcept nogil:
+    cdef const Table* t = &sv.v.tab
+    cdef int base = s * MAX_GPUS
+    cdef int n = t.alloc_gpu[s]
+    cdef int best = -1, g, u
+    cdef unsigned long long free
+    held[0] = 0
+    for g in range(n):
+        u = sv.milli[base + g]
+        if u > 0 and u + m <= GPU_MILLI and u > held[0]:
+            best = g
+            held[0] = u
+    if best >= 0:
+        return best
+    free = _free_gpus(t, s)
+    if free:
+        return ctz(free)
+    return -1
+
+
+cdef inline unsigned char _verdict_shared(_ShareViews sv, int s, long long cpu, long long mem, int gpu,
+                                          int shared, int fraction, int topo,
+                                          const unsigned char[::1] pool_ok,
+                                          const unsigned char[::1] model_ok) noexcept nogil:
+    cdef const Table* t = &sv.v.tab
+    cdef int whole, m, md, held
+    if s < 0 or not (t.flags[s] & FLAG_PRESENT):
+        return UNKNOWN
+    whole = _share_ask(sv, s, gpu, shared, fraction, &m)
+    if m == 0 and whole >= 0:
+        return _verdict(t, s, cpu, mem, whole, topo, pool_ok, model_ok)
+    if t.flags[s] & FLAG_UNSCHEDULABLE:
+        return UNSCHEDULABLE
+    if pool_ok[t.pool[s]] == 0:
+        return POOL
+    if model_ok.shape[0] > 0:
+        md = t.model[s]
+        if md < 0 or md >= model_ok.shape[0] or model_ok[md] == 0:
+            return MODEL
+    if t.used_pods[s] + 1 > t.alloc_pods[s]:
+        return PODS
+    if t.used_cpu[s] + cpu > t.alloc_cpu[s]:
+        return CPU
+    if t.used_mem[s] + mem > t.alloc_mem[s]:
+        return MEMORY
+    if whole < 0:
+        return SHARE_RESOURCE
+    if _best_share(sv, s, m, &held) < 0:
+        return SHARE_FULL
+    return OK
+
+
+def filter_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
+                  int topo, const unsigned char[::1] pool_ok, const unsigned char[::1] model_ok,
+                  unsigned char[::1] out):
+    cdef _ShareViews sv = _ShareViews(t)
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int passed = 0
+    cdef unsigned char r
+    with nogil:
+        for i in range(n):
+            r = _verdict_shared(sv, slots[i], cpu, mem, gpu, shared, fraction, topo, pool_ok, model_ok)
+            out[i] = r
+            if r == OK:
+                passed += 1
+    return passed
+
+
+def node_verdict_shared(t, int s, long long cpu, long long mem, int gpu, int shared, int fraction, int topo,
+                        const unsigned char[::1] pool_ok, const unsigned char[::1] model_ok):
+    cdef _ShareViews sv = _ShareViews(t)
+    if s >= sv.v.flags.shape[0]:
+        return UNKNOWN
+    return _verdict_shared(sv, s, cpu, mem, gpu, shared, fraction, topo, pool_ok, model_ok)
+
+
+cdef inline void _share_parts(_ShareViews sv, int s, int m, double* pack, double* fit) noexcept nogil:
+    cdef const Table* t = &sv.v.tab
+    cdef int held, g, k, u, nshared = 0
+    cdef int cap = t.alloc_gpu[s]
+    cdef int base = s * MAX_GPUS
+    cdef long long used = 0
+    pack[0] = 0.0
+    fit[0] = 0.0
+    g = _best_share(sv, s, m, &held)
+    if g < 0 or cap <= 0:
+        return
+    for k in range(cap):
+        u = sv.milli[base + k]
+        if u > 0:
+            used += u
+            nshared += 1
+    used += <long long>(popcount(t.gpu_used[s] & t.gpu_mask[s]) - nshared) * GPU_MILLI
+    fit[0] = <double>(10 * (held + m)) / <double>GPU_MILLI
+    if used != 0:
+        pack[0] = <double>(10 * (used + m)) / <double>(<long long>cap * GPU_MILLI)
+
+
+def score_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
+                 int topo, const unsigned char[::1] pool_ok, const double[::1] pool_avail,
+                 const double[::1] params, long long[::1] out):
+    cdef _ShareViews sv = _ShareViews(t)
+    cdef const Table* tab = &sv.v.tab
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int s, p, whole, m
+    cdef double total, wsum, pack, fit, res, lp, own, avail, load, r
+    cdef bint most = params[MOST_ALLOCATED] > 0.0
+    with nogil:
+        for i in range(n):
+            s = slots[i]
+            if s < 0 or not (tab.flags[s] & FLAG_PRESENT):
+                out[i] = 0
+                continue
+            whole = _share_ask(sv, s, gpu, shared, fraction, &m)
+            if whole < 0:
+                out[i] = 0
+                continue
+            total = 0.0
+            wsum = 0.0
+            if m > 0:
+                _share_parts(sv, s, m, &pack, &fit)
+                total += params[W_PACK] * pack + params[W_TOPO] * fit
+                wsum += params[W_PACK] + params[W_TOPO]
+            elif whole > 0:
+                _gpu_parts(tab, s, whole, &pack, &fit)
+                total += params[W_PACK] * pack + params[W_TOPO] * fit
+                wsum += params[W_PACK] + params[W_TOPO]
+            else:
+                res = _resource_part(tab, s, cpu, mem, most)
+                pack = 10.0 if tab.alloc_gpu[s] == 0 else 0.0
+                total += params[W_RES] * res + params[W_PACK] * pack
+                wsum += params[W_RES] + params[W_PACK]
+            load = tab.load[s]
+            if load >= 0.0 and params[NOW] - tab.load_time[s] <= params[LOAD_MAX_AGE]:
+                lp = 10.0 * (1.0 - load)
+            else:
+                lp = 5.0
+            p = tab.pool[s]
+            own = 10.0 if pool_ok[p] == 1 else 0.0
+            avail = 10.0 * pool_avail[p]
+            total += params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail
+            wsum += params[W_LOAD] + params[W_POOL] + params[W_AVAIL]
+            if wsum <= 0.0:
+                out[i] = 0
+                continue
+            r = floor(total / wsum + 0.5)
+            out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
+
+
 # ---- reply builders: JSON bytes written straight into one buffer (the twins are in _python.py) ----
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE

@@ -395,7 +395,7 @@ def report(args: argparse.Namespace, results: list[RunResult], argv: Sequence[st
                 else "without GPU sharing (a fraction holds a whole GPU)"
             )
             lines += [f"## `{variant}` mix, {title}", ""]
-            if sharing:
+            if sharing and not POLICIES["berth"].supports_sharing:
                 lines += ["Berth has no GPU sharing yet: its rows are n/a.", ""]
             lines += [*tables(results, args.policies, sharing, args.targets, variant), ""]
     return "\n".join(lines)

@@ -28,8 +28,12 @@ picks at random among the nodes with the highest total score (`selectHost`), and
 - `BerthPolicy`: Berth's own code path: a `ClusterState` fed the Node objects through `apply_node`, then per
   pod `placement.judge`, `run_filter`, `run_score` (the kernels Berth serves with: native when built) and
   `Binder.reserve`, which picks the devices and holds the pod in Berth's ledger, as `Binder.bind` does with
-  no API server. Ties among Berth's best scores are broken at random too. Berth has no GPU sharing: it
-  reports `supports_sharing = False`, and a fractional pod asks for one whole GPU.
+  no API server. Ties among Berth's best scores are broken at random too. With sharing, the nodes are
+  what a cluster running the NVIDIA device plugin's time-slicing advertises (`shared_node_dict`): 1000
+  replicas per GPU (`nvidia.com/gpu.replicas: 1000`, `nvidia.com/gpu: GPUs x 1000`, the product label with
+  `-SHARED`), so a replica is one milli of a GPU and the trace's asks map exactly (`shared_pod_dict`): a
+  fraction of f milli asks f replicas, k whole GPUs ask 1000 k replicas; Berth books 1000 k replicas of a
+  1000-replica GPU as k whole, exclusive GPUs, and f < 1000 replicas as f milli on one shared GPU.
 
 Filter (all baselines): free cpu, memory and pod slots; the GPU model; GPUs: `gpus` GPUs with at least
 `gpu_milli` free each (whole GPUs: idle ones). A fractional pod on a non-FGD baseline takes the fitting GPU
@@ -388,11 +392,43 @@ class FGDPolicy(Policy):
 # --------------------------------------------------------------------------------------------------
 
 
+SHARE_REPLICAS = 1000  # replicas per GPU on the benchmark's shared nodes: one replica is one milli
+
+
+def shared_node_dict(node: NodeSpec) -> dict[str, Any]:
+    """The Node object with time-slicing replicas, as the device plugin and GFD write it (not renamed)."""
+    out = node_dict(node)
+    if node.gpus and node.model:
+        status, labels = out["status"], out["metadata"]["labels"]
+        for key in ("capacity", "allocatable"):
+            status[key]["nvidia.com/gpu"] = str(node.gpus * SHARE_REPLICAS)
+        labels.update(
+            {
+                "nvidia.com/gpu.product": f"{node.model}-SHARED",
+                "nvidia.com/gpu.replicas": str(SHARE_REPLICAS),
+                "nvidia.com/gpu.sharing-strategy": "time-slicing",
+            }
+        )
+    return out
+
+
+def shared_pod_dict(pod: TracePod) -> dict[str, Any]:
+    """The Pod object on shared nodes: its GPU ask in replicas (milli of a GPU)."""
+    out = pod_dict(pod)
+    if pod.gpus:
+        replicas = str(pod.gpus * pod.gpu_milli * SHARE_REPLICAS // MILLI)
+        for c in out["spec"]["containers"]:
+            for key in ("requests", "limits"):
+                if "nvidia.com/gpu" in (c["resources"].get(key) or {}):
+                    c["resources"][key]["nvidia.com/gpu"] = replicas
+    return out
+
+
 class BerthPolicy(Policy):
     """Berth's filter, score and reserve; its own ledger holds what it placed."""
 
     name = "berth"
-    supports_sharing = False  # a fraction-aware Berth sets True and handles ask.milli < 1000
+    supports_sharing = True  # nodes advertise time-slicing replicas (shared_node_dict)
 
     def __init__(
         self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
@@ -405,7 +441,7 @@ class BerthPolicy(Policy):
 
         self.state = ClusterState(Config())
         for node in cluster.nodes:
-            self.state.apply_node("ADDED", node_dict(node))
+            self.state.apply_node("ADDED", shared_node_dict(node) if sharing else node_dict(node))
         t = self.state.table
         self.names = [n.name for n in cluster.nodes]
         self.slots = array("i", [t.slot_of[n] for n in self.names])
@@ -418,10 +454,8 @@ class BerthPolicy(Policy):
         from scheduler.model.podspec import pod_ask
         from scheduler.policy.placement import judge, run_filter, run_score
 
-        if ask.gpus and ask.milli < MILLI and self.sharing:
-            raise NotImplementedError("Berth has no GPU sharing yet")
         state = self.state
-        pod = pod_ask(pod_dict(ask.pod))
+        pod = pod_ask(shared_pod_dict(ask.pod) if self.sharing else pod_dict(ask.pod))
         state.seen.remember(pod)  # what the filter handler records: bind gets only names
         j = judge(state, pod)
         verdicts, passed = run_filter(state, j, self.slots)
@@ -447,6 +481,7 @@ class BerthPolicy(Policy):
             "memory": t.used_mem[slot],
             "gpu": t.used_gpu[slot],
             "gpu_used_mask": t.gpu_used[slot],
+            "gpu_milli": t.device_milli(slot),
         }
 
 

@@ -11,12 +11,14 @@ from loadtests import trace_bench, trace_workload
 from loadtests.trace_policies import (
     POLICIES,
     Ask,
+    BerthPolicy,
     BestFitPolicy,
     FGDPolicy,
     LeastAllocatedPolicy,
     Placement,
     SimCluster,
     least_allocated_score,
+    shared_node_dict,
 )
 from loadtests.trace_workload import (
     NodeSpec,
@@ -158,13 +160,34 @@ def test_fgd_picks_the_gpu_within_a_node_as_the_paper_does() -> None:
     assert BestFitPolicy(c, True, random.Random(0)).place(Ask.of(_pod(1000, 1024, 1, 500), True)) == Placement(0, (1,))
 
 
+def test_berth_shares_gpus_through_time_slicing_replicas() -> None:
+    """BerthPolicy's nodes advertise 1000 replicas per GPU, its pods replicas as milli: a fraction goes to
+    the GPU already shared (best fit), a whole GPU to an idle one, and Berth's ledger holds the milli."""
+    c = SimCluster([_node(0, 2, 16, 64)])
+    berth = BerthPolicy(c, True, random.Random(0))
+    placed = []
+    for k, milli in enumerate((400, 500, 1000)):
+        ask = Ask.of(TracePod(k, f"s{k}", 1000, 1024, 1, milli, ()), True)
+        p = berth.place(ask)
+        assert p is not None
+        c.apply(ask, p)
+        placed.append(p.gpu_ids)
+    assert placed[1] == placed[0] and placed[2] != placed[0]
+    assert sorted(berth.berth_usage(0)["gpu_milli"]) == [0, 900]  # the whole GPU is no fraction
+    node = shared_node_dict(c.nodes[0])
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "2000"
+    assert node["metadata"]["labels"]["nvidia.com/gpu.replicas"] == "1000"
+
+
 def test_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "trace.md"
     assert trace_bench.main(["--quick", "--seeds", "1", "--markdown", str(out)]) == 0
     text = out.read_text()
     for name in POLICIES:
         assert f"| {name} |" in text
-    assert "n/a" in text  # Berth with sharing
+    assert "n/a" not in text  # Berth shares GPUs too
+    berth = [line for line in text.splitlines() if line.startswith("| berth |")]
+    assert len(berth) == 6 and "%" in berth[3]  # its rows with sharing have numbers
     assert "python -m loadtests.trace_bench --quick" in text
     rows = [line for line in text.splitlines() if line.startswith("| fgd |")]
     assert len(rows) == 6 and "%" in rows[0]  # three tables per sharing mode

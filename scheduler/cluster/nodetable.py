@@ -14,8 +14,28 @@ from typing import Any
 import orjson
 
 from scheduler.gpu.topology import TopologyError, islands_to_masks, parse_topology_annotation
-from scheduler.model.constants import FLAG_PRESENT, FLAG_UNSCHEDULABLE, MAX_GPUS, MAX_ISLANDS
-from scheduler.model.names import ANN_GPU_TOPOLOGY, ANN_LOAD, ANN_LOAD_TIME, GPU, LABEL_GPU_PRODUCT, LABEL_POOL
+from scheduler.model.constants import (
+    FLAG_PRESENT,
+    FLAG_UNSCHEDULABLE,
+    GPU_MILLI,
+    MAX_GPUS,
+    MAX_ISLANDS,
+    SHARE_GPU,
+    SHARE_GPU_SHARED,
+)
+from scheduler.model.names import (
+    ANN_GPU_TOPOLOGY,
+    ANN_LOAD,
+    ANN_LOAD_TIME,
+    GPU,
+    GPU_SHARED,
+    LABEL_GPU_COUNT,
+    LABEL_GPU_PRODUCT,
+    LABEL_GPU_REPLICAS,
+    LABEL_GPU_SHARING,
+    LABEL_POOL,
+    SHARED_PRODUCT_SUFFIX,
+)
 from scheduler.model.quantity import QuantityError, to_units
 
 
@@ -29,6 +49,7 @@ class NodeFacts:
     islands: list[list[int]]
     topology_error: str | None
     other_alloc: dict[str, int]
+    sharing: str = "none"  # GFD's nvidia.com/gpu.sharing-strategy: none | time-slicing | mps
 
 
 def _zeros(code: str, n: int) -> array:
@@ -55,6 +76,9 @@ class NodeTable:
     load: array
     load_time: array
     islands: array  # MAX_ISLANDS device masks per slot
+    replicas: array  # replicas per GPU the device plugin advertises (1: not shared; 0 in free slots)
+    share_res: array  # SHARE_GPU / SHARE_GPU_SHARED: the resource name of those replicas
+    gpu_milli: array  # MAX_GPUS per slot: milli of each device held by fractions (whole pods: 0)
 
     _SPEC = {
         "alloc_cpu": "q",
@@ -72,6 +96,8 @@ class NodeTable:
         "flags": "B",
         "load": "d",
         "load_time": "d",
+        "replicas": "i",
+        "share_res": "B",
     }
 
     def __init__(self, capacity: int = 1024) -> None:
@@ -90,6 +116,9 @@ class NodeTable:
         for attr, code in self._SPEC.items():
             setattr(self, attr, array(code))
         self.islands = array("Q")
+        self.gpu_milli = array("i")
+        self.other_used: list[dict[str, int]] = []  # per slot: extended resources (MIG, ...) pods hold
+        self.shared_slots: set[int] = set()  # nodes whose GPUs are shared (replicas > 1 or gpu.shared)
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
@@ -97,6 +126,8 @@ class NodeTable:
         for attr, code in self._SPEC.items():
             getattr(self, attr).extend(_zeros(code, extra))
         self.islands.extend(_zeros("Q", extra * MAX_ISLANDS))
+        self.gpu_milli.extend(_zeros("i", extra * MAX_GPUS))
+        self.other_used.extend({} for _ in range(extra))
         self.names.extend([None] * extra)
         self.quoted.extend([None] * extra)
         self.facts.extend([None] * extra)
@@ -152,6 +183,11 @@ class NodeTable:
         base = slot * MAX_ISLANDS
         for i in range(MAX_ISLANDS):
             self.islands[base + i] = 0
+        base = slot * MAX_GPUS
+        for i in range(MAX_GPUS):
+            self.gpu_milli[base + i] = 0
+        self.other_used[slot] = {}
+        self.shared_slots.discard(slot)
         self.names[slot] = None
         self.quoted[slot] = None
         self.facts[slot] = None
@@ -166,7 +202,14 @@ class NodeTable:
         status = node.get("status") or {}
         alloc = status.get("allocatable") or status.get("capacity") or {}
         units = _units(alloc)
-        gpus = min(units.pop(GPU, 0), MAX_GPUS)
+        gpus, replicas, share_res = _gpu_shape(units, labels)
+        gpus = min(gpus, MAX_GPUS)
+        self.replicas[slot] = replicas
+        self.share_res[slot] = share_res
+        if replicas > 1 or share_res == SHARE_GPU_SHARED:
+            self.shared_slots.add(slot)
+        else:
+            self.shared_slots.discard(slot)
         self.alloc_cpu[slot] = units.pop("cpu", 0)
         self.alloc_mem[slot] = units.pop("memory", 0)
         self.alloc_pods[slot] = units.pop("pods", 110)
@@ -174,6 +217,8 @@ class NodeTable:
         self.gpu_mask[slot] = (1 << gpus) - 1
         self.gpu_used[slot] &= self.gpu_mask[slot]
         model = labels.get(LABEL_GPU_PRODUCT)
+        if isinstance(model, str) and model.endswith(SHARED_PRODUCT_SUFFIX):
+            model = model[: -len(SHARED_PRODUCT_SUFFIX)]  # the same GPUs, shared: one model for quotas
         self.model[slot] = self.intern_model(model) if gpus and model else -1
         self.pool[slot] = self.intern_pool(str(labels.get(LABEL_POOL) or ""))
         unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
@@ -187,6 +232,7 @@ class NodeTable:
             islands=islands,
             topology_error=topo_error,
             other_alloc={k: v for k, v in units.items() if k != "ephemeral-storage"},
+            sharing=str(labels.get(LABEL_GPU_SHARING) or ("time-slicing" if slot in self.shared_slots else "none")),
         )
 
     def _set_islands(self, slot: int, gpus: int, raw: Any) -> tuple[list[list[int]], str | None]:
@@ -212,6 +258,27 @@ class NodeTable:
         """The mask of the node's free devices (the kernels' _free_gpus is the same rule)."""
         return self.gpu_mask[slot] & ~self.gpu_used[slot]
 
+    def shared(self, slot: int) -> bool:
+        return slot in self.shared_slots
+
+    def max_replicas(self) -> tuple[int, int]:
+        """The most replicas per GPU among nodes sharing nvidia.com/gpu, and among gpu.shared nodes."""
+        most = [1, 1]
+        for s in self.shared_slots:
+            k = 1 if self.share_res[s] == SHARE_GPU_SHARED else 0
+            most[k] = max(most[k], self.replicas[s])
+        return most[0], most[1]
+
+    def device_milli(self, slot: int) -> list[int]:
+        """Milli held by fractions on each of the node's devices."""
+        base = slot * MAX_GPUS
+        return list(self.gpu_milli[base : base + self.alloc_gpu[slot]])
+
+    def free_milli(self, slot: int) -> int:
+        """Free GPU capacity in milli: idle devices whole, plus what fractions leave on shared ones."""
+        held = self.device_milli(slot)
+        return self.free_gpus(slot).bit_count() * GPU_MILLI + sum(GPU_MILLI - m for m in held if m)
+
     def cordoned(self, slot: int) -> bool:
         return bool(self.flags[slot] & FLAG_UNSCHEDULABLE)
 
@@ -230,6 +297,37 @@ class NodeTable:
             GPU: self.alloc_gpu[slot],
             "pods": self.alloc_pods[slot],
         }
+
+
+def _gpu_shape(units: dict[str, int], labels: dict[str, Any]) -> tuple[int, int, int]:
+    """(physical GPUs, replicas per GPU, SHARE_*) from allocatable and GFD labels; pops the GPU resources.
+
+    - `nvidia.com/gpu.shared` (renameByDefault): its replicas over `nvidia.com/gpu.replicas` GPUs (or
+      over `nvidia.com/gpu.count`); `nvidia.com/gpu` beside it is not modelled (Berth reads such a node
+      as its shared GPUs).
+    - `nvidia.com/gpu` with `nvidia.com/gpu.replicas` > 1: replicas of `nvidia.com/gpu.count` GPUs (else
+      allocatable / replicas).
+    - otherwise `nvidia.com/gpu` whole, as always (MIG single strategy: each MIG device is one GPU)."""
+    whole = units.pop(GPU, 0)
+    shared = units.pop(GPU_SHARED, 0)
+    count = _int_label(labels, LABEL_GPU_COUNT)
+    replicas = _int_label(labels, LABEL_GPU_REPLICAS)
+    if shared > 0:
+        if replicas < 1:
+            replicas = shared // count if count and shared >= count else 1
+        return (count or shared // replicas), replicas, SHARE_GPU_SHARED
+    if replicas > 1 and whole > 0:
+        return (count or whole // replicas), replicas, SHARE_GPU
+    return whole, 1, SHARE_GPU
+
+
+def _int_label(labels: dict[str, Any], key: str) -> int:
+    raw = labels.get(key)
+    try:
+        value = int(str(raw))
+    except (TypeError, ValueError):
+        return 0
+    return value if 0 < value < 1 << 20 else 0
 
 
 def _units(alloc: Any) -> dict[str, int]:

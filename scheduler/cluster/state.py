@@ -13,9 +13,9 @@ from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservation
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.cluster.seen import SeenPods
 from scheduler.config import Config
-from scheduler.model.constants import MAX_GPUS
-from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM, GPU
-from scheduler.model.podspec import PodError, pod_request
+from scheduler.model.constants import GPU_MILLI, MAX_GPUS
+from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_GPU_MILLI, ANN_TEAM, GPU
+from scheduler.model.podspec import PodError, gpu_fraction, pod_request
 from scheduler.policy.quotas import QuotaBook
 
 log = logging.getLogger("berth.state")
@@ -37,6 +37,14 @@ def parse_gpu_ids(raw: Any) -> int:
         if part.isdigit() and int(part) < MAX_GPUS:
             mask |= 1 << int(part)
     return mask
+
+
+def parse_gpu_milli(raw: Any) -> int:
+    """A fraction's milli from the berth.dev/gpu-milli annotation ("250"); 0 when absent or unreadable."""
+    if not isinstance(raw, str) or not raw.strip().isdigit():
+        return 0
+    milli = int(raw.strip())
+    return milli if 0 < milli < GPU_MILLI else 0
 
 
 def format_gpu_ids(mask: int) -> str:
@@ -91,6 +99,7 @@ class ClusterState:
             self.ledger.node_removing(slot)
         if kind == "DELETED":
             self.table.remove(name)
+            self.quotas.replicas = self.table.max_replicas()
             return
         try:
             slot = self.table.upsert(node)
@@ -98,6 +107,8 @@ class ClusterState:
             log.warning("node %s ignored: %s", name, exc)
             self.table.remove(name)
             return
+        finally:
+            self.quotas.replicas = self.table.max_replicas()
         self.pools.ensure(len(self.table.pools))
         self.ledger.node_added(slot)
 
@@ -137,6 +148,10 @@ class ClusterState:
         except PodError as exc:
             log.warning("pod %s on %s: cannot read its requests (%s); counting none", key, node, exc)
             return None
+        try:
+            request.gpu_fraction = gpu_fraction(annotations)
+        except PodError:
+            request.gpu_fraction = 0  # running already: hold what its replicas say
         team = annotations.get(ANN_TEAM)
         if not team:
             resolved, _ = self.quotas.team_for(key.split("/", 1)[0])
@@ -150,6 +165,7 @@ class ClusterState:
             team=team,
             borrowing=annotations.get(ANN_BORROWING) == "true",
             gpu_ids=parse_gpu_ids(annotations.get(ANN_GPU_IDS)),
+            gpu_milli=parse_gpu_milli(annotations.get(ANN_GPU_MILLI)),
             confirmed=True,
             since=time.monotonic(),
         )
@@ -197,7 +213,9 @@ class ClusterState:
             slot = self.table.slot_of.get(entry.node)
             facts = self.table.facts[slot] if slot is not None else None
             entry.model = facts.gpu_model if facts else None
-        self.quotas.account(entry.team, entry.request.as_dict(), entry.model, sign)
+            entry.charged = entry.request.quota_units(entry.held_gpu_milli())  # fractions as fractions
+        charged = entry.charged if entry.charged is not None else entry.request.quota_units()
+        self.quotas.account(entry.team, charged, entry.model, sign)
 
     # -- reservations (bind) ---------------------------------------------------------------------
     def reserve(self, entry: PodEntry) -> None:
@@ -245,6 +263,10 @@ class ClusterState:
             "allocatable": t.allocatable(slot),
             "free": t.free(slot),
             "gpuIdsUsed": format_gpu_ids(t.gpu_used[slot]),
+            "gpuMilliFree": t.free_milli(slot),
+            "gpuMilliShared": {str(g): m for g, m in enumerate(t.device_milli(slot)) if m},
+            "gpuReplicas": t.replicas[slot],
+            "gpuSharing": facts.sharing if facts else "none",
             "islands": facts.islands if facts else [],
             "topologyError": facts.topology_error if facts else None,
             "load": t.load[slot] if t.load[slot] >= 0 else None,
@@ -252,4 +274,4 @@ class ClusterState:
         }
 
 
-__all__ = ["GPU", "ClusterState", "format_gpu_ids", "parse_gpu_ids", "pod_key"]
+__all__ = ["GPU", "ClusterState", "format_gpu_ids", "parse_gpu_ids", "parse_gpu_milli", "pod_key"]

@@ -107,14 +107,15 @@ class Verbs:
         return self._partial_reply(args, j, verdicts, passed)
 
     def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
-        """Extended resources other than GPUs are rare: checked here, off the kernel path. Berth does
-        not track their use, so this only rejects nodes that lack them altogether."""
+        """Extended resources other than GPUs (MIG profiles such as nvidia.com/mig-1g.10gb, ...) are
+        rarer: checked here, off the kernel path, against allocatable less what the ledger's pods hold."""
         t = self.state.table
         for i, s in enumerate(args.slots):
             if verdicts[i] == K.OK:
                 facts = t.facts[s]
                 have = facts.other_alloc if facts else {}
-                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
+                used = t.other_used[s] if s >= 0 else {}
+                if any(have.get(k, 0) - used.get(k, 0) < v for k, v in ask.request.other.items()):
                     verdicts[i] = OTHER_RESOURCE
         return verdicts.count(K.OK)
 

@@ -7,7 +7,13 @@ import os
 from typing import Any
 
 from scheduler.kernels import _python
-from scheduler.kernels._python import choose_devices, node_score_parts
+from scheduler.kernels._python import (
+    choose_devices,
+    choose_share_device,
+    node_score_parts,
+    share_ask,
+    shared_score_parts,
+)
 from scheduler.model.constants import (
     CPU,
     GPU,
@@ -17,6 +23,8 @@ from scheduler.model.constants import (
     OTHER_RESOURCE,
     PODS,
     POOL,
+    SHARE_FULL,
+    SHARE_RESOURCE,
     TOPOLOGY,
     UNKNOWN,
     UNSCHEDULABLE,
@@ -39,6 +47,10 @@ pick_json = _impl.pick_json
 reason_ids = _impl.reason_ids
 failed_json = _impl.failed_json
 map_names = _impl.map_names
+# GPU sharing: the fractional path (whole asks on it score and filter as above).
+filter_shared = _impl.filter_shared
+node_verdict_shared = _impl.node_verdict_shared
+score_shared = _impl.score_shared
 
 __all__ = [
     "CPU",
@@ -50,17 +62,25 @@ __all__ = [
     "OTHER_RESOURCE",
     "PODS",
     "POOL",
+    "SHARE_FULL",
+    "SHARE_RESOURCE",
     "TOPOLOGY",
     "UNKNOWN",
     "UNSCHEDULABLE",
     "choose_devices",
+    "choose_share_device",
     "failed_json",
     "filter_nodes",
+    "filter_shared",
     "map_names",
     "node_score_parts",
     "node_verdict",
+    "node_verdict_shared",
     "pick_json",
     "prioritize_json",
     "reason_ids",
     "score_nodes",
+    "score_shared",
+    "share_ask",
+    "shared_score_parts",
 ]

@@ -16,6 +16,13 @@ MAX_GPUS = 64
 # Island masks kept per node (NodeTable.islands holds MAX_ISLANDS entries per slot; 0 = no island).
 MAX_ISLANDS = 8
 
+# GPU sharing: a GPU is 1000 milli in the device ledger (NodeTable.gpu_milli, MAX_GPUS per slot); a
+# fraction of one GPU is 1..999 milli, never more than GPU_MILLI held on one device.
+GPU_MILLI = 1000
+# NodeTable.share_res: which resource a node's replicas are advertised as.
+SHARE_GPU = 0  # nvidia.com/gpu (not shared, or time-slicing/MPS replicas without renameByDefault)
+SHARE_GPU_SHARED = 1  # nvidia.com/gpu.shared (renameByDefault: true)
+
 # ---- a pod's ask ----------------------------------------------------------------------------------
 # The berth.dev/topology policy, as the kernels take it.
 TOPOLOGY_NONE = 0
@@ -39,6 +46,9 @@ MEMORY = 6
 GPU = 7
 TOPOLOGY = 8
 OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
+# GPU sharing (filter_shared): codes far from the whole-GPU ones, so other checks can be added there.
+SHARE_FULL = 30  # no GPU of the node has the fraction free (partly shared GPUs or an idle one)
+SHARE_RESOURCE = 31  # the node does not offer the GPU resource the pod asks (gpu vs gpu.shared)
 UNKNOWN = 255  # not a node in the table (never added, or deleted)
 
 # Failed nodes are grouped into at most this many distinct sentences per reply (reason_ids).

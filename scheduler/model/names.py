@@ -2,10 +2,16 @@
 
 # Resources.
 GPU = "nvidia.com/gpu"
+GPU_SHARED = "nvidia.com/gpu.shared"  # the device plugin's replicas with renameByDefault: true
+MIG_PREFIX = "nvidia.com/mig-"  # MIG profiles (mixed strategy): nvidia.com/mig-1g.10gb, ...
 
 # Node labels and annotations.
 LABEL_POOL = "berth.dev/pool"
 LABEL_GPU_PRODUCT = "nvidia.com/gpu.product"  # NVIDIA GPU feature discovery
+LABEL_GPU_COUNT = "nvidia.com/gpu.count"  # GFD: physical GPUs on the node
+LABEL_GPU_REPLICAS = "nvidia.com/gpu.replicas"  # GFD: replicas per GPU (time-slicing or MPS), 1 when not shared
+LABEL_GPU_SHARING = "nvidia.com/gpu.sharing-strategy"  # GFD: none | time-slicing | mps
+SHARED_PRODUCT_SUFFIX = "-SHARED"  # GFD appends it to gpu.product on shared GPUs (without renameByDefault)
 ANN_GPU_TOPOLOGY = "berth.dev/gpu-topology"  # the node's NVLink islands, written by `berth topology`
 ANN_LOAD = "berth.dev/load"  # 0..1, kept by a metrics pipeline
 ANN_LOAD_TIME = "berth.dev/load-time"  # RFC 3339: when ANN_LOAD was measured
@@ -13,8 +19,10 @@ ANN_LOAD_TIME = "berth.dev/load-time"  # RFC 3339: when ANN_LOAD was measured
 # Pod annotations a user sets.
 ANN_GPU_MODELS = "berth.dev/gpu-models"  # acceptable GPU models, comma-separated
 ANN_TOPOLOGY_POLICY = "berth.dev/topology"  # none | preferred | required
+ANN_GPU_FRACTION = "berth.dev/gpu-fraction"  # of one GPU: "0.5", "500m"; on nodes that offer replicas
 
 # Pod annotations Berth writes at bind.
 ANN_TEAM = "berth.dev/team"
 ANN_BORROWING = "berth.dev/borrowing"
 ANN_GPU_IDS = "berth.dev/gpu-ids"  # the device indices the pod was given, "0,1,5"
+ANN_GPU_MILLI = "berth.dev/gpu-milli"  # a fraction's share of its one device in milli, "250"

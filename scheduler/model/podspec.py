@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.model.constants import (
+    GPU_MILLI,
     MAX_GPU_REQUEST,
     MAX_UNITS,
     TOPOLOGY_NONE,
     TOPOLOGY_PREFERRED,
     TOPOLOGY_REQUIRED,
 )
-from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU
+from scheduler.model.names import ANN_GPU_FRACTION, ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU, GPU_SHARED
 from scheduler.model.quantity import QuantityError, QuantityRangeError, to_units
 
 TOPOLOGY_MODES = {"none": TOPOLOGY_NONE, "preferred": TOPOLOGY_PREFERRED, "required": TOPOLOGY_REQUIRED}
@@ -32,12 +33,40 @@ class PodRequest:
     cpu: int = 0  # millicores
     memory: int = 0  # bytes
     gpu: int = 0
-    other: dict[str, int] = field(default_factory=dict)  # extended resources besides nvidia.com/gpu
+    other: dict[str, int] = field(default_factory=dict)  # extended resources besides the GPU ones
+    gpu_shared: int = 0  # replicas of nvidia.com/gpu.shared (the device plugin's renamed shared GPUs)
+    gpu_fraction: int = 0  # milli of one GPU from berth.dev/gpu-fraction; 0: not stated
 
     def as_dict(self) -> dict[str, int]:
-        out = {"cpu": self.cpu, "memory": self.memory, GPU: self.gpu}
+        out = {"cpu": self.cpu, "memory": self.memory, GPU: self.gpu, GPU_SHARED: self.gpu_shared}
         out.update(self.other)
         return {k: v for k, v in out.items() if v}
+
+    @property
+    def sharing(self) -> bool:
+        """The pod may hold a fraction of a GPU (the kernels' shared path decides per node)."""
+        return self.gpu_shared > 0 or self.gpu_fraction > 0
+
+    def nominal_gpu_milli(self, replicas: tuple[int, int] = (1, 1)) -> int:
+        """The least GPU milli the pod can hold on any node, what quotas admit it with before a node is
+        chosen (bind then checks what it holds exactly). `replicas`: the most replicas per GPU among the
+        nodes that share `nvidia.com/gpu` and among those offering `nvidia.com/gpu.shared` (1: none)."""
+        k, most = (self.gpu_shared, replicas[1]) if self.gpu_shared else (self.gpu, replicas[0])
+        if k <= 0:
+            return 0
+        if most <= 1:  # no node shares this resource: whole GPUs, as the device plugin hands them out
+            return k * GPU_MILLI
+        return max(-(-k * GPU_MILLI // most), self.gpu_fraction)
+
+    def quota_units(self, gpu_milli: int | None = None, replicas: tuple[int, int] = (1, 1)) -> dict[str, int]:
+        """What quotas count: as_dict with nvidia.com/gpu in milli (`gpu_milli`: what the pod holds once
+        placed, else the nominal ask)."""
+        out = self.as_dict()
+        out.pop(GPU, None)
+        milli = self.nominal_gpu_milli(replicas) if gpu_milli is None else gpu_milli
+        if milli:
+            out[GPU] = milli
+        return out
 
 
 @dataclass(slots=True)
@@ -136,7 +165,25 @@ def pod_request(spec: dict[str, Any]) -> PodRequest:
     gpu = reqs.pop(GPU, 0)
     for key in ("pods", "ephemeral-storage"):  # not tracked per node by Berth; in-tree fit checks them
         reqs.pop(key, None)
-    return PodRequest(cpu=cpu, memory=memory, gpu=gpu, other={k: v for k, v in reqs.items() if v})
+    shared = reqs.pop(GPU_SHARED, 0)
+    if shared >= MAX_GPU_REQUEST:  # the kernels take replicas as 32-bit counts, as GPUs
+        raise PodError(f"the pod's total request: {GPU_SHARED} must be from 0 to {MAX_GPU_REQUEST - 1} units")
+    return PodRequest(cpu=cpu, memory=memory, gpu=gpu, other={k: v for k, v in reqs.items() if v}, gpu_shared=shared)
+
+
+def gpu_fraction(annotations: dict[str, Any]) -> int:
+    """berth.dev/gpu-fraction in milli of one GPU ("0.5", "500m", "0.25"); 0 when absent. A quantity
+    above 0 and at most 1 (1 is a whole GPU); rounded up to whole milli."""
+    raw = annotations.get(ANN_GPU_FRACTION)
+    if raw is None or raw == "":
+        return 0
+    try:
+        milli = to_units("cpu", raw)  # a quantity in thousandths: what cpu's millicores are
+    except (QuantityError, ArithmeticError, ValueError):
+        raise PodError(f"{ANN_GPU_FRACTION} must be a fraction of one GPU such as 0.5 or 250m (got {raw!r})") from None
+    if not 0 < milli <= GPU_MILLI:
+        raise PodError(f"{ANN_GPU_FRACTION} must be above 0 and at most 1 GPU (got {raw!r})")
+    return milli
 
 
 def pod_ask(pod: Any) -> PodAsk:
@@ -155,11 +202,13 @@ def pod_ask(pod: Any) -> PodAsk:
     priority = spec.get("priority") or 0
     if not isinstance(priority, int):
         raise PodError("Pod.spec.priority must be an integer")
+    request = pod_request(spec)
+    request.gpu_fraction = gpu_fraction(annotations)
     return PodAsk(
         namespace=str(meta.get("namespace") or "default"),
         name=str(meta.get("name") or ""),
         uid=str(meta.get("uid") or ""),
-        request=pod_request(spec),
+        request=request,
         priority=priority,
         gpu_models=_gpu_models(annotations),
         topology=_topology(annotations),

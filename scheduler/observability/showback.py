@@ -9,7 +9,7 @@ from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.model.names import GPU
 from scheduler.observability.metrics import Metrics
-from scheduler.policy.quotas import Team
+from scheduler.policy.quotas import Team, in_gpu_milli
 from scheduler.policy.quotas import format_amount as _fmt
 
 # Resources a TeamQuota's status always reports (the printer columns read them).
@@ -98,7 +98,8 @@ def export_team_gauges(state: ClusterState, m: Metrics) -> None:
 
 
 def _scale(res: str, amount: int) -> float:
-    return amount / 1000.0 if res == "cpu" else float(amount)  # cpu in cores, as Prometheus users expect
+    # cpu in cores, GPUs as GPUs (a fraction as a fraction), as Prometheus users expect
+    return amount / 1000.0 if res == "cpu" or in_gpu_milli(res) else float(amount)
 
 
 class GpuHeld:
@@ -111,8 +112,8 @@ class GpuHeld:
 
     def __init__(self, state: ClusterState) -> None:
         self.state = state
-        self.totals: dict[tuple[str, str], int] = {}
-        self.held: dict[str, tuple[tuple[str, str], int]] = {}  # pod key -> ((team, model), GPUs)
+        self.totals: dict[tuple[str, str], int] = {}  # GPU milli by (team, model)
+        self.held: dict[str, tuple[tuple[str, str], int]] = {}  # pod key -> ((team, model), GPU milli)
         self.membership: tuple[frozenset[str], dict[str, str | None]] | None = None
         self.exported: tuple[Metrics | None, int] = (None, -1)  # the Metrics and quotas.version last exported
         inner = state.ledger.on_team
@@ -128,10 +129,13 @@ class GpuHeld:
             was = self.held.pop(entry.key, None)
             if was is not None:
                 self._add(was[0], -was[1])
-        elif entry.request.gpu:
+            return
+        charged = entry.charged if entry.charged is not None else entry.request.quota_units()
+        milli = charged.get(GPU, 0)  # a fraction counts as its fraction
+        if milli:
             k = (entry.team or "", entry.model or "")
-            self.held[entry.key] = (k, entry.request.gpu)
-            self._add(k, entry.request.gpu)
+            self.held[entry.key] = (k, milli)
+            self._add(k, milli)
 
     def _add(self, k: tuple[str, str], gpus: int) -> None:
         left = self.totals.get(k, 0) + gpus
@@ -162,11 +166,12 @@ def gpus_held(state: ClusterState) -> GpuHeld:
 
 
 def account_gpu_seconds(state: ClusterState, m: Metrics, elapsed: float) -> None:
-    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback). The team gauges
-    are written again only when the quota book changed (its version) since they were last written."""
+    """Add `elapsed` seconds of every GPU held, by team and GPU model (cost showback); a fraction counts as
+    its fraction (a pod holding 250 milli of a GPU for 4 s adds 1 GPU-second). The team gauges are written
+    again only when the quota book changed (its version) since they were last written."""
     held = gpus_held(state)
-    for (team, model), gpus in held.current().items():
-        m.gpu_seconds.labels(team, model).inc(gpus * elapsed)
+    for (team, model), milli in held.current().items():
+        m.gpu_seconds.labels(team, model).inc(milli * elapsed / 1000.0)
     if held.exported[0] is not m or held.exported[1] != state.quotas.version:
         export_team_gauges(state, m)
         held.exported = (m, state.quotas.version)

@@ -10,10 +10,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.nodetable import NodeFacts
 from scheduler.cluster.state import ClusterState, format_gpu_ids, pod_key
-from scheduler.kernels import OK, choose_devices, node_verdict
+from scheduler.kernels import OK, choose_devices, choose_share_device, node_verdict, node_verdict_shared, share_ask
 from scheduler.model.binding import BindConflict, BindingArgs
-from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_TEAM
+from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_GPU_MILLI, ANN_TEAM, GPU
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.policy.placement import Reasons, judge
 
@@ -121,16 +122,20 @@ class Binder:
         if j.admission.error:
             raise BindError(j.admission.error, "quota")
         r = ask.request
-        code = node_verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
+        sharing = r.sharing or bool(t.shared_slots)
+        if sharing:
+            code = node_verdict_shared(
+                t, slot, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, ask.topology, j.pool_ok, j.model_ok
+            )
+        else:
+            code = node_verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
         if code != OK:
             raise BindError(
                 f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
                 f"{Reasons(state, j).of(code, slot)[0]}",
                 "conflict",
             )
-        gpu_ids = 0
-        if r.gpu:
-            gpu_ids = choose_devices(t.islands, slot, t.free_gpus(slot), r.gpu, ask.topology)
+        gpu_ids, gpu_milli = self._devices(ask, slot, sharing)
         own = j.admission.own_pools is None or t.pools[t.pool[slot]] in j.admission.own_pools
         entry = PodEntry(
             key=pod_key(ask.namespace, ask.name),
@@ -142,9 +147,36 @@ class Binder:
             borrowing=j.admission.borrowing or not own,
             gpu_ids=gpu_ids,
             confirmed=False,
+            gpu_milli=gpu_milli,
         )
+        self._exact_quota(entry, t.facts[slot])
         state.reserve(entry)
         return entry
+
+    def _devices(self, ask: PodAsk, slot: int, sharing: bool) -> tuple[int, int]:
+        """(device mask, milli): whole GPUs by best-fit island; a fraction on one device by best fit."""
+        t, r = self.state.table, ask.request
+        if not sharing:
+            return (choose_devices(t.islands, slot, t.free_gpus(slot), r.gpu, ask.topology) if r.gpu else 0), 0
+        whole, milli = share_ask(t, slot, r.gpu, r.gpu_shared, r.gpu_fraction)
+        if milli > 0:
+            g = choose_share_device(t, slot, milli)
+            return (1 << g, milli) if g >= 0 else (0, 0)
+        if whole > 0:
+            return choose_devices(t.islands, slot, t.free_gpus(slot), whole, ask.topology), 0
+        return 0, 0
+
+    def _exact_quota(self, entry: PodEntry, facts: NodeFacts | None) -> None:
+        """Admission charged the least the pod can hold; on its node it holds an exact amount. When that is
+        more (replicas on a node with fewer replicas per GPU, or whole GPUs), check it now: reserve runs
+        synchronously, so concurrent binds count each other's fractions exactly."""
+        r = entry.request
+        exact = entry.held_gpu_milli() or 0
+        if exact <= r.nominal_gpu_milli(self.state.quotas.replicas):
+            return
+        error = self.state.quotas.check_charge(entry.team, {GPU: exact}, facts.gpu_model if facts else None)
+        if error:
+            raise BindError(error, "quota")
 
     @staticmethod
     def annotations(entry: PodEntry) -> dict[str, str]:
@@ -154,6 +186,8 @@ class Binder:
             out[ANN_BORROWING] = "true" if entry.borrowing else "false"
         if entry.gpu_ids:
             out[ANN_GPU_IDS] = format_gpu_ids(entry.gpu_ids)
+        if entry.gpu_milli:
+            out[ANN_GPU_MILLI] = str(entry.gpu_milli)
         return out
 
 

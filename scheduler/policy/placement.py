@@ -18,9 +18,10 @@ from scheduler.model.constants import (
     N_PARAMS,
     NOW,
     OTHER_RESOURCE,
+    SHARE_GPU_SHARED,
     WEIGHT_NAMES,
 )
-from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU
+from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU, GPU_SHARED
 from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import format_units
 from scheduler.policy.quotas import Admission
@@ -36,6 +37,8 @@ REASON_NAMES = {
     K.MEMORY: "insufficient_memory",
     K.GPU: "insufficient_gpu",
     K.TOPOLOGY: "topology",
+    K.SHARE_FULL: "insufficient_gpu_share",
+    K.SHARE_RESOURCE: "gpu_share_resource",
 }
 
 
@@ -63,7 +66,7 @@ def judge(state: ClusterState, ask: PodAsk) -> Judgement:
 
 
 def _model_ok(state: ClusterState, ask: PodAsk, admission: Admission) -> bytes:
-    if ask.request.gpu <= 0 or (not ask.gpu_models and not admission.blocked_models):
+    if (ask.request.gpu <= 0 and ask.request.gpu_shared <= 0) or (not ask.gpu_models and not admission.blocked_models):
         return b""
     wanted = set(ask.gpu_models)
     return (
@@ -72,9 +75,21 @@ def _model_ok(state: ClusterState, ask: PodAsk, admission: Admission) -> bytes:
     )  # never empty once asked: empty means "any model" to the kernels
 
 
+def sharing(state: ClusterState, j: Judgement) -> bool:
+    """The GPU-sharing kernels judge the pod: it may hold a fraction, or some node shares its GPUs.
+    They give the same verdicts and scores as the whole-GPU kernels wherever no fraction is involved."""
+    return j.ask.request.sharing or bool(state.table.shared_slots)
+
+
 def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearray, int]:
     out = bytearray(len(slots))
     r = j.ask.request
+    if sharing(state, j):
+        t, topo = state.table, j.ask.topology
+        passed = K.filter_shared(
+            t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, j.model_ok, out
+        )
+        return out, passed
     passed = K.filter_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, j.model_ok, out)
     return out, passed
 
@@ -94,6 +109,10 @@ def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None
     out = array("q", bytes(8 * len(slots)))
     r = j.ask.request
     state.pools.ensure(len(state.table.pools) + 1)
+    if sharing(state, j):
+        p, t, avail, topo = score_params(state.config, now), state.table, state.pools.avail, j.ask.topology
+        K.score_shared(t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, avail, p, out)
+        return out
     K.score_nodes(
         state.table,
         slots,
@@ -122,8 +141,10 @@ class Reasons:
         """(reason, unresolvable) for a node that failed with `code`."""
         t = self.state.table
         extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
-        if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):
+        if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY, OTHER_RESOURCE):
             extra = int(self._too_small(code, slot))
+        elif code == K.SHARE_FULL:
+            extra = K.share_ask(t, slot, *self._gpu_asks())[1]  # the sentence names the fraction
         key = (code, extra)
         hit = self._cache.get(key)
         if hit is None:
@@ -141,7 +162,15 @@ class Reasons:
             return t.alloc_gpu[slot] < r.gpu
         if code == K.TOPOLOGY:
             return max((m.bit_count() for m in t.island_masks(slot)), default=0) < r.gpu
+        if code == OTHER_RESOURCE:
+            facts = t.facts[slot]
+            have = facts.other_alloc if facts else {}
+            return any(have.get(k, 0) < v for k, v in r.other.items())
         return False
+
+    def _gpu_asks(self) -> tuple[int, int, int]:
+        r = self.j.ask.request
+        return r.gpu, r.gpu_shared, r.gpu_fraction
 
     def _sentence(self, code: int, slot: int) -> tuple[str, bool]:
         t, ask, adm = self.state.table, self.j.ask, self.j.admission
@@ -164,7 +193,15 @@ class Reasons:
         if code == K.PODS:
             return "berth: node already runs its maximum number of pods", False
         if code == OTHER_RESOURCE:
+            if not small:
+                return f"berth: not enough free {', '.join(sorted(r.other))} for the pod (others hold it)", False
             return f"berth: node has none or too few of {', '.join(sorted(r.other))}", True
+        if code == K.SHARE_FULL:
+            milli = K.share_ask(t, slot, *self._gpu_asks())[1]
+            return f"berth: no GPU on this node has {milli / 1000:g} free (shared replicas)", False
+        if code == K.SHARE_RESOURCE:
+            offered = GPU_SHARED if t.share_res[slot] == SHARE_GPU_SHARED else GPU
+            return f"berth: node offers its GPUs as {offered}, not the resource the pod asks for", True
         if code == K.TOPOLOGY:
             policy = f"{ANN_TOPOLOGY_POLICY}: required"
             if small:
@@ -228,7 +265,11 @@ def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to
         if row["fits"]:
             parts: dict[str, float] = {}
             r = ask.request
-            K.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
+            if sharing(state, j):
+                a = (r.gpu, r.gpu_shared, r.gpu_fraction)
+                K.shared_score_parts(t, slots[i], r.cpu, r.memory, *a, j.pool_ok, state.pools.avail, params, parts)
+            else:
+                K.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
             row["score"] = scores[i]
             row["parts"] = {k: round(v, 3) for k, v in parts.items()}
         else:

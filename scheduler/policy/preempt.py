@@ -110,7 +110,7 @@ def _protected(
     if other is None:
         return None
     gone = taken.setdefault(victim.team, {})
-    req = victim.request.as_dict()
+    req = dict(victim.charged) if victim.charged is not None else victim.request.quota_units()  # GPUs in milli
     if victim.model and req.get(GPU):  # its GPUs also count against the per-model quota of its node's model
         req[MODEL_PREFIX + victim.model] = req[GPU]
     for res in req:

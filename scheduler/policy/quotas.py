@@ -9,11 +9,17 @@ binds see each other's reservations at once.
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler.model.constants import GPU_MILLI
 from scheduler.model.names import GPU
 from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import QuantityError, format_units, to_units
 
 MODEL_PREFIX = GPU + "/"  # usage key of one GPU model: "nvidia.com/gpu/NVIDIA-H100-80GB-HBM3"
+
+
+def in_gpu_milli(res: str) -> bool:
+    """GPUs (nvidia.com/gpu and per-model keys) are counted in milli, so fractions add up exactly."""
+    return res == GPU or res.startswith(MODEL_PREFIX)
 
 
 class QuotaSpecError(ValueError):
@@ -67,7 +73,7 @@ class Admission:
 def _limit(name: str, raw: Any) -> Limit:
     if not isinstance(raw, dict):
         raise QuotaSpecError(f"resources[{name}] must be an object")
-    unit = "gpu" if name.startswith(MODEL_PREFIX) else name
+    unit = "cpu" if in_gpu_milli(name) else name  # "cpu" parses any quantity into thousandths
     try:
         vals = {k: to_units(unit, raw[k]) for k in ("guaranteed", "max", "lendingLimit") if raw.get(k) is not None}
     except QuantityError as exc:
@@ -123,6 +129,9 @@ class QuotaBook:
         self.shared_pools = frozenset(shared_pools or [])
         self._team_of_ns: dict[str, str | None] = {}
         self.version = 0  # bumped on every change of teams or usage: status writer watches it
+        # The most replicas per GPU among nodes sharing nvidia.com/gpu, and among nodes offering
+        # nvidia.com/gpu.shared (ClusterState keeps it): what a GPU ask may cost at least (admission).
+        self.replicas = (1, 1)
 
     # -- objects from the informers ------------------------------------------------------------
     def upsert_team(self, obj: dict[str, Any]) -> Team:
@@ -232,7 +241,7 @@ class QuotaBook:
                 {},
                 f"team {team.name}: TeamQuota spec is invalid: {team.error}",
             )
-        request = ask.request.as_dict()
+        request = ask.request.quota_units(replicas=self.replicas)
         borrowing = False
         for res, amount in request.items():
             verdict = self._check(team, res, amount)
@@ -298,17 +307,32 @@ class QuotaBook:
         is admitted would be borrowed. Models the quota does not name are not limited."""
         blocked: dict[str, str] = {}
         borrow = False
-        if ask.request.gpu <= 0:
+        milli = ask.request.nominal_gpu_milli(self.replicas)
+        if milli <= 0:
             return blocked, borrow
         for key in team.limits:
             if not key.startswith(MODEL_PREFIX):
                 continue
-            verdict = self._check(team, key, ask.request.gpu)
+            verdict = self._check(team, key, milli)
             if isinstance(verdict, str):
                 blocked[key[len(MODEL_PREFIX) :]] = verdict
             elif verdict is True:
                 borrow = True
         return blocked, borrow
+
+    def check_charge(self, team_name: str | None, charge: dict[str, int], model: str | None) -> str | None:
+        """The sentence refusing `charge` (GPU milli known once the node is), or None when it fits."""
+        team = self.teams.get(team_name or "")
+        if team is None:
+            return None
+        keys = dict(charge)
+        if model and GPU in charge:
+            keys[MODEL_PREFIX + model] = charge[GPU]
+        for res, amount in keys.items():
+            verdict = self._check(team, res, amount)
+            if isinstance(verdict, str):
+                return verdict
+        return None
 
 
 def above_guarantee(team: Team, res: str, giving_up: int = 0) -> int:
@@ -324,5 +348,8 @@ def resource_label(res: str) -> str:
 
 
 def format_amount(res: str, amount: int) -> str:
-    """An amount of a usage key as Kubernetes writes quantities (per-model keys count GPUs)."""
-    return format_units("gpu" if res.startswith(MODEL_PREFIX) else res, amount)
+    """An amount of a usage key as Kubernetes writes quantities; GPUs (milli) as "4" or "2.5"."""
+    if in_gpu_milli(res):
+        whole, milli = divmod(amount, GPU_MILLI)
+        return str(whole) if not milli else f"{amount / GPU_MILLI:.3f}".rstrip("0")
+    return format_units(res, amount)

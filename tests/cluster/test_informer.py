@@ -248,7 +248,7 @@ async def test_a_team_deleted_during_a_relist_is_removed_from_the_state(
     assert inf.lists == 2
     assert sorted(state.quotas.teams) == ["t1", "t3"]
     assert teams_of(state) == teams_of(fresh(api, TEAMQUOTAS, lambda s: s.apply_team))
-    assert state.quotas.teams["t3"].limits["nvidia.com/gpu"].guaranteed == 8
+    assert state.quotas.teams["t3"].limits["nvidia.com/gpu"].guaranteed == 8_000  # milli-GPUs
 
 
 async def test_a_watch_that_ends_on_a_truncated_line_rewatches_from_the_last_event_without_loss_or_duplicates(

@@ -69,6 +69,8 @@ def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
         C.GPU,
         C.TOPOLOGY,
         C.OTHER_RESOURCE,
+        C.SHARE_FULL,
+        C.SHARE_RESOURCE,
         C.UNKNOWN,
     ]
     assert len(set(verdicts)) == len(verdicts) and all(0 <= v < 256 for v in verdicts)  # the kernels write bytes

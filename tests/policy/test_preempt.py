@@ -86,7 +86,7 @@ def test_victims_of_a_borrowing_team_are_kept_lowest_priority_first() -> None:
     run(state, "research", "mid", "h100-0", 2, priority=5)
     run(state, "research", "low", "h100-0", 2, priority=1)
     run(state, "training", "t1", "h100-0", 4, priority=2000)
-    assert state.quotas.borrowed(state.quotas.teams["research"], GPU) == 4
+    assert state.quotas.borrowed(state.quotas.teams["research"], GPU) == 4_000  # milli-GPUs
 
     d = process(state, urgent(4), args({"h100-0": [uid("research", "mid"), uid("research", "low")]}))
     assert d.victims == {"h100-0": [uid("research", "low"), uid("research", "mid")]}
@@ -100,7 +100,7 @@ def test_a_victim_whose_removal_takes_its_team_below_guaranteed_is_refused() -> 
     run(state, "research", "a", "h100-0", 2, priority=1)
     run(state, "research", "b", "h100-0", 2, priority=2)
     run(state, "training", "t1", "h100-0", 2, priority=2000)  # h100-0: 6 of 8 used, 2 free
-    assert state.quotas.teams["research"].used[GPU] == 10  # borrowing 2
+    assert state.quotas.teams["research"].used[GPU] == 10_000  # borrowing 2
 
     d = process(state, urgent(4), args({"h100-0": [uid("research", "a"), uid("research", "b")]}))
     # a: 10 - 2 = 8, still guaranteed; b would take research to 6 < 8
@@ -152,7 +152,7 @@ def test_candidate_nodes_are_alternatives_not_a_sum() -> None:
     run(state, "research", "c", "h100-1", 2, priority=1)
     run(state, "scratch", "s0", "h100-0", 4, priority=2000)
     run(state, "scratch", "s1", "h100-1", 4, priority=2000)  # each node: 2 free, 2 more from its victim
-    assert state.quotas.teams["research"].used[GPU] == 10
+    assert state.quotas.teams["research"].used[GPU] == 10_000
 
     d = process(state, urgent(4), args({"h100-0": [uid("research", "a")], "h100-1": [uid("research", "c")]}))
     assert d.victims == {"h100-0": [uid("research", "a")], "h100-1": [uid("research", "c")]}
@@ -164,7 +164,7 @@ def test_per_model_guaranteed_is_protected_too() -> None:
     state = demo_cluster(research_models=models, research_gpus={GPU: {"guaranteed": 0, "max": 24}})
     run(state, "research", "h", "h100-0", 2, priority=1)
     run(state, "scratch", "s0", "h100-0", 4, priority=2000)
-    assert state.quotas.teams["research"].used[f"{GPU}/{H100}"] == 2
+    assert state.quotas.teams["research"].used[f"{GPU}/{H100}"] == 2_000  # milli-GPUs
     d = process(state, urgent(4), args({"h100-0": [uid("research", "h")]}))
     assert d.victims == {}
     assert d.refused == {uid("research", "h"): f"team research would fall below its guaranteed {H100} GPUs"}

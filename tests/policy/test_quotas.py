@@ -127,8 +127,8 @@ def test_guaranteed_always_fits_even_while_the_cohort_lent_it_out() -> None:
     state.apply_team("ADDED", teamquota("b", gpus(8, 16), cohort="c", pools=["h100"]))
     run(state, "b", "b1", "h100-0", 8)
     run(state, "b", "b2", "h100-1", 8)  # b borrows all 8 of a's idle GPUs
-    assert state.quotas.teams["b"].used[GPU] == 16
-    assert state.quotas.borrowed(state.quotas.teams["b"], GPU) == 8
+    assert state.quotas.teams["b"].used[GPU] == 16_000
+    assert state.quotas.borrowed(state.quotas.teams["b"], GPU) == 8_000
 
     adm = state.quotas.admit(ask("a", 8))
     assert adm.error is None
@@ -211,7 +211,7 @@ def test_max_caps_with_the_exact_sentence() -> None:
     for i in range(7):
         run(state, "ml-research", f"job-{i}", f"a100-{i}", 8)
     run(state, "ml-research", "job-7", "a100-7", 6)
-    assert state.quotas.teams["ml-research"].used[GPU] == 62
+    assert state.quotas.teams["ml-research"].used[GPU] == 62_000
 
     assert state.quotas.admit(ask("ml-research", 2)).error is None
     adm = state.quotas.admit(ask("ml-research", 4))
@@ -236,7 +236,7 @@ def test_unset_max_means_guaranteed_as_the_crd_says() -> None:
     state = h100_cluster(1)
     state.apply_team("ADDED", teamquota("a", gpus(2), cohort="c"))
     state.apply_team("ADDED", teamquota("b", gpus(8, 8), cohort="c"))
-    assert state.quotas.teams["a"].limits[GPU].max == 2
+    assert state.quotas.teams["a"].limits[GPU].max == 2_000  # milli-GPUs
     assert state.quotas.admit(ask("a", 2)).error is None
     assert state.quotas.admit(ask("a", 3)).error == "team a: nvidia.com/gpu 0 used + 3 requested > max 2"
 
@@ -331,7 +331,9 @@ def test_per_model_quota_blocks_a_model_and_placement_filters_it_out() -> None:
     run(state, "ml", "h1", "h100-0", 2)
     run(state, "ml", "a1", "a100-0", 4)
     team = state.quotas.teams["ml"]
-    assert team.used[MODEL_PREFIX + H100] == 2 and team.used[MODEL_PREFIX + A100] == 4 and team.used[GPU] == 6
+    assert (
+        team.used[MODEL_PREFIX + H100] == 2_000 and team.used[MODEL_PREFIX + A100] == 4_000 and team.used[GPU] == 6_000
+    )
 
     j = judge(state, ask("ml", 1))
     assert j.admission.error is None
@@ -418,7 +420,7 @@ def test_namespace_selector_follows_namespace_labels() -> None:
     )
     assert state.quotas.admit(ask("serve-prod")).team == "inference"
     assert state.quotas.admit(ask("serve-dev")).team is None
-    assert state.quotas.teams["inference"].used[GPU] == 2  # recounted from the ledger
+    assert state.quotas.teams["inference"].used[GPU] == 2_000  # recounted from the ledger
 
     state.apply_namespace("MODIFIED", {"metadata": {"name": "serve-prod", "labels": {"environment": "prod"}}})
     assert state.quotas.admit(ask("serve-prod")).team is None
@@ -503,13 +505,13 @@ def test_editing_a_teamquota_takes_effect_at_once_and_keeps_usage() -> None:
 
     state.apply_team("MODIFIED", teamquota("a", gpus(8, 8), pools=["h100"], generation=2))
     team = state.quotas.teams["a"]
-    assert team.generation == 2 and team.used[GPU] == 4 and team.pods == 1
+    assert team.generation == 2 and team.used[GPU] == 4_000 and team.pods == 1
     assert state.quotas.admit(ask("a", 2)).error is None
 
     # shrinking below what it holds: nothing is evicted, but nothing more is admitted, and it shows as borrowed
     state.apply_team("MODIFIED", teamquota("a", gpus(2, 2), pools=["h100"], generation=3))
-    assert state.quotas.teams["a"].used[GPU] == 4
-    assert state.quotas.borrowed(state.quotas.teams["a"], GPU) == 2
+    assert state.quotas.teams["a"].used[GPU] == 4_000
+    assert state.quotas.borrowed(state.quotas.teams["a"], GPU) == 2_000
     assert team_status(state, state.quotas.teams["a"])["borrowed"] == {GPU: "2"}
     assert state.quotas.admit(ask("a", 1)).error == "team a: nvidia.com/gpu 4 used + 1 requested > max 2"
     assert state.quotas.admit(ask("a", 0)).error is None  # a pod without GPUs still fits
@@ -540,7 +542,7 @@ def test_deleting_a_teamquota() -> None:
     assert state.table.used_gpu[state.table.slot_of["h100-0"]] == 3
     # recreated: usage is counted again from the ledger
     state.apply_team("ADDED", teamquota("a", gpus(4, 4)))
-    assert state.quotas.teams["a"].used[GPU] == 3
+    assert state.quotas.teams["a"].used[GPU] == 3_000
     assert state.quotas.admit(ask("a", 2)).error == "team a: nvidia.com/gpu 3 used + 2 requested > max 4"
 
 
@@ -549,10 +551,10 @@ def test_usage_follows_pod_lifecycle_and_reservations() -> None:
     state.apply_team("ADDED", teamquota("a", gpus(4, 4)))
     pod = run(state, "a", "a1", "h100-0", 2)
     state.apply_pod("MODIFIED", pod)  # a repeat event changes nothing
-    assert state.quotas.teams["a"].used[GPU] == 2 and state.quotas.teams["a"].pods == 1
+    assert state.quotas.teams["a"].used[GPU] == 2_000 and state.quotas.teams["a"].pods == 1
     pending = make_pod("a", "pending", None, "1", "1Gi", 4)
     state.apply_pod("ADDED", pending)  # pending pods hold nothing
-    assert state.quotas.teams["a"].used[GPU] == 2
+    assert state.quotas.teams["a"].used[GPU] == 2_000
 
     entry = PodEntry(
         key="a/r1",
@@ -566,10 +568,10 @@ def test_usage_follows_pod_lifecycle_and_reservations() -> None:
         confirmed=False,
     )
     state.reserve(entry)
-    assert state.quotas.teams["a"].used[GPU] == 4
+    assert state.quotas.teams["a"].used[GPU] == 4_000
     assert state.quotas.admit(ask("a", 1)).error == "team a: nvidia.com/gpu 4 used + 1 requested > max 4"
     state.forget("a/r1")
-    assert state.quotas.teams["a"].used[GPU] == 2
+    assert state.quotas.teams["a"].used[GPU] == 2_000
 
     pod["status"]["phase"] = "Succeeded"
     state.apply_pod("MODIFIED", pod)
@@ -668,7 +670,7 @@ def _check_invariants(
     # guaranteed always fits: any team with headroom below guaranteed gets a pod of that size admitted
     for team in teams.values():
         headroom = {res: team.limits[res].guaranteed - team.used.get(res, 0) for res in RESOURCES}
-        request = PodRequest(gpu=max(0, headroom[GPU]), cpu=max(0, headroom["cpu"]))
+        request = PodRequest(gpu=max(0, headroom[GPU] // 1000), cpu=max(0, headroom["cpu"]))  # GPUs in milli
         if request.as_dict():
             probe = PodAsk(team.name, "probe", "uid-probe", request, 0, (), 0, "")
             adm = state.quotas.admit(probe)
@@ -697,8 +699,8 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
             request = PodRequest(cpu=c, gpu=b)
             probe = PodAsk(name, f"p{step}", f"uid-{step}", request, 0, (), 0, "")
             team = state.quotas.teams[name]
-            expected = _oracle(state.quotas.teams, team, request.as_dict())
-            within = all(team.used.get(r, 0) + v <= team.limits[r].guaranteed for r, v in request.as_dict().items())
+            expected = _oracle(state.quotas.teams, team, request.quota_units())
+            within = all(team.used.get(r, 0) + v <= team.limits[r].guaranteed for r, v in request.quota_units().items())
             adm = state.quotas.admit(probe)
             assert (adm.error is None) is expected, adm.error
             if within:
@@ -706,7 +708,11 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
             if adm.error is None:
                 borrowed_now = (
                     team.cohort,
-                    {r for r, v in request.as_dict().items() if team.used.get(r, 0) + v > team.limits[r].guaranteed},
+                    {
+                        r
+                        for r, v in request.quota_units().items()
+                        if team.used.get(r, 0) + v > team.limits[r].guaranteed
+                    },
                 )
                 assert adm.borrowing is bool(borrowed_now[1])
                 entry = PodEntry(
@@ -722,7 +728,7 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
                 )
                 state.reserve(entry)
                 held.append(entry)
-                for r, v in request.as_dict().items():
+                for r, v in request.quota_units().items():
                     tally[name][r] += v
         elif held:
             entry = held.pop(a % len(held))
@@ -732,7 +738,7 @@ def test_quota_invariants_hold_for_random_cohorts(specs: list[Any], ops: list[tu
                 ns, pod = entry.key.split("/")
                 state.apply_pod("DELETED", {"metadata": {"namespace": ns, "name": pod}})
             assert entry.team is not None
-            for r, v in entry.request.as_dict().items():
+            for r, v in entry.request.quota_units().items():
                 tally[entry.team][r] -= v
         _check_invariants(state, tally, borrowed_now)
 
@@ -749,7 +755,7 @@ def test_reclaim_may_take_a_cohort_above_its_guaranteed_total_until_preemption()
     assert state.quotas.admit(ask("a", 8)).error is None
     run(state, "a", "a1", "h100-2", 8)
     total = sum(t.used[GPU] for t in state.quotas.teams.values())
-    assert total == 24 > 16
+    assert total == 24_000 > 16_000
     # and nobody may borrow meanwhile
     assert state.quotas.admit(ask("b", 1)).error == (
         "team b: nvidia.com/gpu 16 used + 1 requested > guaranteed 8, and cohort c has only 0 left to lend"
@@ -778,12 +784,13 @@ def test_one_admission_matches_the_documented_rule(limits: list[Any], cohort: bo
     lim = team.limits[GPU]
     used = team.used.get(GPU, 0)
     adm = state.quotas.admit(PodAsk("t0", "p", "uid-p", PodRequest(gpu=amount), 0, (), 0, ""))
-    assert (adm.error is None) is _oracle(state.quotas.teams, team, {GPU: amount})
+    assert (adm.error is None) is _oracle(state.quotas.teams, team, {GPU: amount * 1000})  # milli-GPUs
     if adm.error is None:
-        assert adm.borrowing is (used + amount > lim.guaranteed)
-    elif used + amount > (lim.max if lim.max is not None else lim.guaranteed):
-        assert adm.error == f"team t0: nvidia.com/gpu {used} used + {amount} requested > max {lim.max}"
+        assert adm.borrowing is (used + amount * 1000 > lim.guaranteed)
+    elif used + amount * 1000 > (lim.max if lim.max is not None else lim.guaranteed):
+        assert adm.error == f"team t0: nvidia.com/gpu {used // 1000} used + {amount} requested > max {lim.max // 1000}"
     else:
+        g = lim.guaranteed // 1000
         assert adm.error.startswith(
-            f"team t0: nvidia.com/gpu {used} used + {amount} requested > guaranteed {lim.guaranteed}, and "
+            f"team t0: nvidia.com/gpu {used // 1000} used + {amount} requested > guaranteed {g}, and "
         )
