@@ -183,7 +183,8 @@ class AdmissionLoop:
         except PodError as exc:
             self._set(gang, "Invalid", f"a member cannot be judged: {exc}")
             return "invalid"
-        result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy)
+        specs = {m.key: m.pod.get("spec") or {} for m in gated}
+        result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs)
         if isinstance(result, Refusal):
             self._set(gang, "Unschedulable" if result.hopeless else "Pending", result.reason)
             return "hopeless" if result.hopeless else "quota" if result.quota else "capacity"

@@ -9,6 +9,7 @@ event loop without awaiting: no handler ever sees a trial hold. Members are plac
 
 from array import array
 from dataclasses import dataclass, field
+from typing import Any
 
 from scheduler import kernels as K
 from scheduler.cluster.ledger import PodEntry
@@ -68,9 +69,13 @@ def plan_gang(
     fixed: dict[str, str] | None = None,
     topology: str = "",
     policy: str = "required",
+    specs: dict[str, dict[str, Any]] | None = None,
 ) -> Plan | Refusal:
     """A plan for `asks` (members still to place) beside `fixed` (members already pinned to a node, whose
-    capacity the caller holds), or why there is none now."""
+    capacity the caller holds), or why there is none now. `specs` (pod key -> spec): each member is
+    planned only on nodes its nodeSelector and required node affinity accept (kube-scheduler checks
+    those, Berth's kernels do not; a plan on a node the pod refuses could never bind). Taints and
+    tolerations are not checked: plan gangs onto tainted nodes only with pods that tolerate them."""
     if not asks:
         return Plan(dict(fixed or {}))
     quota = state.quotas.admit(summed(asks))
@@ -100,7 +105,7 @@ def plan_gang(
         candidates.append(("", all_slots(state)))
     last = "no node can take the gang's members now"
     for value, slots in candidates:
-        plan = _try(state, asks, slots)
+        plan = _try(state, asks, slots, specs or {})
         if isinstance(plan, Plan):
             plan.nodes.update(fixed or {})
             plan.domain = value
@@ -110,14 +115,14 @@ def plan_gang(
     return Refusal(f"{last}{where}")
 
 
-def _try(state: ClusterState, asks: list[PodAsk], slots: array) -> Plan | str:
+def _try(state: ClusterState, asks: list[PodAsk], slots: array, specs: dict[str, dict[str, Any]]) -> Plan | str:
     """Place every ask on `slots`, largest first, holding each trial in the ledger; roll back before return."""
     plan = Plan()
     trials: list[str] = []
     try:
         for ask in sorted(asks, key=lambda a: (-a.request.gpu, -a.request.cpu, -a.request.memory, a.name)):
-            slot, entry = _place(state, ask, slots)
             key = pod_key(ask.namespace, ask.name)
+            slot, entry = _place(state, ask, eligible(state, specs.get(key) or {}, slots))
             if entry is None:
                 return f"member {key} fits no node ({len(plan.nodes)} of {len(asks)} placed)"
             state.ledger.hold(entry)
@@ -159,6 +164,53 @@ def _place(state: ClusterState, ask: PodAsk, slots: array) -> tuple[int, PodEntr
         confirmed=False,
     )
     return best, entry
+
+
+def eligible(state: ClusterState, spec: dict[str, Any], slots: array) -> array:
+    """The slots whose node labels (and name) the pod's nodeSelector and required node affinity accept."""
+    selector = spec.get("nodeSelector") or {}
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    if not selector and not terms:
+        return slots
+    names = state.table.names
+    out = array("i")
+    for s in slots:
+        name = names[s] or ""
+        labels = state.node_labels.get(name, {})
+        if all(labels.get(k) == v for k, v in selector.items()) and (
+            not terms or any(_term(t, labels, name) for t in terms)
+        ):
+            out.append(s)
+    return out
+
+
+def _term(term: dict[str, Any], labels: dict[str, str], name: str) -> bool:
+    if not term.get("matchExpressions") and not term.get("matchFields"):
+        return False  # an empty term matches no node (as kube-scheduler reads it)
+    fields = {"metadata.name": name}
+    return all(_req(r, labels) for r in term.get("matchExpressions") or []) and all(
+        _req(r, fields) for r in term.get("matchFields") or []
+    )
+
+
+def _req(r: dict[str, Any], labels: dict[str, str]) -> bool:
+    key, op, values = r.get("key"), r.get("operator"), r.get("values") or []
+    have = labels.get(str(key))
+    if op == "In":
+        return have in values
+    if op == "NotIn":
+        return have not in values
+    if op == "Exists":
+        return have is not None
+    if op == "DoesNotExist":
+        return have is None
+    if op in ("Gt", "Lt") and have is not None and values:
+        try:
+            return int(have) > int(values[0]) if op == "Gt" else int(have) < int(values[0])
+        except ValueError:
+            return False
+    return False
 
 
 def _hopeless(state: ClusterState, asks: list[PodAsk]) -> str:

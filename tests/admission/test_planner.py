@@ -128,3 +128,28 @@ def test_property_native_and_twin_make_the_same_plan(used: list[int], size: int,
             K.filter_nodes, K.score_nodes = saved
         plans.append(result.nodes if isinstance(result, Plan) else result.reason)
     assert plans[0] == plans[1]
+
+
+def test_members_are_planned_only_where_their_node_selector_and_affinity_allow() -> None:
+    state = gang_state(racks=2, per_rack=4)
+    gang_asks = asks("a", 3, 8)
+    spec = {
+        "nodeSelector": {"rack": "rack-1"},
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [{"key": "rack", "operator": "Exists"}],
+                            "matchFields": [{"key": "metadata.name", "operator": "NotIn", "values": ["r1-n0"]}],
+                        }
+                    ]
+                }
+            }
+        },
+    }
+    specs = {f"ml/a-{i}": spec for i in range(3)}
+    plan = plan_gang(state, gang_asks, specs=specs)
+    assert isinstance(plan, Plan) and sorted(plan.nodes.values()) == ["r1-n1", "r1-n2", "r1-n3"]
+    refused = plan_gang(state, asks("b", 4, 8), specs={f"ml/b-{i}": spec for i in range(4)})
+    assert isinstance(refused, Refusal)
