@@ -10,9 +10,12 @@ a list: a gang half-ungated by a leader that died is completed around its pinned
 partial by Berth; holds live in memory only, so none survives a restart.
 
 The queue: gangs in order of priority, then creation time. Policy StrictFIFO per cohort (the team's
-cohort, else the team): a gang that waits for capacity blocks the gangs after it in its cohort, so a
-stream of small gangs cannot starve a large one; gangs waiting for members, for their own quota or
-that can never fit (bad input) block nobody. Pods that are not gated (queueing off) are not held back.
+cohort, else the team) on the nodes the head could use: a gang that waits for capacity holds back,
+from every gang after it in its cohort, each node one of its members could be placed on (its
+nodeSelector and affinity allow it), so what frees up there goes to it and a stream of small gangs
+cannot starve a large one; later gangs that need none of those nodes still pass. Gangs waiting for
+members, for their own quota, or that can never fit (bad input) hold back nothing. Pods that are not
+gated (queueing off) are not held back.
 """
 
 import asyncio
@@ -27,7 +30,7 @@ from urllib.parse import quote
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from scheduler.admission.planner import Plan, Refusal, plan_gang
+from scheduler.admission.planner import Plan, Refusal, plan_gang, reach
 from scheduler.cluster.gangs import Gang, Member
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
@@ -137,7 +140,8 @@ class AdmissionLoop:
 
     async def tick(self) -> None:
         self.state.expire_holds(time.monotonic())
-        blocked: dict[str, str] = {}  # cohort -> the gang at its head that waits for capacity
+        # cohort -> (the first gang that waits for capacity, the slots held back for the waiting ones)
+        blocked: dict[str, tuple[str, frozenset[int]]] = {}
         for gang in self.ordered():
             if gang.key not in self.state.gangs.gangs:
                 continue  # deleted while an earlier gang was being written
@@ -146,7 +150,9 @@ class AdmissionLoop:
             if isinstance(outcome, Plan):
                 await self.admit(gang, outcome)
             elif outcome == "capacity":
-                blocked.setdefault(cohort, gang.key)
+                head, held = blocked.get(cohort, (gang.key, frozenset()))
+                specs = [m.pod.get("spec") or {} for m in self._unplanned(gang)]
+                blocked[cohort] = (head, held | reach(self.state, specs))
         self.gauges()
         await self.write_status()
 
@@ -156,7 +162,7 @@ class AdmissionLoop:
             log.info("gang %s: %s (%s)", gang.key, phase, reason or "-")
         gang.phase, gang.reason = phase, reason
 
-    def consider(self, gang: Gang, behind: str | None) -> Plan | str:
+    def consider(self, gang: Gang, behind: tuple[str, frozenset[int]] | None) -> Plan | str:
         """A plan to admit now, or what the gang waits for ("capacity" when it blocks its cohort)."""
         if gang.conflicts or gang.errors:
             self._set(gang, "Invalid", next(iter({**gang.conflicts, **gang.errors}.values())))
@@ -175,18 +181,19 @@ class AdmissionLoop:
         if gang.size() < gang.min_member:
             self._set(gang, "Pending", f"waiting for members: {gang.size()} of {gang.min_member} exist")
             return "members"
-        if behind is not None:
-            self._set(gang, "Pending", f"waiting behind gang {behind} (StrictFIFO in its cohort)")
-            return "queued"
         try:
             asks = [pod_ask(m.pod) for m in gated]
         except PodError as exc:
             self._set(gang, "Invalid", f"a member cannot be judged: {exc}")
             return "invalid"
         specs = {m.key: m.pod.get("spec") or {} for m in gated}
-        result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs)
+        held = behind[1] if behind else frozenset()
+        result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs, held)
         if isinstance(result, Refusal):
-            self._set(gang, "Unschedulable" if result.hopeless else "Pending", result.reason)
+            why = result.reason
+            if held and not result.hopeless and not result.quota:
+                why += f"; nodes are held back for gang {behind[0] if behind else ''} ahead in the queue (StrictFIFO)"
+            self._set(gang, "Unschedulable" if result.hopeless else "Pending", why)
             return "hopeless" if result.hopeless else "quota" if result.quota else "capacity"
         return result
 

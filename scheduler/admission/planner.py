@@ -70,12 +70,14 @@ def plan_gang(
     topology: str = "",
     policy: str = "required",
     specs: dict[str, dict[str, Any]] | None = None,
+    exclude: frozenset[int] = frozenset(),
 ) -> Plan | Refusal:
     """A plan for `asks` (members still to place) beside `fixed` (members already pinned to a node, whose
     capacity the caller holds), or why there is none now. `specs` (pod key -> spec): each member is
     planned only on nodes its nodeSelector and required node affinity accept (kube-scheduler checks
     those, Berth's kernels do not; a plan on a node the pod refuses could never bind). Taints and
-    tolerations are not checked: plan gangs onto tainted nodes only with pods that tolerate them."""
+    tolerations are not checked: plan gangs onto tainted nodes only with pods that tolerate them.
+    `exclude`: slots held back for a gang ahead in the queue (StrictFIFO)."""
     if not asks:
         return Plan(dict(fixed or {}))
     quota = state.quotas.admit(summed(asks))
@@ -105,6 +107,8 @@ def plan_gang(
         candidates.append(("", all_slots(state)))
     last = "no node can take the gang's members now"
     for value, slots in candidates:
+        if exclude:
+            slots = array("i", [s for s in slots if s not in exclude])
         plan = _try(state, asks, slots, specs or {})
         if isinstance(plan, Plan):
             plan.nodes.update(fixed or {})
@@ -164,6 +168,15 @@ def _place(state: ClusterState, ask: PodAsk, slots: array) -> tuple[int, PodEntr
         confirmed=False,
     )
     return best, entry
+
+
+def reach(state: ClusterState, specs: list[dict[str, Any]]) -> frozenset[int]:
+    """Every slot some member could be placed on (its nodeSelector and affinity allow it)."""
+    everything = all_slots(state)
+    out: set[int] = set()
+    for spec in specs:
+        out.update(eligible(state, spec, everything))
+    return frozenset(out)
 
 
 def eligible(state: ClusterState, spec: dict[str, Any], slots: array) -> array:

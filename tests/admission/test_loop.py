@@ -127,7 +127,22 @@ async def test_strict_fifo_head_blocks_smaller_gangs_behind_it() -> None:
     add_gang(state, "small", 1, created="2026-01-01T00:00:09Z")
     await loop.tick()
     assert api.patches == {}
-    assert "waiting behind gang ml/big" in state.gangs.gangs["ml/small"].reason
+    assert "held back for gang ml/big" in state.gangs.gangs["ml/small"].reason
+
+
+async def test_gangs_that_need_none_of_the_heads_nodes_pass_it() -> None:
+    state = gang_state(racks=2, per_rack=2)
+    api = FakeApi(state)
+    loop = AdmissionLoop(state, api, lambda: True)
+    big = add_gang(state, "big", 3, created="2026-01-01T00:00:00Z")  # rack-0 has 2 nodes: waits
+    small = add_gang(state, "small", 1, created="2026-01-01T00:00:09Z")
+    for p in big:
+        p["spec"]["nodeSelector"] = {"rack": "rack-0"}
+        state.apply_pending_pod("MODIFIED", p)
+    small[0]["spec"]["nodeSelector"] = {"rack": "rack-1"}
+    state.apply_pending_pod("MODIFIED", small[0])
+    await loop.tick()
+    assert list(api.patches) == ["ml/small-0"] and state.plans["ml/small-0"].startswith("r1-")
 
 
 async def test_filter_steers_members_and_refuses_unadmitted(serve) -> None:  # type: ignore[no-untyped-def]
