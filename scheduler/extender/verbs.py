@@ -59,6 +59,10 @@ class Verbs:
         self._judged = {r: metrics.filter_nodes.labels(r) for r in ("passed", "failed", "unresolvable")}
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True  # False once shutdown begins: binds are refused (503)
+        # Gangs (scheduler/admission/): the two dicts themselves, never rebound, so a pod of no gang pays
+        # one truth test of an empty dict (admission off) or one lookup (gangs known).
+        self._gang_pods = state.gangs.of_pod
+        self._gang_holds = state.gang_holds
 
     def _ask(self, args_pod: dict[str, Any]) -> PodAsk:
         meta = args_pod.get("metadata")
@@ -78,7 +82,7 @@ class Verbs:
         except PodError as exc:
             self.metrics.errors.labels("filter", "pod").inc()
             return error_filter_reply(f"berth: pod cannot be judged: {exc}")
-        steered = self._steer(args, ask) if self.state.gangs.of_pod else None  # gangs: off unless enabled
+        steered = self._steer(args, ask) if self._gang_pods else None  # gangs: off unless enabled
         body = self._filter(args, ask) if steered is None else steered
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
@@ -209,7 +213,7 @@ class Verbs:
         if not self.accepting:
             raise WireError(503, "Berth is shutting down; retry against the new leader")
         args = parse_binding_args(raw)
-        handed = self._hand_over(args.namespace, args.name) if self.state.gang_holds else None
+        handed = self._hand_over(args.namespace, args.name) if self._gang_holds else None
         try:
             result = await self.binder.bind(args)
         except BindError as exc:
