@@ -46,7 +46,9 @@ def gang_berth(cp: h.ControlPlane, api: kclient.CoreV1Api, webhook_port: int) ->
             "webhook_cert": str(d / "tls.pem"),
             "webhook_key": str(d / "tls.key"),
             "interval_seconds": 0.2,
-        }
+        },
+        # A restarted Berth (test_failover...) takes the Lease over within a few seconds.
+        "leader_election": {"lease_duration_seconds": 4, "renew_deadline_seconds": 3, "retry_period_seconds": 1},
     }
     (d / "berth.yaml").write_text(yaml.safe_dump(config))
     handle = BerthHandle(
@@ -213,3 +215,68 @@ def test_required_rack_topology_lands_in_one_rack(
     h.wait_until(lambda: bound(api, "g2-") == 2, 20, "gang g2 bound")
     racks = {p.spec.node_name.rsplit("-", 1)[1] for p in pods_of(api, "g2-")}
     assert len({int(r) % 2 for r in racks}) == 1, f"the gang spread over racks: {racks}"
+
+
+def test_quota_gang_waits_with_its_reason_and_is_admitted_when_quota_frees(
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    gang_berth: BerthHandle,
+    gang_scheduler: h.Proc,
+    webhook_port: int,
+) -> None:
+    """Done-when 3: a gang over its team's quota waits, saying so, while another team's gang is bound;
+    raising the quota admits it."""
+    ns = create_namespace(api, "gangs-quota", {"berth.dev/admission": "enabled"})
+    gpu_nodes(api, "gang3", 6)
+    team = {
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "TeamQuota",
+        "metadata": {"name": "gang-team"},
+        "spec": {"namespaces": [ns], "resources": {"nvidia.com/gpu": {"guaranteed": 16, "max": 16}}},
+    }
+    custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", team)
+    for i in range(3):
+        api.create_namespaced_pod(ns, member(f"q3-{i}", "gang3", "q3", 3))
+    create(api, [member(f"o3-{i}", "gang3", "o3", 2) for i in range(2)])
+    h.wait_until(lambda: bound(api, "o3-") == 2, 20, "the other team's gang bound")
+    key = f"{ns}/q3"
+    h.wait_until(lambda: "quota" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "quota reason")
+    row = queue(gang_berth, webhook_port)[key]
+    assert "team gang-team" in row["reason"] and row["gated"] == 3, row
+    assert not any(p.spec.node_name for p in api.list_namespaced_pod(ns).items)
+    team["spec"]["resources"]["nvidia.com/gpu"] = {"guaranteed": 24, "max": 24}
+    custom.patch_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", "gang-team", {"spec": team["spec"]})
+    h.wait_until(lambda: sum(1 for p in api.list_namespaced_pod(ns).items if p.spec.node_name) == 3, 20, "q3 bound")
+    custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", "gang-team")
+
+
+def test_failover_mid_admission_leaves_no_partial_gang_and_no_hold(
+    api: kclient.CoreV1Api, gang_berth: BerthHandle, gang_scheduler: h.Proc, webhook_port: int
+) -> None:
+    """Done-when 4: Berth SIGKILLed as soon as the first member of a gang is ungated (before its members
+    bind); the new process takes the Lease, rebuilds the plan from the pods (berth.dev/gang-plan) and
+    every member binds on its planned node; no hold or reservation is left. (A kill between the
+    per-member writes, some gated and some not, is tests/admission/test_loop.py's new-leader test.)"""
+    gpu_nodes(api, "gang4", 8)
+    create(api, [member(f"g4-{i}", "gang4", "g4", 8) for i in range(8)])
+    h.wait_until(lambda: gated(api, "g4-") < 8, 20, "the first member ungated", every=0.01)
+    gang_berth.kill()
+    at_kill = pods_of(api, "g4-")
+    print(f"at the kill: {gated(api, 'g4-')} gated, {bound(api, 'g4-')} bound")
+    gang_berth.start()
+    h.wait_until(lambda: bound(api, "g4-") == 8, 60, "every member bound after the restart")
+    pods = pods_of(api, "g4-")
+    plans = {p.metadata.name: p.metadata.annotations.get("berth.dev/gang-plan") for p in pods}
+    assert all(p.spec.node_name == plans[p.metadata.name] for p in pods), "a member left its plan"
+    assert len(at_kill) == 8
+    h.wait_until(lambda: gang_berth.get("/debug/state")["reservations"] == 0, 15, "no reservation left")
+    h.wait_until(lambda: queue(gang_berth, webhook_port) is not None, 5, "queue view")
+    import ssl
+    import urllib.request
+
+    import orjson
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(f"https://127.0.0.1:{webhook_port}/debug/queue", context=ctx, timeout=10) as r:
+        assert orjson.loads(r.read())["holds"] == 0, "a gang hold outlived the binds"
