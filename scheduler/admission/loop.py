@@ -175,8 +175,10 @@ class AdmissionLoop:
             return "broken"
         gated = self._unplanned(gang)
         if not gated:
-            done = len(gang.bound) >= gang.min_member
-            self._set(gang, "Running" if done else gang.phase if gang.phase == "TimedOut" else "Admitted", "")
+            if len(gang.bound) >= gang.min_member:
+                self._set(gang, "Running", "")
+            elif gang.phase not in ("TimedOut", "Broken"):
+                self._set(gang, "Admitted", gang.reason if gang.phase == "Admitted" else "")
             return "admitted"
         if gang.size() < gang.min_member:
             self._set(gang, "Pending", f"waiting for members: {gang.size()} of {gang.min_member} exist")
@@ -334,6 +336,8 @@ class AdmissionLoop:
     async def write_status(self) -> None:
         if self.client is None:
             return
+        for key in [k for k in self.written if k not in self.state.gangs.gangs]:
+            del self.written[key]  # the gang is gone
         for gang in list(self.state.gangs.gangs.values()):
             if gang.podgroup is None:
                 continue

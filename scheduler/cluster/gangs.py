@@ -24,6 +24,7 @@ from scheduler.model.names import (
 )
 
 POLICIES = ("required", "preferred")
+SINGLE = "pod:"  # gang keys of single pods queued by `queueing: true` (a gang of one)
 
 
 @dataclass(slots=True)
@@ -111,11 +112,11 @@ class Gang:
 
     @property
     def namespace(self) -> str:
-        return self.key.split("/", 1)[0]
+        return self.key.removeprefix(SINGLE).split("/", 1)[0]
 
     @property
     def name(self) -> str:
-        return self.key.split("/", 1)[1]
+        return self.key.removeprefix(SINGLE).split("/", 1)[1]
 
     @property
     def created(self) -> str:
@@ -162,7 +163,7 @@ class GangTable:
             if not (self.queueing and is_gated):
                 self._drop_pending(key)
                 return
-            m = Membership(f"pod:{key}", "pod", size=1)
+            m = Membership(f"{SINGLE}{key}", "pod", size=1)
         self._drop_pending(key, keep=m.gang)
         gang = self._gang(m.gang, m.source)
         if m.error:

@@ -234,3 +234,5 @@ async def test_queueing_gates_single_pods_through_the_queue() -> None:
     await loop.tick()
     assert list(api.patches) == ["ml/solo"]
     assert GATE_ADMISSION not in str(api.patches["ml/solo"][-1]["value"])
+    gang = state.gangs.gang_of("ml/solo")
+    assert gang is not None and (gang.namespace, gang.name) == ("ml", "solo"), "its team is its namespace's"
