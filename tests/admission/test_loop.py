@@ -236,3 +236,36 @@ async def test_queueing_gates_single_pods_through_the_queue() -> None:
     assert GATE_ADMISSION not in str(api.patches["ml/solo"][-1]["value"])
     gang = state.gangs.gang_of("ml/solo")
     assert gang is not None and (gang.namespace, gang.name) == ("ml", "solo"), "its team is its namespace's"
+
+
+async def test_planned_node_gone_is_reported_broken_and_its_hold_released() -> None:
+    state = gang_state(racks=1, per_rack=2)
+    api = FakeApi(state)
+    loop = AdmissionLoop(state, api, lambda: True)
+    pods = add_gang(state, "a", 2)
+    await loop.tick()
+    api.echo(pods)
+    gone = state.plans["ml/a-0"]
+    state.apply_node("DELETED", {"metadata": {"name": gone}})
+    await loop.tick()
+    gang = state.gangs.gangs["ml/a"]
+    assert gang.phase == "Broken" and gone in gang.reason
+    assert "ml/a-0" not in state.gang_holds and "ml/a-0" not in state.plans
+
+
+async def test_a_plan_past_its_timeout_is_released_with_a_reason() -> None:
+    state = gang_state(racks=1, per_rack=2)
+    api = FakeApi(state)
+    loop = AdmissionLoop(state, api, lambda: True)
+    pods = add_gang(state, "a", 2, extra={"berth.dev/gang-timeout-seconds": "30"})
+    await loop.tick()
+    api.echo(pods)
+    for p in pods:  # admitted long ago, never bound
+        p["metadata"]["annotations"]["berth.dev/gang-admitted-at"] = "1000.000"
+        state.apply_pending_pod("MODIFIED", p)
+    await loop.tick()
+    gang = state.gangs.gangs["ml/a"]
+    assert gang.phase == "TimedOut" and "30 s" in gang.reason
+    assert not state.gang_holds and not state.plans and held_gpus(state) == 0
+    await loop.tick()
+    assert gang.phase == "TimedOut" and gang.reason, "the reason stays"
