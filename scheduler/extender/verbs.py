@@ -7,12 +7,14 @@ repeat on the same names (wire.NodeNamesCache keeps it with the names).
 """
 
 import logging
+import time
 from array import array
 from typing import Any
 
 import orjson
 
 from scheduler import kernels as K
+from scheduler.cluster.gangs import Gang
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.extender.errors import ErrorReplies
@@ -121,12 +123,29 @@ class Verbs:
             gang = self.state.gangs.gang_of(key)
             if gang is None or key in gang.bound:
                 return None
-            why = orjson.dumps(f"berth: gang {gang.key} is not admitted: {gang.reason or gang.phase}")
-            return filter_reply(args, b"", b"", b",".join(f + b":" + why for f in args.frags), [])
+            node = self._recorded_plan(key, gang)
+            if node is None:
+                return self._refuse(args, gang)
         why = orjson.dumps(f"berth: gang member {key} is planned on node {node}")
         index = [i for i, name in enumerate(args.names) if name == node]
         failed = b",".join(f + b":" + why for i, f in enumerate(args.frags) if args.names[i] != node)
         return filter_reply(args, b",".join(args.frags[i] for i in index), b"", failed, index)
+
+    @staticmethod
+    def _refuse(args: ExtenderArgs, gang: Gang) -> bytes:
+        """Every node, unresolvable (preemption cannot admit a gang), with the reason the gang waits."""
+        why = orjson.dumps(f"berth: gang {gang.key} is not admitted: {gang.reason or gang.phase}")
+        return filter_reply(args, b"", b"", b",".join(f + b":" + why for f in args.frags), [])
+
+    def _recorded_plan(self, key: str, gang: Gang) -> str | None:
+        """The plan written on an ungated member (berth.dev/gang-plan), within its timeout: what a process
+        that has not restored its plans yet (a restart, a standby before it leads) steers by. A refusal
+        there would park the member in kube-scheduler's unschedulable queue for minutes."""
+        m = gang.members.get(key)
+        if m is None or m.gated or not m.plan or gang.phase in ("Broken", "TimedOut"):
+            return None
+        timeout = gang.timeout or self.state.config.admission.schedule_timeout_seconds
+        return m.plan if time.time() < m.admitted_at + timeout else None
 
     def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
         """Extended resources other than GPUs are rare: checked here, off the kernel path. Berth does

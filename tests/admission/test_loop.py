@@ -269,3 +269,21 @@ async def test_a_plan_past_its_timeout_is_released_with_a_reason() -> None:
     assert not state.gang_holds and not state.plans and held_gpus(state) == 0
     await loop.tick()
     assert gang.phase == "TimedOut" and gang.reason, "the reason stays"
+
+
+async def test_a_fresh_process_steers_by_the_plan_on_the_pod_before_its_loop_runs(serve) -> None:  # type: ignore[no-untyped-def]
+    """After a restart kube-scheduler may ask before the new leader's loop restored its plans: a refusal then
+    would park the member in the unschedulable queue; the plan on the pod answers instead."""
+    import time as _time
+
+    state = gang_state(racks=1, per_rack=3)
+    pod = member("a-0", "a", 1, gated=False)
+    pod["metadata"]["annotations"] |= {ANN_GANG_PLAN: "r0-n2", ANN_GANG_ADMITTED: f"{_time.time():.3f}"}
+    state.apply_pending_pod("ADDED", pod)
+    client = await serve(state)
+    r = await client.post("/scheduler/filter", data=GoWire(state).args(orjson.dumps(pod), sorted(state.table.slot_of)))
+    assert orjson.loads(await r.read())["NodeNames"] == ["r0-n2"]
+    pod["metadata"]["annotations"][ANN_GANG_ADMITTED] = "1000.000"  # long past its timeout: refused
+    state.apply_pending_pod("MODIFIED", pod)
+    r = await client.post("/scheduler/filter", data=GoWire(state).args(orjson.dumps(pod), sorted(state.table.slot_of)))
+    assert orjson.loads(await r.read())["NodeNames"] == []

@@ -207,6 +207,8 @@ def test_kubeflow_style_podgroup(
     h.wait_until(lambda: status().get("phase") == "Running", 10, "PodGroup Running")
     table = cp.kubectl("get", "podgroups", "-n", NS, "pytorchjob-7").stdout
     assert "PHASE" in table and "ADMITTED" in table and "Running" in table, table
+    events = api.list_namespaced_event(NS, field_selector="involvedObject.name=pytorchjob-7").items
+    assert any("3 of 4" in (e.message or "") for e in events), [e.message for e in events]
 
 
 def test_required_rack_topology_lands_in_one_rack(
