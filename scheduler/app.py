@@ -151,6 +151,8 @@ async def serve(
 
     ctx = tls_context(*tls)
     runners = await _listeners(berth, config, ctx)
+    if config.admission.enabled and client is not None and elector is not None:
+        runners += await _admission(state, config, client, elector, metrics, tasks)
     if ctx is not None and config.server.tls_reload_seconds:
         tasks.append(_watch_certificate(ctx, tls, config.server.tls_reload_seconds))
     tune_gc()
@@ -294,3 +296,34 @@ def _elect(
     metrics.counts_showback = elector.is_leader
     berth.debug.leader_view = elector.view
     return elector
+
+
+# -- gangs and the queue (scheduler/admission/) ----------------------------------------------------------
+async def _admission(
+    state: ClusterState,
+    config: Config,
+    client: "KubeClient",
+    elector: "Elector",
+    metrics: Metrics,
+    tasks: list[asyncio.Task[None]],
+) -> list[Listener]:
+    """The admission loop (it writes only while this replica leads) and, with admission.webhook_port, the
+    TLS listener of /mutate and /debug/queue (every replica answers the webhook: the gate is the same)."""
+    from scheduler.admission.http import admission_app
+    from scheduler.admission.loop import AdmissionLoop
+
+    loop = AdmissionLoop(state, client, elector.is_leader, metrics.registry)
+    tasks.append(asyncio.create_task(loop.run(), name="admission"))
+    adm = config.admission
+    if not adm.webhook_port:
+        return []
+    ctx = tls_context(adm.webhook_cert, adm.webhook_key, None)
+    runner = web.AppRunner(admission_app(adm, loop), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, adm.webhook_host, adm.webhook_port, ssl_context=ctx, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {adm.webhook_host}:{adm.webhook_port}: {exc}") from exc
+    log.info("admission webhook on https://%s:%s/mutate", adm.webhook_host, adm.webhook_port)
+    return [Listener(runner, adm.webhook_port)]

@@ -84,6 +84,22 @@ class LeaderElectionConfig:
 
 
 @dataclass(slots=True)
+class AdmissionConfig:
+    """Gangs and the queue (scheduler/admission/, docs/gangs.md). Off by default: nothing is gated, no
+    extra informer runs and the verbs behave as before."""
+
+    enabled: bool = False  # the admission loop (leader only), the gang informers and filter's steering
+    queueing: bool = False  # gate every pod of scheduler_name, not only gang members: single pods queue too
+    scheduler_name: str = "berth-scheduler"  # the pods the webhook gates and the loop admits
+    webhook_port: int = 0  # the TLS listener of /mutate and /debug/queue; 0: none
+    webhook_host: str = "0.0.0.0"
+    webhook_cert: str = ""  # PEM certificate and key of the webhook listener (required with webhook_port)
+    webhook_key: str = ""
+    interval_seconds: float = 0.5  # how often the loop looks at the queue
+    schedule_timeout_seconds: float = 300.0  # a plan not all bound by then is released (PodGroup's own wins)
+
+
+@dataclass(slots=True)
 class DemoConfig:
     nodes: int = 1000
     seed: int = 42
@@ -97,6 +113,7 @@ class Config:
     bind: BindConfig = field(default_factory=BindConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     leader_election: LeaderElectionConfig = field(default_factory=LeaderElectionConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     log_level: str = "info"
 
 
@@ -117,6 +134,9 @@ _RANGES = {
     "leader_election.lease_duration_seconds": (1, 3600),
     "leader_election.renew_deadline_seconds": (0.001, 3600),
     "leader_election.retry_period_seconds": (0.001, 3600),
+    "admission.webhook_port": (0, 65535),
+    "admission.interval_seconds": (0.01, 60),
+    "admission.schedule_timeout_seconds": (1, 86400),
 }
 
 
@@ -187,6 +207,9 @@ def _check(config: Config) -> Config:
             f"lease_duration_seconds, got {le.retry_period_seconds}, {le.renew_deadline_seconds}, "
             f"{le.lease_duration_seconds}"
         )
+    adm = config.admission
+    if adm.webhook_port and not (adm.webhook_cert and adm.webhook_key):
+        raise ConfigError("admission.webhook_port: the webhook is TLS only; set webhook_cert and webhook_key")
     return config
 
 

@@ -17,6 +17,7 @@ import orjson
 
 from scheduler.cluster.kube import KubeClient, KubeError
 from scheduler.cluster.state import ClusterState
+from scheduler.model.names import PODGROUP_GROUP, PODGROUP_VERSION
 
 log = logging.getLogger("berth.informer")
 Apply = Callable[[str, dict[str, Any]], None]
@@ -261,4 +262,22 @@ def informers(client: KubeClient, state: ClusterState) -> list[Informer]:
         Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
         Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team, optional=True),
         Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
+    ] + (gang_informers(client, state) if state.gangs_on else [])
+
+
+def gang_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
+    """Gangs (config.admission.enabled): the pending pods of Berth's scheduler (members that wait, gated or
+    not; a pod that binds leaves this watch) and scheduler-plugins PodGroups (optional: no CRD, no groups)."""
+    name = state.config.admission.scheduler_name
+    pending = f"spec.nodeName=,spec.schedulerName={name}"
+    return [
+        Informer(client, state, "pendingpods", "/api/v1/pods", state.apply_pending_pod, field_selector=pending),
+        Informer(
+            client,
+            state,
+            "podgroups",
+            f"/apis/{PODGROUP_GROUP}/{PODGROUP_VERSION}/podgroups",
+            state.apply_podgroup,
+            optional=True,
+        ),
     ]

@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from scheduler.cluster.gangs import GangTable
 from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.cluster.seen import SeenPods
@@ -68,6 +69,14 @@ class ClusterState:
         self.last_sync = 0.0  # wall time the last full list finished
         self.started = time.monotonic()
         self.expired_reservations = 0
+        # Gangs (scheduler/admission/, off unless config.admission.enabled): membership, node labels for
+        # topology domains, the admission loop's plans (pod key -> node: filter steers the pod there) and
+        # the capacity held for planned members until they bind (pod key -> monotonic deadline).
+        self.gangs_on = config.admission.enabled
+        self.gangs = GangTable(config.admission.queueing)
+        self.node_labels: dict[str, dict[str, str]] = {}
+        self.plans: dict[str, str] = {}
+        self.gang_holds: dict[str, float] = {}
 
     # -- readiness -----------------------------------------------------------------------------
     @property
@@ -97,6 +106,8 @@ class ClusterState:
         slot = self.table.slot_of.get(name)
         if slot is not None:
             self.ledger.node_removing(slot)
+        if self.gangs_on:
+            self._node_labels(kind, name, node)
         if kind == "DELETED":
             self.table.remove(name)
             self.quotas.replicas = self.table.max_replicas()
@@ -119,6 +130,8 @@ class ClusterState:
         spec = pod.get("spec") or {}
         node = spec.get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
+        if self.gangs_on:
+            self._gang_pod(kind, key, pod, node, phase)
         if kind == "DELETED" or phase in TERMINAL_PHASES:
             self.reservations.pop(key, None)
             self.ledger.release(key)
@@ -235,6 +248,54 @@ class ClusterState:
             log.warning("reservation of %s on %s expired unconfirmed; released", key, entry.node)
             self.ledger.release(key)
             self.expired_reservations += 1
+
+    # -- gangs (scheduler/admission/) -------------------------------------------------------------
+    def _node_labels(self, kind: str, name: str, node: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            self.node_labels.pop(name, None)
+        else:
+            labels = (node.get("metadata") or {}).get("labels") or {}
+            self.node_labels[name] = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+
+    def _gang_pod(self, kind: str, key: str, pod: dict[str, Any], node: str | None, phase: Any) -> None:
+        """A bound pod's event: count it in its gang; the plan and the hold of a member end when it binds."""
+        if kind == "DELETED" or phase in TERMINAL_PHASES or node:
+            self.plans.pop(key, None)
+            self.gang_holds.pop(key, None)
+            self.gangs.bound_pod(kind, pod)
+
+    def apply_pending_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        """The pending pods of Berth's scheduler (gang members, queued pods)."""
+        self.gangs.pending_pod(kind, pod)
+        if kind == "DELETED":
+            meta = pod.get("metadata") or {}
+            key = pod_key(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+            spec = pod.get("spec") or {}
+            if not spec.get("nodeName"):  # deleted while pending (a bound pod leaves this watch as DELETED too)
+                self.release_hold(key)
+                self.plans.pop(key, None)
+
+    def apply_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
+        self.gangs.podgroup(kind, obj)
+
+    def hold_planned(self, entry: PodEntry, deadline: float) -> None:
+        """Hold a planned member's capacity (node, GPUs, team quota) until it binds or `deadline`."""
+        entry.confirmed = False
+        entry.since = time.monotonic()
+        self.ledger.hold(entry)
+        self.gang_holds[entry.key] = deadline
+
+    def release_hold(self, key: str) -> None:
+        if self.gang_holds.pop(key, None) is not None:
+            held = self.ledger.get(key)
+            if held is not None and not held.confirmed:
+                self.ledger.release(key)
+
+    def expire_holds(self, now: float) -> list[str]:
+        gone = [k for k, deadline in self.gang_holds.items() if deadline <= now]
+        for key in gone:
+            self.release_hold(key)
+        return gone
 
     # -- views -----------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

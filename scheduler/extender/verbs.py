@@ -7,12 +7,15 @@ repeat on the same names (names_cache.NodeNamesCache keeps it with the names).
 """
 
 import logging
+import time
 from array import array
 from typing import Any
 
 import orjson
 
 from scheduler import kernels as K
+from scheduler.cluster.gangs import Gang
+from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.extender.errors import ErrorReplies
 from scheduler.extender.names_cache import NodeNamesCache
@@ -58,6 +61,10 @@ class Verbs:
         self._judged = {r: metrics.filter_nodes.labels(r) for r in ("passed", "failed", "unresolvable")}
         metrics.kernels_native.set(1 if K.NATIVE else 0)
         self.accepting = True  # False once shutdown begins: binds are refused (503)
+        # Gangs (scheduler/admission/): the two dicts themselves, never rebound, so a pod of no gang pays
+        # one truth test of an empty dict (admission off) or one lookup (gangs known).
+        self._gang_pods = state.gangs.of_pod
+        self._gang_holds = state.gang_holds
 
     def _ask(self, args_pod: dict[str, Any]) -> PodAsk:
         meta = args_pod.get("metadata")
@@ -77,7 +84,8 @@ class Verbs:
         except PodError as exc:
             self.metrics.errors.labels("filter", "pod").inc()
             return error_filter_reply(f"berth: pod cannot be judged: {exc}")
-        body = self._filter(args, ask)
+        steered = self._steer(args, ask) if self._gang_pods else None  # gangs: off unless enabled
+        body = self._filter(args, ask) if steered is None else steered
         if log.isEnabledFor(logging.DEBUG):
             log.debug(
                 "filter %s/%s over %d nodes: %s",
@@ -105,6 +113,39 @@ class Verbs:
             self._judged["passed"].inc(n)
             return filter_reply(args, None, b"", b"")
         return self._partial_reply(args, j, verdicts, passed)
+
+    def _steer(self, args: ExtenderArgs, ask: PodAsk) -> bytes | None:
+        """A gang member goes to its planned node only (the admission loop holds the capacity there); a
+        member of a gang not admitted yet goes nowhere, with the gang's reason. None: not a gang's pod."""
+        key = f"{ask.namespace}/{ask.name}"
+        node = self.state.plans.get(key)
+        if node is None:
+            gang = self.state.gangs.gang_of(key)
+            if gang is None or key in gang.bound:
+                return None
+            node = self._recorded_plan(key, gang)
+            if node is None:
+                return self._refuse(args, gang)
+        why = orjson.dumps(f"berth: gang member {key} is planned on node {node}")
+        index = [i for i, name in enumerate(args.names) if name == node]
+        failed = b",".join(f + b":" + why for i, f in enumerate(args.frags) if args.names[i] != node)
+        return filter_reply(args, b",".join(args.frags[i] for i in index), b"", failed, index)
+
+    @staticmethod
+    def _refuse(args: ExtenderArgs, gang: Gang) -> bytes:
+        """Every node, unresolvable (preemption cannot admit a gang), with the reason the gang waits."""
+        why = orjson.dumps(f"berth: gang {gang.key} is not admitted: {gang.reason or gang.phase}")
+        return filter_reply(args, b"", b"", b",".join(f + b":" + why for f in args.frags), [])
+
+    def _recorded_plan(self, key: str, gang: Gang) -> str | None:
+        """The plan written on an ungated member (berth.dev/gang-plan), within its timeout: what a process
+        that has not restored its plans yet (a restart, a standby before it leads) steers by. A refusal
+        there would park the member in kube-scheduler's unschedulable queue for minutes."""
+        m = gang.members.get(key)
+        if m is None or m.gated or not m.plan or gang.phase in ("Broken", "TimedOut"):
+            return None
+        timeout = gang.timeout or self.state.config.admission.schedule_timeout_seconds
+        return m.plan if time.time() < m.admitted_at + timeout else None
 
     def _other_resources(self, args: ExtenderArgs, ask: PodAsk, verdicts: bytearray) -> int:
         """Extended resources other than GPUs (MIG profiles such as nvidia.com/mig-1g.10gb, ...) are
@@ -151,6 +192,21 @@ class Verbs:
         judged["unresolvable"].inc(n_unres)
         return reply
 
+    def _hand_over(self, namespace: str, name: str) -> tuple[PodEntry, float] | None:
+        """A planned gang member binds: its hold becomes the binder's own reservation (bind checks the node
+        and the quota again, which the hold would otherwise fill)."""
+        key = f"{namespace}/{name}"
+        deadline = self.state.gang_holds.get(key)
+        entry = self.state.ledger.get(key)
+        if deadline is None or entry is None:
+            return None
+        self.state.release_hold(key)
+        return entry, deadline
+
+    def _take_back(self, entry: PodEntry, deadline: float) -> None:
+        if entry.key in self.state.plans and self.state.ledger.get(entry.key) is None:
+            self.state.hold_planned(entry, deadline)
+
     def prioritize_body(self, raw: bytes) -> bytes:
         args = self.names.parse(raw)
         try:
@@ -177,9 +233,12 @@ class Verbs:
         if not self.accepting:
             raise WireError(503, "Berth is shutting down; retry against the new leader")
         args = parse_binding_args(raw)
+        handed = self._hand_over(args.namespace, args.name) if self._gang_holds else None
         try:
             result = await self.binder.bind(args)
         except BindError as exc:
+            if handed is not None:
+                self._take_back(*handed)
             self.metrics.binds.labels(exc.result).inc()
             log.info(
                 "bind %s/%s -> %s refused: %s",

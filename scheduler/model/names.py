@@ -26,3 +26,16 @@ ANN_TEAM = "berth.dev/team"
 ANN_BORROWING = "berth.dev/borrowing"
 ANN_GPU_IDS = "berth.dev/gpu-ids"  # the device indices the pod was given, "0,1,5"
 ANN_GPU_MILLI = "berth.dev/gpu-milli"  # a fraction's share of its one device in milli, "250"
+
+# Gangs (scheduler/admission/): how users name a gang, and what Berth writes while admitting one.
+LABEL_POD_GROUP = "scheduling.x-k8s.io/pod-group"  # scheduler-plugins' PodGroup membership (Kubeflow, KubeRay)
+ANN_GANG = "berth.dev/gang"  # a gang without CRDs: its name, on every member
+ANN_GANG_SIZE = "berth.dev/gang-size"  # minMember of an annotation gang
+ANN_GANG_TOPOLOGY = "berth.dev/gang-topology"  # a node label key: the gang stays inside one of its values
+ANN_GANG_TOPOLOGY_POLICY = "berth.dev/gang-topology-policy"  # required | preferred
+ANN_GANG_TIMEOUT = "berth.dev/gang-timeout-seconds"  # scheduleTimeoutSeconds of an annotation gang
+ANN_GANG_PLAN = "berth.dev/gang-plan"  # written at ungating: the member's planned node
+ANN_GANG_ADMITTED = "berth.dev/gang-admitted-at"  # written at ungating: Unix time the gang was admitted
+GATE_ADMISSION = "berth.dev/admission"  # the scheduling gate the webhook adds and the admission loop removes
+PODGROUP_GROUP = "scheduling.x-k8s.io"
+PODGROUP_VERSION = "v1alpha1"

@@ -124,7 +124,7 @@ def test_writes_berth_needs_are_allowed(
     assert can_i("create", "pods", "--subresource=binding", "-n", ns)  # "pods/binding" would mean the pod "binding"
     assert can_i("patch", "teamquotas.berth.dev", "--subresource=status")
     assert not can_i("update", "teamquotas.berth.dev", "--subresource=status")  # a merge patch is all it sends
-    assert not can_i("patch", "pods", "-n", ns)  # annotations ride on the Binding
+    assert can_i("patch", "pods", "-n", ns)  # the admission loop removes a gang's gates (docs/gangs.md)
     assert not can_i("create", "events", "-n", ns)  # reasons reach users through kube-scheduler's events
     assert can_i("watch", "pods", "--all-namespaces")
     assert not can_i("patch", "teamquotas.berth.dev")  # the spec belongs to the cluster admin

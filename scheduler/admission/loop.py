@@ -1,0 +1,408 @@
+"""The admission loop (leader only): ungate a gang when all its members exist, its team's quota admits
+the whole gang and the planner finds a node for every member now; nothing is ungated otherwise.
+
+On admission, before the first await: every member's capacity is held in the ledger (so other pods'
+filter sees it taken) and its planned node is recorded in `state.plans` (filter steers the member
+there). Then one JSON patch per member removes the gate, pins the member to its node with required
+node affinity (allowed while the pod is gated, in the same write) and records the plan on the pod
+(`berth.dev/gang-plan`, `berth.dev/gang-admitted-at`), so a new leader rebuilds plans and holds from
+a list: a gang half-ungated by a leader that died is completed around its pinned members, never left
+partial by Berth; holds live in memory only, so none survives a restart.
+
+The queue: gangs in order of priority, then creation time. Policy StrictFIFO per cohort (the team's
+cohort, else the team) on the nodes the head could use: a gang that waits for capacity holds back,
+from every gang after it in its cohort, each node one of its members could be placed on (its
+nodeSelector and affinity allow it), so what frees up there goes to it and a stream of small gangs
+cannot starve a large one; later gangs that need none of those nodes still pass. Gangs waiting for
+members, for their own quota, or that can never fit (bad input) hold back nothing. Pods that are not
+gated (queueing off) are not held back.
+"""
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from scheduler.admission.planner import Plan, Refusal, plan_gang, reach
+from scheduler.cluster.gangs import Gang, Member
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState
+from scheduler.model.names import (
+    ANN_GANG_ADMITTED,
+    ANN_GANG_PLAN,
+    GATE_ADMISSION,
+    PODGROUP_GROUP,
+    PODGROUP_VERSION,
+)
+from scheduler.model.podspec import PodError, pod_ask
+
+log = logging.getLogger("berth.admission")
+
+
+class Client(Protocol):
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> tuple[int, bytes]: ...
+
+
+def pin(affinity: dict[str, Any] | None, node: str) -> dict[str, Any]:
+    """`affinity` tightened to `node`: a matchFields requirement ANDed into every required term (or the
+    only term): the one change the API server allows on a gated pod's node affinity."""
+    out = copy.deepcopy(affinity) if isinstance(affinity, dict) else {}
+    na = out.setdefault("nodeAffinity", {})
+    req = na.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    field = {"key": "metadata.name", "operator": "In", "values": [node]}
+    terms = req.get("nodeSelectorTerms") or []
+    if not terms:
+        na["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": [{"matchFields": [field]}]}
+    else:
+        for term in terms:
+            term.setdefault("matchFields", []).append(field)
+    return out
+
+
+def ungate_patch(pod: dict[str, Any], node: str, admitted_at: float) -> list[dict[str, Any]]:
+    """Remove the gate, pin to `node` and record the plan, in one write. A pod that was never gated (the
+    webhook was down: failurePolicy Ignore) only gets the record: its affinity can no longer change, and
+    filter's steering alone keeps it to its plan."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    gates = spec.get("schedulingGates") or []
+    annotations = dict(meta.get("annotations") or {})
+    annotations[ANN_GANG_PLAN] = node
+    annotations[ANN_GANG_ADMITTED] = f"{admitted_at:.3f}"
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/uid", "value": meta.get("uid")},
+        {"op": "add", "path": "/metadata/annotations", "value": annotations},
+    ]
+    if any(g.get("name") == GATE_ADMISSION for g in gates):
+        ops.append({"op": "add", "path": "/spec/affinity", "value": pin(spec.get("affinity"), node)})
+        rest = [g for g in gates if g.get("name") != GATE_ADMISSION]
+        ops.append({"op": "replace", "path": "/spec/schedulingGates", "value": rest})
+    return ops
+
+
+class AdmissionLoop:
+    def __init__(
+        self,
+        state: ClusterState,
+        client: Client | None,
+        is_leader: Callable[[], bool],
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.state = state
+        self.client = client
+        self.is_leader = is_leader
+        self.cfg = state.config.admission
+        self.written: dict[str, tuple[Any, ...]] = {}  # gang key -> the status last written
+        self.admitted = 0
+        r = registry if registry is not None else CollectorRegistry()
+        self.m_queue = Gauge("berth_queue_gangs", "Gangs waiting for admission, by team.", ["team"], registry=r)
+        self.m_wait = Gauge(
+            "berth_queue_wait_seconds", "Longest wait of a gang still in the queue, by team.", ["team"], registry=r
+        )
+        self.m_admitted = Counter("berth_gangs_admitted_total", "Gangs admitted, by team.", ["team"], registry=r)
+        self.m_latency = Gauge(
+            "berth_gang_admission_seconds", "Wait of the last admitted gang, from first seen to ungated.", registry=r
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.interval_seconds)
+            if not (self.is_leader() and self.state.ready):
+                continue
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("admission loop failed")
+
+    def ordered(self) -> list[Gang]:
+        return sorted(self.state.gangs.gangs.values(), key=lambda g: (-g.priority, g.created, g.key))
+
+    def _timeout(self, gang: Gang) -> float:
+        return gang.timeout or self.cfg.schedule_timeout_seconds
+
+    def _cohort(self, gang: Gang) -> str:
+        team, _ = self.state.quotas.team_for(gang.namespace)
+        return (team.cohort or team.name) if team else ""
+
+    async def tick(self) -> None:
+        self.state.expire_holds(time.monotonic())
+        # cohort -> (the first gang that waits for capacity, the slots held back for the waiting ones)
+        blocked: dict[str, tuple[str, frozenset[int]]] = {}
+        for gang in self.ordered():
+            if gang.key not in self.state.gangs.gangs:
+                continue  # deleted while an earlier gang was being written
+            cohort = self._cohort(gang)
+            outcome = self.consider(gang, blocked.get(cohort))
+            if isinstance(outcome, Plan):
+                await self.admit(gang, outcome)
+            elif outcome == "capacity":
+                head, held = blocked.get(cohort, (gang.key, frozenset()))
+                specs = [m.pod.get("spec") or {} for m in self._unplanned(gang)]
+                blocked[cohort] = (head, held | reach(self.state, specs))
+        self.gauges()
+        await self.write_status()
+
+    # -- deciding --------------------------------------------------------------------------------
+    def _set(self, gang: Gang, phase: str, reason: str) -> None:
+        if (gang.phase, gang.reason) != (phase, reason):
+            log.info("gang %s: %s (%s)", gang.key, phase, reason or "-")
+        gang.phase, gang.reason = phase, reason
+
+    def consider(self, gang: Gang, behind: tuple[str, frozenset[int]] | None) -> Plan | str:
+        """A plan to admit now, or what the gang waits for ("capacity" when it blocks its cohort)."""
+        if gang.conflicts or gang.errors:
+            self._set(gang, "Invalid", next(iter({**gang.conflicts, **gang.errors}.values())))
+            return "invalid"
+        if gang.source == "podgroup" and gang.podgroup is None:
+            self._set(gang, "Pending", f"PodGroup {gang.name} does not exist (yet)")
+            return "members"
+        pinned = self._pinned(gang)
+        if pinned is None:
+            return "broken"
+        gated = self._unplanned(gang)
+        if not gated:
+            if len(gang.bound) >= gang.min_member:
+                self._set(gang, "Running", "")
+            elif gang.phase not in ("TimedOut", "Broken"):
+                self._set(gang, "Admitted", gang.reason if gang.phase == "Admitted" else "")
+            return "admitted"
+        if gang.size() < gang.min_member:
+            self._set(gang, "Pending", f"waiting for members: {gang.size()} of {gang.min_member} exist")
+            return "members"
+        try:
+            asks = [pod_ask(m.pod) for m in gated]
+        except PodError as exc:
+            self._set(gang, "Invalid", f"a member cannot be judged: {exc}")
+            return "invalid"
+        specs = {m.key: m.pod.get("spec") or {} for m in gated}
+        held = behind[1] if behind else frozenset()
+        result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs, held)
+        if isinstance(result, Refusal):
+            why = result.reason
+            if held and not result.hopeless and not result.quota:
+                why += f"; nodes are held back for gang {behind[0] if behind else ''} ahead in the queue (StrictFIFO)"
+            self._set(gang, "Unschedulable" if result.hopeless else "Pending", why)
+            return "hopeless" if result.hopeless else "quota" if result.quota else "capacity"
+        return result
+
+    def _unplanned(self, gang: Gang) -> list[Member]:
+        """Members still to place: gated ones, and ungated ones with no plan (never gated: webhook down)."""
+        return [m for m in gang.members.values() if m.gated or (not m.plan and m.key not in self.state.plans)]
+
+    def _pinned(self, gang: Gang) -> dict[str, str] | None:
+        """Ungated members not bound yet, by their recorded plan (a previous leader's, or ours): their hold
+        and steering are restored while the plan is within its timeout. None: the gang is broken."""
+        pinned: dict[str, str] = {}
+        now_wall, now = time.time(), time.monotonic()
+        for m in gang.members.values():
+            if m.gated or not m.plan:
+                continue
+            if m.plan not in self.state.table.slot_of:
+                self._set(gang, "Broken", f"planned node {m.plan} of {m.key} is gone; recreate the gang's pods")
+                self.state.plans.pop(m.key, None)
+                self.state.release_hold(m.key)
+                return None
+            left = m.admitted_at + self._timeout(gang) - now_wall
+            if left <= 0:
+                if m.key in self.state.plans or gang.phase != "TimedOut":
+                    self._set(gang, "TimedOut", f"not all members bound within {self._timeout(gang):.0f} s")
+                self.state.plans.pop(m.key, None)
+                self.state.release_hold(m.key)
+                continue
+            pinned[m.key] = m.plan
+            if m.key not in self.state.plans:
+                self.state.plans[m.key] = m.plan
+                self._hold(m, m.plan, now + left)
+        return pinned
+
+    def _hold(self, m: Member, node: str, deadline: float, plan: Plan | None = None) -> None:
+        if self.state.ledger.get(m.key) is not None:
+            return
+        try:
+            ask = pod_ask(m.pod)
+        except PodError:
+            return
+        team, borrowing = plan.teams.get(m.key, (None, False)) if plan else (None, False)
+        if plan is None:
+            adm = self.state.quotas.admit(ask)
+            team, borrowing = adm.team, adm.borrowing
+        entry = PodEntry(
+            key=m.key,
+            uid=m.uid,
+            node=node,
+            request=ask.request,
+            priority=ask.priority,
+            team=team,
+            borrowing=borrowing,
+            gpu_ids=plan.gpu_ids.get(m.key, 0) if plan else 0,
+            confirmed=False,
+        )
+        self.state.hold_planned(entry, deadline)
+
+    # -- admitting -------------------------------------------------------------------------------
+    async def admit(self, gang: Gang, plan: Plan) -> None:
+        now_wall, now = time.time(), time.monotonic()
+        gated = [m for m in self._unplanned(gang) if m.key in plan.nodes]
+        deadline = now + self._timeout(gang)
+        for m in gated:  # hold first, on the loop, before any await: filter sees the capacity taken
+            self.state.plans[m.key] = plan.nodes[m.key]
+            self._hold(m, plan.nodes[m.key], deadline, plan)
+        self._set(gang, "Admitted", f"plan: {len(plan.nodes)} members" + (f" in {plan.domain}" if plan.domain else ""))
+        team, _ = self.state.quotas.team_for(gang.namespace)
+        self.m_admitted.labels(team.name if team else "").inc()
+        self.m_latency.set(now - gang.first_seen)
+        self.admitted += 1
+        results = await asyncio.gather(*(self._ungate(m, plan.nodes[m.key], now_wall) for m in gated))
+        for m, ok in zip(gated, results, strict=True):
+            if ok:
+                m.gated, m.plan, m.admitted_at = False, plan.nodes[m.key], now_wall
+            else:  # the next tick completes the gang around the members that were written
+                self.state.plans.pop(m.key, None)
+                self.state.release_hold(m.key)
+
+    async def _ungate(self, m: Member, node: str, admitted_at: float) -> bool:
+        if self.client is None:
+            return True
+        ns, name = m.key.split("/", 1)
+        path = f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}"
+        try:
+            status, raw = await self.client.request(
+                "PATCH", path, ungate_patch(m.pod, node, admitted_at), content_type="application/json-patch+json"
+            )
+        except Exception as exc:  # aiohttp's errors are not OSErrors; any failure leaves the member gated
+            log.warning("ungating %s failed: %s", m.key, exc)
+            return False
+        if status not in (200, 201):
+            log.warning("ungating %s refused (%s): %s", m.key, status, raw[:300])
+            return False
+        return True
+
+    # -- telling ---------------------------------------------------------------------------------
+    def gauges(self) -> None:
+        waiting: dict[str, list[float]] = {}
+        now = time.monotonic()
+        for gang in self.state.gangs.gangs.values():
+            if any(m.gated for m in gang.members.values()):
+                team, _ = self.state.quotas.team_for(gang.namespace)
+                waiting.setdefault(team.name if team else "", []).append(now - gang.first_seen)
+        self.m_queue.clear()
+        self.m_wait.clear()
+        for team_name, waits in waiting.items():
+            self.m_queue.labels(team_name).set(len(waits))
+            self.m_wait.labels(team_name).set(max(waits))
+
+    def view(self) -> dict[str, Any]:
+        """GET /debug/queue: every gang in queue order, where it stands and why."""
+        rows = []
+        for pos, gang in enumerate(self.ordered()):
+            rows.append(
+                {
+                    "position": pos,
+                    "gang": gang.key,
+                    "source": gang.source,
+                    "phase": gang.phase,
+                    "reason": gang.reason,
+                    "priority": gang.priority,
+                    "minMember": gang.min_member,
+                    "members": gang.size(),
+                    "gated": sum(1 for m in gang.members.values() if m.gated),
+                    "bound": len(gang.bound),
+                    "topology": gang.topology,
+                    "plan": {k: self.state.plans[k] for k in gang.members if k in self.state.plans},
+                    "waitSeconds": round(time.monotonic() - gang.first_seen, 3),
+                }
+            )
+        return {
+            "policy": "StrictFIFO per cohort",
+            "gangs": rows,
+            "holds": len(self.state.gang_holds),
+            "admitted": self.admitted,
+        }
+
+    async def write_status(self) -> None:
+        if self.client is None:
+            return
+        for key in [k for k in self.written if k not in self.state.gangs.gangs]:
+            del self.written[key]  # the gang is gone
+        for gang in list(self.state.gangs.gangs.values()):
+            if gang.podgroup is None:
+                continue
+            admitted = sum(1 for m in gang.members.values() if not m.gated) + len(gang.bound)
+            now = (gang.phase, gang.reason, gang.size(), admitted)
+            if self.written.get(gang.key) == now:
+                continue
+            self.written[gang.key] = now
+            await self._status(gang, admitted)
+            if gang.reason:
+                await self._event(gang)
+
+    async def _status(self, gang: Gang, admitted: int) -> None:
+        assert self.client is not None
+        ns, name = gang.namespace, gang.name
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        waiting = gang.phase not in ("Admitted", "Running")
+        status = {
+            "phase": gang.phase,
+            "members": gang.size(),
+            "admitted": admitted,
+            "running": len(gang.bound),
+            "reason": gang.reason,
+            "conditions": [
+                {
+                    "type": "Admitted",
+                    "status": "False" if waiting else "True",
+                    "reason": gang.phase,
+                    "message": gang.reason,
+                    "lastTransitionTime": stamp,
+                }
+            ],
+        }
+        path = f"/apis/{PODGROUP_GROUP}/{PODGROUP_VERSION}/namespaces/{quote(ns)}/podgroups/{quote(name)}/status"
+        merge = "application/merge-patch+json"
+        await self._quiet(self.client.request("PATCH", path, {"status": status}, content_type=merge))
+
+    async def _event(self, gang: Gang) -> None:
+        assert self.client is not None and gang.podgroup is not None
+        meta = gang.podgroup.get("metadata") or {}
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{gang.name}.", "namespace": gang.namespace},
+            "involvedObject": {
+                "apiVersion": f"{PODGROUP_GROUP}/{PODGROUP_VERSION}",
+                "kind": "PodGroup",
+                "name": gang.name,
+                "namespace": gang.namespace,
+                "uid": meta.get("uid"),
+            },
+            "reason": gang.phase,
+            "message": gang.reason[:1000],
+            "type": "Normal" if gang.phase in ("Admitted", "Running") else "Warning",
+            "source": {"component": "berth-admission"},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._quiet(self.client.request("POST", f"/api/v1/namespaces/{quote(gang.namespace)}/events", body))
+
+    @staticmethod
+    async def _quiet(call: Awaitable[tuple[int, bytes]]) -> None:
+        try:
+            status, raw = await call
+            if status >= 300:
+                log.debug("status/event write refused (%s): %s", status, orjson.loads(raw).get("message", ""))
+        except Exception as exc:  # status and events are information: never fail the loop for them
+            log.debug("status/event write failed: %s", exc)

@@ -1,0 +1,257 @@
+"""The gang planner: a node for every member now, inside one topology domain when asked.
+
+Reserve and roll back in the ledger: each member is judged (quota, pools, models) and run through
+Berth's own filter and score kernels over every node of the candidate domain, the best node is held
+for it in the ledger (node resources, GPU devices and team usage, through the one mutation path), so
+the next member sees it taken; at the end every trial hold is released again. All of it runs on the
+event loop without awaiting: no handler ever sees a trial hold. Members are placed largest first.
+"""
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler import kernels as K
+from scheduler.cluster.ledger import PodEntry
+from scheduler.cluster.state import ClusterState, pod_key
+from scheduler.model.names import GPU
+from scheduler.model.podspec import PodAsk, PodRequest
+from scheduler.policy.placement import judge, run_filter, run_score
+
+TRIAL = "\x00plan:"  # ledger keys of trial holds: no pod key starts with NUL
+
+
+@dataclass(slots=True)
+class Plan:
+    nodes: dict[str, str] = field(default_factory=dict)  # pod key -> node
+    gpu_ids: dict[str, int] = field(default_factory=dict)  # pod key -> device mask chosen in the trial
+    teams: dict[str, tuple[str | None, bool]] = field(default_factory=dict)  # pod key -> (team, borrowing)
+    domain: str = ""  # the topology label's value, "" when none was asked or it was only preferred
+
+
+@dataclass(slots=True)
+class Refusal:
+    reason: str
+    hopeless: bool = False  # no amount of waiting helps (bad input): the queue does not block on it
+    quota: bool = False  # the team's quota refuses: waits without blocking other teams
+
+
+def summed(asks: list[PodAsk]) -> PodAsk:
+    """One ask for the whole gang (what the team's quota must admit at once)."""
+    r = PodRequest()
+    for a in asks:
+        r.cpu += a.request.cpu
+        r.memory += a.request.memory
+        r.gpu += a.request.gpu
+        for k, v in a.request.other.items():
+            r.other[k] = r.other.get(k, 0) + v
+    first = asks[0]
+    return PodAsk(first.namespace, "gang", "", r, first.priority, first.gpu_models, 0, "")
+
+
+def domains(state: ClusterState, key: str) -> dict[str, array]:
+    """Slots per value of node label `key` (nodes without it are in no domain)."""
+    out: dict[str, list[int]] = {}
+    for name, slot in state.table.slot_of.items():
+        value = state.node_labels.get(name, {}).get(key)
+        if value is not None:
+            out.setdefault(value, []).append(slot)
+    return {v: array("i", sorted(s)) for v, s in out.items()}
+
+
+def all_slots(state: ClusterState) -> array:
+    return array("i", sorted(state.table.slot_of.values()))
+
+
+def plan_gang(
+    state: ClusterState,
+    asks: list[PodAsk],
+    fixed: dict[str, str] | None = None,
+    topology: str = "",
+    policy: str = "required",
+    specs: dict[str, dict[str, Any]] | None = None,
+    exclude: frozenset[int] = frozenset(),
+) -> Plan | Refusal:
+    """A plan for `asks` (members still to place) beside `fixed` (members already pinned to a node, whose
+    capacity the caller holds), or why there is none now. `specs` (pod key -> spec): each member is
+    planned only on nodes its nodeSelector and required node affinity accept (kube-scheduler checks
+    those, Berth's kernels do not; a plan on a node the pod refuses could never bind). Taints and
+    tolerations are not checked: plan gangs onto tainted nodes only with pods that tolerate them.
+    `exclude`: slots held back for a gang ahead in the queue (StrictFIFO)."""
+    if not asks:
+        return Plan(dict(fixed or {}))
+    quota = state.quotas.admit(summed(asks))
+    if quota.error:
+        return Refusal(f"quota: {quota.error}", quota=True)
+    hopeless = _hopeless(state, asks)
+    if hopeless:
+        return Refusal(hopeless, hopeless=True)
+    candidates: list[tuple[str, array]] = []
+    if topology:
+        by_value = domains(state, topology)
+        if not by_value:
+            return Refusal(f"no node has the topology label {topology}", hopeless=policy == "required")
+        pinned = {_domain_of(state, topology, n) for n in (fixed or {}).values()}
+        if len(pinned) == 1 and None not in pinned:
+            value = next(iter(pinned))
+            assert value is not None
+            by_value = {value: by_value[value]}
+        candidates = sorted(by_value.items(), key=lambda kv: (_free_gpus(state, kv[1]), kv[0]))
+        biggest = max(_alloc_gpus(state, s) for _, s in candidates)
+        need = sum(a.request.gpu for a in asks)
+        if policy == "required" and need > biggest:
+            return Refusal(
+                f"the gang asks {need} GPUs but the largest {topology} domain has {biggest} in all", hopeless=True
+            )
+    if not topology or policy == "preferred":
+        candidates.append(("", all_slots(state)))
+    last = "no node can take the gang's members now"
+    for value, slots in candidates:
+        if exclude:
+            slots = array("i", [s for s in slots if s not in exclude])
+        plan = _try(state, asks, slots, specs or {})
+        if isinstance(plan, Plan):
+            plan.nodes.update(fixed or {})
+            plan.domain = value
+            return plan
+        last = plan
+    where = f" inside one {topology} domain" if topology and policy == "required" else ""
+    return Refusal(f"{last}{where}")
+
+
+def _try(state: ClusterState, asks: list[PodAsk], slots: array, specs: dict[str, dict[str, Any]]) -> Plan | str:
+    """Place every ask on `slots`, largest first, holding each trial in the ledger; roll back before return."""
+    plan = Plan()
+    trials: list[str] = []
+    try:
+        for ask in sorted(asks, key=lambda a: (-a.request.gpu, -a.request.cpu, -a.request.memory, a.name)):
+            key = pod_key(ask.namespace, ask.name)
+            slot, entry = _place(state, ask, eligible(state, specs.get(key) or {}, slots))
+            if entry is None:
+                return f"member {key} fits no node ({len(plan.nodes)} of {len(asks)} placed)"
+            state.ledger.hold(entry)
+            trials.append(entry.key)
+            plan.nodes[key] = state.table.names[slot] or ""
+            plan.gpu_ids[key] = entry.gpu_ids
+            plan.teams[key] = (entry.team, entry.borrowing)
+        return plan
+    finally:
+        for trial in trials:
+            state.ledger.release(trial)
+
+
+def _place(state: ClusterState, ask: PodAsk, slots: array) -> tuple[int, PodEntry | None]:
+    j = judge(state, ask)
+    if j.admission.error:
+        return -1, None
+    verdicts, passed = run_filter(state, j, slots)
+    if not passed:
+        return -1, None
+    scores = run_score(state, j, slots)
+    best, best_score = -1, -1
+    for i, slot in enumerate(slots):
+        if verdicts[i] == K.OK and scores[i] > best_score:
+            best, best_score = slot, scores[i]
+    t = state.table
+    r = ask.request
+    gpu_ids = K.choose_devices(t.islands, best, t.free_gpus(best), r.gpu, ask.topology) if r.gpu else 0
+    own = j.admission.own_pools is None or t.pools[t.pool[best]] in j.admission.own_pools
+    entry = PodEntry(
+        key=TRIAL + pod_key(ask.namespace, ask.name),
+        uid="",
+        node=t.names[best] or "",
+        request=r,
+        priority=ask.priority,
+        team=j.admission.team,
+        borrowing=j.admission.borrowing or not own,
+        gpu_ids=gpu_ids,
+        confirmed=False,
+    )
+    return best, entry
+
+
+def reach(state: ClusterState, specs: list[dict[str, Any]]) -> frozenset[int]:
+    """Every slot some member could be placed on (its nodeSelector and affinity allow it)."""
+    everything = all_slots(state)
+    out: set[int] = set()
+    for spec in specs:
+        out.update(eligible(state, spec, everything))
+    return frozenset(out)
+
+
+def eligible(state: ClusterState, spec: dict[str, Any], slots: array) -> array:
+    """The slots whose node labels (and name) the pod's nodeSelector and required node affinity accept."""
+    selector = spec.get("nodeSelector") or {}
+    affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
+    terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    if not selector and not terms:
+        return slots
+    names = state.table.names
+    out = array("i")
+    for s in slots:
+        name = names[s] or ""
+        labels = state.node_labels.get(name, {})
+        if all(labels.get(k) == v for k, v in selector.items()) and (
+            not terms or any(_term(t, labels, name) for t in terms)
+        ):
+            out.append(s)
+    return out
+
+
+def _term(term: dict[str, Any], labels: dict[str, str], name: str) -> bool:
+    if not term.get("matchExpressions") and not term.get("matchFields"):
+        return False  # an empty term matches no node (as kube-scheduler reads it)
+    fields = {"metadata.name": name}
+    return all(_req(r, labels) for r in term.get("matchExpressions") or []) and all(
+        _req(r, fields) for r in term.get("matchFields") or []
+    )
+
+
+def _req(r: dict[str, Any], labels: dict[str, str]) -> bool:
+    key, op, values = r.get("key"), r.get("operator"), r.get("values") or []
+    have = labels.get(str(key))
+    if op == "In":
+        return have in values
+    if op == "NotIn":
+        return have not in values
+    if op == "Exists":
+        return have is not None
+    if op == "DoesNotExist":
+        return have is None
+    if op in ("Gt", "Lt") and have is not None and values:
+        try:
+            return int(have) > int(values[0]) if op == "Gt" else int(have) < int(values[0])
+        except ValueError:
+            return False
+    return False
+
+
+def _hopeless(state: ClusterState, asks: list[PodAsk]) -> str:
+    """A member larger than any node, even empty: waiting cannot help."""
+    t = state.table
+    slots = list(t.slot_of.values())
+    if not slots:
+        return ""  # nodes may not be listed yet
+    for res, need, alloc in (
+        ("cpu", max(a.request.cpu for a in asks), t.alloc_cpu),
+        ("memory", max(a.request.memory for a in asks), t.alloc_mem),
+        (GPU, max(a.request.gpu for a in asks), t.alloc_gpu),
+    ):
+        have = max(alloc[s] for s in slots)
+        if need > have:
+            return f"a member asks more {res} than any node has in all"
+    return ""
+
+
+def _domain_of(state: ClusterState, key: str, node: str) -> str | None:
+    return state.node_labels.get(node, {}).get(key)
+
+
+def _free_gpus(state: ClusterState, slots: array) -> int:
+    t = state.table
+    return sum(t.free_gpus(s).bit_count() for s in slots)
+
+
+def _alloc_gpus(state: ClusterState, slots: array) -> int:
+    t = state.table
+    return sum(t.alloc_gpu[s] for s in slots)
