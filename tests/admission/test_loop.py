@@ -305,3 +305,17 @@ async def test_a_gang_of_annotations_tells_its_reason_in_an_event_on_its_first_m
     ev = api.events[0]
     assert ev["involvedObject"]["kind"] == "Pod" and ev["involvedObject"]["name"] == "a-0"
     assert ev["message"] == "waiting for members: 2 of 3 exist" and ev["type"] == "Warning"
+
+
+async def test_queue_metrics_per_team() -> None:
+    from prometheus_client import CollectorRegistry
+
+    state = gang_state(racks=1, per_rack=1)
+    registry = CollectorRegistry()
+    loop = AdmissionLoop(state, FakeApi(state), lambda: True, registry)
+    add_gang(state, "a", 1)
+    add_gang(state, "b", 2)  # two members x 8 GPUs on one node: waits
+    await loop.tick()
+    assert registry.get_sample_value("berth_queue_gangs", {"team": ""}) == 1
+    assert registry.get_sample_value("berth_gangs_admitted_total", {"team": ""}) == 1
+    assert (registry.get_sample_value("berth_queue_wait_seconds", {"team": ""}) or 0) >= 0
