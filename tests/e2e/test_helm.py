@@ -4,7 +4,8 @@ manifests, values.schema.json, and install / upgrade / uninstall on a real kube-
 helm is built from the Go module proxy with the control plane (tests/e2e/k8s/build.sh, pinned in
 tests/e2e/k8s/helm/go.mod). The control plane has no kube-controller-manager and no kubelet, so the Deployment
 never gets pods: the bar for install is that the API server accepts every object by server-side apply and holds
-it, not a rollout.
+it, not a rollout; beyond that, the pair runs here as processes with the chart's ServiceAccounts and ConfigMap
+and binds a pod through Berth.
 
 How the rendered chart is compared with kustomize's output (_normalize): objects are matched by (kind,
 namespace, name) and then compared whole, after removing only what says who installed an object rather than
