@@ -268,7 +268,12 @@ def cpu_model() -> str:
 
 def command_line() -> str:
     argv = list(sys.argv)
-    head = ["python", "-m", "loadtests.bench"] if argv and argv[0].endswith("bench.py") else [Path(argv[0]).name]
+    if argv and argv[0].endswith("bench.py"):
+        head = ["python", "-m", "loadtests.bench"]
+    elif argv and argv[0].endswith("__main__.py"):  # `python -m scheduler bench` (make bench)
+        head = ["python", "-m", Path(argv[0]).parent.name]
+    else:
+        head = [Path(argv[0]).name]
     return shlex.join(head + argv[1:])
 
 

@@ -130,3 +130,9 @@ def test_serve_with_bad_config_exits_2_with_one_line(tmp_path: Path, text: str |
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("berth: bad config: ")
     assert proc.stdout == ""
+
+
+def test_admission_webhook_needs_its_certificate(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"admission\.webhook_port.*webhook_cert"):
+        load_config(write(tmp_path, "admission:\n  webhook_port: 9443\n"))
+    assert load_config(write(tmp_path, "admission:\n  enabled: true\n")).admission.enabled

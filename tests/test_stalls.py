@@ -59,6 +59,15 @@ async def test_a_blocking_sleep_shows_up_as_loop_lag(recorder: S.StallRecorder) 
     assert any(kind == "lag" and end - start > 0.05 for start, end, kind in recorder.events)
 
 
+async def test_installed_again_the_probe_moves_to_the_new_loop(recorder: S.StallRecorder) -> None:
+    other = asyncio.new_event_loop()  # an earlier server's loop, since closed
+    recorder.install(other, probe_every=0.005)
+    other.close()
+    recorder.install(asyncio.get_running_loop(), probe_every=0.005)
+    await asyncio.sleep(0.1)
+    assert recorder.snapshot()["loopLag"]["probes"] >= 2
+
+
 def test_a_slow_call_is_kept_with_what_overlapped_it(recorder: S.StallRecorder) -> None:
     for i in range(30):  # fast calls, 1 ms apart: 0.1 ms each
         t = 10.0 + i * 1e-3

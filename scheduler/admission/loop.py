@@ -339,15 +339,15 @@ class AdmissionLoop:
         for key in [k for k in self.written if k not in self.state.gangs.gangs]:
             del self.written[key]  # the gang is gone
         for gang in list(self.state.gangs.gangs.values()):
-            if gang.podgroup is None:
-                continue
             admitted = sum(1 for m in gang.members.values() if not m.gated) + len(gang.bound)
             now = (gang.phase, gang.reason, gang.size(), admitted)
-            if self.written.get(gang.key) == now:
-                continue
+            last = self.written.get(gang.key)
+            if last == now or (gang.podgroup is None and last is not None and last[:2] == now[:2]):
+                continue  # a gang of annotations has no status to write: only a new reason is news
             self.written[gang.key] = now
-            await self._status(gang, admitted)
-            if gang.reason:
+            if gang.podgroup is not None:
+                await self._status(gang, admitted)
+            if gang.reason and (last is None or last[:2] != now[:2]):
                 await self._event(gang)
 
     async def _status(self, gang: Gang, admitted: int) -> None:
@@ -375,19 +375,32 @@ class AdmissionLoop:
         merge = "application/merge-patch+json"
         await self._quiet(self.client.request("PATCH", path, {"status": status}, content_type=merge))
 
-    async def _event(self, gang: Gang) -> None:
-        assert self.client is not None and gang.podgroup is not None
-        meta = gang.podgroup.get("metadata") or {}
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = {
-            "metadata": {"generateName": f"{gang.name}.", "namespace": gang.namespace},
-            "involvedObject": {
+    def _involved(self, gang: Gang) -> dict[str, Any] | None:
+        """The PodGroup, or for a gang of annotations its first member (kubectl describe pod shows it)."""
+        if gang.podgroup is not None:
+            meta = gang.podgroup.get("metadata") or {}
+            return {
                 "apiVersion": f"{PODGROUP_GROUP}/{PODGROUP_VERSION}",
                 "kind": "PodGroup",
                 "name": gang.name,
                 "namespace": gang.namespace,
                 "uid": meta.get("uid"),
-            },
+            }
+        if not gang.members:
+            return None
+        first = gang.members[min(gang.members)]
+        name = first.key.split("/", 1)[1]
+        return {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": gang.namespace, "uid": first.uid}
+
+    async def _event(self, gang: Gang) -> None:
+        assert self.client is not None
+        involved = self._involved(gang)
+        if involved is None:
+            return
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": gang.namespace},
+            "involvedObject": involved,
             "reason": gang.phase,
             "message": gang.reason[:1000],
             "type": "Normal" if gang.phase in ("Admitted", "Running") else "Warning",

@@ -500,13 +500,15 @@ class VerbConnection(asyncio.Protocol):
         else:
             status = 200
         answered = _clock()
-        self._write(status, reply, keep)
-        written = _clock()
-        stalls.in_call = False
+        try:
+            self._write(status, reply, keep)
+        finally:  # whatever happens to the write, the collector is not left off
+            written = _clock()
+            stalls.in_call = False
+            if collecting:
+                gc.enable()
         berth.timers[name].observe(written - t0)
         stalls.call(name, received, t0, answered, written, len(reply))
-        if collecting:
-            gc.enable()
 
     def _bound(self, task: asyncio.Future[bytes], keep: bool, received: float, t0: float) -> None:
         berth = self.server.berth

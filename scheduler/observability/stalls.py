@@ -81,6 +81,7 @@ class StallRecorder:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self._probe: asyncio.TimerHandle | None = None
+        self._probe_loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
         self._gc_started = 0.0
         self._in_span = 0  # inside housekeeping: a collection there is an explicit one
@@ -118,8 +119,12 @@ class StallRecorder:
         if not self.installed:
             gc.callbacks.append(self._on_gc)
             self.installed = True
-        if self._probe is None and probe_every > 0:
-            loop = loop or asyncio.get_running_loop()
+        loop = loop or (asyncio.get_running_loop() if probe_every > 0 else None)
+        if (
+            loop is not None and probe_every > 0 and self._probe_loop is not loop
+        ):  # a new loop (tests serve several): probe there
+            self.uninstall_probe()
+            self._probe_loop = loop
             with contextlib.suppress(OSError):  # not Linux, or no schedstats: no runqueue figures
                 self._schedstat = os.open(SCHEDSTAT, os.O_RDONLY)
                 self._waited = self._runqueue()
@@ -129,6 +134,10 @@ class StallRecorder:
         if self.installed:
             gc.callbacks.remove(self._on_gc)
             self.installed = False
+        self.uninstall_probe()
+
+    def uninstall_probe(self) -> None:
+        self._probe_loop = None
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None

@@ -21,8 +21,12 @@ class FakeApi:
         self.fail = fail or set()
         self.patches: dict[str, list[dict[str, Any]]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
 
     async def request(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, bytes]:
+        if method == "POST" and path.endswith("/events"):
+            self.events.append(body)
+            return 201, b"{}"
         if method == "PATCH" and "/pods/" in path:
             ns, name = path.split("/namespaces/")[1].split("/pods/")
             key = f"{ns}/{name}"
@@ -287,3 +291,31 @@ async def test_a_fresh_process_steers_by_the_plan_on_the_pod_before_its_loop_run
     state.apply_pending_pod("MODIFIED", pod)
     r = await client.post("/scheduler/filter", data=GoWire(state).args(orjson.dumps(pod), sorted(state.table.slot_of)))
     assert orjson.loads(await r.read())["NodeNames"] == []
+
+
+async def test_a_gang_of_annotations_tells_its_reason_in_an_event_on_its_first_member_once() -> None:
+    state = gang_state()
+    api = FakeApi(state)
+    loop = AdmissionLoop(state, api, lambda: True)
+    state.apply_pending_pod("ADDED", member("a-1", "a", 3))
+    state.apply_pending_pod("ADDED", member("a-0", "a", 3))
+    await loop.tick()
+    await loop.tick()
+    assert len(api.events) == 1, "the same reason is told once"
+    ev = api.events[0]
+    assert ev["involvedObject"]["kind"] == "Pod" and ev["involvedObject"]["name"] == "a-0"
+    assert ev["message"] == "waiting for members: 2 of 3 exist" and ev["type"] == "Warning"
+
+
+async def test_queue_metrics_per_team() -> None:
+    from prometheus_client import CollectorRegistry
+
+    state = gang_state(racks=1, per_rack=1)
+    registry = CollectorRegistry()
+    loop = AdmissionLoop(state, FakeApi(state), lambda: True, registry)
+    add_gang(state, "a", 1)
+    add_gang(state, "b", 2)  # two members x 8 GPUs on one node: waits
+    await loop.tick()
+    assert registry.get_sample_value("berth_queue_gangs", {"team": ""}) == 1
+    assert registry.get_sample_value("berth_gangs_admitted_total", {"team": ""}) == 1
+    assert (registry.get_sample_value("berth_queue_wait_seconds", {"team": ""}) or 0) >= 0

@@ -257,26 +257,72 @@ def test_quota_gang_waits_with_its_reason_and_is_admitted_when_quota_frees(
 
 
 def test_failover_mid_admission_leaves_no_partial_gang_and_no_hold(
-    api: kclient.CoreV1Api, gang_berth: BerthHandle, gang_scheduler: h.Proc, webhook_port: int
+    cp: h.ControlPlane, api: kclient.CoreV1Api, gang_berth: BerthHandle, gang_scheduler: h.Proc, webhook_port: int
 ) -> None:
-    """Done-when 4: Berth SIGKILLed as soon as the first member of a gang is ungated (before its members
-    bind); the new process takes the Lease, rebuilds the plan from the pods (berth.dev/gang-plan) and
-    every member binds on its planned node; no hold or reservation is left. (A kill between the
-    per-member writes, some gated and some not, is tests/admission/test_loop.py's new-leader test.)"""
+    """Done-when 4: Berth SIGKILLed in the middle of admitting a gang. A ValidatingAdmissionPolicy refuses to
+    ungate two of the eight members, so the leader's admission is cut in two for certain: six ungated and
+    pinned, two still gated, when it is killed. A new process takes the Lease, rebuilds the six plans from
+    the pods (berth.dev/gang-plan), completes the gang around them, and every member binds on its plan; no
+    hold or reservation is left."""
+    cp.apply(DENY_UNGATE)
+    time.sleep(3.0)  # the API server's policy informer picks it up
     gpu_nodes(api, "gang4", 8)
-    create(api, [member(f"g4-{i}", "gang4", "g4", 8) for i in range(8)])
-    h.wait_until(lambda: gated(api, "g4-") < 8, 20, "the first member ungated", every=0.01)
+    pods = [member(f"g4-{i}", "gang4", "g4", 8) for i in range(8)]
+    for p in pods[6:]:
+        p["metadata"].setdefault("labels", {})["e2e-deny-ungate"] = "yes"
+    create(api, pods)
+    h.wait_until(lambda: gated(api, "g4-") == 2, 20, "six members ungated, two refused")
+    time.sleep(1.0)
     gang_berth.kill()
-    at_kill = pods_of(api, "g4-")
-    print(f"at the kill: {gated(api, 'g4-')} gated, {bound(api, 'g4-')} bound")
+    at_kill = (gated(api, "g4-"), bound(api, "g4-"))
+    print(f"at the kill: {at_kill[0]} gated, {at_kill[1]} bound")
+    assert at_kill[0] == 2, "the admission was not cut in the middle"
+    cp.kubectl("delete", "validatingadmissionpolicybinding", "e2e-deny-ungate")
+    cp.kubectl("delete", "validatingadmissionpolicy", "e2e-deny-ungate")
+    for p in pods[6:]:
+        api.patch_namespaced_pod(p["metadata"]["name"], NS, {"metadata": {"labels": {"e2e-deny-ungate": None}}})
     gang_berth.start()
     h.wait_until(lambda: bound(api, "g4-") == 8, 60, "every member bound after the restart")
-    pods = pods_of(api, "g4-")
-    plans = {p.metadata.name: p.metadata.annotations.get("berth.dev/gang-plan") for p in pods}
-    assert all(p.spec.node_name == plans[p.metadata.name] for p in pods), "a member left its plan"
-    assert len(at_kill) == 8
+    done = pods_of(api, "g4-")
+    plans = {p.metadata.name: p.metadata.annotations.get("berth.dev/gang-plan") for p in done}
+    assert all(p.spec.node_name == plans[p.metadata.name] for p in done), "a member left its plan"
+    assert len(set(plans.values())) == 8
     h.wait_until(lambda: gang_berth.get("/debug/state")["reservations"] == 0, 15, "no reservation left")
-    h.wait_until(lambda: queue(gang_berth, webhook_port) is not None, 5, "queue view")
+    h.wait_until(lambda: queue_holds(webhook_port) == 0, 15, "no gang hold left")
+
+
+DENY_UNGATE: list[dict[str, Any]] = [
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "e2e-deny-ungate"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"]}
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!(has(object.metadata.labels) && 'e2e-deny-ungate' in object.metadata.labels)"
+                    " || (has(object.spec.schedulingGates) && object.spec.schedulingGates.exists(g, g.name =="
+                    " 'berth.dev/admission'))",
+                    "message": "e2e: this member may not be ungated yet",
+                }
+            ],
+        },
+    },
+    {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "e2e-deny-ungate"},
+        "spec": {"policyName": "e2e-deny-ungate", "validationActions": ["Deny"]},
+    },
+]
+
+
+def queue_holds(port: int) -> int:
     import ssl
     import urllib.request
 
@@ -284,8 +330,8 @@ def test_failover_mid_admission_leaves_no_partial_gang_and_no_hold(
 
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    with urllib.request.urlopen(f"https://127.0.0.1:{webhook_port}/debug/queue", context=ctx, timeout=10) as r:
-        assert orjson.loads(r.read())["holds"] == 0, "a gang hold outlived the binds"
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/debug/queue", context=ctx, timeout=10) as r:
+        return int(orjson.loads(r.read())["holds"])
 
 
 @pytest.mark.skipif(not os.environ.get("BERTH_E2E_GANG_SCALE"), reason="1,000 nodes: set BERTH_E2E_GANG_SCALE=1")

@@ -4,7 +4,8 @@ manifests, values.schema.json, and install / upgrade / uninstall on a real kube-
 helm is built from the Go module proxy with the control plane (tests/e2e/k8s/build.sh, pinned in
 tests/e2e/k8s/helm/go.mod). The control plane has no kube-controller-manager and no kubelet, so the Deployment
 never gets pods: the bar for install is that the API server accepts every object by server-side apply and holds
-it, not a rollout.
+it, not a rollout; beyond that, the pair runs here as processes with the chart's ServiceAccounts and ConfigMap
+and binds a pod through Berth.
 
 How the rendered chart is compared with kustomize's output (_normalize): objects are matched by (kind,
 namespace, name) and then compared whole, after removing only what says who installed an object rather than
@@ -36,6 +37,7 @@ import yaml
 from scheduler import config as berth_config
 from scheduler.config import load_config
 from tests.e2e import harness as h
+from tests.e2e import objects as e2e
 
 CHART = h.ROOT / "deploy" / "helm" / "berth"
 DEPLOY = h.ROOT / "deploy"
@@ -443,6 +445,61 @@ def test_install_upgrade_uninstall(plane: h.ControlPlane, tmp_path: Path) -> Non
     assert helm("list", "-n", NS, "-q", kubeconfig=kc).stdout.strip() == ""
     assert plane.kubectl("get", "crd", "teamquotas.berth.dev", check=False).returncode == 0
     assert plane.kubectl("get", "namespace", NS, check=False).returncode == 0
+
+
+def _holder(cp: h.ControlPlane, lease: str) -> str:
+    res = cp.kubectl("get", "lease", lease, "-n", NS, "-o", "json", check=False)
+    return str(json.loads(res.stdout)["spec"].get("holderIdentity", "")) if res.returncode == 0 else ""
+
+
+def _identity(cp: h.ControlPlane, account: str, where: Path) -> Path:
+    """A kubeconfig with a token of the chart's ServiceAccount: what the pod mounts at the in-cluster path."""
+    token = cp.kubectl("create", "token", account, "-n", NS, "--duration=1h").stdout.strip()
+    return cp.write_kubeconfig(where / f"{account}.kubeconfig", token)
+
+
+def test_the_pair_runs_on_what_the_chart_installed(plane: h.ControlPlane, tmp_path: Path) -> None:
+    """Without kubelets the Deployment has no pods, so the pair runs here as processes, each with the chart's
+    ServiceAccount and ConfigMap: Berth becomes ready and takes its Lease, kube-scheduler takes its own, and a
+    pod of berth-scheduler is bound through Berth. The only changes are the ones a pod makes implicitly: free
+    ports (set as values) and a kubeconfig where the pod has its in-cluster token."""
+    plane.kubectl("apply", "--server-side", "-f", str(DEPLOY / "base" / "namespace.yaml"))
+    port, health = h.free_port(), h.free_port()
+    ports = ["--set", f"config.server.port={port}", "--set", f"config.server.health_port={health}"]
+    helm("install", "berth", str(CHART), "-n", NS, *ports, kubeconfig=plane.admin_kubeconfig)
+    procs: list[h.Proc] = []
+    try:
+        data = json.loads(plane.kubectl("get", "configmap", "berth-config", "-n", NS, "-o", "json").stdout)["data"]
+        (tmp_path / "berth.yaml").write_text(data["berth.yaml"])
+        sched = yaml.safe_load(data["kube-scheduler-config.yaml"])
+        assert sched["extenders"][0]["urlPrefix"] == f"http://127.0.0.1:{port}/scheduler"
+        sched["clientConnection"]["kubeconfig"] = str(_identity(plane, "berth-scheduler", tmp_path))
+        (tmp_path / "kube-scheduler.yaml").write_text(yaml.safe_dump(sched))
+
+        env = {"POD_NAME": "berth-helm-0", "POD_NAMESPACE": NS}
+        extra = ["--config", str(tmp_path / "berth.yaml")]
+        berth = h.start_berth(plane, _identity(plane, "berth", tmp_path), port, "berth-helm", extra, env=env)
+        procs.append(berth)
+        h.wait_ready(f"http://127.0.0.1:{health}", berth)
+        h.wait_until(lambda: _holder(plane, "berth").startswith("berth-helm-0"), 30, "Berth's Lease")
+        procs.append(h.start_scheduler(plane, "kube-scheduler-helm", tmp_path / "kube-scheduler.yaml"))
+        h.wait_until(lambda: _holder(plane, "berth-scheduler"), 60, "kube-scheduler's Lease")
+
+        # Unmatched pods run in the shared pool (config.quotas.shared_pools: cpu-general).
+        plane.apply([e2e.node("helm-n1", "helm", pool="cpu-general")])
+        plane.kubectl("create", "-n", "default", "-f", "-", input=json.dumps(e2e.pod("helm-p1", "helm")))
+
+        def bound() -> str:
+            got = json.loads(plane.kubectl("get", "pod", "helm-p1", "-n", "default", "-o", "json").stdout)
+            return str(got["spec"].get("nodeName", ""))
+
+        assert h.wait_until(bound, 60, "helm-p1 bound") == "helm-n1"
+    finally:
+        for proc in procs:
+            proc.stop()
+        plane.kubectl("delete", "pod", "helm-p1", "-n", "default", "--force", "--grace-period=0", check=False)
+        plane.kubectl("delete", "node", "helm-n1", check=False)
+        helm("uninstall", "berth", "-n", NS, "--wait", kubeconfig=plane.admin_kubeconfig)
 
 
 if __name__ == "__main__":  # regenerate values.schema.json's config section from scheduler/config.py
