@@ -144,12 +144,13 @@ async def test_verb_calls_run_with_the_collector_off_and_are_recorded(listener: 
 
 
 def scan(state) -> dict[tuple[str, str], int]:  # type: ignore[no-untyped-def]
-    """What account_gpu_seconds walked every pod for, each second, before GpuHeld."""
+    """What account_gpu_seconds walked every pod for, each second, before GpuHeld: GPU milli charged."""
     totals: dict[tuple[str, str], int] = {}
     for entry in state.ledger:
-        if entry.request.gpu:
+        charged = entry.charged if entry.charged is not None else entry.request.quota_units()
+        if charged.get("nvidia.com/gpu", 0):
             k = (entry.team or "", entry.model or "")
-            totals[k] = totals.get(k, 0) + entry.request.gpu
+            totals[k] = totals.get(k, 0) + charged["nvidia.com/gpu"]
     return totals
 
 

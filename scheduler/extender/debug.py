@@ -169,6 +169,7 @@ ENDPOINTS = {
     "GET /debug/state": "cache counts, sync and informer state, kernels, leader election",
     "GET /debug/nodes": "nodes with free resources and GPU indices in use; ?pool=, ?team=, ?limit=",
     "GET /debug/teams": "TeamQuota usage, limits, borrowing and conditions",
+    "GET /debug/stalls": "what the event loop did around slow verb calls: phases, GC pauses, housekeeping, lag",
     "GET /debug/explain": "?namespace=&pod=: per-node verdicts and score parts for a pod (berth explain)",
     "POST /debug/explain": "the same for a POSTed Pod, JSON or YAML (berth explain -f pod.yaml)",
     "GET /healthz": "liveness",
