@@ -29,7 +29,7 @@ from scheduler.extender.wire import (
     parse_preemption_args,
     preemption_reply,
 )
-from scheduler.model.constants import OTHER_RESOURCE
+from scheduler.model.constants import OTHER_RESOURCE, OTHER_RESOURCE_USED
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.observability.metrics import Metrics
 from scheduler.policy import preempt
@@ -156,8 +156,10 @@ class Verbs:
                 facts = t.facts[s]
                 have = facts.other_alloc if facts else {}
                 used = t.other_used[s] if s >= 0 else {}
-                if any(have.get(k, 0) - used.get(k, 0) < v for k, v in ask.request.other.items()):
+                if any(have.get(k, 0) < v for k, v in ask.request.other.items()):
                     verdicts[i] = OTHER_RESOURCE
+                elif any(have.get(k, 0) - used.get(k, 0) < v for k, v in ask.request.other.items()):
+                    verdicts[i] = OTHER_RESOURCE_USED  # its own sentence: preemption may free it
         return verdicts.count(K.OK)
 
     def _partial_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:

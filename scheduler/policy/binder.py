@@ -174,9 +174,10 @@ class Binder:
         exact = entry.held_gpu_milli() or 0
         if exact <= r.nominal_gpu_milli(self.state.quotas.replicas):
             return
-        error = self.state.quotas.check_charge(entry.team, {GPU: exact}, facts.gpu_model if facts else None)
+        error, borrowing = self.state.quotas.check_charge(entry.team, {GPU: exact}, facts.gpu_model if facts else None)
         if error:
             raise BindError(error, "quota")
+        entry.borrowing = entry.borrowing or borrowing
 
     @staticmethod
     def annotations(entry: PodEntry) -> dict[str, str]:

@@ -18,6 +18,7 @@ from scheduler.model.constants import (
     N_PARAMS,
     NOW,
     OTHER_RESOURCE,
+    OTHER_RESOURCE_USED,
     SHARE_GPU_SHARED,
     WEIGHT_NAMES,
 )
@@ -28,6 +29,7 @@ from scheduler.policy.quotas import Admission
 
 REASON_NAMES = {
     OTHER_RESOURCE: "extended_resource",
+    OTHER_RESOURCE_USED: "extended_resource_in_use",
     K.UNKNOWN: "node_unknown",
     K.UNSCHEDULABLE: "node_not_ready",
     K.POOL: "pool",
@@ -141,7 +143,7 @@ class Reasons:
         """(reason, unresolvable) for a node that failed with `code`."""
         t = self.state.table
         extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
-        if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY, OTHER_RESOURCE):
+        if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):
             extra = int(self._too_small(code, slot))
         elif code == K.SHARE_FULL:
             extra = K.share_ask(t, slot, *self._gpu_asks())[1]  # the sentence names the fraction
@@ -162,10 +164,6 @@ class Reasons:
             return t.alloc_gpu[slot] < r.gpu
         if code == K.TOPOLOGY:
             return max((m.bit_count() for m in t.island_masks(slot)), default=0) < r.gpu
-        if code == OTHER_RESOURCE:
-            facts = t.facts[slot]
-            have = facts.other_alloc if facts else {}
-            return any(have.get(k, 0) < v for k, v in r.other.items())
         return False
 
     def _gpu_asks(self) -> tuple[int, int, int]:
@@ -192,9 +190,9 @@ class Reasons:
             return f"berth: GPU model {model or '(none)'} is not in {ANN_GPU_MODELS} ({wanted})", True
         if code == K.PODS:
             return "berth: node already runs its maximum number of pods", False
+        if code == OTHER_RESOURCE_USED:
+            return f"berth: not enough free {', '.join(sorted(r.other))} for the pod (others hold it)", False
         if code == OTHER_RESOURCE:
-            if not small:
-                return f"berth: not enough free {', '.join(sorted(r.other))} for the pod (others hold it)", False
             return f"berth: node has none or too few of {', '.join(sorted(r.other))}", True
         if code == K.SHARE_FULL:
             milli = K.share_ask(t, slot, *self._gpu_asks())[1]

@@ -320,19 +320,22 @@ class QuotaBook:
                 borrow = True
         return blocked, borrow
 
-    def check_charge(self, team_name: str | None, charge: dict[str, int], model: str | None) -> str | None:
-        """The sentence refusing `charge` (GPU milli known once the node is), or None when it fits."""
+    def check_charge(self, team_name: str | None, charge: dict[str, int], model: str | None) -> tuple[str | None, bool]:
+        """(the sentence refusing `charge`, or None; whether it borrows) for an amount known once the node
+        is (a fraction's exact GPU milli)."""
         team = self.teams.get(team_name or "")
         if team is None:
-            return None
+            return None, False
         keys = dict(charge)
         if model and GPU in charge:
             keys[MODEL_PREFIX + model] = charge[GPU]
+        borrowing = False
         for res, amount in keys.items():
             verdict = self._check(team, res, amount)
             if isinstance(verdict, str):
-                return verdict
-        return None
+                return verdict, False
+            borrowing = borrowing or verdict is True
+        return None, borrowing
 
 
 def above_guarantee(team: Team, res: str, giving_up: int = 0) -> int:

@@ -69,6 +69,7 @@ def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
         C.GPU,
         C.TOPOLOGY,
         C.OTHER_RESOURCE,
+        C.OTHER_RESOURCE_USED,
         C.SHARE_FULL,
         C.SHARE_RESOURCE,
         C.UNKNOWN,
