@@ -19,8 +19,9 @@ from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.extender.debug import refresh_gauges
 from scheduler.extender.guard import Guard, guard_cap
+from scheduler.extender.http_framing import connection_cap
 from scheduler.extender.server import Berth
-from scheduler.extender.verbs_http import VerbServer, connection_cap
+from scheduler.extender.verb_server import VerbServer
 from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import account_gpu_seconds
 from scheduler.observability.stalls import RECORDER as STALLS

@@ -14,140 +14,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import resource
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
-from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 import httptools
 
-from scheduler.extender.guard import Guard, guard_cap
+from scheduler.extender.http_framing import (
+    FIRST_LINE_LIMIT,
+    OVERFLOW,
+    PREFIX,
+    REASONS,
+    Framing,
+    HandOff,
+    Refuse,
+    verb_of,
+)
 from scheduler.extender.wire import WireError
-from scheduler.observability.stalls import RECORDER, StallRecorder
 from scheduler.observability.stalls import clock as _clock
 
 if TYPE_CHECKING:
-    from scheduler.extender.verbs import Verbs
+    from scheduler.extender.verb_server import VerbServer
 
-PREFIX = b"/scheduler/"
-VERBS = (b"filter", b"prioritize", b"bind", b"preempt")
-REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    503: b"Service Unavailable",
-}
-FIRST_LINE_LIMIT = 8192
-# The request head: 64 KB in all and 100 fields. Apache httpd's defaults are 100 fields (LimitRequestFields)
-# of 8190 bytes each, nginx holds a head in 4 x 8 KB buffers; kube-scheduler sends five fields.
-HEAD_LIMIT = 64 * 1024
-FIELD_LIMIT = 100
-HEAD_TIMEOUT = 10.0  # the head's deadline, from its first byte; never later than server.request_timeout_seconds
 # Requests completed behind a bind wait in order; past either bound the connection is not read until the
 # queue drains (one read, 256 KB at most, may still be parsed past the count).
 QUEUE_COUNT = 64
 QUEUE_BYTES = 16 << 20
 LINGER = 2.0  # after a refusal: seconds the input is still read (and dropped) so the reply is not lost to a reset
-OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
 _ANSWER, _WRITE, _HANDOFF = 0, 1, 2  # what a queued item does once the replies before it are written
 _PAUSED_WRITING, _PAUSED_QUEUE = 1, 2
 _JOIN_BELOW = 64 * 1024  # bodies smaller than this may be copied next to their head
 
 
-def verb_of(request_line: bytes) -> bytes | None:
-    """`POST /scheduler/filter HTTP/1.1` -> b"filter"; anything else -> None."""
-    parts = request_line.split(b" ", 2)
-    if len(parts) != 3 or parts[0] != b"POST" or not parts[1].startswith(PREFIX):
-        return None
-    verb = parts[1][len(PREFIX) :]
-    return verb if verb in VERBS else None
-
-
-def connection_cap(configured: int) -> int:
-    """server.max_connections, and never more than half the soft file-descriptor limit: the rest stays for
-    aiohttp's connections (health checks), the API server and the log."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft // 2))
-
-
-class _HandOff(Exception):
-    """Raised from a parser callback: this request is not a verb, give the connection to aiohttp."""
-
-
-class _Refuse(Exception):
-    """Raised from a parser callback: answer this status and close (bad framing, limits)."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(status)
-        self.status, self.body = status, body
-
-
-class VerbServer:
-    """Shared by all verb connections of one listening socket."""
-
-    def __init__(self, berth: Verbs, fallback: Callable[[], asyncio.Protocol], keepalive: float) -> None:
-        self.berth = berth  # the verbs, with their error replies (refused, too_large, failed)
-        self.fallback = fallback  # aiohttp's web.Server: a protocol factory for the handed-off connections
-        self.keepalive = keepalive
-        config = berth.state.config.server
-        self.max_body = config.max_body_bytes
-        self.request_timeout = config.request_timeout_seconds
-        self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)
-        self.max_connections = connection_cap(config.max_connections)
-        self.guard = Guard(fallback, self.request_timeout, guard_cap(self.max_connections))
-        self.connections: set[VerbConnection] = set()
-        self.overflow: set[VerbConnection] = set()  # over the cap, until their first line says what they are
-        self._date = b""
-        self._date_at = 0
-        self.stalls: StallRecorder = RECORDER  # each call's phases, for GET /debug/stalls
-
-    def __call__(self) -> VerbConnection:
-        return VerbConnection(self)
-
-    def date(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_at:  # formatted once a second, not per reply
-            self._date, self._date_at = formatdate(now, usegmt=True).encode(), now
-        return self._date
-
-    def close_idle(self, idle_for: float) -> None:
-        """Close connections idle longer than `idle_for` seconds (keep-alive expiry); 0: every connection
-        not awaiting a bind (shutdown). A request in progress is not idle: its deadline applies."""
-        now = time.monotonic()
-        for conn in [*self.connections, *self.overflow]:
-            if (
-                conn.transport is not None
-                and not conn.busy
-                and (idle_for <= 0 or (not conn.started_at and now - conn.active_at >= idle_for))
-            ):
-                conn.transport.close()
-
-    def expire(self) -> None:
-        """408 for requests past their deadline (head, or whole request)."""
-        now = time.monotonic()
-        for conn in [*self.connections, *self.overflow]:
-            if conn.started_at:
-                conn.expire(now)
-
-    async def sweep(self) -> None:
-        every = max(0.05, min(1.0, self.keepalive / 4, self.head_timeout / 4))
-        while True:
-            await asyncio.sleep(every)
-            self.close_idle(self.keepalive)
-            self.expire()
-            self.guard.expire()
-
-
-class VerbConnection(asyncio.Protocol):
+class VerbConnection(Framing, asyncio.Protocol):
     """One kube-scheduler connection. Requests are answered in order; Go does not pipeline, but
     requests that arrive while a bind is awaited are queued rather than answered out of order."""
 
@@ -264,9 +164,9 @@ class VerbConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, _HandOff):
+            if isinstance(cause, HandOff):
                 self._hand_off(b"".join(self._chunks))
-            elif isinstance(cause, _Refuse):
+            elif isinstance(cause, Refuse):
                 self._refuse(cause.status, cause.body)
             else:
                 self._refuse(500, self.server.berth.failed("http", "a verb connection"))
@@ -282,27 +182,6 @@ class VerbConnection(asyncio.Protocol):
                 self._head_too_large(data)
             elif self._codings is not None and not self._between:
                 self._chunk_too_large(data)
-
-    def _head_too_large(self, data: bytes) -> None:
-        """A head still incomplete after this read: count what it has taken so far (the parser hands a field
-        over only once it ends), so a megabyte of one field is refused, not buffered."""
-        if not self._begun:
-            self._head_fed += len(data)
-        if self._head_fed > HEAD_LIMIT:
-            self._refuse(431, b'{"error":"request head larger than %d bytes"}' % HEAD_LIMIT)
-
-    def _chunk_too_large(self, data: bytes) -> None:
-        """A chunk whose size line was read in this read and whose data goes on: read its size (the parser
-        does not tell it) so that `ffffffffffffffff` is a 413 now, not after max_body_bytes of data."""
-        if self._chunk_open:
-            buf = self._tail + data[: len(data) - self._chunk_data]
-            line = buf[buf.rfind(b"\n", 0, len(buf) - 1) + 1 :].split(b";", 1)[0].strip()
-            with contextlib.suppress(ValueError):
-                size = int(line, 16)
-                if self._size - self._chunk_data + size > self.server.max_body:
-                    self._refuse(413, self.server.berth.too_large(self._verb.decode(), f"a chunk of {size} bytes"))
-                    return
-        self._tail = data[-32:]
 
     def _hand_off(self, data: bytes) -> None:
         if not data:
@@ -363,83 +242,7 @@ class VerbConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._resume(_PAUSED_WRITING)
 
-    # -- httptools callbacks -------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self._between = False
-        self._begun = True
-        if self._completed:
-            self._chunks = []
-        if not self.started_at:
-            self.started_at = self._now
-        self._url, self._body, self._size = b"", [], 0
-        self._expect = self._head_done = self._upgrade = False
-        self._head_size = self._head_fed = self._fields = 0
-        self._length = self._codings = None
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > FIRST_LINE_LIMIT:
-            raise _Refuse(400, b'{"error":"request target longer than %d bytes"}' % FIRST_LINE_LIMIT)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._fields += 1
-        self._head_size += len(name) + len(value) + 4
-        if self._fields > FIELD_LIMIT:
-            raise _Refuse(431, b'{"error":"more than %d header fields"}' % FIELD_LIMIT)
-        if self._head_size + len(self._url) > HEAD_LIMIT:
-            raise _Refuse(431, b'{"error":"request head larger than %d bytes"}' % HEAD_LIMIT)
-        low = name.lower()
-        if low == b"content-length":
-            with contextlib.suppress(ValueError):
-                self._length = int(value)
-        elif low == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
-        elif low == b"transfer-encoding":
-            self._codings = (self._codings or []) + [c.strip().lower() for c in value.split(b",") if c.strip()]
-        elif low == b"upgrade":
-            self._upgrade = True
-
-    def on_headers_complete(self) -> None:
-        self._head_done = True
-        assert self.parser is not None
-        path = self._url.split(b"?", 1)[0]
-        if not (path.startswith(PREFIX) and path[len(PREFIX) :] in VERBS and self.parser.get_method() == b"POST"):
-            raise _HandOff
-        self._chunks = []  # a verb: the raw bytes are not needed for a hand-off, the body is held once
-        self._verb = path[len(PREFIX) :]
-        if self._upgrade and self.parser.should_upgrade():  # its body would not be parsed: refused, one reply
-            raise _Refuse(400, b'{"error":"protocol upgrades are not served here"}')
-        if self._codings is not None:
-            self._check_codings(self._codings)
-        if self._length is not None and self._length > self.server.max_body:
-            raise _Refuse(413, self.server.berth.too_large(self._verb.decode(), "Content-Length over the limit"))
-        if self._expect and not self.busy:  # no interim reply ahead of one still owed
-            assert self.transport is not None
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-
-    @staticmethod
-    def _check_codings(codings: list[bytes]) -> None:
-        """RFC 9112 6.3: chunked must be the final coding, once, or the framing is unknown (400); other codings
-        are not implemented here (RFC 9112 6.1: 501)."""
-        if not codings or codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
-            raise _Refuse(400, b'{"error":"Transfer-Encoding: chunked must be the final coding, applied once"}')
-        if len(codings) > 1:
-            raise _Refuse(501, b'{"error":"Transfer-Encoding: only chunked is supported"}')
-
-    def on_chunk_header(self) -> None:
-        self._chunk_open, self._chunk_data = True, 0
-
-    def on_chunk_complete(self) -> None:
-        self._chunk_open = False
-
-    def on_body(self, body: bytes) -> None:
-        self._size += len(body)
-        if self._size > self.server.max_body:
-            raise _Refuse(413, self.server.berth.too_large(self._verb.decode(), f"at least {self._size} bytes"))
-        self._body.append(body)
-        if self._chunk_open:
-            self._chunk_data += len(body)
-
+    # -- httptools callbacks (the head and body: http_framing.Framing) --------------------------------
     def on_message_complete(self) -> None:
         self._between = self._completed = True
         self._chunks = []

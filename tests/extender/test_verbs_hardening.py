@@ -19,7 +19,8 @@ from scheduler.config import Config
 from scheduler.extender import verbs_http
 from scheduler.extender.names_cache import NodeNamesCache
 from scheduler.extender.server import Berth
-from scheduler.extender.verbs_http import VerbConnection, VerbServer
+from scheduler.extender.verb_server import VerbServer
+from scheduler.extender.verbs_http import VerbConnection
 from scheduler.extender.wire import MAX_NAMES, MAX_PREEMPT_CANDIDATES
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder

@@ -9,8 +9,8 @@ import pytest
 
 from scheduler.app import Listener, _listen
 from scheduler.config import Config
+from scheduler.extender.http_framing import verb_of
 from scheduler.extender.server import Berth
-from scheduler.extender.verbs_http import verb_of
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder
 from tests.conftest import GoWire, demo_cluster
