@@ -68,7 +68,7 @@ def load_configuration(kubeconfig: str | None, environ: Mapping[str, str] | None
         raise ClusterConfigError(f"kubeconfig {tried}")
     try:
         kconfig.load_incluster_config(client_configuration=cfg)
-    except kconfig.ConfigException as exc:
+    except (kconfig.ConfigException, OSError) as exc:  # OSError: a token or CA file it cannot read
         raise ClusterConfigError(
             f"no cluster configuration found: tried kubeconfig {tried}; tried in-cluster: {exc} "
             "(not running in a pod?). Pass --kubeconfig FILE or set KUBECONFIG, or use --demo"

@@ -4,9 +4,11 @@ through $KUBECONFIG (a list, as kubectl reads it) with no --kubeconfig flag."""
 
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 from kubernetes import client as kclient
@@ -31,7 +33,9 @@ def table(text: str) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def views(cp: h.ControlPlane, api: kclient.CoreV1Api, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def views(
+    cp: h.ControlPlane, api: kclient.CoreV1Api, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     """Three teams (one idle, two claiming the same namespace) and a Berth found through $KUBECONFIG."""
     suffix = int(time.time())
     idle, left, shared = (f"view-{n}-{suffix}" for n in ("idle", "left", "shared"))
@@ -62,7 +66,7 @@ def views(cp: h.ControlPlane, api: kclient.CoreV1Api, tmp_path_factory: pytest.T
     proc.start()
     try:
         h.wait_ready(f"http://127.0.0.1:{port}", proc)
-        yield idle
+        yield idle, f"http://127.0.0.1:{port}"
     finally:
         proc.stop()
         cp.kubectl("delete", "pod", "-n", idle, "busy", "--force", "--grace-period=0", check=False)
@@ -72,8 +76,8 @@ def views(cp: h.ControlPlane, api: kclient.CoreV1Api, tmp_path_factory: pytest.T
             cp.kubectl("delete", "namespace", ns, "--wait=false")
 
 
-def test_kubectl_get_teamquotas_shows_zeros_status_cpu_and_memory(cp: h.ControlPlane, views: str) -> None:
-    idle = views
+def test_kubectl_get_teamquotas_shows_zeros_status_cpu_and_memory(cp: h.ControlPlane, views: tuple[str, str]) -> None:
+    idle, _ = views
     left, shared_b = idle.replace("idle", "left"), idle.replace("idle", "shared") + "-b"
 
     def written() -> dict[str, dict[str, str]] | None:
@@ -102,8 +106,17 @@ def test_kubectl_get_teamquotas_shows_zeros_status_cpu_and_memory(cp: h.ControlP
     assert f"also claimed by {shared_b}" in why.stdout, why.stdout
 
 
-def test_the_conflict_clears_when_the_overlap_is_fixed(cp: h.ControlPlane, views: str) -> None:
-    left, shared_b = views.replace("idle", "left"), views.replace("idle", "shared") + "-b"
+def test_a_bound_pod_explained_by_name_is_not_counted_against_itself(views: tuple[str, str]) -> None:
+    """Berth reads the pod from the API server, finds it bound in its ledger, and judges it without that hold."""
+    idle, url = views
+    with urllib.request.urlopen(f"{url}/debug/explain?namespace={idle}&pod=busy", timeout=10) as r:
+        out = orjson.loads(r.read())
+    assert out["boundTo"] == "views-nowhere" and out["team"] == idle and out["quota"] is None
+
+
+def test_the_conflict_clears_when_the_overlap_is_fixed(cp: h.ControlPlane, views: tuple[str, str]) -> None:
+    idle, _ = views
+    left, shared_b = idle.replace("idle", "left"), idle.replace("idle", "shared") + "-b"
     cp.kubectl("delete", "teamquota", shared_b)
     h.wait_until(
         lambda: table(cp.kubectl("get", "teamquotas", left).stdout)[left]["STATUS"] == "Valid",
