@@ -214,6 +214,15 @@ async def test_nothing_is_written_before_the_state_is_synced(
     await eventually(lambda: len(api.calls("patch", PATCH_PATH)) == 1)
 
 
+def untimed(obj: Any) -> Any:
+    """`obj` without its timestamps (keys ending in Time)."""
+    if isinstance(obj, dict):
+        return {k: untimed(v) for k, v in obj.items() if not k.endswith("Time")}
+    if isinstance(obj, list):
+        return [untimed(v) for v in obj]
+    return obj
+
+
 async def test_a_failed_write_is_retried_next_round(
     api: FakeApiServer, kube: KubeClient, start: Callable[[StatusWriter], StatusWriter]
 ) -> None:
@@ -224,7 +233,8 @@ async def test_a_failed_write_is_retried_next_round(
     await eventually(lambda: "status" in api.store[TEAMQUOTAS]["train"], what="the status written at last")
     patches = api.calls("patch", PATCH_PATH)
     assert len(patches) == 3
-    assert patches[0].json() == patches[2].json(), "the retry sends the same patch (nothing was written)"
+    # The same patch again (nothing was written), but for condition times: rounds under load cross seconds.
+    assert untimed(patches[0].json()) == untimed(patches[2].json()), "the retry sends the same patch"
     assert writer.written["train"] == api.store[TEAMQUOTAS]["train"]["status"]
 
 
