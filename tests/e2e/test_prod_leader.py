@@ -90,7 +90,7 @@ def pair(cp: h.ControlPlane, world: str) -> Iterator[list[BerthHandle]]:
 
 
 def gpu_seconds(b: BerthHandle) -> float:
-    return b.metric("berth_team_gpu_seconds_total")
+    return b.metric("berth_team_gpu_seconds_total", team=TEAM)  # other tests leave pods of their own
 
 
 def status_writes(b: BerthHandle) -> int:
@@ -104,7 +104,7 @@ def holder(api: kclient.CoreV1Api) -> str:
 
 
 def test_one_writer_and_takeover_after_kill(
-    api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi, pair: list[BerthHandle]
+    api: kclient.CoreV1Api, custom: kclient.CustomObjectsApi, world: str, pair: list[BerthHandle]
 ) -> None:
     # A Berth of an earlier test, killed, may still hold the Lease (15 s by default): wait that out.
     leaders = h.wait_until(lambda: [b for b in pair if b.metric("berth_leader") == 1], 30, "a Berth leader")
@@ -143,7 +143,14 @@ def test_one_writer_and_takeover_after_kill(
     print(f"standby took over {took:.1f}s after the kill (lease {LEASE}s, retry {RETRY}s)")
     assert took <= LEASE + 2 * RETRY + 1, took
     assert holder(api) == standby.get("/debug/state")["leaderElection"]["identity"]
+    # The status the old leader wrote is current, so the new one writes only once usage changes.
+    api.create_namespaced_pod(
+        world,
+        pod("held-after", GROUP, gpus=1, cpu="100m", node_name="leader-a"),  # type: ignore[arg-type]
+    )
     h.wait_until(lambda: status_writes(standby) >= 1, 10, "the new leader to write TeamQuota status")
+    got = custom.get_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)  # type: ignore[assignment]
+    assert got.get("status", {}).get("used", {}).get("nvidia.com/gpu") == str(GPUS + 1), got.get("status")
     start = gpu_seconds(standby)
     time.sleep(2)
     assert gpu_seconds(standby) > start, "the new leader counts GPU-seconds"

@@ -125,7 +125,8 @@ def test_writes_berth_needs_are_allowed(
     assert can_i("patch", "teamquotas.berth.dev", "--subresource=status")
     assert not can_i("update", "teamquotas.berth.dev", "--subresource=status")  # a merge patch is all it sends
     assert can_i("patch", "pods", "-n", ns)  # the admission loop removes a gang's gates (docs/gangs.md)
-    assert not can_i("create", "events", "-n", ns)  # reasons reach users through kube-scheduler's events
+    assert can_i("create", "events", "-n", ns)  # why a gang waits (docs/gangs.md)
+    assert not can_i("create", "events.events.k8s.io", "-n", ns)
     assert can_i("watch", "pods", "--all-namespaces")
     assert not can_i("patch", "teamquotas.berth.dev")  # the spec belongs to the cluster admin
     assert not can_i("delete", "pods", "-n", ns)
