@@ -70,6 +70,7 @@ runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 tmp_dir = "$run_root/libpod"
+[network]
 network_backend = "netavark"
 EOF
   export CONTAINERS_STORAGE_CONF=$CACHE/storage.conf CONTAINERS_CONF=$CACHE/containers.conf
