@@ -62,7 +62,7 @@ bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)
 
-image: install  ## Berth's image from Debian's packages (mmdebstrap bases, podman build), then its demo's /readyz; cold ~8 min, warm ~20 s
+image: install  ## Berth's image from Debian's packages (mmdebstrap bases, podman build), then its demo's /readyz; cold ~12 min, warm ~20 s
 	BERTH_IMAGE_TEST=1 $(PY) -m pytest -q -s -p no:cacheprovider -m image tests/test_image.py
 
 certs:  ## a CA, a server pair and a client pair in certs/ for trying mTLS
