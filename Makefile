@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs image lint clean
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -64,6 +64,9 @@ bench-trace: install  ## GPU placement on the Alibaba 2023 trace's shape: Berth 
 
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)
+
+image: install  ## Berth's image from Debian's packages (mmdebstrap bases, podman build), then its demo's /readyz; cold ~12 min, warm ~20 s
+	BERTH_IMAGE_TEST=1 $(PY) -m pytest -q -s -p no:cacheprovider -m image tests/test_image.py
 
 certs:  ## a CA, a server pair and a client pair in certs/ for trying mTLS
 	scripts/make-certs.sh certs
