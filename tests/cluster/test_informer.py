@@ -94,19 +94,6 @@ class Recorder:
 
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture
-async def api() -> AsyncIterator[FakeApiServer]:
-    async with FakeApiServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-async def kube(api: FakeApiServer) -> AsyncIterator[KubeClient]:
-    client = api.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 def state() -> ClusterState:
     return ClusterState(Config())
 

@@ -3,7 +3,6 @@ pod, the headers it sends (and when a rotated token is picked up), and how error
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,19 +23,6 @@ def pod(node: str | None = None) -> dict[str, Any]:
 
 def args(node: str = "n1", uid: str = "uid-ml-job-0") -> BindingArgs:
     return BindingArgs(name="job-0", namespace="ml", uid=uid, node=node)
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeApiServer]:
-    async with FakeApiServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-async def kube(api: FakeApiServer) -> AsyncIterator[KubeClient]:
-    client = api.client(token="token-1")
-    yield client
-    await client.close()
 
 
 # -- bind --------------------------------------------------------------------------------------------

@@ -118,19 +118,6 @@ def gpu_pod(name: str, gpus: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeApiServer]:
-    async with FakeApiServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-async def kube(api: FakeApiServer) -> AsyncIterator[KubeClient]:
-    client = api.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def start() -> AsyncIterator[Callable[[StatusWriter], StatusWriter]]:
     tasks: list[asyncio.Task[None]] = []
 
