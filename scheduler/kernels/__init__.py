@@ -6,14 +6,9 @@ import importlib
 import os
 from typing import Any
 
-from scheduler.kernels import _python
-from scheduler.kernels._python import (
-    choose_devices,
-    choose_share_device,
-    node_score_parts,
-    share_ask,
-    shared_score_parts,
-)
+from scheduler.kernels import _python, _python_shared
+from scheduler.kernels._python import choose_devices, node_score_parts
+from scheduler.kernels._python_shared import choose_share_device, share_ask, shared_score_parts
 from scheduler.model.constants import (
     CPU,
     GPU,
@@ -34,10 +29,12 @@ NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
 
 NATIVE = False
 _impl: Any = _python
+_shared: Any = _python_shared  # the twins of the sharing kernels live in a module of their own
 if not NO_EXTENSIONS:
     # Not built (e.g. a source checkout without `pip install`): the twins still serve.
     with contextlib.suppress(ImportError):
         _impl, NATIVE = importlib.import_module("scheduler.kernels._native"), True
+        _shared = _impl
 
 filter_nodes = _impl.filter_nodes
 node_verdict = _impl.node_verdict  # one node: what bind checks again
@@ -48,9 +45,9 @@ reason_ids = _impl.reason_ids
 failed_json = _impl.failed_json
 map_names = _impl.map_names
 # GPU sharing: the fractional path (whole asks on it score and filter as above).
-filter_shared = _impl.filter_shared
-node_verdict_shared = _impl.node_verdict_shared
-score_shared = _impl.score_shared
+filter_shared = _shared.filter_shared
+node_verdict_shared = _shared.node_verdict_shared
+score_shared = _shared.score_shared
 
 __all__ = [
     "CPU",

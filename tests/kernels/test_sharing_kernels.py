@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 from array import array
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,13 +18,16 @@ from hypothesis import strategies as st
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
-from scheduler.kernels import _python
+from scheduler.kernels import _python, _python_shared
 from scheduler.model import constants as C
 from scheduler.model.podspec import PodRequest
 from scheduler.policy.placement import score_params
 
 MODELS = ("NVIDIA-A100-SXM4-80GB", "Tesla-T4")
 NO_EXTENSIONS = bool(os.environ.get("BERTH_NO_EXTENSIONS"))
+
+# Both twin modules as one, as the native module is one: the whole-GPU twins and the sharing ones.
+TWIN = SimpleNamespace(**{**vars(_python), **vars(_python_shared)})
 
 
 def native_module() -> ModuleType:
@@ -38,7 +41,7 @@ def native_module() -> ModuleType:
 
 @pytest.fixture(params=["python", "native"])
 def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return _python if request.param == "python" else native_module()
+    return TWIN if request.param == "python" else native_module()
 
 
 def node(
@@ -100,7 +103,7 @@ def test_share_ask_maps_replicas_to_milli() -> None:
         state.apply_node("ADDED", n)
     t = state.table
     s = t.slot_of
-    ask = _python.share_ask
+    ask = _python_shared.share_ask
     assert ask(t, s["whole"], 2, 0, 0) == (2, 0)
     assert ask(t, s["whole"], 1, 0, 500) == (1, 0)  # not shared: the plugin hands out a whole GPU
     assert ask(t, s["ts4"], 1, 0, 0) == (0, 250)
@@ -130,9 +133,9 @@ def test_fraction_fills_the_fullest_shared_gpu_first(impl: ModuleType) -> None:
     hold(state, "ns/p3", "a", gpu=2)  # 200: does not fit GPU 0 (900), opens GPU 1
     assert t.device_milli(s) == [900, 200, 0, 0]
     assert impl.node_verdict_shared(t, s, 0, 0, 1, 0, 0, 0, b"\x01\x01", b"") == C.OK  # 100 fits GPU 0 exactly
-    assert _python.best_share(t, s, 100) == (0, 900)
-    assert _python.best_share(t, s, 300) == (1, 200)
-    assert _python.best_share(t, s, 900) == (2, 0)  # no shared GPU has room: the lowest idle one
+    assert _python_shared.best_share(t, s, 100) == (0, 900)
+    assert _python_shared.best_share(t, s, 300) == (1, 200)
+    assert _python_shared.best_share(t, s, 900) == (2, 0)  # no shared GPU has room: the lowest idle one
 
 
 def test_whole_gpu_pod_never_takes_a_shared_gpu(impl: ModuleType) -> None:
@@ -179,7 +182,7 @@ def test_score_prefers_filling_a_shared_gpu_and_keeps_empty_nodes(impl: ModuleTy
     assert by["shared"] > by["busy"] > by["empty"]
     parts: dict[str, float] = {}
     t = state.table
-    _python.shared_score_parts(
+    _python_shared.shared_score_parts(
         t, t.slot_of["shared"], 0, 0, 5, 0, 0, b"\x01\x01", state.pools.avail, score_params(state.config, 0.0), parts
     )
     assert parts["share_fit"] == 10.0 and parts["gpu_packing"] == 5.0 and parts["gpu_milli"] == 500.0
@@ -229,14 +232,14 @@ def test_native_matches_twin_with_sharing(state: ClusterState, ask: tuple[int, i
     native = native_module()
     cpu, mem, gpu, shared, fraction, topo = ask
     assert run(native, state, cpu, mem, gpu, shared, fraction, topo) == run(
-        _python, state, cpu, mem, gpu, shared, fraction, topo
+        TWIN, state, cpu, mem, gpu, shared, fraction, topo
     )
     t = state.table
     pool_ok = b"\x01" * (len(t.pools) + 1)
     for s in [*t.slot_of.values(), t.size + 3]:
         assert native.node_verdict_shared(
             t, s, cpu, mem, gpu, shared, fraction, topo, pool_ok, b""
-        ) == _python.node_verdict_shared(t, s, cpu, mem, gpu, shared, fraction, topo, pool_ok, b"")
+        ) == _python_shared.node_verdict_shared(t, s, cpu, mem, gpu, shared, fraction, topo, pool_ok, b"")
 
 
 @given(state=shared_clusters(), ask=asks)
@@ -251,7 +254,7 @@ def test_shared_path_is_the_whole_path_without_fractions(
     pool_ok = b"\x01" * (len(t.pools) + 1)
     state.pools.ensure(len(t.pools) + 1)
     params = score_params(state.config, now=0.0)
-    for impl in (_python, native_module()):
+    for impl in (TWIN, native_module()):
         a, b = bytearray(len(slots)), bytearray(len(slots))
         impl.filter_shared(t, slots, cpu, mem, gpu, 0, 0, topo, pool_ok, b"", a)
         impl.filter_nodes(t, slots, cpu, mem, gpu, topo, pool_ok, b"", b)
