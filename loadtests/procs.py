@@ -74,7 +74,7 @@ def running(
     """Start one server, wait for `ready` to answer 200, yield its base URL, and stop it afterwards."""
     log = workdir / f"{tag}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=berth_tree())
     base = f"http://127.0.0.1:{port}"
     PROCESSES[base] = proc
     try:
@@ -149,10 +149,18 @@ def busy_share(before: dict[str, float], after: dict[str, float]) -> float | Non
     return 1 - idle / total if total > 0 else 0.0
 
 
+def berth_tree() -> Path:
+    """The checkout whose Berth is measured: this one, or BERTH_BENCH_TREE (another revision's checkout with its
+    own `make install`), so two revisions are measured side by side by one harness with one floor."""
+    return Path(os.environ.get("BERTH_BENCH_TREE") or REPO)
+
+
 def berth_argv(pin: Pinning, port: int, demo_nodes: int) -> list[str]:
+    tree = berth_tree()
+    python = str(tree / ".venv" / "bin" / "python") if tree != REPO else sys.executable
     return [
         *pin.server,
-        sys.executable,
+        python,
         "-m",
         "scheduler",
         "serve",
