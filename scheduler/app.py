@@ -201,14 +201,8 @@ async def _listen(
     await runner.setup()
     try:
         assert runner.server is not None
-        if not verbs:  # health and metrics only: aiohttp, counted and under a deadline (extender/guard.py)
-            srv = config.server
-            guard = Guard(runner.server, srv.request_timeout_seconds, guard_cap(connection_cap(srv.max_connections)))
-            server = await asyncio.get_running_loop().create_server(
-                guard, host, port, ssl=ctx, backlog=1024, reuse_address=True
-            )
-            sweep = asyncio.create_task(guard.sweep(), name="health-deadlines")
-            return Listener(runner, server.sockets[0].getsockname()[1], None, server, sweep)
+        if not verbs:  # health and metrics only
+            return await _guarded(runner, config, host, port, ctx)
         verb_server = VerbServer(berth.verbs, runner.server, config.server.keepalive_timeout)
         server = await asyncio.get_running_loop().create_server(
             verb_server, host, port, ssl=ctx, backlog=1024, reuse_address=True
@@ -223,6 +217,19 @@ async def _listen(
         server,
         asyncio.create_task(verb_server.sweep(), name="keepalive"),
     )
+
+
+async def _guarded(runner: web.AppRunner, config: Config, host: str, port: int, ctx: ssl.SSLContext | None) -> Listener:
+    """A listener served by aiohttp alone (health and metrics, the admission webhook): its connections
+    counted against a cap and each request under server.request_timeout_seconds (extender/guard.py).
+    Raises OSError when the port cannot be had; `runner` is set up."""
+    srv = config.server
+    assert runner.server is not None
+    guard = Guard(runner.server, srv.request_timeout_seconds, guard_cap(connection_cap(srv.max_connections)))
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(guard, host, port, ssl=ctx, backlog=1024, reuse_address=True)
+    sweep = asyncio.create_task(guard.sweep(), name=f"deadlines-{port}")
+    return Listener(runner, server.sockets[0].getsockname()[1], None, server, sweep)
 
 
 async def _shutdown(berth: Berth, runners: list[Listener], tasks: list[asyncio.Task[None]], grace: float) -> None:
@@ -321,10 +328,10 @@ async def _admission(
     ctx = tls_context(adm.webhook_cert, adm.webhook_key, None)
     runner = web.AppRunner(admission_app(adm, loop), access_log=None, handle_signals=False)
     await runner.setup()
-    try:
-        await web.TCPSite(runner, adm.webhook_host, adm.webhook_port, ssl_context=ctx, reuse_address=True).start()
+    try:  # the API server's calls, like the health port's, counted and under the request deadline
+        listener = await _guarded(runner, config, adm.webhook_host, adm.webhook_port, ctx)
     except OSError as exc:
         await runner.cleanup()
         raise StartupError(f"cannot listen on {adm.webhook_host}:{adm.webhook_port}: {exc}") from exc
     log.info("admission webhook on https://%s:%s/mutate", adm.webhook_host, adm.webhook_port)
-    return [Listener(runner, adm.webhook_port)]
+    return [listener]
