@@ -194,8 +194,11 @@ def least_allocated_score(alloc: list[int], requested: list[int]) -> int:
     return score // weights if weights else 0
 
 
-class LeastAllocatedPolicy(Policy):
-    name = "least-allocated"
+class ScoredPolicy(Policy):
+    """A policy that scores every feasible node (`scores`) and takes the best, ties at random."""
+
+    def scores(self, ask: Ask) -> tuple[IntArray, IntArray]:
+        raise NotImplementedError
 
     def place(self, ask: Ask) -> Placement | None:
         ok, score = self.scores(ask)
@@ -203,6 +206,10 @@ class LeastAllocatedPolicy(Policy):
             return None
         s = pick_best(self.rng, ok, score)
         return Placement(s, self.devices(s, ask))
+
+
+class LeastAllocatedPolicy(ScoredPolicy):
+    name = "least-allocated"
 
     def scores(self, ask: Ask) -> tuple[IntArray, IntArray]:
         """The feasible nodes and their scores."""
@@ -228,15 +235,8 @@ class LeastAllocatedPolicy(Policy):
         return np.where(requested <= alloc, (alloc - requested) * MAX_SCORE // safe, 0)
 
 
-class BestFitPolicy(Policy):
+class BestFitPolicy(ScoredPolicy):
     name = "best-fit"
-
-    def place(self, ask: Ask) -> Placement | None:
-        ok, score = self.scores(ask)
-        if not len(ok):
-            return None
-        s = pick_best(self.rng, ok, score)
-        return Placement(s, self.devices(s, ask))
 
     def scores(self, ask: Ask) -> tuple[IntArray, IntArray]:
         """The feasible nodes and their normalised scores."""
