@@ -24,7 +24,7 @@ run: install  ## serve the embedded demo cluster on 127.0.0.1:$(PORT)
 	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/scheduler/filter -H 'Content-Type: application/json' -d @config/demo-filter-request.json"
 	$(PY) -m scheduler serve --demo --port $(PORT)
 
-k8s:  ## build etcd, kube-apiserver, kube-scheduler and kubectl (first time ~5-15 min; cached after)
+k8s:  ## build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and helm (first time ~5-15 min; cached after)
 	tests/e2e/k8s/build.sh
 
 test: install k8s lint  ## every test: unit, property, fuzz (bounded), locust smoke, end-to-end

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-scheduler and kubectl (pinned in go.mod) and helm (pinned in
+# Builds etcd, kube-apiserver, kube-scheduler, kube-controller-manager (its resource-claim controller
+# makes ResourceClaims from templates in the DRA tests) and kubectl (pinned in go.mod) and helm (pinned in
 # helm/go.mod, a sibling module: see there why) from the Go module proxy into a cache outside git
 # (BERTH_K8S_BIN, default ~/.cache/berth/k8s-<version>). Reuses what is already built.
 set -euo pipefail
@@ -19,6 +20,7 @@ build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
 build kubectl k8s.io/kubernetes/cmd/kubectl
+build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 # helm: its own module; the binary is rebuilt when helm/go.mod pins another version than the cached one.
 helm_version=$(awk '$1=="helm.sh/helm/v4" {print $2; exit}' "$here/helm/go.mod")
 if [ -x "$bin/helm" ] && [ "$("$bin/helm" version --template '{{.Version}}')" != "$helm_version" ]; then
