@@ -59,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the node sample")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--client-cpu", type=int, default=1)
+    parser.add_argument(
+        "--realtime",
+        type=int,
+        default=10,
+        metavar="PRIO",
+        help="run every server and wrk SCHED_FIFO at PRIO where permitted, so other load on the machine "
+        "does not preempt them (default 10; 0: normal priority)",
+    )
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown")
 
 
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if "typical" in args.servers and not args.typical_script.is_file():
         print(f"typical extender not found at {args.typical_script} (run from a checkout)", file=sys.stderr)
         return 2
-    pin, pin_note = make_pinning(args.server_cpu, args.client_cpu)
+    pin, pin_note = make_pinning(args.server_cpu, args.client_cpu, args.realtime)
     args.floor_bin, args.floor_note = None, "not run (--no-floor, or berth not among the servers)"
     if args.floor and "berth" in args.servers:
         args.floor_bin, args.floor_note = floor_binary()

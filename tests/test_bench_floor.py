@@ -128,3 +128,18 @@ def test_floor_server_builds_and_answers_the_stored_bytes(tmp_path: Path) -> Non
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_pinning_puts_chrt_before_taskset_only_where_permitted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procs.os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.setattr(procs.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(procs, "realtime_allowed", lambda _prio: True)
+    pin, note = procs.make_pinning(0, 1, realtime=10)
+    assert pin.server == ["chrt", "-f", "10", "taskset", "-c", "0"]
+    assert pin.client == ["chrt", "-f", "10", "taskset", "-c", "1"]
+    assert "SCHED_FIFO priority 10" in note
+    monkeypatch.setattr(procs, "realtime_allowed", lambda _prio: False)
+    pin, note = procs.make_pinning(0, 1, realtime=10)
+    assert pin.server == ["taskset", "-c", "0"] and "not permitted" in note
+    pin, note = procs.make_pinning(0, 1, realtime=0)
+    assert pin.client == ["taskset", "-c", "1"] and "SCHED_FIFO" not in note
