@@ -62,10 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--realtime",
         type=int,
-        default=10,
+        default=0,
         metavar="PRIO",
-        help="run every server and wrk SCHED_FIFO at PRIO where permitted, so other load on the machine "
-        "does not preempt them (default 10; 0: normal priority)",
+        help="run every server and wrk SCHED_FIFO at PRIO where permitted (default 0: normal priority). On a "
+        "busy machine it keeps other processes from preempting them, but on Linux 6.18 here Berth then still "
+        "lost ~50 ms slices to them about once a second (the floor, busy less of each second, did not): "
+        "use it for clean medians under load, not for the tail",
     )
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown")
 
