@@ -18,6 +18,7 @@ from scheduler.demo import make_pod
 from scheduler.ui.views import TEAM_CODES
 from tests.test_demo import ROOT, get, serving
 
+# Predicates are functions, never expression strings: the page's CSP forbids eval, which Playwright would need.
 pytestmark = [pytest.mark.ui, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 NODES = 1000
 ARTIFACTS = Path(os.environ.get("BERTH_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "ui"
@@ -64,7 +65,7 @@ def post(url: str, path: str, body: Any) -> Any:
 
 def open_map(page: Any, url: str, path: str = "/ui") -> None:
     page.goto(url + path)
-    page.wait_for_function("window.berth && berth.renders > 0 && berth.layout !== null", timeout=30_000)
+    page.wait_for_function("() => window.berth && berth.renders > 0 && berth.layout !== null", timeout=30_000)
 
 
 def team_cells(m: dict[str, Any]) -> Counter[str]:
@@ -114,7 +115,7 @@ def test_a_team_filter_shows_only_its_gpus(page: Any, url: str) -> None:
     team = "training"
     k = m["teams"].index(team)
     page.select_option("#team-filter", team)
-    page.wait_for_function(f"document.getElementById('map').dataset.filter === {team!r}")
+    page.wait_for_function("(t) => document.getElementById('map').dataset.filter === t", arg=team)
     assert page.evaluate("berth.drawnCells") == {team: team_cells(m)[team]}
     pools = set(m["teamPools"][team])
     code = TEAM_CODES[k]
@@ -180,7 +181,7 @@ def test_explain_lists_the_reasons(page: Any, url: str) -> None:
     pod = make_pod("ml-research", "ui-explain", None, "2", "8Gi", 2)
     post(url, "/scheduler/filter", {"Pod": pod, "Nodes": None, "NodeNames": names})
     page.goto(url + "/ui#explain?namespace=ml-research&pod=ui-explain")
-    page.wait_for_function("document.querySelectorAll('#explain-table tbody tr').length > 0", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('#explain-table tbody tr').length > 0", timeout=30_000)
     want = api(url, "/debug/explain?namespace=ml-research&pod=ui-explain")
     rows = page.eval_on_selector_all(
         "#explain-table tbody tr[data-node]",
@@ -202,7 +203,7 @@ def test_explain_lists_the_reasons(page: Any, url: str) -> None:
 def test_teams_and_queue(page: Any, url: str) -> None:
     teams = api(url, "/ui/api/teams")["teams"]
     page.goto(url + "/ui#teams")
-    page.wait_for_function(f"document.querySelectorAll('.team').length === {len(teams)}", timeout=30_000)
+    page.wait_for_function("(n) => document.querySelectorAll('.team').length === n", arg=len(teams), timeout=30_000)
     for t in teams:
         card = page.locator(f".team[data-team='{t['team']}']")
         assert card.locator(".bar-row").count() == len(t["resources"]) > 0
