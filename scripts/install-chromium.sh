@@ -3,11 +3,12 @@
 # through Playwright's Python API (never Playwright's own browser download). Skipped when present;
 # fails with a clear message when they cannot be installed.
 set -euo pipefail
-if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+CHROMIUM="${BERTH_CHROMIUM:-/usr/bin/chromium}"  # where the tests look for it (loadtests/browser.py)
+if [ -x "$CHROMIUM" ] && [ -x /usr/bin/chromedriver ]; then
   exit 0
 fi
 fail() {
-  echo "berth: the browser tests need Debian's chromium and chromium-driver (/usr/bin/chromium): $*" >&2
+  echo "berth: the browser tests need Debian's chromium and chromium-driver ($CHROMIUM): $*" >&2
   echo "berth: install them with \`sudo apt-get install -y chromium chromium-driver\` and run make again" >&2
   exit 1
 }
@@ -21,4 +22,4 @@ echo "installing chromium and chromium-driver from Debian's packages (first time
 "${SUDO[@]}" apt-get update -q >/dev/null || fail "apt-get update failed"
 DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -q --no-install-recommends chromium chromium-driver \
   >/dev/null || fail "apt-get install failed"
-[ -x /usr/bin/chromium ] || fail "/usr/bin/chromium is still missing after apt-get install"
+[ -x "$CHROMIUM" ] || fail "$CHROMIUM is still missing after apt-get install"
