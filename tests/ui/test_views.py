@@ -236,3 +236,15 @@ async def test_dashboard_is_not_on_the_health_only_port() -> None:
         assert (await c.get("/ui/api/map")).status == 404
         r = await c.get("/", headers={"Accept": "text/html"}, allow_redirects=False)
         assert r.status == 200 and "GET /ui" not in (await r.json())["endpoints"]
+
+
+async def test_served_through_berths_own_listener(serve) -> None:  # type: ignore[no-untyped-def]
+    """The verbs' port (verbs_http.py hands anything but a verb POST to aiohttp) serves the dashboard."""
+    state = demo_cluster(nodes=50)
+    c = await serve(state)
+    page = await c.get("/ui")
+    assert page.status == 200 and "<canvas" in await page.text()
+    r = await c.get("/ui/api/map")
+    assert r.status == 200 and (await r.json())["count"] == 50
+    again = await c.get("/ui/api/map", headers={"If-None-Match": r.headers["ETag"]})
+    assert again.status == 304
