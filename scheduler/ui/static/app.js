@@ -584,6 +584,10 @@
   async function tick(now) {
     clearTimeout(timer);
     if (busy) { timer = setTimeout(tick, REFRESH); return; }
+    if (document.hidden && S.map && !now) { // a background tab asks the server for nothing
+      timer = setTimeout(tick, REFRESH);
+      return;
+    }
     busy = true;
     try {
       if (S.tab === "map" || !S.map) await pollMap();
@@ -623,6 +627,7 @@
       resize = setTimeout(() => { S.tiles = null; drawMap(); }, 100);
     });
     window.addEventListener("hashchange", showTab);
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) tick(true); });
     showTab();
   }
 
