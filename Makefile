@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs image lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale bench-ui browser locust certs image lint clean
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -20,21 +20,24 @@ $(STAMP):
 	rm -f $(VENV)/.installed-* && touch $@
 
 run: install  ## serve the embedded demo cluster on 127.0.0.1:$(PORT)
-	@echo "Berth demo cluster on http://127.0.0.1:$(PORT). In another terminal, try:"
+	@echo "Berth demo cluster on http://127.0.0.1:$(PORT); its dashboard: http://127.0.0.1:$(PORT)/ui. In another terminal, try:"
 	@echo "  curl -s -X POST http://127.0.0.1:$(PORT)/scheduler/filter -H 'Content-Type: application/json' -d @config/demo-filter-request.json"
 	$(PY) -m scheduler serve --demo --port $(PORT)
 
 k8s:  ## build etcd, kube-apiserver, kube-scheduler, kube-controller-manager, kubectl and helm (first time ~5-15 min; cached after)
 	tests/e2e/k8s/build.sh
 
-test: install k8s lint  ## every test: unit, property, fuzz (bounded), locust smoke, end-to-end
+test: install k8s lint browser  ## every test: unit, property, fuzz (bounded), locust smoke, end-to-end
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: install
+test-unit: install browser
 	$(PY) -m pytest -q -p no:cacheprovider -m 'not e2e'
 
 test-e2e: install k8s
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e
+
+browser:  ## Debian's chromium and chromium-driver for the dashboard's browser tests (skipped when present)
+	scripts/install-chromium.sh
 
 lint: install  ## ruff check, ruff format --check and mypy, all clean
 	$(VENV)/bin/ruff check scheduler tests loadtests scripts
@@ -61,6 +64,9 @@ bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,
 
 bench-trace: install  ## GPU placement on the Alibaba 2023 trace's shape: Berth vs Random, LeastAllocated, BestFit, FGD
 	$(PY) -m loadtests.trace_bench --variant default,multi-gpu-heavy --markdown docs/benchmarks/trace.md
+
+bench-ui: install browser  ## the dashboard at 7,500 nodes in headless Chromium: page weight, JSON per refresh, render time
+	$(PY) -m loadtests.ui_bench --nodes 7500 --markdown docs/benchmarks/ui.md
 
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)

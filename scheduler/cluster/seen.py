@@ -79,6 +79,12 @@ class SeenPods:
         ask = self.by_uid(uid) if uid is not None else None
         return ask if ask is not None and ask.namespace == namespace and ask.name == name else None
 
+    def recent(self) -> list[tuple[PodAsk, float]]:
+        """Every live entry as (ask, monotonic time a verb last saw it), least recently seen first:
+        read by the dashboard's queue (scheduler/ui/); a copy, so the caller may take its time."""
+        self._expire(time.monotonic())
+        return [(ask, seen) for _, ask, seen in self._by_uid.values()]
+
     def _expire(self, now: float) -> None:
         entries, oldest = self._by_uid, now - self.ttl
         while entries:

@@ -178,9 +178,9 @@ ENDPOINTS = {
 }
 
 
-def index_view(routes: Sequence[str], mode: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """GET /: what this port serves (`routes`, keys of ENDPOINTS), as JSON."""
-    body = orjson.dumps({"name": "berth", "mode": mode, "endpoints": {r: ENDPOINTS[r] for r in routes}})
+def index_view(routes: dict[str, str], mode: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET / (and GET /debug): what this port serves (`routes`: route -> what it does), as JSON."""
+    body = orjson.dumps({"name": "berth", "mode": mode, "endpoints": routes})
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type=JSON)

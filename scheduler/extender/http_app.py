@@ -17,6 +17,8 @@ from scheduler.extender.debug import ENDPOINTS, DebugViews, index_view, json_res
 from scheduler.extender.errors import ErrorReplies
 from scheduler.extender.verbs import Verbs
 from scheduler.extender.wire import WireError
+from scheduler.ui.routes import ENDPOINTS as UI_ENDPOINTS
+from scheduler.ui.routes import mount as mount_ui
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
@@ -40,8 +42,12 @@ def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs:
     app.router.add_get("/readyz", debug.readyz)
     app.router.add_get("/metrics", debug.metrics_view)
     # GET / lists what this port serves: everything, or (serve_verbs=False) health, readiness, metrics.
-    routes = [r for r in ENDPOINTS if serve_verbs or r.split()[1] in ("/healthz", "/readyz", "/metrics")]
-    app.router.add_get("/", index_view(routes, "demo cluster" if debug.fetch_pod is None else "live cluster"))
+    routes = {r: d for r, d in ENDPOINTS.items() if serve_verbs or r.split()[1] in ("/healthz", "/readyz", "/metrics")}
+    mode = "demo cluster" if debug.fetch_pod is None else "live cluster"
+    if serve_verbs:  # the dashboard, beside /debug and behind the same authentication; / sends browsers to it
+        mount_ui(app, debug.state, index_view(routes | UI_ENDPOINTS, mode))
+    else:
+        app.router.add_get("/", index_view(routes, mode))
     return app
 
 

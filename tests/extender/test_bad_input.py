@@ -156,7 +156,7 @@ async def test_wrong_method_is_405(client: TestClient, go: GoWire, verb: str) ->
     await still_serves(client, go, before)
 
 
-@pytest.mark.parametrize("path", ["/scheduler/filterx", "/scheduler", "/filter", "/scheduler/filter/", "/debug"])
+@pytest.mark.parametrize("path", ["/scheduler/filterx", "/scheduler", "/filter", "/scheduler/filter/", "/debug/x"])
 async def test_unknown_path_is_404(client: TestClient, go: GoWire, path: str) -> None:
     before = await still_serves(client, go)
     status, text = await post(client, path, go.args(go.pod(), go.names()[:3], True))

@@ -38,7 +38,7 @@ async def test_root_lists_exactly_the_routes_served(verbs: bool) -> None:
         assert out["mode"] == "demo cluster" and all(out["endpoints"].values())
         for endpoint in out["endpoints"]:
             method, path = endpoint.split()
-            if method == "GET" and path != "/debug/explain":
+            if method == "GET" and path not in ("/debug/explain", "/ui/api/node") and "{" not in path:
                 assert (await c.get(path)).status == 200, endpoint
 
 
