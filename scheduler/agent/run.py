@@ -156,6 +156,10 @@ class Agent:
 
     async def run(self) -> None:
         await self._load_published()
+        try:
+            await self.topology_round()  # first: the kubelet's device IDs are mapped with its UUIDs
+        except Exception:
+            log.exception("first GPU discovery failed")
         await asyncio.gather(
             self._every(self.config.topology_seconds, self.topology_round),
             self._every(self.config.poll_seconds, self.kubelet_round),
