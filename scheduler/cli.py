@@ -100,13 +100,20 @@ def _agent_arguments(a: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME"),
         help="this node's name (default: $NODE_NAME, from the downward API's spec.nodeName)",
     )
-    a.add_argument("--socket", default="/var/lib/kubelet/pod-resources/kubelet.sock", help="kubelet PodResources socket")
+    a.add_argument(
+        "--socket", default="/var/lib/kubelet/pod-resources/kubelet.sock", help="kubelet PodResources socket"
+    )
     a.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
     a.add_argument("--host", default="127.0.0.1", help="address of /healthz and /metrics (default 127.0.0.1)")
     a.add_argument("--port", type=int, default=9402, help="port of /healthz and /metrics (default 9402)")
     a.add_argument("--poll-seconds", type=float, default=5.0, help="how often the kubelet is read (default 5)")
     a.add_argument("--topology-seconds", type=float, default=300.0, help="how often the GPUs are read (default 300)")
     a.add_argument("--min-write-seconds", type=float, default=5.0, help="at most one write per annotation per this")
+    a.add_argument(
+        "--nvml-module",
+        default="pynvml",
+        help="module with pynvml's functions (default pynvml, nvidia-ml-py); tests pass a replaying stand-in",
+    )
     a.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
 
@@ -130,6 +137,7 @@ def _agent(args: argparse.Namespace) -> int:
         min_write_seconds=args.min_write_seconds,
         host=args.host,
         port=args.port,
+        nvml_module=args.nvml_module,
     )
     try:
         return asyncio.run(serve(config, args.kubeconfig))

@@ -45,6 +45,7 @@ class AgentConfig:
     backoff_max_seconds: float = 60.0
     host: str = "127.0.0.1"
     port: int = 9402
+    nvml_module: str = "pynvml"
 
 
 class NodeWriter(Protocol):
@@ -81,19 +82,28 @@ class KubeNodeWriter:
 class AgentMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.kubelet_up = Gauge("berth_agent_podresources_up", "1 while the kubelet's PodResources API answers.", registry=r)
+        self.kubelet_up = Gauge(
+            "berth_agent_podresources_up", "1 while the kubelet's PodResources API answers.", registry=r
+        )
         self.kubelet_errors = Counter(
             "berth_agent_podresources_errors_total", "PodResources calls that failed, by RPC.", ["rpc"], registry=r
         )
         self.writes = Counter(
-            "berth_agent_node_writes_total", "Node annotation writes, by annotation and result.", ["annotation", "result"],
+            "berth_agent_node_writes_total",
+            "Node annotation writes, by annotation and result.",
+            ["annotation", "result"],
             registry=r,
         )
-        self.gpus = Gauge("berth_agent_gpus", "GPUs discovered on the node (0: none, or no NVML and no nvidia-smi).", registry=r)
-        self.source = Gauge("berth_agent_discovery_source", "1 for the source of the last discovery.", ["source"], registry=r)
+        self.gpus = Gauge(
+            "berth_agent_gpus", "GPUs discovered on the node (0: none, or no NVML and no nvidia-smi).", registry=r
+        )
+        self.source = Gauge(
+            "berth_agent_discovery_source", "1 for the source of the last discovery.", ["source"], registry=r
+        )
         self.pods = Gauge("berth_agent_reported_pods", "Pods with GPUs in the last report.", registry=r)
         self.unmapped = Counter(
-            "berth_agent_unmapped_devices_total", "GPU device IDs the kubelet reported that name no GPU found here.",
+            "berth_agent_unmapped_devices_total",
+            "GPU device IDs the kubelet reported that name no GPU found here.",
             registry=r,
         )
 
@@ -109,7 +119,9 @@ class AgentState:
     last_tick: float = 0.0  # monotonic time a loop last finished a round
 
 
-def discover(loader: Callable[[], ModuleType] = nvml.load, smi: Callable[[], str] | None = None) -> nvml.Inventory | None:
+def discover(
+    loader: Callable[[], ModuleType] = nvml.load, smi: Callable[[], str] | None = None
+) -> nvml.Inventory | None:
     """NVML first; `nvidia-smi topo -m` when NVML is missing; None on a node without either (no GPUs)."""
     try:
         return nvml.discover(loader())
@@ -273,7 +285,9 @@ class Agent:
             return web.Response(text="ok") if self.state.last_tick else web.Response(text="starting", status=503)
 
         async def metrics(_: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            return web.Response(
+                body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
 
         async def debug(_: web.Request) -> web.Response:
             return web.Response(body=orjson.dumps(self.view()), content_type="application/json")
@@ -291,7 +305,7 @@ async def serve(config: AgentConfig, kubeconfig: str | None) -> int:
 
     client = KubeClient(load_configuration(kubeconfig))
     kubelet = PodResourcesClient(config.socket, config.rpc_deadline_seconds)
-    agent = Agent(config, KubeNodeWriter(client), kubelet)
+    agent = Agent(config, KubeNodeWriter(client), kubelet, lambda: discover(lambda: nvml.load(config.nvml_module)))
     runner = web.AppRunner(agent.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)

@@ -84,7 +84,7 @@ def _fail(message: str) -> AssignmentError:
 
 def _indices(key: object, raw: object) -> tuple[int, ...]:
     if not isinstance(raw, str):
-        raise _fail(f"pod {key}: expected GPU indices as a string like \"0,1\", got {type(raw).__name__}")
+        raise _fail(f'pod {key}: expected GPU indices as a string like "0,1", got {type(raw).__name__}')
     out = set()
     for part in raw.split(","):
         part = part.strip()

@@ -14,6 +14,8 @@ Indices are NVML's, which are nvidia-smi's and the device plugin's order (PCI bu
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -78,13 +80,13 @@ def _gpu_doc(g: Gpu) -> dict[str, Any]:
     return doc
 
 
-def load() -> ModuleType:
-    """The real binding; NvmlUnavailable when nvidia-ml-py is not installed."""
+def load(module: str = "pynvml") -> ModuleType:
+    """The binding (nvidia-ml-py's pynvml, or a stand-in with its names: `berth agent --nvml-module`);
+    NvmlUnavailable when it cannot be imported."""
     try:
-        import pynvml
+        return importlib.import_module(module)
     except ImportError as exc:
-        raise NvmlUnavailable(f"nvidia-ml-py is not installed ({exc})") from None
-    return pynvml
+        raise NvmlUnavailable(f"{module} cannot be imported (is nvidia-ml-py installed?): {exc}") from None
 
 
 def discover(nvml: ModuleType) -> Inventory:
@@ -97,10 +99,8 @@ def discover(nvml: ModuleType) -> Inventory:
     try:
         return _read(nvml)
     finally:
-        try:
+        with contextlib.suppress(nvml.NVMLError):
             nvml.nvmlShutdown()
-        except nvml.NVMLError:
-            pass
 
 
 def _read(nvml: ModuleType) -> Inventory:

@@ -27,7 +27,11 @@ U = [g.uuid for g in DGX.gpus]
 
 
 def gpu_pod(name: str, resource: str, ids: list[str], namespace: str = "ns") -> dict[str, Any]:
-    return {"namespace": namespace, "name": name, "containers": [{"name": "main", "devices": [{"resource": resource, "ids": ids}]}]}  # fmt: skip
+    return {
+        "namespace": namespace,
+        "name": name,
+        "containers": [{"name": "main", "devices": [{"resource": resource, "ids": ids}]}],
+    }
 
 
 class Writer:
@@ -71,10 +75,16 @@ def test_assignments_from_a_list_reply() -> None:
         ("stray", "nvidia.com/gpu", ["GPU-elsewhere"]),
     ]:
         reply.pod_resources.append(
-            api_pb2.PodResources(name=name, namespace="ns", containers=[
-                api_pb2.ContainerResources(name="c", devices=[api_pb2.ContainerDevices(resource_name=res, device_ids=ids)])
-            ])
-        )  # fmt: skip
+            api_pb2.PodResources(
+                name=name,
+                namespace="ns",
+                containers=[
+                    api_pb2.ContainerResources(
+                        name="c", devices=[api_pb2.ContainerDevices(resource_name=res, device_ids=ids)]
+                    )
+                ],
+            )
+        )
     report, unmapped = assignments(reply, DGX.uuid_index)
     assert report.pods == {"ns/whole": (0, 1), "ns/shared": (6,)} and unmapped == ["GPU-elsewhere"]
 
@@ -178,7 +188,9 @@ async def test_run_survives_a_kubelet_restart_and_serves_health(sock: str) -> No
 
 
 async def test_a_node_without_gpus_writes_nothing(sock: str) -> None:
-    kubelet = await FakeKubelet(sock, {"pods": [{"namespace": "ns", "name": "web", "containers": [{"name": "c"}]}]}).start()
+    kubelet = await FakeKubelet(
+        sock, {"pods": [{"namespace": "ns", "name": "web", "containers": [{"name": "c"}]}]}
+    ).start()
     writer = Writer()
     agent = Agent(config(sock), writer, PodResourcesClient(sock), discoverer=lambda: None)
     try:

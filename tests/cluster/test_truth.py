@@ -25,13 +25,24 @@ ISLANDS = {"islands": [[0, 1, 2, 3], [4, 5, 6, 7]], "links": "nvlink"}
 
 def gpu_node(report: dict[str, list[int]] | None = None) -> dict[str, Any]:
     annotations = {ANN_GPU_ASSIGNED: build(report).to_annotation()} if report is not None else {}
-    return node("n1", {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"}, topology=ISLANDS,
-                annotations=annotations)  # fmt: skip
+    return node(
+        "n1",
+        {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": "8"},
+        topology=ISLANDS,
+        annotations=annotations,
+    )
 
 
 def gpu_pod(name: str, gpus: int, planned: str) -> dict[str, Any]:
-    return pod(name, [container("main", "img", resources("1", "1Gi", gpus))], namespace="ns", node_name="n1",
-               uid=f"uid-{name}", annotations={ANN_GPU_IDS: planned}, phase="Running")  # fmt: skip
+    return pod(
+        name,
+        [container("main", "img", resources("1", "1Gi", gpus))],
+        namespace="ns",
+        node_name="n1",
+        uid=f"uid-{name}",
+        annotations={ANN_GPU_IDS: planned},
+        phase="Running",
+    )
 
 
 def held(state: ClusterState, name: str) -> str:

@@ -54,7 +54,7 @@ class _Lister(api_pb2_grpc.PodResourcesListerServicer):
     def __init__(self, kubelet: FakeKubelet) -> None:
         self.kubelet = kubelet
 
-    async def List(self, request: Any, context: Any) -> api_pb2.ListPodResourcesResponse:  # noqa: N802
+    async def List(self, request: Any, context: Any) -> api_pb2.ListPodResourcesResponse:
         self.kubelet.calls["List"] += 1
         doc = self.kubelet.current()
         reply = api_pb2.ListPodResourcesResponse()
@@ -68,7 +68,7 @@ class _Lister(api_pb2_grpc.PodResourcesListerServicer):
             )
         return reply
 
-    async def GetAllocatableResources(self, request: Any, context: Any) -> api_pb2.AllocatableResourcesResponse:  # noqa: N802
+    async def GetAllocatableResources(self, request: Any, context: Any) -> api_pb2.AllocatableResourcesResponse:
         self.kubelet.calls["GetAllocatableResources"] += 1
         doc = self.kubelet.current()
         return api_pb2.AllocatableResourcesResponse(
@@ -78,12 +78,14 @@ class _Lister(api_pb2_grpc.PodResourcesListerServicer):
             ]
         )
 
-    async def Get(self, request: Any, context: Any) -> api_pb2.GetPodResourcesResponse:  # noqa: N802
+    async def Get(self, request: Any, context: Any) -> api_pb2.GetPodResourcesResponse:
         for pod in self.kubelet.current().get("pods", []):
             if pod["name"] == request.pod_name and pod["namespace"] == request.pod_namespace:
                 return api_pb2.GetPodResourcesResponse(
                     pod_resources=api_pb2.PodResources(
-                        name=pod["name"], namespace=pod["namespace"], containers=[_container(c) for c in pod["containers"]]
+                        name=pod["name"],
+                        namespace=pod["namespace"],
+                        containers=[_container(c) for c in pod["containers"]],
                     )
                 )
         await context.abort(grpc.StatusCode.NOT_FOUND, f"pod {request.pod_namespace}/{request.pod_name} not found")

@@ -48,12 +48,12 @@ class NVMLError(Exception):
         self.value = value
 
 
-class NVMLError_NotFound(NVMLError):  # noqa: N801 (pynvml's spelling)
+class NVMLError_NotFound(NVMLError):
     def __init__(self) -> None:
         super().__init__(NVML_ERROR_NOT_FOUND)
 
 
-class NVMLError_NotSupported(NVMLError):  # noqa: N801
+class NVMLError_NotSupported(NVMLError):
     def __init__(self) -> None:
         super().__init__(NVML_ERROR_NOT_SUPPORTED)
 
@@ -67,7 +67,7 @@ class _Memory:
 
 @dataclass
 class _Pci:
-    busId: str  # noqa: N815 (NVML's field name)
+    busId: str
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,12 @@ class FakeNVML:
         return cls(json.loads((FIXTURES / f"{name}.json").read_text()))
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def nvmlInit(self) -> None:  # noqa: N802 (pynvml's names)
+    def nvmlInit(self) -> None:
         if self.fail_init is not None:
             raise NVMLError(self.fail_init)
         self.initialised += 1
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self._ready()
         self.initialised -= 1
 
@@ -121,34 +121,34 @@ class FakeNVML:
     def _mig_doc(self, h: _Handle) -> dict[str, Any]:
         return self._gpu(h)["mig"]["devices"][h.mig]
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         return len(self._gpus())
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> _Handle:
         if not 0 <= index < len(self._gpus()):
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         return _Handle(index)
 
-    def nvmlDeviceGetUUID(self, h: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, h: _Handle) -> str:
         return str(self._mig_doc(h)["uuid"] if h.mig >= 0 else self._gpu(h)["uuid"])
 
-    def nvmlDeviceGetName(self, h: _Handle) -> str:  # noqa: N802
+    def nvmlDeviceGetName(self, h: _Handle) -> str:
         return str(self._mig_doc(h)["name"] if h.mig >= 0 else self._gpu(h)["name"])
 
-    def nvmlDeviceGetMemoryInfo(self, h: _Handle) -> _Memory:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, h: _Handle) -> _Memory:
         total = int(self._mig_doc(h)["memory_total"] if h.mig >= 0 else self._gpu(h)["memory_total"])
         return _Memory(total=total, free=total, used=0)
 
-    def nvmlDeviceGetPciInfo(self, h: _Handle) -> _Pci:  # noqa: N802
+    def nvmlDeviceGetPciInfo(self, h: _Handle) -> _Pci:
         return _Pci(busId=str(self._gpu(h)["pci_bus_id"]))
 
-    def nvmlDeviceGetNumaNodeId(self, h: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetNumaNodeId(self, h: _Handle) -> int:
         numa = self._gpu(h).get("numa")
         if numa is None:
             raise NVMLError_NotSupported()
         return int(numa)
 
-    def nvmlDeviceGetP2PStatus(self, a: _Handle, b: _Handle, index: int) -> int:  # noqa: N802
+    def nvmlDeviceGetP2PStatus(self, a: _Handle, b: _Handle, index: int) -> int:
         self._ready()
         if index != NVML_P2P_CAPS_INDEX_NVLINK:
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
@@ -164,30 +164,30 @@ class FakeNVML:
             raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
         return dict(links[link])
 
-    def nvmlDeviceGetNvLinkState(self, h: _Handle, link: int) -> int:  # noqa: N802
+    def nvmlDeviceGetNvLinkState(self, h: _Handle, link: int) -> int:
         return NVML_FEATURE_ENABLED if self._link(h, link).get("active", True) else NVML_FEATURE_DISABLED
 
-    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: _Handle, link: int) -> _Pci:  # noqa: N802
+    def nvmlDeviceGetNvLinkRemotePciInfo(self, h: _Handle, link: int) -> _Pci:
         return _Pci(busId=str(self._link(h, link)["remote_pci"]))
 
-    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: _Handle, link: int) -> int:  # noqa: N802
+    def nvmlDeviceGetNvLinkRemoteDeviceType(self, h: _Handle, link: int) -> int:
         kind = self._link(h, link).get("remote_type", "gpu")
         return NVML_NVLINK_DEVICE_TYPE_SWITCH if kind == "switch" else NVML_NVLINK_DEVICE_TYPE_GPU
 
     # -- MIG -----------------------------------------------------------------------------------------
-    def nvmlDeviceGetMigMode(self, h: _Handle) -> list[int]:  # noqa: N802
+    def nvmlDeviceGetMigMode(self, h: _Handle) -> list[int]:
         mig = self._gpu(h).get("mig")
         if mig is None:
             raise NVMLError_NotSupported()
         return [int(mig["current"]), int(mig["pending"])]
 
-    def nvmlDeviceGetMaxMigDeviceCount(self, h: _Handle) -> int:  # noqa: N802
+    def nvmlDeviceGetMaxMigDeviceCount(self, h: _Handle) -> int:
         mig = self._gpu(h).get("mig")
         if mig is None:
             raise NVMLError_NotSupported()
         return int(mig["max"])
 
-    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: _Handle, index: int) -> _Handle:  # noqa: N802
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, h: _Handle, index: int) -> _Handle:
         devices = (self._gpu(h).get("mig") or {}).get("devices") or []
         if not 0 <= index < len(devices):
             raise NVMLError_NotFound()

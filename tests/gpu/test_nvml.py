@@ -45,8 +45,11 @@ def test_topology_from_nvml(name: str) -> None:
 def test_the_node_table_reads_the_agents_annotation() -> None:
     inv = nvml.discover(FakeNVML.fixture("nvlink-2x4"))  # type: ignore[arg-type]
     state = ClusterState(Config())
-    n = node("n", {"cpu": "8", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": "8"},
-             annotations={ANN_GPU_TOPOLOGY: inv.annotation()})  # fmt: skip
+    n = node(
+        "n",
+        {"cpu": "8", "memory": "8Gi", "pods": "110", "nvidia.com/gpu": "8"},
+        annotations={ANN_GPU_TOPOLOGY: inv.annotation()},
+    )
     state.apply_node("ADDED", n)
     view = state.node_view(state.table.slot_of["n"])
     assert view["islands"] == [[0, 1, 2, 3], [4, 5, 6, 7]] and view["topologyError"] is None
