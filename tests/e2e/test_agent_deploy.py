@@ -5,11 +5,12 @@ also compiles the admission policy's CEL)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from tests.e2e import harness as h
-from tests.e2e.test_helm import DEPLOY, kustomize
+from tests.e2e.test_helm import CHART, DEPLOY, by_key, kustomize, render
 
 
 def _overlay(tmp_path: Path) -> Path:
@@ -18,8 +19,8 @@ def _overlay(tmp_path: Path) -> Path:
             {
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
-                "resources": [str(DEPLOY)],
-                "components": [str(DEPLOY / "components" / "agent")],
+                "resources": [os.path.relpath(DEPLOY, tmp_path)],
+                "components": [os.path.relpath(DEPLOY / "components" / "agent", tmp_path)],
             }
         )
     )
@@ -50,7 +51,6 @@ def test_the_component_renders_the_agent_with_least_privilege(tmp_path: Path) ->
     assert agent["securityContext"]["readOnlyRootFilesystem"] and agent["securityContext"]["capabilities"] == {
         "drop": ["ALL"]
     }
-    assert {p["path"] for p in agent["livenessProbe"]["httpGet"].values() if isinstance(p, dict)} == set()
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
     role = _one(objs, "ClusterRole", "berth-agent")
     assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
@@ -77,3 +77,21 @@ def test_the_api_server_accepts_the_component(cp: h.ControlPlane, tmp_path: Path
         res = cp.kubectl("apply", "--dry-run=server", "-f", "-", input="\n---\n".join(docs), check=False)
     assert res.returncode == 0, res.stderr
     assert "daemonset.apps/berth-agent created (server dry run)" in res.stdout
+
+
+def test_the_chart_renders_the_components_objects(tmp_path: Path) -> None:
+    """agent.enabled renders deploy/components/agent's objects (files/agent holds them byte for byte), with
+    the chart's image; off by default."""
+    component = DEPLOY / "components" / "agent"
+    for name in ("namespace.yaml", "rbac.yaml", "daemonset.yaml", "node-restriction.yaml"):
+        assert (CHART / "files" / "agent" / name).read_bytes() == (component / name).read_bytes(), name
+    agent_objs = [o for o in kustomize(_overlay(tmp_path)) if "node-agent" in str(o["metadata"].get("labels"))]
+    chart = by_key(render("--set", "agent.enabled=true", "--set", "image.tag=9.9.9"))
+    for key, want in by_key(agent_objs).items():
+        got = chart[key]
+        if key[0] == "DaemonSet":
+            (container,) = got["spec"]["template"]["spec"]["containers"]
+            assert container["image"].endswith(":9.9.9")
+            container["image"] = "berth:0.1.0"
+        assert got == want, key
+    assert not [o for o in render() if o["kind"] == "DaemonSet"], "off by default"
