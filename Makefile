@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test podresources-stubs test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs image lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale locust certs image lint clean
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -74,6 +74,7 @@ certs:  ## a CA, a server pair and a client pair in certs/ for trying mTLS
 clean:
 	rm -rf $(VENV) build *.egg-info ext/*.c scheduler/kernels/*.so
 
+.PHONY: podresources-stubs
 PODRESOURCES := scheduler/agent/podresources/v1
 podresources-stubs: install  ## regenerate the kubelet PodResources v1 stubs (checked in) from $(PODRESOURCES)/api.proto
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PODRESOURCES)/api.proto
