@@ -79,3 +79,8 @@ certs:  ## a CA, a server pair and a client pair in certs/ for trying mTLS
 
 clean:
 	rm -rf $(VENV) build *.egg-info ext/*.c scheduler/kernels/*.so
+
+.PHONY: podresources-stubs
+PODRESOURCES := scheduler/agent/podresources/v1
+podresources-stubs: install  ## regenerate the kubelet PodResources v1 stubs (checked in) from $(PODRESOURCES)/api.proto
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. $(PODRESOURCES)/api.proto

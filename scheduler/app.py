@@ -143,6 +143,7 @@ async def serve(
         from scheduler.cluster.informer import informers
         from scheduler.cluster.kube import ClusterConfigError, KubeClient, load_configuration
         from scheduler.cluster.status import StatusWriter
+        from scheduler.cluster.truth import MismatchEvents
 
         try:
             cfg = load_configuration(kubeconfig)
@@ -156,6 +157,8 @@ async def serve(
         tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in feeds]
         elector = _elect(client, config, metrics, berth, tasks)
         tasks.append(asyncio.create_task(StatusWriter(client, state, elector.is_leader).run(), name="status"))
+        events = MismatchEvents(client, state.truth, elector.is_leader)
+        tasks.append(asyncio.create_task(events.run(), name="gpu-mismatch-events"))
     tasks.append(asyncio.create_task(housekeeping(state, metrics), name="housekeeping"))
     STALLS.install()
 

@@ -1,4 +1,4 @@
-"""`berth`: serve the extender, explain a placement, read GPU topology, run the benchmark."""
+"""`berth`: serve the extender, run the node agent, explain a placement, read GPU topology, run the benchmark."""
 
 import argparse
 import asyncio
@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     t = sub.add_parser("topology", help="read `nvidia-smi topo -m` into the berth.dev/gpu-topology annotation")
     discovery.add_arguments(t)
+    a = sub.add_parser("agent", help="the node agent: publish GPU topology and what each pod really holds")
+    _agent_arguments(a)
     e = sub.add_parser("explain", help="why a pod goes where it goes: per-node verdicts and score parts")
     explain_cli.add_arguments(e)
     # Listed for --help only: main() hands `berth bench ...` to loadtests/ before parsing (see _bench).
@@ -63,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return discovery.run(args)
     if args.command == "explain":
         return explain_cli.run(args)
+    if args.command == "agent":
+        return _agent(args)
     return _serve(args)
 
 
@@ -86,6 +90,62 @@ def _bench(argv: list[str]) -> int:
         sys.path.insert(0, str(checkout))
         from loadtests import bench
     return bench.main(argv)
+
+
+def _agent_arguments(a: argparse.ArgumentParser) -> None:
+    import os
+
+    a.add_argument(
+        "--node",
+        default=os.environ.get("NODE_NAME"),
+        help="this node's name (default: $NODE_NAME, from the downward API's spec.nodeName)",
+    )
+    a.add_argument(
+        "--socket", default="/var/lib/kubelet/pod-resources/kubelet.sock", help="kubelet PodResources socket"
+    )
+    a.add_argument("--kubeconfig", help="kubeconfig (default: $KUBECONFIG, else ~/.kube/config, else in-cluster)")
+    a.add_argument("--host", default="127.0.0.1", help="address of /healthz and /metrics (default 127.0.0.1)")
+    a.add_argument("--port", type=int, default=9402, help="port of /healthz and /metrics (default 9402)")
+    a.add_argument("--poll-seconds", type=float, default=5.0, help="how often the kubelet is read (default 5)")
+    a.add_argument("--topology-seconds", type=float, default=300.0, help="how often the GPUs are read (default 300)")
+    a.add_argument("--min-write-seconds", type=float, default=5.0, help="at most one write per annotation per this")
+    a.add_argument(
+        "--nvml-module",
+        default="pynvml",
+        help="module with pynvml's functions (default pynvml, nvidia-ml-py); tests pass a replaying stand-in",
+    )
+    a.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from scheduler.agent.run import AgentConfig, serve
+    from scheduler.cluster.kube import ClusterConfigError
+    from scheduler.observability import logs
+
+    if not args.node:
+        print("berth agent: no node name: pass --node or set NODE_NAME (downward API spec.nodeName)", file=sys.stderr)
+        return 2
+    if min(args.poll_seconds, args.topology_seconds) <= 0 or args.min_write_seconds < 0:
+        print("berth agent: intervals must be positive", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level)
+    config = AgentConfig(
+        node=args.node,
+        socket=args.socket,
+        poll_seconds=args.poll_seconds,
+        topology_seconds=args.topology_seconds,
+        min_write_seconds=args.min_write_seconds,
+        host=args.host,
+        port=args.port,
+        nvml_module=args.nvml_module,
+    )
+    try:
+        return asyncio.run(serve(config, args.kubeconfig))
+    except ClusterConfigError as exc:
+        print(f"berth agent: cannot find the cluster: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

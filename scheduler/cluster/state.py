@@ -13,6 +13,7 @@ from scheduler.cluster.gangs import GangTable
 from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.cluster.seen import SeenPods
+from scheduler.cluster.truth import DeviceTruth, Mismatch
 from scheduler.config import Config
 from scheduler.model.constants import GPU_MILLI, MAX_GPUS
 from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_GPU_MILLI, ANN_TEAM, GPU
@@ -77,6 +78,8 @@ class ClusterState:
         self.node_labels: dict[str, dict[str, str]] = {}
         self.plans: dict[str, str] = {}
         self.gang_holds: dict[str, float] = {}
+        # What `berth agent` says each pod really holds (cluster/truth.py): preferred over Berth's plan.
+        self.truth = DeviceTruth()
 
     # -- readiness -----------------------------------------------------------------------------
     @property
@@ -110,6 +113,7 @@ class ClusterState:
             self._node_labels(kind, name, node)
         if kind == "DELETED":
             self.table.remove(name)
+            self.truth.forget(name)
             self.quotas.replicas = self.table.max_replicas()
             return
         try:
@@ -122,6 +126,8 @@ class ClusterState:
             self.quotas.replicas = self.table.max_replicas()
         self.pools.ensure(len(self.table.pools))
         self.ledger.node_added(slot)
+        if self.truth.node_report(name, node):
+            self._correct_node(name)
 
     # -- pods ----------------------------------------------------------------------------------
     def apply_pod(self, kind: str, pod: dict[str, Any]) -> None:
@@ -143,6 +149,7 @@ class ClusterState:
             return
         held = self.ledger.get(key)
         self.reservations.pop(key, None)
+        corrected = self._prefer_truth(entry, held)
         if (
             held is not None
             and held.node == node
@@ -153,6 +160,8 @@ class ClusterState:
             held.uid = entry.uid or held.uid
             return
         self.ledger.hold(entry)
+        if corrected:
+            self._correct_node(node)  # other pods' plans may sit on the GPUs this one really holds
 
     def _entry_from_pod(self, key: str, meta: dict[str, Any], spec: dict[str, Any], node: str) -> PodEntry | None:
         annotations = meta.get("annotations") or {}
@@ -182,6 +191,46 @@ class ClusterState:
             confirmed=True,
             since=time.monotonic(),
         )
+
+    # -- device truth (cluster/truth.py) ---------------------------------------------------------
+    def _truth_for(self, entry: PodEntry) -> int | None:
+        """The device mask the node reports for this pod, where the ledger can use it."""
+        truth = self.truth.reported(entry.node, entry.key)
+        if truth is None or not (entry.request.gpu or entry.request.gpu_shared):
+            return None
+        if entry.gpu_milli and truth.bit_count() != 1:
+            return None  # a fraction lives on one GPU; anything else is not a report about it
+        return truth
+
+    def _prefer_truth(self, entry: PodEntry, held: PodEntry | None) -> bool:
+        """Take the reported devices over the plan; True (and counted) when they differ from what was held."""
+        truth = self._truth_for(entry)
+        if truth is None:
+            return False
+        before = held.gpu_ids if held is not None and held.node == entry.node else entry.gpu_ids
+        entry.gpu_ids = truth
+        if before and before != truth:
+            self.truth.record(Mismatch(entry.key, entry.uid or (held.uid if held else ""), entry.node, before, truth))
+            return True
+        return False
+
+    def _correct_node(self, name: str) -> None:
+        """The node's report changed: every pod whose devices differ takes the reported ones. Its GPU pods
+        are released and held again, reported ones first, so a plan that sat on really-held GPUs is moved
+        off them and the free GPUs and islands are those the node really has free."""
+        entries = [self.ledger.pods[k] for k in sorted(self.ledger.by_node.get(name, ()))]
+        wrong = [(e, t) for e in entries if (t := self._truth_for(e)) is not None and t != e.gpu_ids]
+        if not wrong:
+            return
+        devices = [e for e in entries if e.request.gpu or e.request.gpu_shared]
+        for e in devices:
+            self.ledger.release(e.key)
+        for e, truth in wrong:
+            if e.gpu_ids:
+                self.truth.record(Mismatch(e.key, e.uid, name, e.gpu_ids, truth))
+            e.gpu_ids = truth
+        for e in sorted(devices, key=lambda e: self._truth_for(e) is None):
+            self.ledger.hold(e)
 
     # -- teams ---------------------------------------------------------------------------------
     def apply_team(self, kind: str, obj: dict[str, Any]) -> None:
@@ -312,6 +361,7 @@ class ClusterState:
             "watched": self.watched,
             "gpuModels": list(self.table.models),
             "pools": list(self.table.pools),
+            "gpuAssignment": self.truth.view(),
         }
 
     def node_view(self, slot: int) -> dict[str, Any]:

@@ -47,6 +47,9 @@ def refresh_gauges(state: ClusterState, metrics: Metrics) -> None:
     m.reservations.set(len(s.reservations))
     staleness = s.staleness()
     m.staleness.set(staleness if staleness != float("inf") else -1)
+    if s.truth.mismatches > m.gpu_mismatches_seen:  # cluster/truth.py counts; the Counter follows it
+        m.gpu_mismatches.inc(s.truth.mismatches - m.gpu_mismatches_seen)
+        m.gpu_mismatches_seen = s.truth.mismatches
 
 
 class DebugViews:

@@ -273,3 +273,8 @@ def _patch_node(node: str, kubeconfig: str | None, annotation: str) -> int:
         return _error(f"patching node {node} failed: {exc}", 1)
     print(f"annotated node {node}: {ANN_GPU_TOPOLOGY}={annotation}")
     return 0
+
+
+# The agent's fallback (scheduler/agent/run.py) runs the same command and reports the same failures.
+NvidiaSmiError = _UsageError
+read_nvidia_smi = _run_nvidia_smi

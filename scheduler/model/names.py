@@ -13,6 +13,7 @@ LABEL_GPU_REPLICAS = "nvidia.com/gpu.replicas"  # GFD: replicas per GPU (time-sl
 LABEL_GPU_SHARING = "nvidia.com/gpu.sharing-strategy"  # GFD: none | time-slicing | mps
 SHARED_PRODUCT_SUFFIX = "-SHARED"  # GFD appends it to gpu.product on shared GPUs (without renameByDefault)
 ANN_GPU_TOPOLOGY = "berth.dev/gpu-topology"  # the node's NVLink islands, written by `berth topology`
+ANN_GPU_ASSIGNED = "berth.dev/gpu-assigned"  # the GPUs each pod on the node really holds, by `berth agent`
 ANN_LOAD = "berth.dev/load"  # 0..1, kept by a metrics pipeline
 ANN_LOAD_TIME = "berth.dev/load-time"  # RFC 3339: when ANN_LOAD was measured
 

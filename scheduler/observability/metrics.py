@@ -69,6 +69,13 @@ class Metrics:
         self.victims = Counter(
             "berth_preemption_victims_total", "Pods Berth agreed to preempt, by their team.", ["team"], registry=r
         )
+        self.gpu_mismatches = Counter(
+            "berth_gpu_assignment_mismatch_total",
+            "Pods whose GPUs, as the node agent reports them, differ from what Berth's ledger held "
+            "(the ledger then counts the reported ones).",
+            registry=r,
+        )
+        self.gpu_mismatches_seen = 0  # state.truth.mismatches already counted (refresh_gauges adds the rest)
         self.kernels_native = Gauge(
             "berth_kernels_native", "1 when the Cython kernels serve, 0 for the twins.", registry=r
         )

@@ -297,7 +297,7 @@ def test_cert_manager_certificates() -> None:
         (["--set-json", 'teams=[{"name":"a","spec":{"cohort":"c"}}]'], "missing property 'namespaceSelector'"),
         (["--set", "config.scoring.weight.load=2"], "additional properties 'weight' not allowed"),
         (["--set", "config.server.health_port=0"], "at '/config/server/health_port': minimum"),
-        (["--set", "agent.enabled=true"], "its DaemonSet comes with the node agent"),
+        (["--set-string", "agent.enabled=true"], "at '/agent/enabled': got string"),
         (["--set", "serviceMonitor.interval=often"], "at '/serviceMonitor/interval'"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
