@@ -33,6 +33,14 @@ if TYPE_CHECKING:  # both import the kubernetes package, which the demo never ne
 
 log = logging.getLogger("berth")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
+# kube-scheduler's HTTPExtender.IsInterested: with managedResources set, the extender is called only for pods
+# whose containers request or limit one of those resources (docs/devices.md, ## DRA).
+DRA_MANAGED_RESOURCES_WARNING = (
+    "DRA: ResourceClaims count in team quotas; if this scheduler's extender entry lists managedResources, "
+    "kube-scheduler skips Berth (filter and bind) for pods whose containers request none of them, so pods that "
+    "get their devices only from ResourceClaims are placed without Berth's quota veto: leave managedResources "
+    "empty (docs/devices.md)"
+)
 
 
 class StartupError(Exception):
@@ -145,6 +153,7 @@ async def serve(
         feeds = informers(client, state)
         berth = Berth(state, metrics, binder, client.get_pod, feeds)
         tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in feeds]
+        log.info(DRA_MANAGED_RESOURCES_WARNING)
         elector = _elect(client, config, metrics, berth, tasks)
         tasks.append(asyncio.create_task(StatusWriter(client, state, elector.is_leader).run(), name="status"))
     tasks.append(asyncio.create_task(housekeeping(state, metrics), name="housekeeping"))

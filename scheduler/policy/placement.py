@@ -27,7 +27,15 @@ from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import format_units
 from scheduler.policy.quotas import Admission
 
+# Set outside the kernels, by policy/devices.py (DRA): the sentence is per node, kept in Judgement.dra.
+DRA_DEVICES = 40  # the node's ResourceSlices have too few devices of a class the pod's claims ask
+DRA_DEVICES_USED = 41  # enough in all, but other claims hold them
+DRA_QUOTA = 42  # allocating the pod's claims there would take its team over quota
+
 REASON_NAMES = {
+    DRA_DEVICES: "dra_devices",
+    DRA_DEVICES_USED: "dra_devices_in_use",
+    DRA_QUOTA: "dra_quota",
     OTHER_RESOURCE: "extended_resource",
     OTHER_RESOURCE_USED: "extended_resource_in_use",
     K.UNKNOWN: "node_unknown",
@@ -52,6 +60,7 @@ class Judgement:
     admission: Admission
     pool_ok: bytes  # per pool id: 0 refused, 1 own (or open), 2 cohort pool while borrowing
     model_ok: bytes  # per GPU model id (empty: any model)
+    dra: Any = None  # policy/devices.DraVerdicts once the pod's DRA asks were judged (its per-node sentences)
 
 
 def judge(state: ClusterState, ask: PodAsk) -> Judgement:
@@ -141,6 +150,8 @@ class Reasons:
 
     def of(self, code: int, slot: int) -> tuple[str, bool]:
         """(reason, unresolvable) for a node that failed with `code`."""
+        if code in (DRA_DEVICES, DRA_DEVICES_USED, DRA_QUOTA) and self.j.dra is not None:
+            return self.j.dra.sentence(slot)  # worded per node by policy/devices.py
         t = self.state.table
         extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
         if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):
