@@ -249,9 +249,7 @@ def test_filter_vetoes_by_the_model_of_each_nodes_slices() -> None:
     state.apply_resource_claim("ADDED", claim("ml", "c", 1))
     reply = filter_reply(state, claim_pod("ml", "p", claim_name="c"), ["dra-0", "dra-1"])
     assert reply["NodeNames"] == ["dra-0"]
-    assert reply["FailedAndUnresolvableNodes"] == {
-        "dra-1": f"berth: team ml: {A100} GPUs 0 used + 1 requested > max 0"
-    }
+    assert reply["FailedAndUnresolvableNodes"] == {"dra-1": f"berth: team ml: {A100} GPUs 0 used + 1 requested > max 0"}
 
 
 def test_filter_counts_the_gpus_of_a_template_before_its_claim_exists() -> None:
@@ -304,7 +302,9 @@ def test_an_extended_resource_pod_is_served_by_dra_where_no_device_plugin_offers
     state.apply_team("MODIFIED", teamquota("ml"))
     reply = filter_reply(state, pod, ["dra-0", "dra-1", "plugin"])
     assert reply["NodeNames"] == ["dra-0", "dra-1"]
-    assert reply["FailedAndUnresolvableNodes"] == {"plugin": "berth: node has less nvidia.com/gpu in all than the 2 requested"}
+    assert reply["FailedAndUnresolvableNodes"] == {
+        "plugin": "berth: node has less nvidia.com/gpu in all than the 2 requested"
+    }
 
 
 async def test_bind_accepts_the_dra_node_for_an_extended_resource_pod() -> None:
