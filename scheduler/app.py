@@ -89,6 +89,7 @@ async def housekeeping(state: ClusterState, metrics: Metrics, every: float = 1.0
         with STALLS.housekeeping_run():  # timed: what a verb call arriving now waits for
             try:
                 state.reservations.expire()
+                state.dra.expire_assumed()  # claims bind charged whose allocation the watch never showed
                 refresh_gauges(state, metrics)
                 account_gpu_seconds(state, metrics, now - last)
             except Exception:

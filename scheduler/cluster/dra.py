@@ -13,9 +13,12 @@ kube-scheduler's to judge; Berth's counts are of what was really allocated.
 """
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from cachetools import TTLCache
 
 from scheduler.model.constants import GPU_MILLI
 from scheduler.model.names import GPU
@@ -30,6 +33,7 @@ EXTENDED_CLAIM_ANNOTATION = "resource.kubernetes.io/extended-resource-claim"
 PRODUCT_NAME = "productName"
 ALL = 0  # Request.count of allocationMode All: every matching device of the node
 MAX_SHOWN_CLAIMS = 64  # claims listed per team in TeamQuota status (bounded: status is one object)
+MAX_PENDING = 10_000  # pods whose claims filter judged, remembered for their bind (bounded, and for a TTL)
 
 _DRIVER_CLAUSE = re.compile(r"""device\.driver\s*==\s*["']([^"']+)["']""")
 
@@ -78,6 +82,7 @@ class Claim:
     allocated: tuple[tuple[str, DeviceId], ...] = ()  # (request name, device) of status.allocation
     extended: bool = False  # made by kube-scheduler for a DRA-backed extended resource
     reserved_for: tuple[str, ...] = ()  # names of the pods status.reservedFor lists
+    owner: str | None = None  # namespace/name of the pod that owns it (a template's claim, an extended one)
 
 
 @dataclass(slots=True)
@@ -87,6 +92,16 @@ class Held:
     team: str | None
     units: dict[str, int]
     devices: tuple[str, ...]  # "driver/pool/device", what TeamQuota status lists
+
+
+@dataclass(slots=True)
+class Assumed:
+    """What bind charged for a pod's claims before the watch shows their allocation (assume, then confirm)."""
+
+    team: str | None
+    units: dict[str, int]
+    claims: frozenset[str]  # the claims it stands for (besides those the pod owns, named once they exist)
+    deadline: float  # monotonic; then it is given back (the allocation never came)
 
 
 @dataclass(slots=True)
@@ -180,7 +195,15 @@ def parse_claim(obj: dict[str, Any]) -> Claim:
         allocated=_allocation(status),
         extended=(meta.get("annotations") or {}).get(EXTENDED_CLAIM_ANNOTATION) == "true",
         reserved_for=reserved,
+        owner=_owner_pod(meta),
     )
+
+
+def _owner_pod(meta: dict[str, Any]) -> str | None:
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("kind") == "Pod" and isinstance(ref.get("name"), str):
+            return f"{meta.get('namespace') or 'default'}/{ref['name']}"
+    return None
 
 
 @dataclass
@@ -200,6 +223,10 @@ class DraTable:
     by_node: dict[str, list[Device]] = field(default_factory=dict)
     allocated: dict[DeviceId, str] = field(default_factory=dict)  # device -> the claim holding it
     extended: dict[str, str] = field(default_factory=dict)  # extended resource name -> its DeviceClass
+    assumed: dict[str, Assumed] = field(default_factory=dict)  # pod key -> what bind charged ahead
+    held_owned: dict[str, int] = field(default_factory=dict)  # pod key -> its own claims that are charged
+    # What filter saw of a pod's claims (its resourceClaims and their statuses), for its bind: bounded.
+    pending: TTLCache = field(default_factory=lambda: TTLCache(maxsize=MAX_PENDING, ttl=300))
     version: int = 0  # bumped on every change (status and caches watch it)
 
     # -- informer events ---------------------------------------------------------------------------
@@ -262,6 +289,7 @@ class DraTable:
     def _charge(self, claim: Claim) -> None:
         if not claim.allocated:
             return
+        self._confirm(claim)
         units: dict[str, int] = {}
         shown = []
         for request, dev_id in claim.allocated:
@@ -277,7 +305,51 @@ class DraTable:
                     _add(units, GPU, GPU_MILLI)
         team = self.team_of(claim.namespace)
         self.held[claim.key] = Held(team, units, tuple(shown))
+        if claim.owner:
+            self.held_owned[claim.owner] = self.held_owned.get(claim.owner, 0) + 1
         self.charge(team, units, 1)
+
+    def _confirm(self, claim: Claim) -> None:
+        """The watch shows an allocation: what bind assumed for the pod that asked it is given back (the
+        claim is charged for real now). A pod with several claims is given back at the first; the others
+        arrive from the same PreBind."""
+        for pod in [p for p, a in self.assumed.items() if claim.key in a.claims or p == claim.owner]:
+            self.forget(pod)
+
+    # -- assume at bind ------------------------------------------------------------------------------
+    def remember(self, key: str, pod: dict[str, Any]) -> None:
+        """Filter judged this pod's claims: keep what its bind needs to charge them (refs and statuses only)."""
+        spec, status = pod.get("spec") or {}, pod.get("status") or {}
+        meta = pod.get("metadata") or {}
+        self.pending[key] = {
+            "metadata": {"namespace": meta.get("namespace")},
+            "spec": {"resourceClaims": spec.get("resourceClaims") or []},
+            "status": {"resourceClaimStatuses": status.get("resourceClaimStatuses") or []},
+        }
+
+    def assume(self, pod: str, team: str | None, units: dict[str, int], claims: frozenset[str], ttl: float) -> None:
+        self.forget(pod)
+        self.assumed[pod] = Assumed(team, units, claims, time.monotonic() + ttl)
+        self.charge(team, units, 1)
+        self.version += 1
+
+    def forget(self, pod: str) -> None:
+        """Give back what bind assumed for `pod` (confirmed by the watch, bind failed, pod gone, expired)."""
+        held = self.assumed.pop(pod, None)
+        if held is not None:
+            self.charge(held.team, held.units, -1)
+            self.version += 1
+
+    def expire_assumed(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        gone = [p for p, a in self.assumed.items() if a.deadline <= now]
+        for pod in gone:
+            self.forget(pod)
+        return gone
+
+    def owned_allocated(self, pod: str) -> bool:
+        """Some claim the pod owns (its extended-resource claim, a template's claim) is allocated and charged."""
+        return pod in self.held_owned
 
     def _uncharge(self, key: str) -> None:
         held = self.held.pop(key, None)
@@ -288,6 +360,12 @@ class DraTable:
                     del self.allocated[dev_id]
         if held is not None:
             self.charge(held.team, held.units, -1)
+            if claim is not None and claim.owner:
+                left = self.held_owned.get(claim.owner, 0) - 1
+                if left > 0:
+                    self.held_owned[claim.owner] = left
+                else:
+                    self.held_owned.pop(claim.owner, None)
 
     def _class_of(self, claim: Claim, request: str) -> str | None:
         """The device class of an allocation result's request ("gpu", or "gpu/a100" for a subrequest)."""
@@ -308,7 +386,10 @@ class DraTable:
     def recount(self) -> None:
         """Teams or their namespaces changed (the quota book's usage was reset): charge every claim again."""
         self.held.clear()
+        self.held_owned.clear()
         self.allocated.clear()
+        for held in self.assumed.values():  # first: charging a claim gives back what was assumed for it
+            self.charge(held.team, held.units, 1)
         for claim in self.claims.values():
             self._charge(claim)
         self.version += 1

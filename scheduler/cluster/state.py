@@ -139,6 +139,7 @@ class ClusterState:
         if kind == "DELETED" or phase in TERMINAL_PHASES:
             self.reservations.pop(key, None)
             self.ledger.release(key)
+            self.dra.forget(key)
             return
         if not node:
             return  # pending: holds nothing (a reservation of ours, if any, stays until confirmed or expired)
@@ -264,6 +265,7 @@ class ClusterState:
         """A bind failed: give back what its reservation held."""
         if self.reservations.pop(key, None) is not None:
             self.ledger.release(key)
+        self.dra.forget(key)  # what bind assumed for its claims
 
     def _expired(self, key: str, entry: PodEntry) -> None:
         held = self.ledger.get(key)

@@ -151,6 +151,9 @@ class Binder:
             gpu_milli=gpu_milli,
         )
         self._exact_quota(entry, t.facts[slot])
+        dra_error = devices.assume_at_bind(state, j, slot, entry.key)  # the pod's claims, counted like the pod
+        if dra_error:
+            raise BindError(dra_error, "quota")
         state.reserve(entry)
         return entry
 

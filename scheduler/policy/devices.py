@@ -71,6 +71,7 @@ def judge_nodes(state: ClusterState, pod: dict[str, Any], j: Judgement, slots: a
     sentences go to `j.dra` for Reasons."""
     asks = state.dra.pod_asks(pod)
     j.dra = found = DraVerdicts()
+    state.dra.remember(f"{j.ask.namespace}/{j.ask.name}", pod)  # for its bind (assume_at_bind)
     for i, slot in enumerate(slots):
         code = verdicts[i]
         if slot < 0 or (code != K.OK and code not in _NO_PLUGIN_GPUS):
@@ -99,10 +100,7 @@ def _node(
 ) -> tuple[int, str, bool] | None:
     """(code, sentence, unresolvable) refusing the node, or None."""
     dra = state.dra
-    wanted: dict[str, int] = {}
-    for ask in asks:
-        n = ask.count if ask.count != ALL else len(dra.node_devices(node, ask.device_class)[0])
-        wanted[ask.device_class] = wanted.get(ask.device_class, 0) + n
+    wanted = _wanted(dra, node, asks)
     for cls, n in (wanted | {c: wanted.get(c, 0) + n for c, n in extended.items()}).items():
         devices, free = dra.node_devices(node, cls)
         if len(devices) < n:
@@ -110,11 +108,24 @@ def _node(
             return DRA_DEVICES, f"berth: node's ResourceSlices have {have} of class {cls}, the pod asks {n}", True
         if free < n:
             return DRA_DEVICES_USED, f"berth: only {free} of the node's {cls} devices are free, the pod asks {n}", False
-    charge = _charge(dra, node, wanted, gpus=True)
-    for cls, n in _charge(dra, node, extended, gpus=False).items():
-        charge[cls] = charge.get(cls, 0) + n
-    error, _ = state.quotas.check_charge(j.admission.team, charge, None)
+    error, _ = state.quotas.check_charge(j.admission.team, _both(dra, node, wanted, extended), None)
     return (DRA_QUOTA, f"berth: {error}", True) if error else None
+
+
+def _wanted(dra: DraTable, node: str, asks: list[Ask]) -> dict[str, int]:
+    """Devices per class the asks take on `node` (allocationMode All: every device of the class there)."""
+    wanted: dict[str, int] = {}
+    for ask in asks:
+        n = ask.count if ask.count != ALL else len(dra.node_devices(node, ask.device_class)[0])
+        wanted[ask.device_class] = wanted.get(ask.device_class, 0) + n
+    return wanted
+
+
+def _both(dra: DraTable, node: str, wanted: dict[str, int], extended: dict[str, int]) -> dict[str, int]:
+    charge = _charge(dra, node, wanted, gpus=True)
+    for key, n in _charge(dra, node, extended, gpus=False).items():
+        charge[key] = charge.get(key, 0) + n
+    return charge
 
 
 def _charge(dra: DraTable, node: str, wanted: dict[str, int], gpus: bool) -> dict[str, int]:
@@ -139,3 +150,28 @@ def serves(state: ClusterState, j: Judgement, slot: int, code: int) -> bool:
     if code not in _NO_PLUGIN_GPUS or not state.dra.classes:
         return False
     return bool(_extended(state.dra, state, j, slot)) and _without_gpus(state, j, slot) == K.OK
+
+
+def assume_at_bind(state: ClusterState, j: Judgement, slot: int, key: str) -> str | None:
+    """Bind: charge the pod's claims now, as bind charges the pod itself, unless the watch already shows their
+    allocation. kube-scheduler allocates in PreBind, just before it calls bind; the watch brings the
+    allocation a moment later, and filters of other pods in that moment must count it. Returns the sentence
+    refusing the charge (the team went over quota since filter), or None. The watch's allocation replaces
+    what is assumed here (cluster/dra.py: _confirm); a bind that fails gives it back (ClusterState.forget)."""
+    dra = state.dra
+    pod = dra.pending.get(key)
+    if pod is None:  # filter saw no DRA ask (or this process did not see the filter: the watch counts it)
+        return None
+    node = str(state.table.names[slot])
+    owned = dra.owned_allocated(key)
+    asks = [a for a in (dra.pod_asks(pod) if pod is not None else []) if a.claim is not None or not owned]
+    ext = {} if owned else _extended(dra, state, j, slot) or {}
+    charge = _both(dra, node, _wanted(dra, node, asks), ext)
+    if not charge:
+        return None
+    error, _ = state.quotas.check_charge(j.admission.team, charge, None)
+    if error:
+        return error
+    claims = frozenset(a.claim for a in asks if a.claim is not None)
+    dra.assume(key, j.admission.team, charge, claims, state.config.bind.reservation_ttl_seconds)
+    return None

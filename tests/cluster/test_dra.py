@@ -4,6 +4,7 @@ TeamQuota status, and filter's veto of nodes over quota or short of devices, thr
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -321,3 +322,74 @@ async def test_bind_accepts_the_dra_node_for_an_extended_resource_pod() -> None:
     body = {"PodName": "ext", "PodNamespace": "ml", "PodUID": meta["uid"], "Node": "dra-0"}
     reply = orjson.loads(await berth.verbs.bind_body(orjson.dumps(body)))
     assert reply == {"Error": ""} and written and written[0][0].node == "dra-0"
+
+
+# -- assume at bind, confirm by the watch ------------------------------------------------------------
+async def bind_pod(state: ClusterState, pod: dict[str, Any], node: str, fail: bool = False) -> dict[str, Any]:
+    async def write(args: BindingArgs, annotations: dict[str, str]) -> None:
+        if fail:
+            raise OSError("API server away")
+
+    berth = Berth(state, Metrics(), Binder(state, write, None))
+    berth.verbs.filter_body(orjson.dumps({"Pod": pod, "NodeNames": [node]}))
+    meta = pod["metadata"]
+    body = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
+    return dict(orjson.loads(await berth.verbs.bind_body(orjson.dumps(body))))
+
+
+async def test_bind_charges_the_claims_until_the_watch_shows_their_allocation() -> None:
+    state = dra_cluster()
+    team(state, **{KEY: {"guaranteed": 3, "max": 3}})
+    state.apply_resource_claim("ADDED", claim("ml", "two", 2))
+    assert await bind_pod(state, claim_pod("ml", "p", claim_name="two"), "dra-0") == {"Error": ""}
+    # kube-scheduler wrote the allocation in PreBind; the watch has not brought it yet: bind's charge counts.
+    assert used(state)[KEY] == 2
+    state.apply_resource_claim("ADDED", claim("ml", "more", 2))
+    reply = filter_reply(state, claim_pod("ml", "q", claim_name="more"), ["dra-1"])
+    assert reply["FailedAndUnresolvableNodes"] == {"dra-1": f"berth: team ml: {KEY} 2 used + 2 requested > max 3"}
+    state.apply_resource_claim("MODIFIED", claim("ml", "two", 2, "dra-0", [0, 1]))  # the watch confirms
+    assert used(state)[KEY] == 2 and not state.dra.assumed  # replaced, not doubled
+    state.apply_resource_claim("DELETED", claim("ml", "two"))
+    assert KEY not in used(state)
+
+
+async def test_bind_refuses_a_claim_the_team_can_no_longer_afford_and_a_failed_bind_gives_back() -> None:
+    state = dra_cluster()
+    team(state, **{KEY: {"guaranteed": 3, "max": 3}})
+    state.apply_resource_claim("ADDED", claim("ml", "two", 2))
+    state.apply_resource_claim("ADDED", claim("ml", "also", 2))
+    berth = Berth(state, Metrics(), Binder(state, None, None))
+    for name, c in (("p", "two"), ("q", "also")):  # both pass filter: neither is charged yet
+        reply = orjson.loads(
+            berth.verbs.filter_body(orjson.dumps({"Pod": claim_pod("ml", name, c), "NodeNames": ["dra-0"]}))
+        )
+        assert reply["NodeNames"] == ["dra-0"]
+    assert await bind_pod(state, claim_pod("ml", "p", claim_name="two"), "dra-0") == {"Error": ""}
+    refused = await bind_pod(state, claim_pod("ml", "q", claim_name="also"), "dra-1")
+    assert refused["Error"] == f"team ml: {KEY} 2 used + 2 requested > max 3"
+    state.apply_pod("DELETED", claim_pod("ml", "p", claim_name="two"))  # the pod went: its assumption goes
+    assert KEY not in used(state)
+    failed = await bind_pod(state, claim_pod("ml", "q", claim_name="also"), "dra-1", fail=True)
+    assert failed["Error"] and KEY not in used(state) and not state.dra.assumed
+
+
+async def test_an_assumption_the_watch_never_confirms_expires() -> None:
+    state = dra_cluster()
+    team(state)
+    state.apply_resource_claim("ADDED", claim("ml", "two", 2))
+    assert await bind_pod(state, claim_pod("ml", "p", claim_name="two"), "dra-0") == {"Error": ""}
+    assert used(state)[KEY] == 2
+    assert state.dra.expire_assumed(now=time.monotonic() + 3600) == ["ml/p"]
+    assert KEY not in used(state)
+
+
+async def test_the_claim_a_template_made_confirms_by_its_owner() -> None:
+    state = dra_cluster()
+    team(state)
+    state.apply_claim_template("ADDED", template("ml", "one", 1))
+    assert await bind_pod(state, claim_pod("ml", "p", template_name="one"), "dra-1") == {"Error": ""}
+    assert used(state)[KEY] == 1
+    made = claim("ml", "p-gpus-x", 1, "dra-1", [0])
+    made["metadata"]["ownerReferences"] = [{"kind": "Pod", "name": "p", "apiVersion": "v1", "uid": "u"}]
+    state.apply_resource_claim("ADDED", made)
+    assert used(state)[KEY] == 1 and not state.dra.assumed

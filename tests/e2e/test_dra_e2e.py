@@ -5,6 +5,7 @@ allocation happen), Berth counts the allocated devices in the TeamQuota, refuses
 its team over quota with its own sentence, and keeps one exact ledger in a cluster where some nodes offer
 device-plugin GPUs and others DRA GPUs (compared with a fresh list of the API server after a burst)."""
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -108,16 +109,24 @@ def cluster(cp: h.ControlPlane, api: kclient.CoreV1Api, custom: kclient.CustomOb
         custom.create_cluster_custom_object(*RESOURCE, "resourceslices", resource_slice(n, model))
     custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", team_quota(ns, 5))
     yield {"ns": ns, "kcm": kcm}
+    # Teardown tolerates objects already gone: the controllers delete a pod's own claims after it.
+    gone = contextlib.suppress(kclient.ApiException)
     for p in api.list_namespaced_pod(ns).items:
-        api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
-    for c in custom.list_namespaced_custom_object(*RESOURCE, ns, "resourceclaims")["items"]:
-        custom.delete_namespaced_custom_object(*RESOURCE, ns, "resourceclaims", c["metadata"]["name"])
-    custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)
+        with gone:
+            api.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
+    for c in claims(custom, ns):
+        with gone:
+            custom.delete_namespaced_custom_object(*RESOURCE, ns, "resourceclaims", c["metadata"]["name"])
+    with gone:
+        custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", TEAM)
     for n in DRA_NODES:
-        custom.delete_cluster_custom_object(*RESOURCE, "resourceslices", f"{n}-{DRIVER}")
-    custom.delete_cluster_custom_object(*RESOURCE, "deviceclasses", CLASS)
+        with gone:
+            custom.delete_cluster_custom_object(*RESOURCE, "resourceslices", f"{n}-{DRIVER}")
+    with gone:
+        custom.delete_cluster_custom_object(*RESOURCE, "deviceclasses", CLASS)
     for n in [*DRA_NODES, *DP_NODES]:
-        api.delete_node(n)
+        with gone:
+            api.delete_node(n)
     kcm.stop()
 
 
