@@ -15,9 +15,9 @@ from typing import Any
 from scheduler import kernels as K
 from scheduler.cluster.dra import ALL, Ask, DraTable, class_key
 from scheduler.cluster.state import ClusterState
-from scheduler.model.constants import GPU_MILLI, OTHER_RESOURCE, TOPOLOGY_NONE
+from scheduler.model.constants import DRA_DEVICES, DRA_DEVICES_USED, DRA_QUOTA, GPU_MILLI, OTHER_RESOURCE, TOPOLOGY_NONE
 from scheduler.model.names import GPU
-from scheduler.policy.placement import DRA_DEVICES, DRA_DEVICES_USED, DRA_QUOTA, Judgement
+from scheduler.policy.placement import Judgement
 from scheduler.policy.quotas import MODEL_PREFIX
 
 

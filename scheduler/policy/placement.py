@@ -13,6 +13,9 @@ from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.model.constants import (
+    DRA_DEVICES,
+    DRA_DEVICES_USED,
+    DRA_QUOTA,
     LOAD_MAX_AGE,
     MOST_ALLOCATED,
     N_PARAMS,
@@ -26,11 +29,6 @@ from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU, GPU_
 from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import format_units
 from scheduler.policy.quotas import Admission
-
-# Set outside the kernels, by policy/devices.py (DRA): the sentence is per node, kept in Judgement.dra.
-DRA_DEVICES = 40  # the node's ResourceSlices have too few devices of a class the pod's claims ask
-DRA_DEVICES_USED = 41  # enough in all, but other claims hold them
-DRA_QUOTA = 42  # allocating the pod's claims there would take its team over quota
 
 REASON_NAMES = {
     DRA_DEVICES: "dra_devices",
