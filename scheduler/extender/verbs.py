@@ -116,7 +116,9 @@ class Verbs:
         if passed == n:
             self._judged["passed"].inc(n)
             return filter_reply(args, None, b"", b"")
-        return self._worded_reply(args, j, verdicts, passed) if dra else self._partial_reply(args, j, verdicts, passed)
+        if dra and j.dra.changed:
+            return self._worded_reply(args, j, verdicts, passed)
+        return self._partial_reply(args, j, verdicts, passed)
 
     def _worded_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
         """Some nodes failed, with DRA sentences that differ per node (a model's quota): each node worded on its

@@ -26,6 +26,7 @@ class DraVerdicts:
     """Per node slot, the sentence of a DRA refusal (Reasons reads it) and the codes set in `verdicts`."""
 
     sentences: dict[int, tuple[str, bool]] = field(default_factory=dict)
+    changed: bool = False  # some verdict differs from the kernels' (else their grouped, cached reply serves)
 
     def sentence(self, slot: int) -> tuple[str, bool]:
         return self.sentences.get(slot, ("berth: the pod's device claims do not fit this node", False))
@@ -72,11 +73,16 @@ def judge_nodes(state: ClusterState, pod: dict[str, Any], j: Judgement, slots: a
     asks = state.dra.pod_asks(pod)
     j.dra = found = DraVerdicts()
     state.dra.remember(f"{j.ask.namespace}/{j.ask.name}", pod)  # for its bind (assume_at_bind)
+    sliced = state.dra.by_node
+    names = state.table.names
     for i, slot in enumerate(slots):
         code = verdicts[i]
-        if slot < 0 or (code != K.OK and code not in _NO_PLUGIN_GPUS):
-            continue
+        if slot < 0 or (code != K.OK and code not in _NO_PLUGIN_GPUS) or (not asks and names[slot] not in sliced):
+            continue  # (a pod with no claims asks DRA only where slices stand in for device-plugin GPUs)
         ext = _extended(state.dra, state, j, slot)
+        if code == K.OK and not asks and not ext:
+            continue
+        found.changed = True
         if code != K.OK:
             if not ext:
                 continue  # short of device-plugin capacity no DeviceClass serves: the kernel's reason stands
