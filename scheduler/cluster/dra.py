@@ -221,6 +221,7 @@ class DraTable:
     devices: dict[DeviceId, Device] = field(default_factory=dict)
     node_of: dict[DeviceId, str] = field(default_factory=dict)
     by_node: dict[str, list[Device]] = field(default_factory=dict)
+    node_slices: dict[str, set[str]] = field(default_factory=dict)  # node -> names of its slices
     allocated: dict[DeviceId, str] = field(default_factory=dict)  # device -> the claim holding it
     extended: dict[str, str] = field(default_factory=dict)  # extended resource name -> its DeviceClass
     assumed: dict[str, Assumed] = field(default_factory=dict)  # pod key -> what bind charged ahead
@@ -246,6 +247,12 @@ class DraTable:
         if kind != "DELETED":
             self.slices[name] = parse_slice(obj)
         new = self.slices.get(name)
+        if old is not None and old.node:
+            self.node_slices.get(old.node, set()).discard(name)
+            if not self.node_slices.get(old.node):
+                self.node_slices.pop(old.node, None)
+        if new is not None and new.node:
+            self.node_slices.setdefault(new.node, set()).add(name)
         nodes = {e.node for e in (old, new) if e is not None and e.node}
         self._index_devices(old, new, nodes)
         # The model of an allocated device may just have become known (or gone): charge its claims again.
@@ -278,8 +285,8 @@ class DraTable:
             self.devices[d.id] = d
             if new is not None and new.node:
                 self.node_of[d.id] = new.node
-        for node in nodes:
-            found = [d for e in self.slices.values() if e.node == node for d in e.devices]
+        for node in nodes:  # a node's slices by name: rebuilding one node never walks every slice
+            found = [d for name in self.node_slices.get(node, ()) for d in self.slices[name].devices]
             if found:
                 self.by_node[node] = sorted(found, key=lambda d: d.id)
             else:
