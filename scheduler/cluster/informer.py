@@ -258,18 +258,13 @@ async def _backoff(delay: float) -> float:
 def informers(client: KubeClient, state: ClusterState) -> list[Informer]:
     # Only pods that hold resources: bound and not finished (what kube-scheduler's own cache counts).
     bound = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
-    return (
-        [
-            Informer(client, state, "nodes", "/api/v1/nodes", state.apply_node),
-            Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
-            Informer(
-                client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team, optional=True
-            ),
-            Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
-        ]
-        + (gang_informers(client, state) if state.gangs_on else [])
-        + dra_informers(client, state)
-    )
+    return [
+        Informer(client, state, "nodes", "/api/v1/nodes", state.apply_node),
+        Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
+        Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team, optional=True),
+        Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
+        *dra_informers(client, state),
+    ] + (gang_informers(client, state) if state.gangs_on else [])
 
 
 def dra_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
