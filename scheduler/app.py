@@ -33,6 +33,14 @@ if TYPE_CHECKING:  # both import the kubernetes package, which the demo never ne
 
 log = logging.getLogger("berth")
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
+# kube-scheduler's HTTPExtender.IsInterested: with managedResources set, the extender is called only for pods
+# whose containers request or limit one of those resources (docs/devices.md, ## DRA).
+DRA_MANAGED_RESOURCES_WARNING = (
+    "DRA: ResourceClaims count in team quotas; if this scheduler's extender entry lists managedResources, "
+    "kube-scheduler skips Berth (filter and bind) for pods whose containers request none of them, so pods that "
+    "get their devices only from ResourceClaims are placed without Berth's quota veto: leave managedResources "
+    "empty (docs/devices.md)"
+)
 
 
 class StartupError(Exception):
@@ -90,6 +98,7 @@ async def housekeeping(state: ClusterState, metrics: Metrics, every: float = 1.0
         with STALLS.housekeeping_run():  # timed: what a verb call arriving now waits for
             try:
                 state.reservations.expire()
+                state.dra.expire_assumed()  # claims bind charged whose allocation the watch never showed
                 refresh_gauges(state, metrics)
                 account_gpu_seconds(state, metrics, now - last)
             except Exception:
@@ -155,6 +164,7 @@ async def serve(
         feeds = informers(client, state)
         berth = Berth(state, metrics, binder, client.get_pod, feeds)
         tasks += [asyncio.create_task(i.run(), name=f"informer-{i.resource}") for i in feeds]
+        log.info(DRA_MANAGED_RESOURCES_WARNING)
         elector = _elect(client, config, metrics, berth, tasks)
         tasks.append(asyncio.create_task(StatusWriter(client, state, elector.is_leader).run(), name="status"))
         events = MismatchEvents(client, state.truth, elector.is_leader)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from scheduler.cluster.dra import DRA_PATH
 from scheduler.cluster.kube import KubeClient, KubeError
 from scheduler.cluster.state import ClusterState
 from scheduler.model.names import PODGROUP_GROUP, PODGROUP_VERSION
@@ -262,7 +263,21 @@ def informers(client: KubeClient, state: ClusterState) -> list[Informer]:
         Informer(client, state, "namespaces", "/api/v1/namespaces", state.apply_namespace),
         Informer(client, state, "teamquotas", "/apis/berth.dev/v1alpha1/teamquotas", state.apply_team, optional=True),
         Informer(client, state, "pods", "/api/v1/pods", state.apply_pod, field_selector=bound),
+        *dra_informers(client, state),
     ] + (gang_informers(client, state) if state.gangs_on else [])
+
+
+def dra_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
+    """Dynamic Resource Allocation (resource.k8s.io/v1, cluster/dra.py). Optional: an API server that does not
+    serve the group (before 1.34, or with it turned off) has no claims to count."""
+    path = DRA_PATH
+    feeds = [
+        ("deviceclasses", state.apply_device_class),
+        ("resourceslices", state.apply_resource_slice),
+        ("resourceclaimtemplates", state.apply_claim_template),
+        ("resourceclaims", state.apply_resource_claim),
+    ]
+    return [Informer(client, state, name, f"{path}/{name}", apply, optional=True) for name, apply in feeds]
 
 
 def gang_informers(client: KubeClient, state: ClusterState) -> list[Informer]:

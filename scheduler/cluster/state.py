@@ -9,6 +9,7 @@ import logging
 import time
 from typing import Any
 
+from scheduler.cluster.dra import DraTable
 from scheduler.cluster.gangs import GangTable
 from scheduler.cluster.ledger import PodEntry, PodLedger, PoolUsage, Reservations
 from scheduler.cluster.nodetable import NodeTable
@@ -80,6 +81,9 @@ class ClusterState:
         self.gang_holds: dict[str, float] = {}
         # What `berth agent` says each pod really holds (cluster/truth.py): preferred over Berth's plan.
         self.truth = DeviceTruth()
+        # Dynamic Resource Allocation (resource.k8s.io/v1): classes, slices, claims; allocated claims are
+        # charged to their namespace's team once each (cluster/dra.py).
+        self.dra = DraTable(self._team_name, self.quotas.account_units)
 
     # -- readiness -----------------------------------------------------------------------------
     @property
@@ -141,6 +145,7 @@ class ClusterState:
         if kind == "DELETED" or phase in TERMINAL_PHASES:
             self.reservations.pop(key, None)
             self.ledger.release(key)
+            self.dra.forget(key)
             return
         if not node:
             return  # pending: holds nothing (a reservation of ours, if any, stays until confirmed or expired)
@@ -231,6 +236,22 @@ class ClusterState:
             e.gpu_ids = truth
         for e in sorted(devices, key=lambda e: self._truth_for(e) is None):
             self.ledger.hold(e)
+    # -- Dynamic Resource Allocation (cluster/dra.py) ---------------------------------------------
+    def _team_name(self, namespace: str) -> str | None:
+        team, _ = self.quotas.team_for(namespace)
+        return team.name if team else None
+
+    def apply_device_class(self, kind: str, obj: dict[str, Any]) -> None:
+        self.dra.apply_class(kind, obj)
+
+    def apply_resource_slice(self, kind: str, obj: dict[str, Any]) -> None:
+        self.dra.apply_slice(kind, obj)
+
+    def apply_claim_template(self, kind: str, obj: dict[str, Any]) -> None:
+        self.dra.apply_template(kind, obj)
+
+    def apply_resource_claim(self, kind: str, obj: dict[str, Any]) -> None:
+        self.dra.apply_claim(kind, obj)
 
     # -- teams ---------------------------------------------------------------------------------
     def apply_team(self, kind: str, obj: dict[str, Any]) -> None:
@@ -269,12 +290,14 @@ class ClusterState:
                 resolved, _ = self.quotas.team_for(entry.key.split("/", 1)[0])
                 entry.team = resolved.name if resolved else entry.team
             self._team_hook(entry, 1)
+        self.dra.recount()
 
     def _team_hook(self, entry: PodEntry, sign: int) -> None:
         if sign > 0:  # remember the model: the node may be gone when the pod releases
             slot = self.table.slot_of.get(entry.node)
             facts = self.table.facts[slot] if slot is not None else None
-            entry.model = facts.gpu_model if facts else None
+            # No device-plugin GPUs there: a GPU ask was served by DRA, whose claim counts the model.
+            entry.model = facts.gpu_model if facts and slot is not None and self.table.alloc_gpu[slot] else None
             entry.charged = entry.request.quota_units(entry.held_gpu_milli())  # fractions as fractions
         charged = entry.charged if entry.charged is not None else entry.request.quota_units()
         self.quotas.account(entry.team, charged, entry.model, sign)
@@ -290,6 +313,7 @@ class ClusterState:
         """A bind failed: give back what its reservation held."""
         if self.reservations.pop(key, None) is not None:
             self.ledger.release(key)
+        self.dra.forget(key)  # what bind assumed for its claims
 
     def _expired(self, key: str, entry: PodEntry) -> None:
         held = self.ledger.get(key)
@@ -362,6 +386,7 @@ class ClusterState:
             "gpuModels": list(self.table.models),
             "pools": list(self.table.pools),
             "gpuAssignment": self.truth.view(),
+            "dra": self.dra.summary(),
         }
 
     def node_view(self, slot: int) -> dict[str, Any]:
@@ -382,6 +407,7 @@ class ClusterState:
             "topologyError": facts.topology_error if facts else None,
             "load": t.load[slot] if t.load[slot] >= 0 else None,
             "unschedulable": t.cordoned(slot),
+            "draDevices": self.dra.node_view(t.names[slot] or ""),
         }
 
 

@@ -32,8 +32,9 @@ from scheduler.extender.wire import (
 from scheduler.model.constants import OTHER_RESOURCE, OTHER_RESOURCE_USED
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
 from scheduler.observability.metrics import Metrics
-from scheduler.policy import preempt
+from scheduler.policy import devices, preempt
 from scheduler.policy.binder import Binder, BindError
+from scheduler.policy.devices import involves_dra
 from scheduler.policy.placement import REASON_NAMES, Judgement, Reasons, judge, run_filter, run_score
 
 log = logging.getLogger("berth.server")
@@ -109,10 +110,34 @@ class Verbs:
         verdicts, passed = run_filter(state, j, args.slots)
         if ask.request.other:
             passed = self._other_resources(args, ask, verdicts)
+        dra = involves_dra(state, args.pod, j)
+        if dra:  # ResourceClaims or DRA-backed extended resources: slices and device quotas (policy/devices.py)
+            passed = devices.judge_nodes(state, args.pod, j, args.slots, verdicts)
         if passed == n:
             self._judged["passed"].inc(n)
             return filter_reply(args, None, b"", b"")
+        if dra and j.dra.changed:
+            return self._worded_reply(args, j, verdicts, passed)
         return self._partial_reply(args, j, verdicts, passed)
+
+    def _worded_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
+        """Some nodes failed, with DRA sentences that differ per node (a model's quota): each node worded on its
+        own, off the kernels' grouping and the reply cache (DRA pods are few; their claims change each call)."""
+        reasons = Reasons(self.state, j)
+        parts: tuple[list[bytes], list[bytes]] = ([], [])
+        for i, code in enumerate(verdicts):
+            if code == K.OK:
+                continue
+            slot = args.slots[i]
+            text, hard = reasons.of(code, slot) if code != K.UNKNOWN and slot >= 0 else (UNKNOWN_NODE, False)
+            parts[int(hard)].append(args.frags[i] + b":" + orjson.dumps(text))
+            self.metrics.rejections.labels(REASON_NAMES.get(code, "other")).inc()
+        index = [i for i, v in enumerate(verdicts) if v == K.OK] if args.nodes is not None else None
+        picked = K.pick_json(args.frags, verdicts, K.OK)
+        self._judged["passed"].inc(passed)
+        self._judged["failed"].inc(len(parts[0]))
+        self._judged["unresolvable"].inc(len(parts[1]))
+        return filter_reply(args, picked, b",".join(parts[0]), b",".join(parts[1]), index)
 
     def _steer(self, args: ExtenderArgs, ask: PodAsk) -> bytes | None:
         """A gang member goes to its planned node only (the admission loop holds the capacity there); a

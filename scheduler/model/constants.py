@@ -47,6 +47,9 @@ GPU = 7
 TOPOLOGY = 8
 OTHER_RESOURCE = 20  # set outside the kernels: the node lacks an extended resource the pod asks for
 OTHER_RESOURCE_USED = 21  # set outside the kernels: it has enough in all, but pods hold it (MIG profiles, ...)
+DRA_DEVICES = 40  # set outside the kernels (policy/devices.py): the node's ResourceSlices have too few devices
+DRA_DEVICES_USED = 41  # set outside the kernels: enough devices in all, but other ResourceClaims hold them
+DRA_QUOTA = 42  # set outside the kernels: allocating the pod's claims there takes its team over quota
 # GPU sharing (filter_shared): codes far from the whole-GPU ones, so other checks can be added there.
 SHARE_FULL = 30  # no GPU of the node has the fraction free (partly shared GPUs or an idle one)
 SHARE_RESOURCE = 31  # the node does not offer the GPU resource the pod asks (gpu vs gpu.shared)

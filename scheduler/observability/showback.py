@@ -52,13 +52,17 @@ def team_status(state: ClusterState, team: Team, previous: dict[str, Any] | None
     for c in conditions:
         old = before.get(c["type"])
         c["lastTransitionTime"] = old["lastTransitionTime"] if old and old["status"] == c["status"] else now
-    return {
+    status = {
         "used": used,
         "borrowed": borrowed,
         "pods": team.pods,
         "conditions": conditions,
         "observedGeneration": team.generation,
     }
+    devices = state.dra.team_devices(team.name)
+    if devices:  # DRA: the devices kube-scheduler allocated to the team's ResourceClaims (cluster/dra.py)
+        status["devices"] = devices
+    return status
 
 
 def _condition(kind: str, status: bool, reason: str, message: str, generation: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from scheduler.kernels import OK, choose_devices, choose_share_device, node_verd
 from scheduler.model.binding import BindConflict, BindingArgs
 from scheduler.model.names import ANN_BORROWING, ANN_GPU_IDS, ANN_GPU_MILLI, ANN_TEAM, GPU
 from scheduler.model.podspec import PodAsk, PodError, pod_ask
+from scheduler.policy import devices
 from scheduler.policy.placement import Reasons, judge
 
 log = logging.getLogger("berth.bind")
@@ -129,7 +130,7 @@ class Binder:
             )
         else:
             code = node_verdict(t, slot, r.cpu, r.memory, r.gpu, ask.topology, j.pool_ok, j.model_ok)
-        if code != OK:
+        if code != OK and not devices.serves(state, j, slot, code):  # DRA stood in for device-plugin capacity
             raise BindError(
                 f"node {args.node} cannot take pod {ask.namespace}/{ask.name} any more: "
                 f"{Reasons(state, j).of(code, slot)[0]}",
@@ -150,6 +151,9 @@ class Binder:
             gpu_milli=gpu_milli,
         )
         self._exact_quota(entry, t.facts[slot])
+        dra_error = devices.assume_at_bind(state, j, slot, entry.key)  # the pod's claims, counted like the pod
+        if dra_error:
+            raise BindError(dra_error, "quota")
         state.reserve(entry)
         return entry
 

@@ -13,6 +13,9 @@ from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.model.constants import (
+    DRA_DEVICES,
+    DRA_DEVICES_USED,
+    DRA_QUOTA,
     LOAD_MAX_AGE,
     MOST_ALLOCATED,
     N_PARAMS,
@@ -28,6 +31,9 @@ from scheduler.model.quantity import format_units
 from scheduler.policy.quotas import Admission
 
 REASON_NAMES = {
+    DRA_DEVICES: "dra_devices",
+    DRA_DEVICES_USED: "dra_devices_in_use",
+    DRA_QUOTA: "dra_quota",
     OTHER_RESOURCE: "extended_resource",
     OTHER_RESOURCE_USED: "extended_resource_in_use",
     K.UNKNOWN: "node_unknown",
@@ -52,6 +58,7 @@ class Judgement:
     admission: Admission
     pool_ok: bytes  # per pool id: 0 refused, 1 own (or open), 2 cohort pool while borrowing
     model_ok: bytes  # per GPU model id (empty: any model)
+    dra: Any = None  # policy/devices.DraVerdicts once the pod's DRA asks were judged (its per-node sentences)
 
 
 def judge(state: ClusterState, ask: PodAsk) -> Judgement:
@@ -141,6 +148,8 @@ class Reasons:
 
     def of(self, code: int, slot: int) -> tuple[str, bool]:
         """(reason, unresolvable) for a node that failed with `code`."""
+        if code in (DRA_DEVICES, DRA_DEVICES_USED, DRA_QUOTA) and self.j.dra is not None:
+            return self.j.dra.sentence(slot)  # worded per node by policy/devices.py
         t = self.state.table
         extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
         if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):

@@ -206,6 +206,15 @@ class QuotaBook:
         team.pods += sign
         self.version += 1
 
+    def account_units(self, team_name: str | None, units: dict[str, int], sign: int) -> None:
+        """Usage that is not a pod's (an allocated ResourceClaim's devices, cluster/dra.py): no pod count."""
+        team = self.teams.get(team_name or "")
+        if team is None:
+            return
+        for res, amount in units.items():
+            team.used[res] = team.used.get(res, 0) + sign * amount
+        self.version += 1
+
     def members(self, team: Team) -> list[Team]:
         """The teams that share quota with `team` (itself included)."""
         if not team.cohort:

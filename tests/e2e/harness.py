@@ -338,3 +338,23 @@ def wait_ready(url: str, proc: Proc, timeout: float = 60) -> None:
 
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def start_controller_manager(cp: ControlPlane, controllers: list[str], name: str = "kube-controller-manager") -> Proc:
+    """kube-controller-manager (tests/e2e/k8s/build.sh builds it) running only `controllers`, with the admin
+    kubeconfig as the harness gives kube-scheduler; no serving port, no election (one per test module)."""
+    binary = cp.bin / "kube-controller-manager"
+    if not binary.exists():
+        raise RuntimeError(f"kube-controller-manager not built in {cp.bin}: run `make k8s`")
+    return Proc(
+        name,
+        [
+            str(binary),
+            f"--kubeconfig={cp.admin_kubeconfig}",
+            f"--controllers={','.join(controllers)}",
+            "--leader-elect=false",
+            "--secure-port=0",
+            "-v=2",
+        ],
+        cp.dir,
+    ).start()

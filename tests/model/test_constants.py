@@ -72,6 +72,9 @@ def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
         C.OTHER_RESOURCE_USED,
         C.SHARE_FULL,
         C.SHARE_RESOURCE,
+        C.DRA_DEVICES,
+        C.DRA_DEVICES_USED,
+        C.DRA_QUOTA,
         C.UNKNOWN,
     ]
     assert len(set(verdicts)) == len(verdicts) and all(0 <= v < 256 for v in verdicts)  # the kernels write bytes
