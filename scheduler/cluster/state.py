@@ -236,6 +236,7 @@ class ClusterState:
             e.gpu_ids = truth
         for e in sorted(devices, key=lambda e: self._truth_for(e) is None):
             self.ledger.hold(e)
+
     # -- Dynamic Resource Allocation (cluster/dra.py) ---------------------------------------------
     def _team_name(self, namespace: str) -> str | None:
         team, _ = self.quotas.team_for(namespace)
