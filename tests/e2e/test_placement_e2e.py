@@ -17,6 +17,11 @@ The rules (docs/scoring.md; issue 19 "What to build"):
       plentiful model fits;
   (c) a GPU pod does not go where it leaves the node's other free GPUs without CPU;
   (d) a fraction of a GPU fills an already-shared GPU before opening a whole one.
+
+Status when written (2026-12-02, main a6b0aa9): (a) CPU node and (d) pass on main; (a) among GPU nodes,
+(b) and (c) fail on main (its CPU-pod score is 0 on every GPU node and it has no scarcity or CPU-stranding
+part, so Berth's integer scores tie and kube-scheduler's LeastAllocated picks: the empty GPU node, the
+half-used T4 node, the CPU-starved node) and pass with docs/next/placement-scoring.patch (hand-merged, twins).
 """
 
 import time
