@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale bench-ui browser locust certs image lint clean
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale bench-ui browser locust certs image lint clean bench-quality-e2e
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -67,6 +67,10 @@ bench-trace: install  ## GPU placement on the Alibaba 2023 trace's shape: Berth 
 
 bench-ui: install browser  ## the dashboard at 7,500 nodes in headless Chromium: page weight, JSON per refresh, render time
 	$(PY) -m loadtests.ui_bench --nodes 7500 --markdown docs/benchmarks/ui.md
+
+bench-quality-e2e: install k8s  ## GPU placement through the real kube-scheduler, alone vs with Berth (trace-shaped; ~10 min at SCALE=1; SCALE=0.1 for a quick run; PODS, SEEDS, SHARING=on|both)
+	$(PY) -m loadtests.quality_e2e --scale $(or $(SCALE),1) $(if $(PODS),--pods $(PODS)) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(if $(SHARING),--sharing $(SHARING)) --markdown docs/benchmarks/quality-e2e$(if $(filter-out 1 1.0,$(or $(SCALE),1)),-scale$(SCALE)).md
 
 locust: install
 	$(VENV)/bin/locust -f loadtests/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:$(PORT)
