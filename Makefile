@@ -8,7 +8,7 @@ K8S_BIN := $(shell awk '$$1=="k8s.io/kubernetes" && $$2 ~ /^v/ {print $$2; exit}
 export BERTH_K8S_BIN ?= $(HOME)/.cache/berth/k8s-$(K8S_BIN)
 PORT ?= 8888
 
-.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-scale bench-ui browser locust certs image lint clean bench-quality-e2e
+.PHONY: install run test test-unit test-e2e k8s cluster bench bench-quality bench-trace bench-e2e bench-churn bench-scale bench-ui browser locust certs image lint clean bench-quality-e2e
 
 install: $(STAMP)  ## virtualenv, dependencies, and the Cython kernels compiled into the package
 
@@ -56,8 +56,16 @@ bench: install  ## verb latency/throughput: Berth vs the floor (a compiled serve
 bench-quality: install  ## GPU placement quality: Berth's policy vs kube-scheduler's LeastAllocated
 	$(PY) -m loadtests.quality --markdown docs/benchmarks/quality.md
 
-bench-e2e: install k8s  ## pods/s of kube-scheduler alone and through Berth, on the local control plane
+bench-e2e: install k8s  ## pods/s of kube-scheduler alone, with the zero-cost extender (needs Go) and through Berth
 	$(PY) -m loadtests.throughput --nodes 1000,5000 --pods 2000 --repeat 2 --markdown docs/benchmarks/e2e-throughput.md
+
+DURATION ?= 600
+RATE ?= 130
+CHURN_NODES ?= 5000
+WARMUP ?= 60
+bench-churn: install k8s  ## sustained churn on KWOK nodes (RATE pods/s, DURATION s per mode): alone, zero-cost extender, Berth
+	$(PY) -m loadtests.churn --nodes $(CHURN_NODES) --rate $(RATE) --duration $(DURATION) --warmup $(WARMUP) \
+		--markdown docs/benchmarks/churn.md
 
 bench-scale: install k8s  ## RSS and initial-sync time with 7,500 nodes and 150,000 pods
 	$(PY) -m loadtests.scale --pods-from apiserver --repeat 2 --ab --probe-list --markdown docs/benchmarks/scale-apiserver.md

@@ -199,3 +199,17 @@ def server_env(pure: bool) -> dict[str, str]:
     if pure:
         env["BERTH_NO_EXTENSIONS"] = "1"
     return env
+
+
+ZEROCOST_BUILD = REPO / "loadtests" / "zerocost" / "build.sh"
+
+
+def zerocost_binary() -> Path:
+    """Build (or reuse) the zero-cost extender (loadtests/zerocost, Go standard library only)."""
+    if not shutil.which("go"):
+        raise RuntimeError("the zero-cost extender needs Go (https://go.dev/dl/) to build loadtests/zerocost")
+    proc = subprocess.run([str(ZEROCOST_BUILD)], capture_output=True, text=True, timeout=300, check=False)
+    path = Path(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
+    if path is None or not path.is_file():
+        raise RuntimeError(f"{ZEROCOST_BUILD} failed: {proc.stderr.strip()[-500:]}")
+    return path

@@ -5,13 +5,17 @@ etcd + kube-apiserver, no kubelets), for each node count: create the nodes (conc
 4th node has 8 GPUs, all in pool `shared`), then schedule the same stream of pods
 
   (a) with a kube-scheduler whose only profile is `plain` and no extender, and
-  (b) with a kube-scheduler whose only profile is `berth-scheduler`, Berth doing filter, prioritize and
-      bind (Berth runs with its own ServiceAccount token from `install_berth_identity()`),
+  (b) with a kube-scheduler whose only profile is `zerocost-scheduler` and the zero-cost extender
+      (loadtests/zerocost: filter passes every node, equal scores, bind posts the Binding): the
+      protocol's own ceiling, what an extender that does no work costs kube-scheduler, and
+  (c) with a kube-scheduler whose only profile is `berth-scheduler`, Berth doing filter, prioritize and
+      bind (Berth and the zero-cost extender run with Berth's ServiceAccount token from
+      `install_berth_identity()`),
 
 each with the default (adaptive) percentageOfNodesToScore and with 100. The pods (100m CPU, 256Mi, every
 10th asks for 1 GPU) are all created up front as fast as the client can (64 concurrent POSTs); the rate
 is pods / (first POST -> the watch sees the last pod bound). Only one kube-scheduler runs at a time and
-Berth runs only during (b). CPU of every process (from /proc/<pid>/stat deltas) and of the whole
+each extender runs only during its own mode. CPU of every process (from /proc/<pid>/stat deltas) and of the whole
 machine (/proc/stat: "other" is what the rest of the machine used) is recorded to show what limits each
 run. Between runs the pods are deleted (grace 0; each run has a fresh namespace) and Berth's cache must be
 back to empty usage.
@@ -36,15 +40,19 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yaml
 
+from loadtests.procs import zerocost_binary
 from tests.e2e import harness as h
 from tests.e2e.objects import node, pod
 
 GROUP = "bench"
 PLAIN = "plain"
 BERTH = "berth-scheduler"
+ZERO = "zerocost-scheduler"
+MODES = ("plain", "zero", "berth")  # kube-scheduler alone, with the zero-cost extender, with Berth
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "berth", "client")
+PROCS = ("kube-apiserver", "etcd", "kube-scheduler", "berth", "zerocost", "client")
 
 
 # -- a small async client for the API server (admin token) --------------------------------------------
@@ -220,7 +228,7 @@ def limiting(r: "Result", ncpu: int) -> str:
     if busy >= 0.9 * 100 * ncpu:
         other = f", other processes {cpu['other']:.0f}%" if cpu.get("other", 0) >= 20 else ""
         notes.append(f"machine CPU ({busy:.0f}% of {100 * ncpu}%): {top} {cpu[top]:.0f}%{other}")
-    elif cpu[top] >= 90 and top in ("berth", "client"):
+    elif cpu[top] >= 90 and top in ("berth", "zerocost", "client"):
         notes.append(f"{top}: one core ({cpu[top]:.0f}%)")
     else:
         notes.append(f"{top} {cpu[top]:.0f}%, no CPU saturated: the serial scheduling loop's latency")
@@ -379,22 +387,27 @@ class BerthRun:
 
 
 async def measure(
-    cp: h.ControlPlane, api: Api, args: argparse.Namespace, nodes: int, pct: int | None, berth: BerthRun | None
+    cp: h.ControlPlane,
+    api: Api,
+    args: argparse.Namespace,
+    nodes: int,
+    pct: int | None,
+    berth: BerthRun | None,
+    zero: "ZeroRun | None" = None,
 ) -> Result:
     """One run: a fresh namespace and kube-scheduler, a warm-up pod, the timed stream, then cleanup."""
-    mode = "berth" if berth else "plain"
-    scheduler = BERTH if berth else PLAIN
+    mode = "berth" if berth else "zero" if zero else "plain"
+    scheduler = BERTH if berth else ZERO if zero else PLAIN
+    ext_url = berth.url if berth else zero.url if zero else None
     res = Result(nodes, pct, mode, args.pods)
     ns = f"tp-{nodes}-{res.pct_label}-{mode}-{int(time.time()) % 100000}"
     await api.request("POST", "/api/v1/namespaces", orjson.dumps({"metadata": {"name": ns}}))
-    cfg = h.scheduler_config(
-        cp, cp.dir / f"sched-{ns}.yaml", berth.url if berth else None, scheduler, percentage=pct, qps=args.qps
-    )
+    cfg = h.scheduler_config(cp, cp.dir / f"sched-{ns}.yaml", ext_url, scheduler, percentage=pct, qps=args.qps)
     sched = h.start_scheduler(cp, f"kube-scheduler-{ns}", cfg)
     try:
         await warm_up(api, ns, scheduler, sched, berth)
         await timed_stream(
-            api, ns, args, pod_bodies(args.pods, scheduler, args.gpu_every), pids(cp, sched, berth), berth, res
+            api, ns, args, pod_bodies(args.pods, scheduler, args.gpu_every), pids(cp, sched, berth, zero), berth, res
         )
     finally:
         sched.stop()
@@ -449,12 +462,13 @@ def verb_means(before: dict[str, list[float]], after: dict[str, list[float]]) ->
     return out
 
 
-def pids(cp: h.ControlPlane, sched: h.Proc, berth: BerthRun | None) -> dict[str, int]:
+def pids(cp: h.ControlPlane, sched: h.Proc, berth: BerthRun | None, zero: "ZeroRun | None" = None) -> dict[str, int]:
     procs = {
         "kube-apiserver": cp.apiserver,
         "etcd": cp.etcd,
         "kube-scheduler": sched,
         "berth": berth.proc if berth else None,
+        "zerocost": zero.proc if zero else None,
     }
     out = {name: p.popen.pid for name, p in procs.items() if p is not None and p.popen is not None}
     out["client"] = os.getpid()
@@ -479,6 +493,32 @@ async def start_berth(cp: h.ControlPlane, api: Api, kubeconfig: Path, nodes: int
     return run
 
 
+@dataclass
+class ZeroRun:
+    """The zero-cost extender (loadtests/zerocost), binding with Berth's ServiceAccount token."""
+
+    proc: h.Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_zero(cp: h.ControlPlane, kubeconfig: Path, name: str = "zerocost") -> ZeroRun:
+    """Start the zero-cost extender with the token of `kubeconfig` (a file only this user can read)."""
+
+    token = yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"]
+    token_file = cp.dir / f"{name}.token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+    port = h.free_port()
+    argv = [str(zerocost_binary()), "-addr", f"127.0.0.1:{port}", "-server", cp.url, "-token-file", str(token_file)]
+    run = ZeroRun(h.Proc(name, argv, cp.dir).start(), port)
+    h.wait_ready(run.url, run.proc, 60)
+    return run
+
+
 async def bench(args: argparse.Namespace) -> list[Result]:
     task = asyncio.current_task()
     if task is not None:  # SIGTERM: unwind, so the control plane and schedulers are stopped
@@ -495,16 +535,18 @@ async def bench(args: argparse.Namespace) -> list[Result]:
                 have = n
                 for mode in args.modes:
                     berth = await start_berth(cp, api, berth_kc, n) if mode == "berth" else None
+                    zero = await asyncio.to_thread(start_zero, cp, berth_kc) if mode == "zero" else None
                     try:
                         for rep in range(args.repeat):
                             for pct in args.pcts:
-                                r = await measure(cp, api, args, n, pct, berth)
+                                r = await measure(cp, api, args, n, pct, berth, zero)
                                 r.run = rep + 1
                                 results.append(r)
                                 say(describe(r))
                     finally:
-                        if berth:
-                            berth.proc.stop()
+                        for ext in (berth, zero):
+                            if ext:
+                                ext.proc.stop()
     finally:
         cp.stop()
         if args.keep:
@@ -532,19 +574,23 @@ def describe(r: Result) -> str:
 # -- reporting -------------------------------------------------------------------------------------------------
 def summary_table(results: list[Result]) -> list[str]:
     rows = [
-        "| nodes | pct | pods | runs | pods/s alone | pods/s with Berth | ratio |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| nodes | pct | pods | runs | pods/s alone | pods/s zero-cost extender | pods/s with Berth "
+        "| Berth / alone | Berth / zero-cost |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for nodes, pct in sorted({(r.nodes, r.pct if r.pct is not None else -1) for r in results}):
         same = [r for r in results if r.nodes == nodes and (r.pct if r.pct is not None else -1) == pct]
         plain = _median([r.rate for r in same if r.mode == "plain"])
+        zero = _median([r.rate for r in same if r.mode == "zero"])
         berth = _median([r.rate for r in same if r.mode == "berth"])
         ratio = f"{berth / plain:.2f}" if plain and berth else "-"
+        ratio_zero = f"{berth / zero:.2f}" if zero and berth else "-"
         complete = all(r.bound == r.pods for r in same)
         runs = max(r.run for r in same)
         rows.append(
             f"| {nodes} | {'default' if pct < 0 else pct} | {same[0].pods} | {runs} | {_num(plain)} | "
-            f"{_num(berth)} | {ratio} |" + ("" if complete else " (some pods never bound)")
+            f"{_num(zero)} | {_num(berth)} | {ratio} | {ratio_zero} |"
+            + ("" if complete else " (some pods never bound)")
         )
     return rows
 
@@ -607,7 +653,7 @@ def machine_facts() -> list[str]:
 def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -> str:
     ncpu = os.cpu_count() or 1
     lines = [
-        "# End-to-end scheduling throughput: kube-scheduler alone vs with Berth",
+        "# End-to-end scheduling throughput: kube-scheduler alone, with the zero-cost extender, with Berth",
         "",
         f"`{' '.join(shlex.quote(a) for a in ['python', '-m', 'loadtests.throughput', *argv])}`",
         "",
@@ -616,8 +662,9 @@ def markdown(results: list[Result], args: argparse.Namespace, argv: list[str]) -
         f"{args.pods} pods per run (100m CPU, 256Mi; every {args.gpu_every}th asks for 1 GPU), all created up "
         f"front by {args.concurrency} concurrent POSTs; pods/s = pods / (first POST -> last pod seen bound). "
         f"Nodes: kubelet-less, every {args.gpu_node_every}th with 8 GPUs, pool `shared`. kube-scheduler "
-        f"client QPS {args.qps}, burst {2 * args.qps}. One kube-scheduler at a time; Berth runs only for "
-        "its own runs. pct = percentageOfNodesToScore (default: adaptive, max(5, 50 - nodes/125)%).",
+        f"client QPS {args.qps}, burst {2 * args.qps}. One kube-scheduler at a time; each extender (Berth, "
+        "the zero-cost one) runs only for its own runs. "
+        "pct = percentageOfNodesToScore (default: adaptive, max(5, 50 - nodes/125)%).",
         "",
         *summary_table(results),
         "",
@@ -639,7 +686,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--nodes", default="1000,5000", help="comma-separated node counts (default 1000,5000)")
     p.add_argument("--pods", type=int, default=2000, help="pods per run (default 2000)")
     p.add_argument("--pcts", default="default,100", help="percentageOfNodesToScore values; 'default' = unset")
-    p.add_argument("--modes", default="plain,berth", help="plain, berth or both (default plain,berth)")
+    p.add_argument("--modes", default="plain,zero,berth", help="of plain, zero, berth (default all three)")
     p.add_argument("--repeat", type=int, default=1, help="runs of each case; the summary shows the median")
     p.add_argument("--gpu-every", type=int, default=10, help="every Nth pod asks for 1 GPU (0: none)")
     p.add_argument("--gpu-node-every", type=int, default=4, help="every Nth node has 8 GPUs (0: none)")
@@ -651,7 +698,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.nodes = sorted(int(x) for x in args.nodes.split(","))
     args.pcts = [None if x == "default" else int(x) for x in args.pcts.split(",")]
-    args.modes = [m for m in ("plain", "berth") if m in args.modes.split(",")]
+    args.modes = [m for m in MODES if m in args.modes.split(",")]
     return args
 
 

@@ -2,7 +2,8 @@
 
 The reservation happens synchronously on the event loop before the first await, so concurrent binds
 see each other at once: that is what keeps quotas and GPU indices exact. A failed write releases at
-once; a reservation the watch never confirms expires (state.Reservations).
+once; a timed-out one (outcome unknown) keeps its reservation; a reservation the watch never confirms
+expires (state.Reservations).
 """
 
 import logging
@@ -61,7 +62,16 @@ class Binder:
             error = await self.write(args, self.annotations(entry))
         except BindConflict as exc:
             return await self._conflict(args, str(exc))
-        except Exception as exc:  # any failure of the write must release the reservation
+        except TimeoutError:
+            # The outcome is unknown: the API server may have written the Binding (it does under load, after
+            # the client gave up). Releasing now would hand the same GPUs to the next pod while the watch
+            # is about to show this one holding them; so the reservation stays: the watch confirms it,
+            # or it expires unconfirmed (ledger.Reservations) and is released then.
+            raise BindError(
+                f"binding {key} to {args.node} timed out; its outcome is unknown, so {args.node} stays held "
+                "until the watch confirms it or the reservation expires"
+            ) from None
+        except Exception as exc:  # any other failure of the write must release the reservation
             error = f"binding {key} to {args.node} failed: {exc}"
         finally:
             self.in_flight -= 1

@@ -165,3 +165,34 @@ async def test_a_conflict_on_an_unbound_pod_releases_with_the_api_servers_senten
         await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node))
     assert "(409)" in err.value.reason and "already assigned" in err.value.reason
     holds_nothing(demo_state, WEB)
+
+
+# -- a write that times out: the outcome is unknown, so the hold stays -------------------------------------
+class SlowApi(FakeApi):
+    """The Binding write times out client-side, as under a loaded API server that still writes it."""
+
+    async def write(self, args: BindingArgs, annotations: dict[str, str]) -> str:
+        self.writes.append(args)
+        raise TimeoutError
+
+
+async def test_a_timed_out_write_keeps_its_reservation_until_the_watch_or_expiry(
+    demo_state: ClusterState, go: GoWire
+) -> None:
+    """Releasing on a timeout handed the same GPU to the next pod while the API server had in fact bound
+    the first one (seen in `make bench-churn`): the hold stays, unconfirmed, and a retry to another
+    node is refused as bound elsewhere."""
+    node, other = go.names("shared")[:2]
+    api = SlowApi({f"{WEB[1]}/{WEB[0]}": go.pod_object("web")})
+    binder = Binder(demo_state, api.write, api.fetch)
+    demo_state.seen.remember(pod_ask(go.pod_object("web")))
+    with pytest.raises(BindError) as err:
+        await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], node))
+    assert "timed out" in err.value.reason
+    key = f"{WEB[1]}/{WEB[0]}"
+    held = demo_state.ledger.get(key)
+    assert held is not None and held.node == node and not held.confirmed
+    assert key in demo_state.reservations
+    with pytest.raises(BindError):
+        await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], other))
+    assert demo_state.ledger.get(key) is held

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-scheduler, kube-controller-manager (its resource-claim controller
 # makes ResourceClaims from templates in the DRA tests) and kubectl (pinned in go.mod) and helm (pinned in
-# helm/go.mod, a sibling module: see there why) from the Go module proxy into a cache outside git
+# helm/go.mod, a sibling module: see there why) and kwok (pinned in kwok/go.mod, likewise; the churn
+# benchmark's simulated kubelets) from the Go module proxy into a cache outside git
 # (BERTH_K8S_BIN, default ~/.cache/berth/k8s-<version>). Reuses what is already built.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,4 +29,10 @@ if [ -x "$bin/helm" ] && [ "$("$bin/helm" version --template '{{.Version}}')" !=
 fi
 (cd "$here/helm" && ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$helm_version" &&
   build helm helm.sh/helm/v4/cmd/helm)
+# kwok: its own module too; rebuilt when kwok/go.mod pins another version than the cached binary reports.
+kwok_version=$(awk '$1=="sigs.k8s.io/kwok" {print $2; exit}' "$here/kwok/go.mod")
+if [ -x "$bin/kwok" ] && ! "$bin/kwok" --version 2>/dev/null | grep -q -- "${kwok_version#v}"; then
+  rm -f "$bin/kwok"
+fi
+(cd "$here/kwok" && ldflags="-s -w" && build kwok sigs.k8s.io/kwok/cmd/kwok)
 echo "$bin"

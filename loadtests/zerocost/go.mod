@@ -1,0 +1,3 @@
+module berth.local/zerocost
+
+go 1.22
