@@ -104,6 +104,8 @@ class Gang:
     bound: set[str] = field(default_factory=set)  # members bound to a node
     conflicts: dict[str, str] = field(default_factory=dict)  # pod key -> why it is not counted
     errors: dict[str, str] = field(default_factory=dict)  # pod key -> a bad annotation
+    sizes: dict[str, int] = field(default_factory=dict)  # pod key -> its berth.dev/gang-size (annotation gangs)
+    bad_uids: dict[str, str] = field(default_factory=dict)  # pod key -> uid of the pods in conflicts and errors
     # What the admission loop decided last (read by /debug/queue, metrics and the PodGroup status).
     phase: str = "Pending"
     reason: str = ""
@@ -168,10 +170,12 @@ class GangTable:
         gang = self._gang(m.gang, m.source)
         if m.error:
             (gang.conflicts if "two gangs" in m.error else gang.errors)[key] = m.error
+            gang.bad_uids[key] = str(meta.get("uid") or "")
             self.of_pod[key] = m.gang
             return
         gang.conflicts.pop(key, None)
         gang.errors.pop(key, None)
+        gang.bad_uids.pop(key, None)
         ann = meta.get("annotations") or {}
         try:
             admitted = float(ann.get(ANN_GANG_ADMITTED) or 0)
@@ -188,6 +192,8 @@ class GangTable:
         )
         gang.priority = max(gang.priority, int(spec.get("priority") or 0))
         self.of_pod[key] = m.gang
+        if m.source == "annotation" and m.size:
+            gang.sizes[key] = m.size
         if m.source != "podgroup" or gang.podgroup is None:
             gang.min_member = m.size or gang.min_member
             gang.topology = m.topology or gang.topology
@@ -208,6 +214,7 @@ class GangTable:
             if gang is not None:
                 gang.bound.discard(key)
                 gang.members.pop(key, None)
+                gang.sizes.pop(key, None)
                 self._forget(gang)
             if self.of_pod.get(key) == gang_key:
                 del self.of_pod[key]
@@ -226,8 +233,10 @@ class GangTable:
         gang = self.gangs.get(old)
         if gang is not None and key not in gang.bound:
             gang.members.pop(key, None)
+            gang.sizes.pop(key, None)
             gang.conflicts.pop(key, None)
             gang.errors.pop(key, None)
+            gang.bad_uids.pop(key, None)
             del self.of_pod[key]
             self._forget(gang)
 
@@ -262,6 +271,16 @@ class GangTable:
         gang.topology = str(ann.get(ANN_GANG_TOPOLOGY) or gang.topology)
         policy = str(ann.get(ANN_GANG_TOPOLOGY_POLICY) or gang.policy)
         gang.policy = policy if policy in POLICIES else "required"
+
+    def disagreement(self, gang: Gang) -> str:
+        """Members of one gang of annotations naming different sizes: which says what, "" when they agree."""
+        if len(set(gang.sizes.values())) < 2:
+            return ""
+        by_size: dict[int, str] = {}
+        for key, size in sorted(gang.sizes.items()):
+            by_size.setdefault(size, key)
+        said = ", ".join(f"{key} says {size}" for size, key in sorted(by_size.items()))
+        return f"the members disagree on {ANN_GANG_SIZE} ({said}): give every member the same size"
 
     def gang_of(self, pod_key: str) -> Gang | None:
         gang_key = self.of_pod.get(pod_key)

@@ -332,6 +332,8 @@ class ClusterState:
             "topologyError": facts.topology_error if facts else None,
             "load": t.load[slot] if t.load[slot] >= 0 else None,
             "unschedulable": t.cordoned(slot),
+            "ready": facts.ready if facts else True,
+            "taints": [f"{k}{'=' + v if v else ''}:{e}" for k, v, e in facts.taints] if facts else [],
         }
 
 

@@ -291,6 +291,74 @@ def test_failover_mid_admission_leaves_no_partial_gang_and_no_hold(
     h.wait_until(lambda: queue_holds(webhook_port) == 0, 15, "no gang hold left")
 
 
+def test_a_gang_within_its_guarantee_reclaims_what_another_team_borrows(
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    gang_berth: BerthHandle,
+    gang_scheduler: h.Proc,
+    webhook_port: int,
+) -> None:
+    """Preemption for a whole gang: team borrow (guaranteed 16 GPUs) runs on all 32 GPUs of the group, 16
+    of them lent by team owner of its cohort. Owner's gang of 2 x 8 GPUs (within its guarantee) gets two
+    of borrow's pods evicted through the Eviction API, never more and never taking borrow below its 16,
+    and is then fully bound; the victims and the gang each have an Event saying why."""
+    owner = create_namespace(api, "gangs-owner", {"berth.dev/admission": "enabled"})
+    borrow = create_namespace(api, "gangs-borrow", {"berth.dev/admission": "enabled"})
+    gpu = {"nvidia.com/gpu": {"guaranteed": 16, "max": 32}}
+    teams = [("gang-owner", owner), ("gang-borrow", borrow)]
+    for name, ns in teams:
+        team = {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": name},
+            "spec": {"namespaces": [ns], "cohort": "gangs-cohort", "resources": gpu},
+        }
+        custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", team)
+    gpu_nodes(api, "gang8", 4)
+    for i in range(4):
+        api.create_namespaced_pod(borrow, pod(f"lend-{i}", "gang8", gpus=8))
+
+    def bound_in(ns: str) -> list[Any]:
+        return [p for p in api.list_namespaced_pod(ns).items if p.spec.node_name]
+
+    h.wait_until(lambda: len(bound_in(borrow)) == 4, 30, "team borrow runs on all 32 GPUs")
+    for i in range(2):
+        api.create_namespaced_pod(owner, member(f"own-{i}", "gang8", "own", 2))
+    h.wait_until(lambda: len(bound_in(owner)) == 2, 30, "the owner's gang fully bound after the reclaim")
+    left = api.list_namespaced_pod(borrow).items
+    assert len(left) == 2 and all(p.spec.node_name for p in left), "exactly two borrowers evicted"
+    planned = {p.metadata.annotations.get("berth.dev/gang-plan") for p in bound_in(owner)}
+    assert planned == {p.spec.node_name for p in bound_in(owner)} and not planned & {p.spec.node_name for p in left}
+    preempted = [e for e in api.list_namespaced_event(borrow).items if e.reason == "Preempted"]
+    assert len({e.involved_object.name for e in preempted}) == 2, [e.message for e in preempted]
+    assert all("gang gangs-owner/own" in e.message and "gang-borrow" in e.message for e in preempted)
+    told = [e for e in api.list_namespaced_event(owner).items if e.reason == "Reclaiming"]
+    assert told and "evicting 2 pods of team gang-borrow" in told[0].message, [e.message for e in told]
+    for name, _ in teams:
+        custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", name)
+
+
+def test_a_gang_is_never_planned_onto_a_rack_whose_taint_it_does_not_tolerate(
+    api: kclient.CoreV1Api, gang_berth: BerthHandle, gang_scheduler: h.Proc, webhook_port: int
+) -> None:
+    """rack-0 is tainted NoSchedule and sorts first among equal racks: the gang of 2 x 8 GPUs asking one
+    rack lands in rack-1 (kube-scheduler would refuse every pin into rack-0); a second gang, with rack-1
+    full, waits whole, gated, with the taint named in its reason."""
+    gpu_nodes(api, "gang9", 4, labels=lambda i: {"rack9": f"rack-{i // 2}"})
+    taint = {"key": "e2e-reserved", "value": "yes", "effect": "NoSchedule"}
+    for i in range(2):
+        api.patch_node(f"gang9-{i}", {"spec": {"taints": [taint]}})
+    h.wait_until(lambda: gang_berth.node("gang9-1")["taints"] == ["e2e-reserved=yes:NoSchedule"], 15, "taint seen")
+    create(api, [member(f"g9-{i}", "gang9", "g9", 2, **{ANN_GANG_TOPOLOGY: "rack9"}) for i in range(2)])
+    h.wait_until(lambda: bound(api, "g9-") == 2, 20, "gang g9 bound")
+    assert {p.spec.node_name for p in pods_of(api, "g9-")} == {"gang9-2", "gang9-3"}
+    create(api, [member(f"h9-{i}", "gang9", "h9", 2, **{ANN_GANG_TOPOLOGY: "rack9"}) for i in range(2)])
+    key = f"{NS}/h9"
+    h.wait_until(lambda: "e2e-reserved" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "why")
+    assert bound(api, "h9-") == 0 and gated(api, "h9-") == 2
+    assert "e2e-reserved=yes:NoSchedule" in queue(gang_berth, webhook_port)[key]["reason"]
+
+
 DENY_UNGATE: list[dict[str, Any]] = [
     {
         "apiVersion": "admissionregistration.k8s.io/v1",
