@@ -22,6 +22,7 @@ from scheduler.cluster.state import ClusterState
 from scheduler.model.names import GPU
 from scheduler.model.podspec import PodAsk
 from scheduler.policy.preempt import protected
+from scheduler.policy.quotas import Team, above_guarantee
 
 MAX_UNITS = 512  # victim units tried per gang and tick: bounds the planning work on a cluster of borrowers
 
@@ -56,7 +57,9 @@ def reclaim(
     admission = state.quotas.admit(whole)
     if admission.error or admission.borrowing:
         return None  # the gang would borrow itself: nothing of others' is owed to it
-    cohort = {t.name for t in state.quotas.members(team)} - {team.name}
+    cohort = {t.name for t in state.quotas.members(team) if t is not team and _borrows(t)}
+    if not cohort:
+        return None  # nobody borrows: nothing to reclaim (and no walk over the ledger every tick)
     where = reach(state, list((specs or {}).values()) or [{}]) - exclude
     units = _units(state, cohort, priority, own_gang, where)
     if not units:
@@ -82,6 +85,10 @@ def reclaim(
             teams = sorted({e.team for e in victims if e.team})
             return Reclaim(victims, plan, team.name, team.cohort, teams)
     return None
+
+
+def _borrows(team: Team) -> bool:
+    return any(above_guarantee(team, res) > 0 for res in team.limits)
 
 
 def _units(
