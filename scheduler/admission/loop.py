@@ -41,6 +41,8 @@ from scheduler.model.names import (
     GATE_ADMISSION,
     PODGROUP_GROUP,
     PODGROUP_VERSION,
+    WORKLOAD_GROUP,
+    WORKLOAD_VERSION,
 )
 from scheduler.model.podspec import PodError, pod_ask
 
@@ -156,9 +158,14 @@ class AdmissionLoop:
                 continue  # deleted while an earlier gang was being written
             cohort = self._cohort(gang)
             outcome = self.consider(gang, blocked.get(cohort))
-            if isinstance(outcome, Plan):
+            admitted = 0
+            while isinstance(outcome, Plan) and admitted <= len(gang.members):
                 await self.admit(gang, outcome)
-            elif isinstance(outcome, Reclaim) or outcome == "capacity":
+                admitted += 1
+                if not gang.basic or gang.key not in self.state.gangs.gangs:
+                    break
+                outcome = self.consider(gang, blocked.get(cohort))  # a basic group: its next member
+            if isinstance(outcome, Reclaim) or outcome == "capacity":
                 if isinstance(outcome, Reclaim):
                     await self.evict(gang, outcome)
                 head, held = blocked.get(cohort, (gang.key, frozenset()))
@@ -186,6 +193,9 @@ class AdmissionLoop:
         if gang.source == "podgroup" and gang.podgroup is None:
             self._set(gang, "Pending", f"PodGroup {gang.name} does not exist (yet)")
             return "members"
+        if gang.source == "workload" and gang.upstream is None:
+            self._set(gang, "Pending", f"PodGroup {gang.name} ({WORKLOAD_GROUP}) does not exist (yet)")
+            return "members"
         pinned = self._pinned(gang)
         if pinned is None:
             return "broken"
@@ -211,6 +221,9 @@ class AdmissionLoop:
         except PodError as exc:
             self._set(gang, "Invalid", f"a member cannot be judged: {exc}")
             return "invalid"
+        if gang.basic:  # basic policy: each member on its own, oldest first (tick admits them one by one)
+            order = sorted(range(len(gated)), key=lambda i: (gated[i].created, gated[i].key))
+            gated, asks = [gated[i] for i in order[:1]], [asks[i] for i in order[:1]]
         specs = {m.key: m.pod.get("spec") or {} for m in gated}
         held = behind[1] if behind else frozenset()
         result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs, held)
@@ -474,6 +487,14 @@ class AdmissionLoop:
 
     def _involved(self, gang: Gang) -> dict[str, Any] | None:
         """The PodGroup, or for a gang of annotations its first member (kubectl describe pod shows it)."""
+        if gang.upstream is not None:
+            return {
+                "apiVersion": f"{WORKLOAD_GROUP}/{WORKLOAD_VERSION}",
+                "kind": "PodGroup",
+                "name": gang.name,
+                "namespace": gang.namespace,
+                "uid": (gang.upstream.get("metadata") or {}).get("uid"),
+            }
         if gang.podgroup is not None:
             meta = gang.podgroup.get("metadata") or {}
             return {

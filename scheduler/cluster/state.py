@@ -278,6 +278,9 @@ class ClusterState:
     def apply_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
         self.gangs.podgroup(kind, obj)
 
+    def apply_workload_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
+        self.gangs.workload_podgroup(kind, obj)
+
     def hold_planned(self, entry: PodEntry, deadline: float) -> None:
         """Hold a planned member's capacity (node, GPUs, team quota) until it binds or `deadline`."""
         entry.confirmed = False

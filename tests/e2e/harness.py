@@ -175,6 +175,9 @@ class ControlPlane:
                 "--watch-cache=true",
                 "--max-requests-inflight=2000",
                 "--max-mutating-requests-inflight=1000",
+                # The upstream gang API (alpha in 1.36): Workload and PodGroup, pods' spec.schedulingGroup.
+                "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true",
+                "--runtime-config=scheduling.k8s.io/v1alpha2=true",
                 *self.apiserver_flags,
             ],
             d,
@@ -295,8 +298,9 @@ def scheduler_config(
     return path
 
 
-def start_scheduler(cp: ControlPlane, name: str, config: Path) -> Proc:
-    return Proc(name, [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2"], cp.dir).start()
+def start_scheduler(cp: ControlPlane, name: str, config: Path, flags: list[str] | None = None) -> Proc:
+    cmd = [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2", *(flags or [])]
+    return Proc(name, cmd, cp.dir).start()
 
 
 def start_berth(

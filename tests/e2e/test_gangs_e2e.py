@@ -35,7 +35,11 @@ def webhook_port() -> int:
 @pytest.fixture(scope="module")
 def gang_berth(cp: h.ControlPlane, api: kclient.CoreV1Api, webhook_port: int) -> Iterator[BerthHandle]:
     cp.kubectl("apply", "-f", str(ROOT / "deploy" / "crds" / "scheduling.x-k8s.io_podgroups.yaml"))
-    h.wait_until(lambda: cp.kubectl("get", "podgroups", "-A", check=False).returncode == 0, 30, "PodGroup CRD")
+    h.wait_until(
+        lambda: cp.kubectl("get", "podgroups.scheduling.x-k8s.io", "-A", check=False).returncode == 0,
+        30,
+        "PodGroup CRD",
+    )
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     d = cp.dir / "gangs-tls"
@@ -91,7 +95,10 @@ def gang_berth(cp: h.ControlPlane, api: kclient.CoreV1Api, webhook_port: int) ->
 @pytest.fixture(scope="module")
 def gang_scheduler(cp: h.ControlPlane, gang_berth: BerthHandle) -> Iterator[h.Proc]:
     cfg = h.scheduler_config(cp, cp.dir / f"sched-gangs-{gang_berth.port}.yaml", gang_berth.url, "berth-scheduler")
-    proc = h.start_scheduler(cp, f"kube-scheduler-gangs-{gang_berth.port}", cfg)
+    # kube-scheduler's own gang plugin on too (GenericWorkload, GangScheduling): Berth's admission composes
+    # with it (it holds members until their PodGroup and minCount exist; Berth ungates them whole and pinned).
+    gates = ["--feature-gates=GenericWorkload=true,GangScheduling=true,TopologyAwareWorkloadScheduling=true"]
+    proc = h.start_scheduler(cp, f"kube-scheduler-gangs-{gang_berth.port}", cfg, gates)
     time.sleep(1.0)
     yield proc
     proc.stop()
@@ -205,7 +212,7 @@ def test_kubeflow_style_podgroup(
     create(api, [worker(3)])
     h.wait_until(lambda: bound(api, "pt7-") == 4, 20, "all four bound")
     h.wait_until(lambda: status().get("phase") == "Running", 10, "PodGroup Running")
-    table = cp.kubectl("get", "podgroups", "-n", NS, "pytorchjob-7").stdout
+    table = cp.kubectl("get", "podgroups.scheduling.x-k8s.io", "-n", NS, "pytorchjob-7").stdout
     assert "PHASE" in table and "ADMITTED" in table and "Running" in table, table
     events = api.list_namespaced_event(NS, field_selector="involvedObject.name=pytorchjob-7").items
     assert any("3 of 4" in (e.message or "") for e in events), [e.message for e in events]
@@ -357,6 +364,48 @@ def test_a_gang_is_never_planned_onto_a_rack_whose_taint_it_does_not_tolerate(
     h.wait_until(lambda: "e2e-reserved" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "why")
     assert bound(api, "h9-") == 0 and gated(api, "h9-") == 2
     assert "e2e-reserved=yes:NoSchedule" in queue(gang_berth, webhook_port)[key]["reason"]
+
+
+def test_upstream_scheduling_k8s_io_podgroup(
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    gang_berth: BerthHandle,
+    gang_scheduler: h.Proc,
+    webhook_port: int,
+) -> None:
+    """The upstream alpha API (scheduling.k8s.io/v1alpha2, GenericWorkload on the API server): a PodGroup of
+    gang policy minCount 3 and a topology constraint, pods naming it in spec.schedulingGroup. Two of three:
+    none bound, all gated, an Event on the PodGroup says why; the third: all bound in one rack."""
+    gpu_nodes(api, "gang10", 6, labels=lambda i: {"rack10": f"rack-{i % 2}"})
+    group = {
+        "apiVersion": "scheduling.k8s.io/v1alpha2",
+        "kind": "PodGroup",
+        "metadata": {"name": "upstream-10", "namespace": NS},
+        "spec": {
+            "schedulingPolicy": {"gang": {"minCount": 3}},
+            "schedulingConstraints": {"topology": [{"key": "rack10"}]},
+        },
+    }
+    custom.create_namespaced_custom_object("scheduling.k8s.io", "v1alpha2", NS, "podgroups", group)
+
+    def worker(i: int) -> dict[str, Any]:
+        p = pod(f"up10-{i}", "gang10", gpus=8)
+        p["spec"]["schedulingGroup"] = {"podGroupName": "upstream-10"}
+        return p
+
+    create(api, [worker(i) for i in range(2)])
+    key = f"{NS}/upstream-10"
+    h.wait_until(lambda: "2 of 3" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "2 of 3")
+    assert bound(api, "up10-") == 0 and gated(api, "up10-") == 2
+    events = api.list_namespaced_event(NS, field_selector="involvedObject.name=upstream-10").items
+    assert any("2 of 3" in (e.message or "") for e in events), [e.message for e in events]
+    assert events[0].involved_object.api_version == "scheduling.k8s.io/v1alpha2"
+    create(api, [worker(2)])
+    h.wait_until(lambda: bound(api, "up10-") == 3, 20, "all three bound")
+    done = pods_of(api, "up10-")
+    assert all(p.spec.node_name == p.metadata.annotations.get("berth.dev/gang-plan") for p in done), "off plan"
+    racks = {int(p.spec.node_name.rsplit("-", 1)[1]) % 2 for p in done}
+    assert len(racks) == 1, f"Berth's plan spread over racks: {racks}"
 
 
 DENY_UNGATE: list[dict[str, Any]] = [
