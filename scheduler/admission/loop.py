@@ -171,6 +171,8 @@ class AdmissionLoop:
                 head, held = blocked.get(cohort, (gang.key, frozenset()))
                 specs = [m.pod.get("spec") or {} for m in self._unplanned(gang)]
                 blocked[cohort] = (head, held | reach(self.state, specs))
+        for key in [k for k in self.evicting if k not in self.state.gangs.gangs]:
+            del self.evicting[key]  # the gang is gone: bounded memory
         self.gauges()
         await self.write_status()
 
@@ -448,6 +450,7 @@ class AdmissionLoop:
             return
         for key in [k for k in self.written if k not in self.state.gangs.gangs]:
             del self.written[key]  # the gang is gone
+
         for gang in list(self.state.gangs.gangs.values()):
             admitted = sum(1 for m in gang.members.values() if not m.gated) + len(gang.bound)
             now = (gang.phase, gang.reason, gang.size(), admitted)

@@ -161,11 +161,15 @@ async def test_an_eviction_a_disruption_budget_refuses_is_told() -> None:
     state = borrowed_cluster()
     api = EvictingApi(state, refuse={"other/b-0", "other/b-1", "other/b-2", "other/b-3"})
     loop = AdmissionLoop(state, api, lambda: True)
-    add_gang(state, "g", 1)
+    pods = add_gang(state, "g", 1)
     await loop.tick()
     gang = state.gangs.gangs["ml/g"]
     assert gang.phase == "Reclaiming" and "refused" in gang.reason and "disruption budget" in gang.reason
-    assert api.patches == {}
+    assert api.patches == {} and "ml/g" in loop.evicting
+    for p in pods:  # the gang is deleted while it waits: nothing of it is kept
+        state.apply_pending_pod("DELETED", p)
+    await loop.tick()
+    assert loop.evicting == {}
 
 
 async def test_reclaim_off_evicts_nothing() -> None:
