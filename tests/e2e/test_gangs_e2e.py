@@ -98,6 +98,7 @@ def gang_scheduler(cp: h.ControlPlane, gang_berth: BerthHandle) -> Iterator[h.Pr
     # kube-scheduler's own gang plugin on too (GenericWorkload, GangScheduling): Berth's admission composes
     # with it (it holds members until their PodGroup and minCount exist; Berth ungates them whole and pinned).
     gates = ["--feature-gates=GenericWorkload=true,GangScheduling=true,TopologyAwareWorkloadScheduling=true"]
+    gates = gates if h.WORKLOAD_API else []
     proc = h.start_scheduler(cp, f"kube-scheduler-gangs-{gang_berth.port}", cfg, gates)
     time.sleep(1.0)
     yield proc
@@ -366,6 +367,7 @@ def test_a_gang_is_never_planned_onto_a_rack_whose_taint_it_does_not_tolerate(
     assert "e2e-reserved=yes:NoSchedule" in queue(gang_berth, webhook_port)[key]["reason"]
 
 
+@pytest.mark.skipif(not h.WORKLOAD_API, reason="BERTH_E2E_WORKLOAD_API=0: the upstream API is off")
 def test_upstream_scheduling_k8s_io_podgroup(
     api: kclient.CoreV1Api,
     custom: kclient.CustomObjectsApi,
