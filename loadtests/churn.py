@@ -732,7 +732,7 @@ async def bench(args: argparse.Namespace) -> list[ModeResult]:
     task = asyncio.current_task()
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-    cp = h.ControlPlane().start()
+    cp = h.ControlPlane(workload_api=False).start()  # the alpha gang API slows pod admission
     results: list[ModeResult] = []
     kwok: h.Proc | None = None
     try:

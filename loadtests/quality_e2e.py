@@ -441,7 +441,7 @@ async def bench(args: argparse.Namespace) -> list[E2EResult]:
     if task is not None:  # SIGTERM: unwind, so the control plane and schedulers are stopped
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     shipped.extender_settings()  # fail early when the shipped configs disagree
-    cp = h.ControlPlane().start()
+    cp = h.ControlPlane(workload_api=False).start()  # the alpha gang API slows pod admission
     out: list[E2EResult] = []
     try:
         kubeconfig = cp.install_berth_identity()

@@ -1032,7 +1032,7 @@ async def run(args: argparse.Namespace) -> Report:
     from loadtests.throughput import Api
     from tests.e2e import harness as h
 
-    cp = h.ControlPlane().start()
+    cp = h.ControlPlane(workload_api=False).start()  # the alpha gang API slows pod admission
     replay: ReplayServer | None = None
     try:
         berth_kc = cp.install_berth_identity()

@@ -175,7 +175,7 @@ async def serve(
     ctx = tls_context(*tls)
     runners = await _listeners(berth, config, ctx)
     if config.admission.enabled and client is not None and elector is not None:
-        runners += await _admission(state, config, client, elector, metrics, tasks)
+        runners += await _admission(state, config, client, elector, metrics, tasks, berth)
     if ctx is not None and config.server.tls_reload_seconds:
         tasks.append(_watch_certificate(ctx, tls, config.server.tls_reload_seconds))
     tune_gc()
@@ -336,6 +336,7 @@ async def _admission(
     elector: "Elector",
     metrics: Metrics,
     tasks: list[asyncio.Task[None]],
+    berth: Berth,
 ) -> list[Listener]:
     """The admission loop (it writes only while this replica leads) and, with admission.webhook_port, the
     TLS listener of /mutate and /debug/queue (every replica answers the webhook: the gate is the same)."""
@@ -344,6 +345,7 @@ async def _admission(
 
     loop = AdmissionLoop(state, client, elector.is_leader, metrics.registry)
     tasks.append(asyncio.create_task(loop.run(), name="admission"))
+    berth.debug.queue_view = loop.view  # /debug/queue on the main listener too, behind its TLS/mTLS
     adm = config.admission
     if not adm.webhook_port:
         return []

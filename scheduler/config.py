@@ -97,6 +97,11 @@ class AdmissionConfig:
     webhook_key: str = ""
     interval_seconds: float = 0.5  # how often the loop looks at the queue
     schedule_timeout_seconds: float = 300.0  # a plan not all bound by then is released (PodGroup's own wins)
+    # Preemption for a whole gang (admission/reclaim.py): evict pods of teams borrowing in the cohort of a
+    # gang whose team is within its guarantee, enough for the whole gang; then wait up to
+    # reclaim_wait_seconds for them to go before choosing again.
+    reclaim: bool = True
+    reclaim_wait_seconds: float = 120.0
 
 
 @dataclass(slots=True)
@@ -137,6 +142,7 @@ _RANGES = {
     "admission.webhook_port": (0, 65535),
     "admission.interval_seconds": (0.01, 60),
     "admission.schedule_timeout_seconds": (1, 86400),
+    "admission.reclaim_wait_seconds": (1, 86400),
 }
 
 

@@ -31,6 +31,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from scheduler.admission.planner import Plan, Refusal, plan_gang, reach
+from scheduler.admission.reclaim import Reclaim, reclaim
 from scheduler.cluster.gangs import Gang, Member
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
@@ -40,6 +41,8 @@ from scheduler.model.names import (
     GATE_ADMISSION,
     PODGROUP_GROUP,
     PODGROUP_VERSION,
+    WORKLOAD_GROUP,
+    WORKLOAD_VERSION,
 )
 from scheduler.model.podspec import PodError, pod_ask
 
@@ -107,6 +110,8 @@ class AdmissionLoop:
         self.is_leader = is_leader
         self.cfg = state.config.admission
         self.written: dict[str, tuple[Any, ...]] = {}  # gang key -> the status last written
+        # gang key -> (pod keys it evicted, monotonic deadline): while any is still held, it waits for them
+        self.evicting: dict[str, tuple[frozenset[str], float]] = {}
         self.admitted = 0
         r = registry if registry is not None else CollectorRegistry()
         self.m_queue = Gauge("berth_queue_gangs", "Gangs waiting for admission, by team.", ["team"], registry=r)
@@ -116,6 +121,12 @@ class AdmissionLoop:
         self.m_admitted = Counter("berth_gangs_admitted_total", "Gangs admitted, by team.", ["team"], registry=r)
         self.m_latency = Gauge(
             "berth_gang_admission_seconds", "Wait of the last admitted gang, from first seen to ungated.", registry=r
+        )
+        self.m_evicted = Counter(
+            "berth_gang_reclaim_evictions_total",
+            "Pods evicted to reclaim borrowed quota for a gang, by the team that borrowed.",
+            ["team"],
+            registry=r,
         )
 
     async def run(self) -> None:
@@ -147,12 +158,21 @@ class AdmissionLoop:
                 continue  # deleted while an earlier gang was being written
             cohort = self._cohort(gang)
             outcome = self.consider(gang, blocked.get(cohort))
-            if isinstance(outcome, Plan):
+            admitted = 0
+            while isinstance(outcome, Plan) and admitted <= len(gang.members):
                 await self.admit(gang, outcome)
-            elif outcome == "capacity":
+                admitted += 1
+                if not gang.basic or gang.key not in self.state.gangs.gangs:
+                    break
+                outcome = self.consider(gang, blocked.get(cohort))  # a basic group: its next member
+            if isinstance(outcome, Reclaim) or outcome == "capacity":
+                if isinstance(outcome, Reclaim):
+                    await self.evict(gang, outcome)
                 head, held = blocked.get(cohort, (gang.key, frozenset()))
                 specs = [m.pod.get("spec") or {} for m in self._unplanned(gang)]
                 blocked[cohort] = (head, held | reach(self.state, specs))
+        for key in [k for k in self.evicting if k not in self.state.gangs.gangs]:
+            del self.evicting[key]  # the gang is gone: bounded memory
         self.gauges()
         await self.write_status()
 
@@ -162,13 +182,21 @@ class AdmissionLoop:
             log.info("gang %s: %s (%s)", gang.key, phase, reason or "-")
         gang.phase, gang.reason = phase, reason
 
-    def consider(self, gang: Gang, behind: tuple[str, frozenset[int]] | None) -> Plan | str:
-        """A plan to admit now, or what the gang waits for ("capacity" when it blocks its cohort)."""
+    def consider(self, gang: Gang, behind: tuple[str, frozenset[int]] | None) -> Plan | Reclaim | str:
+        """A plan to admit now, victims to evict for it, or what the gang waits for ("capacity" when it
+        blocks its cohort)."""
         if gang.conflicts or gang.errors:
             self._set(gang, "Invalid", next(iter({**gang.conflicts, **gang.errors}.values())))
             return "invalid"
+        disagree = self.state.gangs.disagreement(gang)
+        if disagree:
+            self._set(gang, "Invalid", disagree)
+            return "invalid"
         if gang.source == "podgroup" and gang.podgroup is None:
             self._set(gang, "Pending", f"PodGroup {gang.name} does not exist (yet)")
+            return "members"
+        if gang.source == "workload" and gang.upstream is None:
+            self._set(gang, "Pending", f"PodGroup {gang.name} ({WORKLOAD_GROUP}) does not exist (yet)")
             return "members"
         pinned = self._pinned(gang)
         if pinned is None:
@@ -181,23 +209,54 @@ class AdmissionLoop:
                 self._set(gang, "Admitted", gang.reason if gang.phase == "Admitted" else "")
             return "admitted"
         if gang.size() < gang.min_member:
-            self._set(gang, "Pending", f"waiting for members: {gang.size()} of {gang.min_member} exist")
+            if time.monotonic() - gang.first_seen > self._timeout(gang):  # since Berth first saw a member
+                why = (
+                    f"only {gang.size()} of minMember {gang.min_member} pods exist after {self._timeout(gang):.0f} s "
+                    "(scheduleTimeoutSeconds): create the missing pods or lower minMember"
+                )
+            else:
+                why = f"waiting for members: {gang.size()} of {gang.min_member} exist"
+            self._set(gang, "Pending", why)
             return "members"
         try:
             asks = [pod_ask(m.pod) for m in gated]
         except PodError as exc:
             self._set(gang, "Invalid", f"a member cannot be judged: {exc}")
             return "invalid"
+        if gang.basic:  # basic policy: each member on its own, oldest first (tick admits them one by one)
+            order = sorted(range(len(gated)), key=lambda i: (gated[i].created, gated[i].key))
+            gated, asks = [gated[i] for i in order[:1]], [asks[i] for i in order[:1]]
         specs = {m.key: m.pod.get("spec") or {} for m in gated}
         held = behind[1] if behind else frozenset()
         result = plan_gang(self.state, asks, pinned, gang.topology, gang.policy, specs, held)
         if isinstance(result, Refusal):
+            if not result.hopeless and not result.quota and self.cfg.reclaim:
+                waiting = self._evicted_left(gang)
+                if waiting:  # the reason evict() gave stays: one event, not one per pod gone
+                    if gang.phase != "Reclaiming":
+                        self._set(gang, "Reclaiming", f"waiting for {waiting} evicted pods to go")
+                    return "capacity"
+                victims = reclaim(
+                    self.state, asks, gang.priority, gang.key, pinned, gang.topology, gang.policy, specs, held
+                )
+                if victims is not None:
+                    return victims
             why = result.reason
             if held and not result.hopeless and not result.quota:
                 why += f"; nodes are held back for gang {behind[0] if behind else ''} ahead in the queue (StrictFIFO)"
             self._set(gang, "Unschedulable" if result.hopeless else "Pending", why)
             return "hopeless" if result.hopeless else "quota" if result.quota else "capacity"
+        self.evicting.pop(gang.key, None)
         return result
+
+    def _evicted_left(self, gang: Gang) -> int:
+        """How many of the pods evicted for `gang` are still held (0 once gone or past the wait)."""
+        keys, deadline = self.evicting.get(gang.key, (frozenset(), 0.0))
+        left = sum(1 for k in keys if self.state.ledger.get(k) is not None)
+        if not left or time.monotonic() > deadline:
+            self.evicting.pop(gang.key, None)
+            return 0
+        return left
 
     def _unplanned(self, gang: Gang) -> list[Member]:
         """Members still to place: gated ones, and ungated ones with no plan (never gated: webhook down)."""
@@ -274,6 +333,58 @@ class AdmissionLoop:
                 self.state.plans.pop(m.key, None)
                 self.state.release_hold(m.key)
 
+    # -- reclaiming ------------------------------------------------------------------------------
+    async def evict(self, gang: Gang, r: Reclaim) -> None:
+        """Evict the victims (the Eviction API: PodDisruptionBudgets are honoured), tell the gang and each
+        victim why; the gang is admitted by a later tick once they are gone."""
+        teams = ", ".join(r.teams)
+        why = (
+            f"reclaiming: evicting {len(r.victims)} pods of team {teams} borrowing in cohort {r.cohort}: team "
+            f"{r.team} is within its guaranteed quota and the whole gang fits once they are gone"
+        )
+        self._set(gang, "Reclaiming", why)
+        self.evicting[gang.key] = (
+            frozenset(e.key for e in r.victims),
+            time.monotonic() + self.cfg.reclaim_wait_seconds,
+        )
+        results = await asyncio.gather(*(self._evict_one(gang, r, e) for e in r.victims))
+        refused = [msg for msg in results if msg]
+        if refused:
+            self._set(gang, "Reclaiming", f"{why}; {len(refused)} evictions refused: {refused[0]}")
+
+    async def _evict_one(self, gang: Gang, r: Reclaim, e: PodEntry) -> str:
+        """Evict one victim; "" on success (or already gone), else why not."""
+        if self.client is None or not self.is_leader():
+            return "this replica no longer leads"
+        ns, name = e.key.split("/", 1)
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": ns},
+            "deleteOptions": {"preconditions": {"uid": e.uid}} if e.uid else {},
+        }
+        path = f"/api/v1/namespaces/{quote(ns)}/pods/{quote(name)}/eviction"
+        try:
+            status, raw = await self.client.request("POST", path, body)
+        except Exception as exc:
+            log.warning("evicting %s for gang %s failed: %s", e.key, gang.key, exc)
+            return f"{e.key}: {exc}"
+        if status == 404:
+            return ""
+        if status not in (200, 201):
+            msg = _message(raw)
+            log.warning("evicting %s for gang %s refused (%s): %s", e.key, gang.key, status, msg)
+            return f"{e.key}: {status} {msg}"
+        log.info("evicted %s (team %s) for gang %s", e.key, e.team, gang.key)
+        self.m_evicted.labels(e.team or "").inc()
+        involved = {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": ns, "uid": e.uid}
+        message = (
+            f"evicted by Berth for gang {gang.key}: team {r.team} reclaims its guaranteed quota from team "
+            f"{e.team}, which borrows it in cohort {r.cohort}"
+        )
+        await self._post_event(ns, involved, "Preempted", message, "Warning")
+        return ""
+
     async def _ungate(self, m: Member, node: str, admitted_at: float) -> bool:
         if self.client is None:
             return True
@@ -323,6 +434,7 @@ class AdmissionLoop:
                     "bound": len(gang.bound),
                     "topology": gang.topology,
                     "plan": {k: self.state.plans[k] for k in gang.members if k in self.state.plans},
+                    "evicting": sorted(k for k in self.evicting.get(gang.key, ((), 0))[0] if self.state.ledger.get(k)),
                     "waitSeconds": round(time.monotonic() - gang.first_seen, 3),
                 }
             )
@@ -338,6 +450,7 @@ class AdmissionLoop:
             return
         for key in [k for k in self.written if k not in self.state.gangs.gangs]:
             del self.written[key]  # the gang is gone
+
         for gang in list(self.state.gangs.gangs.values()):
             admitted = sum(1 for m in gang.members.values() if not m.gated) + len(gang.bound)
             now = (gang.phase, gang.reason, gang.size(), admitted)
@@ -377,6 +490,14 @@ class AdmissionLoop:
 
     def _involved(self, gang: Gang) -> dict[str, Any] | None:
         """The PodGroup, or for a gang of annotations its first member (kubectl describe pod shows it)."""
+        if gang.upstream is not None:
+            return {
+                "apiVersion": f"{WORKLOAD_GROUP}/{WORKLOAD_VERSION}",
+                "kind": "PodGroup",
+                "name": gang.name,
+                "namespace": gang.namespace,
+                "uid": (gang.upstream.get("metadata") or {}).get("uid"),
+            }
         if gang.podgroup is not None:
             meta = gang.podgroup.get("metadata") or {}
             return {
@@ -386,30 +507,36 @@ class AdmissionLoop:
                 "namespace": gang.namespace,
                 "uid": meta.get("uid"),
             }
-        if not gang.members:
+        uids = {k: m.uid for k, m in gang.members.items()} or gang.bad_uids  # a gang of bad pods only: tell them
+        if not uids:
             return None
-        first = gang.members[min(gang.members)]
-        name = first.key.split("/", 1)[1]
-        return {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": gang.namespace, "uid": first.uid}
+        first = min(uids)
+        name = first.split("/", 1)[1]
+        return {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": gang.namespace, "uid": uids[first]}
 
     async def _event(self, gang: Gang) -> None:
-        assert self.client is not None
         involved = self._involved(gang)
         if involved is None:
             return
+        kind = "Normal" if gang.phase in ("Admitted", "Running") else "Warning"
+        await self._post_event(gang.namespace, involved, gang.phase, gang.reason, kind)
+
+    async def _post_event(self, ns: str, involved: dict[str, Any], reason: str, message: str, kind: str) -> None:
+        if self.client is None:
+            return
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         body = {
-            "metadata": {"generateName": f"{involved['name']}.", "namespace": gang.namespace},
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": ns},
             "involvedObject": involved,
-            "reason": gang.phase,
-            "message": gang.reason[:1000],
-            "type": "Normal" if gang.phase in ("Admitted", "Running") else "Warning",
+            "reason": reason,
+            "message": message[:1000],
+            "type": kind,
             "source": {"component": "berth-admission"},
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
         }
-        await self._quiet(self.client.request("POST", f"/api/v1/namespaces/{quote(gang.namespace)}/events", body))
+        await self._quiet(self.client.request("POST", f"/api/v1/namespaces/{quote(ns)}/events", body))
 
     @staticmethod
     async def _quiet(call: Awaitable[tuple[int, bytes]]) -> None:
@@ -419,3 +546,11 @@ class AdmissionLoop:
                 log.debug("status/event write refused (%s): %s", status, orjson.loads(raw).get("message", ""))
         except Exception as exc:  # status and events are information: never fail the loop for them
             log.debug("status/event write failed: %s", exc)
+
+
+def _message(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode(errors="replace")
+    return str(body.get("message", "")) if isinstance(body, dict) else ""

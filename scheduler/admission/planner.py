@@ -74,9 +74,9 @@ def plan_gang(
 ) -> Plan | Refusal:
     """A plan for `asks` (members still to place) beside `fixed` (members already pinned to a node, whose
     capacity the caller holds), or why there is none now. `specs` (pod key -> spec): each member is
-    planned only on nodes its nodeSelector and required node affinity accept (kube-scheduler checks
-    those, Berth's kernels do not; a plan on a node the pod refuses could never bind). Taints and
-    tolerations are not checked: plan gangs onto tainted nodes only with pods that tolerate them.
+    planned only on nodes kube-scheduler would let it onto (`eligible`: nodeSelector, required node
+    affinity, taints and tolerations, readiness; Berth's kernels check none of those, and a plan on a
+    node the pod refuses could never bind).
     `exclude`: slots held back for a gang ahead in the queue (StrictFIFO)."""
     if not asks:
         return Plan(dict(fixed or {}))
@@ -126,9 +126,17 @@ def _try(state: ClusterState, asks: list[PodAsk], slots: array, specs: dict[str,
     try:
         for ask in sorted(asks, key=lambda a: (-a.request.gpu, -a.request.cpu, -a.request.memory, a.name)):
             key = pod_key(ask.namespace, ask.name)
-            slot, entry = _place(state, ask, eligible(state, specs.get(key) or {}, slots))
+            spec = specs.get(key) or {}
+            usable = eligible(state, spec, slots)
+            if not usable and slots:
+                return f"member {key} can go on no node here: all are closed to it by {why_none(state, spec, slots)}"
+            slot, entry = _place(state, ask, usable)
             if entry is None:
-                return f"member {key} fits no node ({len(plan.nodes)} of {len(asks)} placed)"
+                why = f"member {key} fits no node ({len(plan.nodes)} of {len(asks)} placed)"
+                if len(usable) < len(slots):
+                    closed = len(slots) - len(usable)
+                    why += f"; {closed} nodes are closed to it by {why_none(state, spec, slots)}"
+                return why
             state.ledger.hold(entry)
             trials.append(entry.key)
             plan.nodes[key] = state.table.names[slot] or ""
@@ -180,15 +188,27 @@ def reach(state: ClusterState, specs: list[dict[str, Any]]) -> frozenset[int]:
 
 
 def eligible(state: ClusterState, spec: dict[str, Any], slots: array) -> array:
-    """The slots whose node labels (and name) the pod's nodeSelector and required node affinity accept."""
+    """The slots kube-scheduler's node filters would let the pod onto, judged from the node alone:
+    nodeSelector and required node affinity (NodeAffinity), NoSchedule/NoExecute taints the pod does not
+    tolerate (TaintToleration; a not-Ready node counts as tainted not-ready/unreachable, as the node
+    lifecycle controller taints it). Cordoned nodes the kernels refuse themselves."""
     selector = spec.get("nodeSelector") or {}
     affinity = (spec.get("affinity") or {}).get("nodeAffinity") or {}
     terms = (affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
-    if not selector and not terms:
+    tainted = state.table.tainted
+    if not selector and not terms and not tainted:
         return slots
-    names = state.table.names
+    tolerations = [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
+    names, facts = state.table.names, state.table.facts
     out = array("i")
     for s in slots:
+        if s in tainted:
+            f = facts[s]
+            if f is not None and not all(tolerated(tolerations, taint) for taint in f.taints):
+                continue
+        if not selector and not terms:
+            out.append(s)
+            continue
         name = names[s] or ""
         labels = state.node_labels.get(name, {})
         if all(labels.get(k) == v for k, v in selector.items()) and (
@@ -196,6 +216,34 @@ def eligible(state: ClusterState, spec: dict[str, Any], slots: array) -> array:
         ):
             out.append(s)
     return out
+
+
+def tolerated(tolerations: list[dict[str, Any]], taint: tuple[str, str, str]) -> bool:
+    """Whether one of the pod's tolerations tolerates `taint` (k8s.io/api/core/v1 Toleration.ToleratesTaint)."""
+    key, value, effect = taint
+    for t in tolerations:
+        if t.get("effect") and t.get("effect") != effect:
+            continue
+        op = t.get("operator") or "Equal"
+        tkey = t.get("key") or ""
+        if op == "Exists" and (not tkey or tkey == key):
+            return True
+        if op == "Equal" and tkey == key and str(t.get("value") or "") == value:
+            return True
+    return False
+
+
+def why_none(state: ClusterState, spec: dict[str, Any], slots: array) -> str:
+    """What closes nodes of `slots` to the member: the first taint it does not tolerate, else its own
+    node constraints."""
+    tolerations = [t for t in spec.get("tolerations") or [] if isinstance(t, dict)]
+    for s in slots:
+        f = state.table.facts[s]
+        for taint in f.taints if f is not None and s in state.table.tainted else ():
+            if not tolerated(tolerations, taint):
+                k, v, e = taint
+                return f"taints it does not tolerate (e.g. {k}{'=' + v if v else ''}:{e} on {f.name})"
+    return "its nodeSelector / required node affinity"
 
 
 def _term(term: dict[str, Any], labels: dict[str, str], name: str) -> bool:

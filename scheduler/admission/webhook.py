@@ -34,7 +34,7 @@ def gate_patch(pod: dict[str, Any], namespace: str, scheduler_name: str, queuein
         raise ReviewError("spec.schedulingGates is not a list")
     if any(isinstance(g, dict) and g.get("name") == GATE_ADMISSION for g in gates):
         return []
-    if not queueing and not membership({**meta, "namespace": meta.get("namespace") or namespace}).gang:
+    if not queueing and not membership({**meta, "namespace": meta.get("namespace") or namespace}, spec).gang:
         return []
     gate = {"name": GATE_ADMISSION}
     if not gates:

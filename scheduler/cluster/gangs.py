@@ -32,7 +32,7 @@ class Membership:
     """What one pod says about its gang."""
 
     gang: str  # namespace/name, "" for a pod of no gang
-    source: str  # "podgroup" | "annotation" | ""
+    source: str  # "workload" (spec.schedulingGroup) | "podgroup" | "annotation" | ""
     size: int = 0  # berth.dev/gang-size (annotation gangs)
     topology: str = ""
     policy: str = "required"
@@ -40,18 +40,31 @@ class Membership:
     error: str = ""
 
 
-def membership(meta: dict[str, Any]) -> Membership:
-    """The gang a pod names (labels and annotations as the API server has them)."""
+def scheduling_group(spec: dict[str, Any] | None) -> str:
+    """The upstream PodGroup (scheduling.k8s.io) a pod names in spec.schedulingGroup.podGroupName, or ""."""
+    group = (spec or {}).get("schedulingGroup")
+    name = group.get("podGroupName") if isinstance(group, dict) else None
+    return name if isinstance(name, str) else ""
+
+
+def membership(meta: dict[str, Any], spec: dict[str, Any] | None = None) -> Membership:
+    """The gang a pod names (labels and annotations as the API server has them; with `spec`, also the
+    upstream spec.schedulingGroup)."""
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
     ns = str(meta.get("namespace") or "default")
     by_label = labels.get(LABEL_POD_GROUP) if isinstance(labels, dict) else None
     by_ann = ann.get(ANN_GANG) if isinstance(ann, dict) else None
-    if not by_label and not by_ann:
+    by_spec = scheduling_group(spec)
+    if not by_label and not by_ann and not by_spec:
         return Membership("", "")
-    m = Membership(f"{ns}/{by_label or by_ann}", "podgroup" if by_label else "annotation")
-    if by_label and by_ann and by_label != by_ann:
-        m.error = f"the pod names two gangs: {LABEL_POD_GROUP}={by_label} and {ANN_GANG}={by_ann}"
+    named = by_spec or by_label or by_ann
+    m = Membership(f"{ns}/{named}", "workload" if by_spec else "podgroup" if by_label else "annotation")
+    said = [
+        f"{k}={v}" for k, v in (("spec.schedulingGroup", by_spec), (LABEL_POD_GROUP, by_label), (ANN_GANG, by_ann)) if v
+    ]
+    if len({v for v in (by_spec, by_label, by_ann) if v}) > 1:
+        m.error = f"the pod names two gangs: {' and '.join(said)}"
         return m
     m.topology = str(ann.get(ANN_GANG_TOPOLOGY) or "")
     m.policy = str(ann.get(ANN_GANG_TOPOLOGY_POLICY) or "required")
@@ -94,7 +107,7 @@ class Member:
 @dataclass(slots=True)
 class Gang:
     key: str  # namespace/name
-    source: str  # podgroup | annotation | pod (a single pod queued by `queueing: true`)
+    source: str  # workload | podgroup | annotation | pod (a single pod queued by `queueing: true`)
     min_member: int = 0  # 0: unknown (PodGroup not seen yet)
     topology: str = ""
     policy: str = "required"
@@ -104,6 +117,10 @@ class Gang:
     bound: set[str] = field(default_factory=set)  # members bound to a node
     conflicts: dict[str, str] = field(default_factory=dict)  # pod key -> why it is not counted
     errors: dict[str, str] = field(default_factory=dict)  # pod key -> a bad annotation
+    sizes: dict[str, int] = field(default_factory=dict)  # pod key -> its berth.dev/gang-size (annotation gangs)
+    bad_uids: dict[str, str] = field(default_factory=dict)  # pod key -> uid of the pods in conflicts and errors
+    upstream: dict[str, Any] | None = None  # the scheduling.k8s.io PodGroup (source "workload")
+    basic: bool = False  # an upstream PodGroup of basic policy: members are admitted one by one
     # What the admission loop decided last (read by /debug/queue, metrics and the PodGroup status).
     phase: str = "Pending"
     reason: str = ""
@@ -157,7 +174,7 @@ class GangTable:
         if spec.get("nodeName"):
             self._drop_pending(key)
             return
-        m = membership(meta)
+        m = membership(meta, spec)
         is_gated = gated(spec)
         if not m.gang:
             if not (self.queueing and is_gated):
@@ -168,10 +185,12 @@ class GangTable:
         gang = self._gang(m.gang, m.source)
         if m.error:
             (gang.conflicts if "two gangs" in m.error else gang.errors)[key] = m.error
+            gang.bad_uids[key] = str(meta.get("uid") or "")
             self.of_pod[key] = m.gang
             return
         gang.conflicts.pop(key, None)
         gang.errors.pop(key, None)
+        gang.bad_uids.pop(key, None)
         ann = meta.get("annotations") or {}
         try:
             admitted = float(ann.get(ANN_GANG_ADMITTED) or 0)
@@ -188,7 +207,9 @@ class GangTable:
         )
         gang.priority = max(gang.priority, int(spec.get("priority") or 0))
         self.of_pod[key] = m.gang
-        if m.source != "podgroup" or gang.podgroup is None:
+        if m.source == "annotation" and m.size:
+            gang.sizes[key] = m.size
+        if m.source == "annotation" or (m.source == "podgroup" and gang.podgroup is None):
             gang.min_member = m.size or gang.min_member
             gang.topology = m.topology or gang.topology
             gang.policy = m.policy if m.topology else gang.policy
@@ -199,7 +220,7 @@ class GangTable:
         meta = pod.get("metadata") or {}
         key = pod_key_of(meta)
         gone = kind == "DELETED" or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        m = membership(meta)
+        m = membership(meta, pod.get("spec") or {})
         gang_key = m.gang or self.of_pod.get(key, "")
         if not gang_key:
             return
@@ -208,6 +229,7 @@ class GangTable:
             if gang is not None:
                 gang.bound.discard(key)
                 gang.members.pop(key, None)
+                gang.sizes.pop(key, None)
                 self._forget(gang)
             if self.of_pod.get(key) == gang_key:
                 del self.of_pod[key]
@@ -226,13 +248,22 @@ class GangTable:
         gang = self.gangs.get(old)
         if gang is not None and key not in gang.bound:
             gang.members.pop(key, None)
+            gang.sizes.pop(key, None)
             gang.conflicts.pop(key, None)
             gang.errors.pop(key, None)
+            gang.bad_uids.pop(key, None)
             del self.of_pod[key]
             self._forget(gang)
 
     def _forget(self, gang: Gang) -> None:
-        if not gang.members and not gang.bound and not gang.conflicts and not gang.errors and gang.podgroup is None:
+        if (
+            not gang.members
+            and not gang.bound
+            and not gang.conflicts
+            and not gang.errors
+            and gang.podgroup is None
+            and gang.upstream is None
+        ):
             self.gangs.pop(gang.key, None)
 
     # -- PodGroups -------------------------------------------------------------------------------
@@ -262,6 +293,45 @@ class GangTable:
         gang.topology = str(ann.get(ANN_GANG_TOPOLOGY) or gang.topology)
         policy = str(ann.get(ANN_GANG_TOPOLOGY_POLICY) or gang.policy)
         gang.policy = policy if policy in POLICIES else "required"
+
+    def workload_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
+        """An upstream PodGroup (scheduling.k8s.io/v1alpha2): gang policy gives minCount; basic policy makes
+        each member its own unit (still queued, never held for the others); schedulingConstraints.topology's
+        first key is a required topology domain; spec.priority orders the queue."""
+        meta = obj.get("metadata") or {}
+        key = pod_key_of(meta)
+        if kind == "DELETED":
+            gang = self.gangs.get(key)
+            if gang is not None:
+                gang.upstream = None
+                gang.min_member = 0
+                self._forget(gang)
+            return
+        gang = self._gang(key, "workload")
+        gang.source, gang.upstream = "workload", obj
+        spec = obj.get("spec") or {}
+        policy = spec.get("schedulingPolicy") or {}
+        gang.basic = "gang" not in policy
+        try:
+            gang.min_member = 1 if gang.basic else max(1, int((policy.get("gang") or {}).get("minCount") or 1))
+        except (TypeError, ValueError):
+            gang.min_member = 1
+        topology = (spec.get("schedulingConstraints") or {}).get("topology") or []
+        first = topology[0] if isinstance(topology, list) and topology and isinstance(topology[0], dict) else {}
+        gang.topology, gang.policy = str(first.get("key") or ""), "required"
+        priority = spec.get("priority")
+        if isinstance(priority, int):  # the API server validates it as an int32
+            gang.priority = max(gang.priority, priority)
+
+    def disagreement(self, gang: Gang) -> str:
+        """Members of one gang of annotations naming different sizes: which says what, "" when they agree."""
+        if len(set(gang.sizes.values())) < 2:
+            return ""
+        by_size: dict[int, str] = {}
+        for key, size in sorted(gang.sizes.items()):
+            by_size.setdefault(size, key)
+        said = ", ".join(f"{key} says {size}" for size, key in sorted(by_size.items()))
+        return f"the members disagree on {ANN_GANG_SIZE} ({said}): give every member the same size"
 
     def gang_of(self, pod_key: str) -> Gang | None:
         gang_key = self.of_pod.get(pod_key)

@@ -18,7 +18,7 @@ import orjson
 from scheduler.cluster.dra import DRA_PATH
 from scheduler.cluster.kube import KubeClient, KubeError
 from scheduler.cluster.state import ClusterState
-from scheduler.model.names import PODGROUP_GROUP, PODGROUP_VERSION
+from scheduler.model.names import PODGROUP_GROUP, PODGROUP_VERSION, WORKLOAD_GROUP, WORKLOAD_VERSION
 
 log = logging.getLogger("berth.informer")
 Apply = Callable[[str, dict[str, Any]], None]
@@ -282,7 +282,8 @@ def dra_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
 
 def gang_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
     """Gangs (config.admission.enabled): the pending pods of Berth's scheduler (members that wait, gated or
-    not; a pod that binds leaves this watch) and scheduler-plugins PodGroups (optional: no CRD, no groups)."""
+    not; a pod that binds leaves this watch), scheduler-plugins PodGroups and the upstream scheduling.k8s.io
+    PodGroups (both optional: no CRD or API, no groups)."""
     name = state.config.admission.scheduler_name
     pending = f"spec.nodeName=,spec.schedulerName={name}"
     return [
@@ -293,6 +294,14 @@ def gang_informers(client: KubeClient, state: ClusterState) -> list[Informer]:
             "podgroups",
             f"/apis/{PODGROUP_GROUP}/{PODGROUP_VERSION}/podgroups",
             state.apply_podgroup,
+            optional=True,
+        ),
+        Informer(
+            client,
+            state,
+            "workloadpodgroups",
+            f"/apis/{WORKLOAD_GROUP}/{WORKLOAD_VERSION}/podgroups",
+            state.apply_workload_podgroup,
             optional=True,
         ),
     ]

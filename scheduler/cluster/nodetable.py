@@ -50,6 +50,11 @@ class NodeFacts:
     topology_error: str | None
     other_alloc: dict[str, int]
     sharing: str = "none"  # GFD's nvidia.com/gpu.sharing-strategy: none | time-slicing | mps
+    # The taints kube-scheduler's TaintToleration filter refuses pods on unless they tolerate them:
+    # (key, value, effect) with effect NoSchedule or NoExecute; a node whose Ready condition is False or
+    # Unknown carries the taint the node lifecycle controller gives it (not-ready / unreachable) here too.
+    taints: tuple[tuple[str, str, str], ...] = ()
+    ready: bool = True  # False: the node reports Ready False or Unknown (no Ready condition: True)
 
 
 def _zeros(code: str, n: int) -> array:
@@ -119,6 +124,7 @@ class NodeTable:
         self.gpu_milli = array("i")
         self.other_used: list[dict[str, int]] = []  # per slot: extended resources (MIG, ...) pods hold
         self.shared_slots: set[int] = set()  # nodes whose GPUs are shared (replicas > 1 or gpu.shared)
+        self.tainted: set[int] = set()  # nodes with NodeFacts.taints (few: the gang planner checks only these)
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
@@ -188,6 +194,7 @@ class NodeTable:
             self.gpu_milli[base + i] = 0
         self.other_used[slot] = {}
         self.shared_slots.discard(slot)
+        self.tainted.discard(slot)
         self.names[slot] = None
         self.quoted[slot] = None
         self.facts[slot] = None
@@ -225,6 +232,13 @@ class NodeTable:
         self.flags[slot] = FLAG_PRESENT | (FLAG_UNSCHEDULABLE if unschedulable else 0)
         self.load[slot], self.load_time[slot] = _load(annotations)
         islands, topo_error = self._set_islands(slot, gpus, annotations.get(ANN_GPU_TOPOLOGY))
+        ready, taints = _readiness(status), _taints(node.get("spec") or {})
+        if ready != "True":
+            taints += ((TAINT_NOT_READY if ready == "False" else TAINT_UNREACHABLE, "", "NoSchedule"),)
+        if taints:
+            self.tainted.add(slot)
+        else:
+            self.tainted.discard(slot)
         self.facts[slot] = NodeFacts(
             name=name,
             pool=self.pools[self.pool[slot]],
@@ -233,6 +247,8 @@ class NodeTable:
             topology_error=topo_error,
             other_alloc={k: v for k, v in units.items() if k != "ephemeral-storage"},
             sharing=str(labels.get(LABEL_GPU_SHARING) or ("time-slicing" if slot in self.shared_slots else "none")),
+            taints=taints,
+            ready=ready == "True",
         )
 
     def _set_islands(self, slot: int, gpus: int, raw: Any) -> tuple[list[list[int]], str | None]:
@@ -328,6 +344,33 @@ def _int_label(labels: dict[str, Any], key: str) -> int:
     except (TypeError, ValueError):
         return 0
     return value if 0 < value < 1 << 20 else 0
+
+
+TAINT_NOT_READY = "node.kubernetes.io/not-ready"
+TAINT_UNREACHABLE = "node.kubernetes.io/unreachable"
+REFUSING_EFFECTS = ("NoSchedule", "NoExecute")  # PreferNoSchedule only lowers a score
+
+
+def _taints(spec: dict[str, Any]) -> tuple[tuple[str, str, str], ...]:
+    """spec.taints that refuse pods (NoSchedule, NoExecute) as (key, value, effect); anything unreadable is skipped."""
+    raw = spec.get("taints")
+    if not isinstance(raw, list):
+        return ()
+    out = []
+    for t in raw:
+        if isinstance(t, dict) and t.get("effect") in REFUSING_EFFECTS and isinstance(t.get("key"), str):
+            out.append((t["key"], str(t.get("value") or ""), str(t["effect"])))
+    return tuple(out)
+
+
+def _readiness(status: dict[str, Any]) -> str:
+    """The status of the node's Ready condition: "True", "False" or "Unknown"; "True" when it reports none
+    (a node without conditions is one the API server has not heard from a kubelet about: tests, demo)."""
+    for c in status.get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            value = str(c.get("status"))
+            return value if value in ("True", "False") else "Unknown"
+    return "True"
 
 
 def _units(alloc: Any) -> dict[str, int]:

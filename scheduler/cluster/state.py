@@ -352,6 +352,9 @@ class ClusterState:
     def apply_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
         self.gangs.podgroup(kind, obj)
 
+    def apply_workload_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
+        self.gangs.workload_podgroup(kind, obj)
+
     def hold_planned(self, entry: PodEntry, deadline: float) -> None:
         """Hold a planned member's capacity (node, GPUs, team quota) until it binds or `deadline`."""
         entry.confirmed = False
@@ -409,6 +412,8 @@ class ClusterState:
             "load": t.load[slot] if t.load[slot] >= 0 else None,
             "unschedulable": t.cordoned(slot),
             "draDevices": self.dra.node_view(t.names[slot] or ""),
+            "ready": facts.ready if facts else True,
+            "taints": [f"{k}{'=' + v if v else ''}:{e}" for k, v, e in facts.taints] if facts else [],
         }
 
 

@@ -63,6 +63,8 @@ class DebugViews:
         self.informers = informers
         # Who writes status and counts showback (cluster/leader.py; app.py sets it in live mode).
         self.leader_view: Callable[[], dict[str, Any]] = lambda: {"enabled": False, "leader": True}
+        # The gang queue (admission/loop.AdmissionLoop.view; app.py sets it when admission.enabled).
+        self.queue_view: Callable[[], dict[str, Any]] | None = None
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -91,6 +93,12 @@ class DebugViews:
             }
         )
         return json_response(out)
+
+    async def debug_queue(self, request: web.Request) -> web.Response:
+        """The gang queue, the same JSON as the webhook listener's /debug/queue (docs/gangs.md)."""
+        if self.queue_view is None:
+            return json_response({"enabled": False, "gangs": [], "reason": "admission.enabled is false"})
+        return json_response({"enabled": True, **self.queue_view()})
 
     async def debug_nodes(self, request: web.Request) -> web.Response:
         """Every node (by name), or those of ?pool=NAME, or those in the pools open to ?team=NAME;
@@ -172,6 +180,7 @@ ENDPOINTS = {
     "GET /debug/state": "cache counts, sync and informer state, kernels, leader election",
     "GET /debug/nodes": "nodes with free resources and GPU indices in use; ?pool=, ?team=, ?limit=",
     "GET /debug/teams": "TeamQuota usage, limits, borrowing and conditions",
+    "GET /debug/queue": "gangs and queued pods in queue order: phase, reason, members, plan, wait (docs/gangs.md)",
     "GET /debug/stalls": "what the event loop did around slow verb calls: phases, GC pauses, housekeeping, lag",
     "GET /debug/explain": "?namespace=&pod=: per-node verdicts and score parts for a pod (berth explain)",
     "POST /debug/explain": "the same for a POSTed Pod, JSON or YAML (berth explain -f pod.yaml)",

@@ -37,6 +37,7 @@ def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs:
         app.router.add_get("/debug/nodes", debug.debug_nodes)
         app.router.add_get("/debug/teams", debug.debug_teams)
         app.router.add_get("/debug/stalls", debug.debug_stalls)
+        app.router.add_get("/debug/queue", debug.debug_queue)
         app.router.add_route("*", "/debug/explain", debug.debug_explain)
     app.router.add_get("/healthz", debug.healthz)
     app.router.add_get("/readyz", debug.readyz)

@@ -40,3 +40,7 @@ ANN_GANG_ADMITTED = "berth.dev/gang-admitted-at"  # written at ungating: Unix ti
 GATE_ADMISSION = "berth.dev/admission"  # the scheduling gate the webhook adds and the admission loop removes
 PODGROUP_GROUP = "scheduling.x-k8s.io"
 PODGROUP_VERSION = "v1alpha1"
+# The upstream gang API (alpha in 1.36: feature gate GenericWorkload, runtime-config scheduling.k8s.io/v1alpha2):
+# PodGroup objects (spec.schedulingPolicy.gang.minCount), pods naming theirs in spec.schedulingGroup.podGroupName.
+WORKLOAD_GROUP = "scheduling.k8s.io"
+WORKLOAD_VERSION = "v1alpha2"

@@ -125,6 +125,15 @@ def _protected(
     return None
 
 
+def protected(
+    state: ClusterState, team: str | None, needs: set[str], victim: PodEntry, taken: dict[str, dict[str, int]]
+) -> str | None:
+    """Why `victim` may not be taken for a pod (or a gang) of `team` lacking `needs`, or None (then what it
+    gives up is added to `taken`, per team and resource). The rule of this verb, used by the gang
+    reclaim too (admission/reclaim.py), so both take victims alike."""
+    return _protected(state, team, needs, victim, taken)
+
+
 def _makes_room(state: ClusterState, ask: PodAsk, node: str, kept: list[PodEntry | str]) -> bool:
     """With the kept victims gone (unknown ones assumed to free nothing), does the pod fit?"""
     t = state.table

@@ -99,13 +99,27 @@ class Proc:
             return ""
 
 
+# The upstream gang API (alpha in 1.36: Workload and PodGroup, pods' spec.schedulingGroup), on in the tests
+# unless BERTH_E2E_WORKLOAD_API=0: with it the API server admits pods measurably slower (the 1,000-node gang
+# benchmark, loaded 2-core machine: p50 11 s with it, 3.2 s without), so the benchmarks in loadtests/ start
+# their control planes with workload_api=False.
+WORKLOAD_API = os.environ.get("BERTH_E2E_WORKLOAD_API", "1") != "0"
+WORKLOAD_API_FLAGS = [
+    "--feature-gates=GenericWorkload=true,TopologyAwareWorkloadScheduling=true",
+    "--runtime-config=scheduling.k8s.io/v1alpha2=true",
+]
+
+
 class ControlPlane:
     """etcd + kube-apiserver, with an admin token and kubeconfigs for other identities."""
 
     ADMIN_TOKEN = "berth-e2e-admin-token"
 
-    def __init__(self, workdir: Path | None = None, apiserver_flags: list[str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, apiserver_flags: list[str] | None = None, workload_api: bool = WORKLOAD_API
+    ) -> None:
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="berth-e2e-"))
+        self.workload_api_flags = WORKLOAD_API_FLAGS if workload_api else []
         # Extra kube-apiserver flags, after the defaults (a repeated flag's last value wins), e.g. a short
         # --etcd-compaction-interval for a test of expired watches.
         self.apiserver_flags = list(apiserver_flags or [])
@@ -175,6 +189,7 @@ class ControlPlane:
                 "--watch-cache=true",
                 "--max-requests-inflight=2000",
                 "--max-mutating-requests-inflight=1000",
+                *self.workload_api_flags,
                 *self.apiserver_flags,
             ],
             d,
@@ -295,8 +310,9 @@ def scheduler_config(
     return path
 
 
-def start_scheduler(cp: ControlPlane, name: str, config: Path) -> Proc:
-    return Proc(name, [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2"], cp.dir).start()
+def start_scheduler(cp: ControlPlane, name: str, config: Path, flags: list[str] | None = None) -> Proc:
+    cmd = [str(cp.bin / "kube-scheduler"), f"--config={config}", "--secure-port=0", "-v=2", *(flags or [])]
+    return Proc(name, cmd, cp.dir).start()
 
 
 def start_berth(

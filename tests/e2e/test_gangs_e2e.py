@@ -35,7 +35,11 @@ def webhook_port() -> int:
 @pytest.fixture(scope="module")
 def gang_berth(cp: h.ControlPlane, api: kclient.CoreV1Api, webhook_port: int) -> Iterator[BerthHandle]:
     cp.kubectl("apply", "-f", str(ROOT / "deploy" / "crds" / "scheduling.x-k8s.io_podgroups.yaml"))
-    h.wait_until(lambda: cp.kubectl("get", "podgroups", "-A", check=False).returncode == 0, 30, "PodGroup CRD")
+    h.wait_until(
+        lambda: cp.kubectl("get", "podgroups.scheduling.x-k8s.io", "-A", check=False).returncode == 0,
+        30,
+        "PodGroup CRD",
+    )
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
     d = cp.dir / "gangs-tls"
@@ -91,7 +95,11 @@ def gang_berth(cp: h.ControlPlane, api: kclient.CoreV1Api, webhook_port: int) ->
 @pytest.fixture(scope="module")
 def gang_scheduler(cp: h.ControlPlane, gang_berth: BerthHandle) -> Iterator[h.Proc]:
     cfg = h.scheduler_config(cp, cp.dir / f"sched-gangs-{gang_berth.port}.yaml", gang_berth.url, "berth-scheduler")
-    proc = h.start_scheduler(cp, f"kube-scheduler-gangs-{gang_berth.port}", cfg)
+    # kube-scheduler's own gang plugin on too (GenericWorkload, GangScheduling): Berth's admission composes
+    # with it (it holds members until their PodGroup and minCount exist; Berth ungates them whole and pinned).
+    gates = ["--feature-gates=GenericWorkload=true,GangScheduling=true,TopologyAwareWorkloadScheduling=true"]
+    gates = gates if h.WORKLOAD_API else []
+    proc = h.start_scheduler(cp, f"kube-scheduler-gangs-{gang_berth.port}", cfg, gates)
     time.sleep(1.0)
     yield proc
     proc.stop()
@@ -205,7 +213,7 @@ def test_kubeflow_style_podgroup(
     create(api, [worker(3)])
     h.wait_until(lambda: bound(api, "pt7-") == 4, 20, "all four bound")
     h.wait_until(lambda: status().get("phase") == "Running", 10, "PodGroup Running")
-    table = cp.kubectl("get", "podgroups", "-n", NS, "pytorchjob-7").stdout
+    table = cp.kubectl("get", "podgroups.scheduling.x-k8s.io", "-n", NS, "pytorchjob-7").stdout
     assert "PHASE" in table and "ADMITTED" in table and "Running" in table, table
     events = api.list_namespaced_event(NS, field_selector="involvedObject.name=pytorchjob-7").items
     assert any("3 of 4" in (e.message or "") for e in events), [e.message for e in events]
@@ -289,6 +297,117 @@ def test_failover_mid_admission_leaves_no_partial_gang_and_no_hold(
     assert len(set(plans.values())) == 8
     h.wait_until(lambda: gang_berth.get("/debug/state")["reservations"] == 0, 15, "no reservation left")
     h.wait_until(lambda: queue_holds(webhook_port) == 0, 15, "no gang hold left")
+
+
+def test_a_gang_within_its_guarantee_reclaims_what_another_team_borrows(
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    gang_berth: BerthHandle,
+    gang_scheduler: h.Proc,
+    webhook_port: int,
+) -> None:
+    """Preemption for a whole gang: team borrow (guaranteed 16 GPUs) runs on all 32 GPUs of the group, 16
+    of them lent by team owner of its cohort. Owner's gang of 2 x 8 GPUs (within its guarantee) gets two
+    of borrow's pods evicted through the Eviction API, never more and never taking borrow below its 16,
+    and is then fully bound; the victims and the gang each have an Event saying why."""
+    owner = create_namespace(api, "gangs-owner", {"berth.dev/admission": "enabled"})
+    borrow = create_namespace(api, "gangs-borrow", {"berth.dev/admission": "enabled"})
+    gpu = {"nvidia.com/gpu": {"guaranteed": 16, "max": 32}}
+    teams = [("gang-owner", owner), ("gang-borrow", borrow)]
+    for name, ns in teams:
+        team = {
+            "apiVersion": "berth.dev/v1alpha1",
+            "kind": "TeamQuota",
+            "metadata": {"name": name},
+            "spec": {"namespaces": [ns], "cohort": "gangs-cohort", "resources": gpu},
+        }
+        custom.create_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", team)
+    gpu_nodes(api, "gang8", 4)
+    for i in range(4):
+        api.create_namespaced_pod(borrow, pod(f"lend-{i}", "gang8", gpus=8))
+
+    def bound_in(ns: str) -> list[Any]:
+        return [p for p in api.list_namespaced_pod(ns).items if p.spec.node_name]
+
+    h.wait_until(lambda: len(bound_in(borrow)) == 4, 30, "team borrow runs on all 32 GPUs")
+    for i in range(2):
+        api.create_namespaced_pod(owner, member(f"own-{i}", "gang8", "own", 2))
+    h.wait_until(lambda: len(bound_in(owner)) == 2, 30, "the owner's gang fully bound after the reclaim")
+    left = api.list_namespaced_pod(borrow).items
+    assert len(left) == 2 and all(p.spec.node_name for p in left), "exactly two borrowers evicted"
+    planned = {p.metadata.annotations.get("berth.dev/gang-plan") for p in bound_in(owner)}
+    assert planned == {p.spec.node_name for p in bound_in(owner)} and not planned & {p.spec.node_name for p in left}
+    preempted = [e for e in api.list_namespaced_event(borrow).items if e.reason == "Preempted"]
+    assert len({e.involved_object.name for e in preempted}) == 2, [e.message for e in preempted]
+    assert all("gang gangs-owner/own" in e.message and "gang-borrow" in e.message for e in preempted)
+    told = [e for e in api.list_namespaced_event(owner).items if e.reason == "Reclaiming"]
+    assert told and "evicting 2 pods of team gang-borrow" in told[0].message, [e.message for e in told]
+    for name, _ in teams:
+        custom.delete_cluster_custom_object("berth.dev", "v1alpha1", "teamquotas", name)
+
+
+def test_a_gang_is_never_planned_onto_a_rack_whose_taint_it_does_not_tolerate(
+    api: kclient.CoreV1Api, gang_berth: BerthHandle, gang_scheduler: h.Proc, webhook_port: int
+) -> None:
+    """rack-0 is tainted NoSchedule and sorts first among equal racks: the gang of 2 x 8 GPUs asking one
+    rack lands in rack-1 (kube-scheduler would refuse every pin into rack-0); a second gang, with rack-1
+    full, waits whole, gated, with the taint named in its reason."""
+    gpu_nodes(api, "gang9", 4, labels=lambda i: {"rack9": f"rack-{i // 2}"})
+    taint = {"key": "e2e-reserved", "value": "yes", "effect": "NoSchedule"}
+    for i in range(2):
+        api.patch_node(f"gang9-{i}", {"spec": {"taints": [taint]}})
+    h.wait_until(lambda: gang_berth.node("gang9-1")["taints"] == ["e2e-reserved=yes:NoSchedule"], 15, "taint seen")
+    create(api, [member(f"g9-{i}", "gang9", "g9", 2, **{ANN_GANG_TOPOLOGY: "rack9"}) for i in range(2)])
+    h.wait_until(lambda: bound(api, "g9-") == 2, 20, "gang g9 bound")
+    assert {p.spec.node_name for p in pods_of(api, "g9-")} == {"gang9-2", "gang9-3"}
+    create(api, [member(f"h9-{i}", "gang9", "h9", 2, **{ANN_GANG_TOPOLOGY: "rack9"}) for i in range(2)])
+    key = f"{NS}/h9"
+    h.wait_until(lambda: "e2e-reserved" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "why")
+    assert bound(api, "h9-") == 0 and gated(api, "h9-") == 2
+    assert "e2e-reserved=yes:NoSchedule" in queue(gang_berth, webhook_port)[key]["reason"]
+
+
+@pytest.mark.skipif(not h.WORKLOAD_API, reason="BERTH_E2E_WORKLOAD_API=0: the upstream API is off")
+def test_upstream_scheduling_k8s_io_podgroup(
+    api: kclient.CoreV1Api,
+    custom: kclient.CustomObjectsApi,
+    gang_berth: BerthHandle,
+    gang_scheduler: h.Proc,
+    webhook_port: int,
+) -> None:
+    """The upstream alpha API (scheduling.k8s.io/v1alpha2, GenericWorkload on the API server): a PodGroup of
+    gang policy minCount 3 and a topology constraint, pods naming it in spec.schedulingGroup. Two of three:
+    none bound, all gated, an Event on the PodGroup says why; the third: all bound in one rack."""
+    gpu_nodes(api, "gang10", 6, labels=lambda i: {"rack10": f"rack-{i % 2}"})
+    group = {
+        "apiVersion": "scheduling.k8s.io/v1alpha2",
+        "kind": "PodGroup",
+        "metadata": {"name": "upstream-10", "namespace": NS},
+        "spec": {
+            "schedulingPolicy": {"gang": {"minCount": 3}},
+            "schedulingConstraints": {"topology": [{"key": "rack10"}]},
+        },
+    }
+    custom.create_namespaced_custom_object("scheduling.k8s.io", "v1alpha2", NS, "podgroups", group)
+
+    def worker(i: int) -> dict[str, Any]:
+        p = pod(f"up10-{i}", "gang10", gpus=8)
+        p["spec"]["schedulingGroup"] = {"podGroupName": "upstream-10"}
+        return p
+
+    create(api, [worker(i) for i in range(2)])
+    key = f"{NS}/upstream-10"
+    h.wait_until(lambda: "2 of 3" in queue(gang_berth, webhook_port).get(key, {}).get("reason", ""), 15, "2 of 3")
+    assert bound(api, "up10-") == 0 and gated(api, "up10-") == 2
+    events = api.list_namespaced_event(NS, field_selector="involvedObject.name=upstream-10").items
+    assert any("2 of 3" in (e.message or "") for e in events), [e.message for e in events]
+    assert events[0].involved_object.api_version == "scheduling.k8s.io/v1alpha2"
+    create(api, [worker(2)])
+    h.wait_until(lambda: bound(api, "up10-") == 3, 20, "all three bound")
+    done = pods_of(api, "up10-")
+    assert all(p.spec.node_name == p.metadata.annotations.get("berth.dev/gang-plan") for p in done), "off plan"
+    racks = {int(p.spec.node_name.rsplit("-", 1)[1]) % 2 for p in done}
+    assert len(racks) == 1, f"Berth's plan spread over racks: {racks}"
 
 
 DENY_UNGATE: list[dict[str, Any]] = [

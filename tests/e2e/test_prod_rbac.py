@@ -130,6 +130,7 @@ def test_writes_berth_needs_are_allowed(
     assert can_i("watch", "pods", "--all-namespaces")
     assert not can_i("patch", "teamquotas.berth.dev")  # the spec belongs to the cluster admin
     assert not can_i("delete", "pods", "-n", ns)
+    assert can_i("create", "pods", "--subresource=eviction", "-n", ns)  # gang reclaim (docs/gangs.md)
     assert not can_i("create", "secrets", "-n", ns)
     assert not can_i("patch", "nodes")
 
