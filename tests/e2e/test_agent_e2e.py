@@ -110,8 +110,15 @@ def test_the_agent_may_write_only_its_nodes_annotations(cp: h.ControlPlane, agen
 
     ok = patch(NODE, {"metadata": {"annotations": {"berth.dev/gpu-assigned": '{"pods":{}}'}}})
     assert ok.returncode == 0, ok.stderr
-    other = patch("agent-other", {"metadata": {"annotations": {"berth.dev/gpu-assigned": '{"pods":{}}'}}})
-    assert other.returncode != 0 and "only the Node its pod runs on" in other.stderr
+
+    def other_refused() -> subprocess.CompletedProcess[str] | None:
+        other = patch("agent-other", {"metadata": {"annotations": {"berth.dev/gpu-assigned": '{"pods":{}}'}}})
+        return other if other.returncode != 0 else None
+
+    # A just-created ValidatingAdmissionPolicy is enforced once the API server's policy informer has it
+    # (about a second, longer on a loaded machine): until then RBAC alone (nodes patch) lets the write in.
+    other = h.wait_until(other_refused, 30, "the node-restriction policy to refuse another node's write", every=0.5)
+    assert "only the Node its pod runs on" in other.stderr
     label = patch(NODE, {"metadata": {"labels": {"berth.dev/pool": "stolen"}}})
     assert label.returncode != 0 and "only the annotations" in label.stderr
     foreign = patch(NODE, {"metadata": {"annotations": {"berth.dev/load": "0"}}})
