@@ -377,6 +377,11 @@ def test_native_matches_twin(
     groups_c = native.reason_ids(t, slots, bytes(out_c), pod.cpu, pod.mem, pod.gpu, ids_c)
     assert groups_c == groups_py
     assert list(ids_c) == list(ids_py)
+    # ... and so are the nodes the best tier failed (grouped by their free GPUs, which their sentence names).
+    groups_py = _python.reason_ids(t, slots, bytes(tier_py), pod.cpu, pod.mem, pod.gpu, ids_py)
+    groups_c = native.reason_ids(t, slots, bytes(tier_c), pod.cpu, pod.mem, pod.gpu, ids_c)
+    assert groups_c == groups_py
+    assert list(ids_c) == list(ids_py)
 
 
 def test_huge_memory_scores_agree(native: ModuleType) -> None:

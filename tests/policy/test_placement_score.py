@@ -149,3 +149,17 @@ def test_demand_counts_replicas_as_whole_gpus_and_leaves_fractions_out() -> None
     assert whole_gpus(one(2000), (1000, 1)) == 2  # 1000 replicas per GPU: two whole GPUs
     assert whole_gpus(one(500), (1000, 1)) == 0  # half a GPU: shares one
     assert whole_gpus(one(1, 250), (4, 1)) == 0
+
+
+def test_better_fit_sentence_names_the_free_gpus_and_is_not_unresolvable() -> None:
+    state = state_with(spec(0, 8), spec(1, 2, "T4"))
+    j = judge(state, ask(1, 1))
+    verdicts, passed = run_filter(state, j, slots(state))
+    assert passed == 1 and list(verdicts) == [K.BETTER_FIT, K.OK]  # the 2-GPU node: an 8-GPU node stays whole
+    sentence, unresolvable = Reasons(state, j).of(K.BETTER_FIT, 0)
+    assert sentence.startswith("berth: node fits but would leave 7 GPUs free there; a better fit exists")
+    assert not unresolvable
+    # No node fits: nothing is cut, every failure is the real one (preemption sees what it saw before).
+    big = judge(state, ask(2, 8, cpu=500_000))
+    verdicts, passed = run_filter(state, big, slots(state))
+    assert passed == 0 and K.BETTER_FIT not in verdicts
