@@ -31,6 +31,7 @@ cdef struct Table:
     unsigned char* flags
     double* load
     double* load_time
+    double* maint
 
 
 cdef class _Views:
@@ -39,7 +40,7 @@ cdef class _Views:
     cdef int[::1] alloc_gpu, alloc_pods, used_pods, model, pool
     cdef unsigned long long[::1] gpu_mask, gpu_used, islands
     cdef unsigned char[::1] flags
-    cdef double[::1] load, load_time
+    cdef double[::1] load, load_time, maint
     cdef Table tab
 
     def __cinit__(self, t):
@@ -58,6 +59,7 @@ cdef class _Views:
         self.flags = t.flags
         self.load = t.load
         self.load_time = t.load_time
+        self.maint = t.maint
         self.tab.alloc_cpu = &self.alloc_cpu[0]
         self.tab.alloc_mem = &self.alloc_mem[0]
         self.tab.alloc_gpu = &self.alloc_gpu[0]
@@ -73,6 +75,7 @@ cdef class _Views:
         self.tab.flags = &self.flags[0]
         self.tab.load = &self.load[0]
         self.tab.load_time = &self.load_time[0]
+        self.tab.maint = &self.maint[0]
 
 
 cdef inline unsigned long long _free_gpus(const Table* t, int s) noexcept nogil:
@@ -168,6 +171,9 @@ cdef inline void _gpu_parts(const Table* t, int s, int gpu, double* pack, double
     best = _best_island(t, s, free, gpu, &size)
     if best >= 0:
         fit[0] = 10.0 * (1.0 - <double>(best - gpu) / <double>size)
+    elif t.islands[s * MAX_ISLANDS] == 0:
+        # No islands declared: the node's GPUs count as one island (best fit by the GPUs left free).
+        fit[0] = 10.0 * (1.0 - <double>(nfree - gpu) / <double>cap)
 
 
 cdef inline double _resource_part(const Table* t, int s, long long cpu, long long mem,
@@ -186,48 +192,243 @@ cdef inline double _resource_part(const Table* t, int s, long long cpu, long lon
     return (<double>(10 * (ac - uc)) / <double>ac + <double>(10 * (am - um)) / <double>am) / 2.0
 
 
+cdef inline double _unusable(const Table* t, int s, long long g, long long c, long long m,
+                             const double* params) noexcept nogil:
+    """Twin: unusable_gpus."""
+    cdef int cap = t.alloc_gpu[s]
+    cdef int b, base
+    cdef double f, w, k, pc, pm, n, own_c = -1.0, own_m = -1.0
+    if cap <= 0 or g <= 0:
+        return 0.0
+    f = 0.0
+    for b in range(DEMAND_BUCKETS):
+        base = DEMAND_BASE + b * DEMAND_FIELDS
+        w = params[base + D_WEIGHT]
+        k = params[base + D_GPUS]
+        if w <= 0.0 or k < 1.0:
+            continue
+        n = <double>(<long long>(<double>g * params[base + D_INV_GPUS] + 1e-9))
+        if n > 0.0:
+            pc = params[base + D_CPU]
+            pm = params[base + D_MEM]
+            if pc <= 0.0:
+                if own_c < 0.0:
+                    own_c = <double>t.alloc_cpu[s] / <double>cap
+                pc = own_c
+            if pm <= 0.0:
+                if own_m < 0.0:
+                    own_m = <double>t.alloc_mem[s] / <double>cap
+                pm = own_m
+            if pc > 0.0 and <double>c < n * k * pc:
+                n = <double>(<long long>(<double>c / (k * pc)))
+            if pm > 0.0 and <double>m < n * k * pm:
+                n = <double>(<long long>(<double>m / (k * pm)))
+        f += w * (<double>g - k * n)
+    return f
+
+
+cdef inline double _frag_part(const Table* t, int s, long long cpu, long long mem, int gpu,
+                              const double* params) noexcept nogil:
+    """Twin: frag_part."""
+    cdef long long nfree = popcount(_free_gpus(t, s))
+    cdef long long c = t.alloc_cpu[s] - t.used_cpu[s]
+    cdef long long m = t.alloc_mem[s] - t.used_mem[s]
+    cdef double before, after, kmax, v
+    if nfree < gpu or c < cpu or m < mem:
+        return 0.0
+    before = _unusable(t, s, nfree, c, m, params)
+    after = _unusable(t, s, nfree - gpu, c - cpu, m - mem, params)
+    kmax = params[DEMAND_BASE + (DEMAND_BUCKETS - 1) * DEMAND_FIELDS + D_GPUS]
+    v = 10.0 * (1.0 - (after - before + <double>gpu) / (<double>gpu + kmax))
+    return 0.0 if v < 0.0 else (10.0 if v > 10.0 else v)
+
+
+cdef inline double _scarcity_part(const Table* t, int s, const double* params) noexcept nogil:
+    cdef int m = t.model[s]
+    if m < 0 or m >= SCARCITY_MODELS:
+        return 10.0
+    return 10.0 * (1.0 - params[SCARCITY_BASE + m])
+
+
+cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long long mem,
+                                     const double* params) noexcept nogil:
+    """Twin: cpu_pod_gpu_part."""
+    cdef int cap = t.alloc_gpu[s]
+    cdef long long nfree, c, m
+    cdef double added, v
+    if cap <= 0:
+        return 10.0
+    nfree = popcount(_free_gpus(t, s))
+    if nfree >= cap:
+        return 0.0
+    c = t.alloc_cpu[s] - t.used_cpu[s]
+    m = t.alloc_mem[s] - t.used_mem[s]
+    if c < cpu or m < mem:
+        return 0.0
+    added = _unusable(t, s, nfree, c - cpu, m - mem, params) - _unusable(t, s, nfree, c, m, params)
+    v = 9.0 * (1.0 - (added + <double>nfree) / (2.0 * <double>cap))
+    return 0.0 if v < 0.0 else v
+
+
+cdef inline double _fit_part(const Table* t, int s, long long cpu, long long mem, int gpu,
+                             const double* params) noexcept nogil:
+    """Twin: fit_part."""
+    cdef double g = <double>(popcount(_free_gpus(t, s)) - gpu)
+    cdef double c = <double>(t.alloc_cpu[s] - t.used_cpu[s] - cpu)
+    cdef double m = <double>(t.alloc_mem[s] - t.used_mem[s] - mem)
+    cdef double sg = params[MAX_NODE_GPUS], sc = params[MAX_NODE_CPU], sm = params[MAX_NODE_MEM], v
+    if g < 0.0 or c < 0.0 or m < 0.0:
+        return 0.0
+    if sg <= 0.0:
+        sg = <double>t.alloc_gpu[s] if t.alloc_gpu[s] > 0 else 1.0
+    if sc <= 0.0:
+        sc = <double>t.alloc_cpu[s] if t.alloc_cpu[s] > 0 else 1.0
+    if sm <= 0.0:
+        sm = <double>t.alloc_mem[s] if t.alloc_mem[s] > 0 else 1.0
+    v = 10.0 * (1.0 - (g / sg + c / sc + m / sm) / 3.0)
+    return 0.0 if v < 0.0 else (10.0 if v > 10.0 else v)
+
+
+cdef inline double _maint_part(const Table* t, int s, const double* params) noexcept nogil:
+    """Twin: maintenance_part."""
+    cdef double when = t.maint[s]
+    if when <= 0.0:
+        return 10.0
+    if params[POD_END] > 0.0 and params[POD_END] <= when:
+        return 10.0
+    return 0.0
+
+
+cdef inline double _common_raw(const Table* t, int s, const unsigned char* pool_ok, const double* pool_avail,
+                               const double* params, double* wsum) noexcept nogil:
+    """Load, pool, pool availability and maintenance: the parts every pod has (twin: common_parts)."""
+    cdef double lp, own, avail, mt, load = t.load[s]
+    cdef int p = t.pool[s]
+    if load >= 0.0 and params[NOW] - t.load_time[s] <= params[LOAD_MAX_AGE]:
+        lp = 10.0 * (1.0 - load)
+    else:
+        lp = 5.0
+    own = 10.0 if pool_ok[p] == 1 else 0.0
+    avail = 10.0 * pool_avail[p]
+    mt = _maint_part(t, s, params)
+    wsum[0] += params[W_LOAD] + params[W_POOL] + params[W_AVAIL] + params[W_MAINT]
+    return params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail + params[W_MAINT] * mt
+
+
+cdef inline double _node_raw(const Table* t, int s, long long cpu, long long mem, int gpu,
+                             const unsigned char* pool_ok, const double* pool_avail,
+                             const double* params, bint most, double* wsum_out) noexcept nogil:
+    """The weighted sum of the parts for one node (twin: node_score_parts); the weight total in wsum_out."""
+    cdef double total = 0.0, wsum = 0.0, pack, fit, frag, scarce, bf, res
+    if gpu > 0:
+        _gpu_parts(t, s, gpu, &pack, &fit)
+        frag = _frag_part(t, s, cpu, mem, gpu, params)
+        scarce = _scarcity_part(t, s, params)
+        bf = _fit_part(t, s, cpu, mem, gpu, params)
+        total += params[W_PACK] * pack + params[W_TOPO] * fit + params[W_FRAG] * frag + params[W_SCARCE] * scarce
+        total += params[W_FIT] * bf
+        wsum += params[W_PACK] + params[W_TOPO] + params[W_FRAG] + params[W_SCARCE] + params[W_FIT]
+    else:
+        res = _resource_part(t, s, cpu, mem, most)
+        pack = _cpu_pod_gpu_part(t, s, cpu, mem, params)
+        total += params[W_RES] * res + params[W_PACK] * pack
+        wsum += params[W_RES] + params[W_PACK]
+    total += _common_raw(t, s, pool_ok, pool_avail, params, &wsum)
+    wsum_out[0] = wsum
+    return total
+
+
 def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
                 const unsigned char[::1] pool_ok, const double[::1] pool_avail,
                 const double[::1] params, long long[::1] out):
     cdef _Views v = _Views(t)
     cdef const Table* tab = &v.tab
     cdef Py_ssize_t i, n = slots.shape[0]
-    cdef int s, p
-    cdef double total, wsum, pack, fit, res, lp, own, avail, load, r
+    cdef int s
+    cdef double total, wsum, r
     cdef bint most = params[MOST_ALLOCATED] > 0.0
+    if params.shape[0] < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
     with nogil:
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT):
                 out[i] = 0
                 continue
-            total = 0.0
-            wsum = 0.0
-            if gpu > 0:
-                _gpu_parts(tab, s, gpu, &pack, &fit)
-                total += params[W_PACK] * pack + params[W_TOPO] * fit
-                wsum += params[W_PACK] + params[W_TOPO]
-            else:
-                res = _resource_part(tab, s, cpu, mem, most)
-                pack = 10.0 if tab.alloc_gpu[s] == 0 else 0.0
-                total += params[W_RES] * res + params[W_PACK] * pack
-                wsum += params[W_RES] + params[W_PACK]
-            load = tab.load[s]
-            if load >= 0.0 and params[NOW] - tab.load_time[s] <= params[LOAD_MAX_AGE]:
-                lp = 10.0 * (1.0 - load)
-            else:
-                lp = 5.0
-            p = tab.pool[s]
-            own = 10.0 if pool_ok[p] == 1 else 0.0
-            avail = 10.0 * pool_avail[p]
-            total += params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail
-            wsum += params[W_LOAD] + params[W_POOL] + params[W_AVAIL]
+            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum)
             if wsum <= 0.0:
                 out[i] = 0
                 continue
             r = floor(total / wsum + 0.5)
             out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
 
+
+def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
+              const unsigned char[::1] pool_ok, const double[::1] pool_avail,
+              const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b""):
+    """The unrounded weighted mean (0..10) per slot; -1 for absent nodes and, with `verdicts`, for nodes
+    that did not pass (twin: score_raw)."""
+    cdef _Views v = _Views(t)
+    cdef const Table* tab = &v.tab
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int s
+    cdef double total, wsum
+    cdef bint most = params[MOST_ALLOCATED] > 0.0
+    cdef bint check = verdicts.shape[0] > 0
+    if params.shape[0] < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
+    if check and verdicts.shape[0] < n:
+        raise ValueError("verdicts: fewer than slots")
+    with nogil:
+        for i in range(n):
+            s = slots[i]
+            if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
+                out[i] = -1.0
+                continue
+            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum)
+            out[i] = total / wsum if wsum > 0.0 else 0.0
+
+
+def normalize_scores(const double[::1] raw, long long[::1] out):
+    """Min-max over the candidates (raw >= 0) onto 0..10, rounded (twin: normalize_scores)."""
+    cdef Py_ssize_t i, n = raw.shape[0]
+    cdef double lo = -1.0, hi = -1.0, x, span, r
+    with nogil:
+        for i in range(n):
+            x = raw[i]
+            if x >= 0.0:
+                if hi < 0.0 or x > hi:
+                    hi = x
+                if lo < 0.0 or x < lo:
+                    lo = x
+        span = hi - lo
+        for i in range(n):
+            x = raw[i]
+            if x < 0.0:
+                out[i] = 0
+            elif span <= 1e-9:
+                out[i] = 10
+            else:
+                r = floor(10.0 * (x - lo) / span + 0.5)
+                out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
+
+
+def best_tier(const double[::1] raw, unsigned char[::1] verdicts, double margin):
+    """Passing nodes more than `margin` below the best passing one get BETTER_FIT; returns how many pass."""
+    cdef Py_ssize_t i, n = raw.shape[0]
+    cdef double hi = -1.0
+    cdef int passed = 0
+    with nogil:
+        for i in range(n):
+            if verdicts[i] == OK and raw[i] > hi:
+                hi = raw[i]
+        for i in range(n):
+            if verdicts[i] == OK:
+                if raw[i] < hi - margin:
+                    verdicts[i] = BETTER_FIT
+                else:
+                    passed += 1
+    return passed
 
 # ---- GPU sharing: the fractional path (twins: share_ask, best_share, filter_shared, ... in _python.py) ----
 
@@ -383,55 +584,77 @@ cdef inline void _share_parts(_ShareViews sv, int s, int m, double* pack, double
         pack[0] = <double>(10 * (used + m)) / <double>(<long long>cap * GPU_MILLI)
 
 
+cdef inline double _shared_raw(_ShareViews sv, int s, long long cpu, long long mem, int gpu, int shared,
+                               int fraction, const unsigned char* pool_ok, const double* pool_avail,
+                               const double* params, bint most, double* wsum_out) noexcept nogil:
+    """Twin: shared_score_parts. Whole asks and pods without GPUs: _node_raw; a fraction: its own parts."""
+    cdef const Table* tab = &sv.v.tab
+    cdef int whole, m
+    cdef double total, wsum, pack, fit
+    whole = _share_ask(sv, s, gpu, shared, fraction, &m)
+    if m == 0 and whole >= 0:
+        return _node_raw(tab, s, cpu, mem, whole, pool_ok, pool_avail, params, most, wsum_out)
+    if whole < 0:
+        wsum_out[0] = 0.0
+        return 0.0
+    _share_parts(sv, s, m, &pack, &fit)
+    total = params[W_PACK] * pack + params[W_SHARE] * fit
+    wsum = params[W_PACK] + params[W_SHARE]
+    total += _common_raw(tab, s, pool_ok, pool_avail, params, &wsum)
+    wsum_out[0] = wsum
+    return total
+
+
 def score_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
                  int topo, const unsigned char[::1] pool_ok, const double[::1] pool_avail,
                  const double[::1] params, long long[::1] out):
     cdef _ShareViews sv = _ShareViews(t)
     cdef const Table* tab = &sv.v.tab
     cdef Py_ssize_t i, n = slots.shape[0]
-    cdef int s, p, whole, m
-    cdef double total, wsum, pack, fit, res, lp, own, avail, load, r
+    cdef int s
+    cdef double total, wsum, r
     cdef bint most = params[MOST_ALLOCATED] > 0.0
+    if params.shape[0] < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
     with nogil:
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT):
                 out[i] = 0
                 continue
-            whole = _share_ask(sv, s, gpu, shared, fraction, &m)
-            if whole < 0:
-                out[i] = 0
-                continue
-            total = 0.0
-            wsum = 0.0
-            if m > 0:
-                _share_parts(sv, s, m, &pack, &fit)
-                total += params[W_PACK] * pack + params[W_TOPO] * fit
-                wsum += params[W_PACK] + params[W_TOPO]
-            elif whole > 0:
-                _gpu_parts(tab, s, whole, &pack, &fit)
-                total += params[W_PACK] * pack + params[W_TOPO] * fit
-                wsum += params[W_PACK] + params[W_TOPO]
-            else:
-                res = _resource_part(tab, s, cpu, mem, most)
-                pack = 10.0 if tab.alloc_gpu[s] == 0 else 0.0
-                total += params[W_RES] * res + params[W_PACK] * pack
-                wsum += params[W_RES] + params[W_PACK]
-            load = tab.load[s]
-            if load >= 0.0 and params[NOW] - tab.load_time[s] <= params[LOAD_MAX_AGE]:
-                lp = 10.0 * (1.0 - load)
-            else:
-                lp = 5.0
-            p = tab.pool[s]
-            own = 10.0 if pool_ok[p] == 1 else 0.0
-            avail = 10.0 * pool_avail[p]
-            total += params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail
-            wsum += params[W_LOAD] + params[W_POOL] + params[W_AVAIL]
+            total = _shared_raw(sv, s, cpu, mem, gpu, shared, fraction, &pool_ok[0], &pool_avail[0], &params[0],
+                                most, &wsum)
             if wsum <= 0.0:
                 out[i] = 0
                 continue
             r = floor(total / wsum + 0.5)
             out[i] = 0 if r < 0 else (10 if r > 10 else <long long>r)
+
+
+def score_shared_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
+                     int topo, const unsigned char[::1] pool_ok, const double[::1] pool_avail,
+                     const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b""):
+    """Twin: score_shared_raw."""
+    cdef _ShareViews sv = _ShareViews(t)
+    cdef const Table* tab = &sv.v.tab
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int s
+    cdef double total, wsum
+    cdef bint most = params[MOST_ALLOCATED] > 0.0
+    cdef bint check = verdicts.shape[0] > 0
+    if params.shape[0] < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
+    if check and verdicts.shape[0] < n:
+        raise ValueError("verdicts: fewer than slots")
+    with nogil:
+        for i in range(n):
+            s = slots[i]
+            if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
+                out[i] = -1.0
+                continue
+            total = _shared_raw(sv, s, cpu, mem, gpu, shared, fraction, &pool_ok[0], &pool_avail[0], &params[0],
+                                most, &wsum)
+            out[i] = total / wsum if wsum > 0.0 else 0.0
 
 
 # ---- reply builders: JSON bytes written straight into one buffer (the twins are in _python.py) ----
@@ -552,6 +775,8 @@ def reason_ids(t, const int[::1] slots, const unsigned char[::1] verdicts, long 
             key = (<long long>code << 40) | tab.pool[s]
         elif code == MODEL:
             key = (<long long>code << 40) | (tab.model[s] + 1)
+        elif code == BETTER_FIT:
+            key = (<long long>code << 40) | popcount(_free_gpus(tab, s))
         else:
             key = (<long long>code << 40) | _too_small(tab, s, code, cpu, mem, gpu)
         for j in range(k):

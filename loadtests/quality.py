@@ -172,7 +172,10 @@ class BerthPolicy(Policy):
         verdicts, passed = run_filter(state, j, self.slots)
         if not passed:
             return None
-        at = first_best(verdicts, run_score(state, j, self.slots, now=0.0))
+        # As kube-scheduler does: prioritize is sent only the nodes filter passed (scores are normalised
+        # over the candidates), so nodes that failed score nothing here.
+        ok = array("i", [s if v == kernels.OK else -1 for s, v in zip(self.slots, verdicts, strict=True)])
+        at = first_best(verdicts, run_score(state, j, ok, now=0.0))
         await self.binder.bind(BindingArgs(ask.name, ask.namespace, ask.uid, self.names[at]))
         return self.slots[at]
 

@@ -458,11 +458,15 @@ class BerthPolicy(Policy):
         pod = pod_ask(shared_pod_dict(ask.pod) if self.sharing else pod_dict(ask.pod))
         state.seen.remember(pod)  # what the filter handler records: bind gets only names
         j = judge(state, pod)
+        # run_filter is the filter verb's path: it feeds the demand histogram and keeps only the best tier
+        # (scoring.filter_best_tier); run_score normalises over the survivors, as prioritize sees them.
         verdicts, passed = run_filter(state, j, self.slots)
         if not passed:
             return None
-        scores = run_score(state, j, self.slots, now=0.0)
         ok = [i for i, v in enumerate(verdicts) if v == kernels.OK]
+        survivors = array("i", [self.slots[i] for i in ok])
+        tier = run_score(state, j, survivors, now=0.0)
+        scores = dict(zip(ok, tier, strict=True))
         top = max(scores[i] for i in ok)
         best = [i for i in ok if scores[i] == top]
         at = best[self.rng.randrange(len(best))] if len(best) > 1 else best[0]

@@ -43,11 +43,16 @@ class ServerConfig:
 @dataclass(slots=True)
 class Weights:
     gpu_packing: float = 4.0
-    topology: float = 3.0
+    topology: float = 1.0
     load: float = 1.0
     pool: float = 2.0
     pool_availability: float = 1.0
     resources: float = 1.0
+    fragmentation: float = 3.0
+    scarcity: float = 1.0
+    best_fit: float = 8.0
+    maintenance: float = 3.0
+    share_fit: float = 3.0
 
 
 @dataclass(slots=True)
@@ -55,6 +60,11 @@ class ScoringConfig:
     cpu_strategy: str = "least_allocated"
     weights: Weights = field(default_factory=Weights)
     load_max_age_seconds: float = 300.0
+    # Filter passes only the nodes within best_tier_margin (on the 0..10 scale) of the best candidate;
+    # the rest fail with "a better fit exists" (not unresolvable), so kube-scheduler's own scores and
+    # random tie-breaks cannot undo Berth's choice (docs/scoring.md).
+    filter_best_tier: bool = True
+    best_tier_margin: float = 0.1
 
 
 @dataclass(slots=True)
@@ -134,6 +144,7 @@ _RANGES = {
     "server.request_timeout_seconds": (0.1, 3600.0),
     "server.max_connections": (1, 1_000_000),
     "demo.nodes": (1, 15000),
+    "scoring.best_tier_margin": (0.0, 10.0),
     # harden-bind: listeners and leader election
     "server.health_port": (0, 65535),
     "leader_election.lease_duration_seconds": (1, 3600),

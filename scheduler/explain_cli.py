@@ -132,7 +132,8 @@ def summary(doc: dict[str, Any], out: TextIO, top: int = TOP) -> None:
         out.write(f"top {min(top, len(fits))}:\n")
         for n in fits[:top]:
             parts = "  ".join(f"{k}={v:g}" for k, v in (n.get("parts") or {}).items())
-            out.write(f"  {n['node']}  score {n.get('score')}  {parts}\n")
+            tier = "  (fits, outside the best tier: filter fails it)" if n.get("reason") else ""
+            out.write(f"  {n['node']}  score {n.get('score')}  raw {n.get('raw', '?')}  {parts}{tier}\n")
     else:
         out.write(f"winner: none; no node of {len(nodes)} fits\n")
     reasons = Counter(n.get("reason") or "?" for n in nodes if not n.get("fits"))

@@ -152,7 +152,8 @@ def _place(state: ClusterState, ask: PodAsk, slots: array) -> tuple[int, PodEntr
     j = judge(state, ask)
     if j.admission.error:
         return -1, None
-    verdicts, passed = run_filter(state, j, slots)
+    # record=False: a trial placement is not an ask; the member is counted when kube-scheduler filters it
+    verdicts, passed = run_filter(state, j, slots, record=False)
     if not passed:
         return -1, None
     scores = run_score(state, j, slots)

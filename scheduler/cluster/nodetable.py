@@ -8,7 +8,7 @@ ledger adjusts the `used_*` arrays and the GPU device masks.
 import math
 from array import array
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,12 +27,14 @@ from scheduler.model.names import (
     ANN_GPU_TOPOLOGY,
     ANN_LOAD,
     ANN_LOAD_TIME,
+    ANN_MAINTENANCE,
     GPU,
     GPU_SHARED,
     LABEL_GPU_COUNT,
     LABEL_GPU_PRODUCT,
     LABEL_GPU_REPLICAS,
     LABEL_GPU_SHARING,
+    LABEL_MAINTENANCE,
     LABEL_POOL,
     SHARED_PRODUCT_SUFFIX,
 )
@@ -80,6 +82,7 @@ class NodeTable:
     flags: array  # FLAG_* bits
     load: array
     load_time: array
+    maint: array  # Unix time maintenance starts (names.ANN_MAINTENANCE / LABEL_MAINTENANCE); 0: none
     islands: array  # MAX_ISLANDS device masks per slot
     replicas: array  # replicas per GPU the device plugin advertises (1: not shared; 0 in free slots)
     share_res: array  # SHARE_GPU / SHARE_GPU_SHARED: the resource name of those replicas
@@ -101,6 +104,7 @@ class NodeTable:
         "flags": "B",
         "load": "d",
         "load_time": "d",
+        "maint": "d",
         "replicas": "i",
         "share_res": "B",
     }
@@ -231,6 +235,7 @@ class NodeTable:
         unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
         self.flags[slot] = FLAG_PRESENT | (FLAG_UNSCHEDULABLE if unschedulable else 0)
         self.load[slot], self.load_time[slot] = _load(annotations)
+        self.maint[slot] = _maintenance(annotations, labels)
         islands, topo_error = self._set_islands(slot, gpus, annotations.get(ANN_GPU_TOPOLOGY))
         ready, taints = _readiness(status), _taints(node.get("spec") or {})
         if ready != "True":
@@ -396,3 +401,19 @@ def _load(annotations: dict[str, Any]) -> tuple[float, float]:
     if not math.isfinite(value) or value < 0:
         return -1.0, 0.0
     return min(value, 1.0), stamp
+
+
+def _maintenance(annotations: dict[str, Any], labels: dict[str, Any]) -> float:
+    """When the node's announced maintenance starts (Unix time); 0 when none is announced. An annotation
+    that is not an RFC 3339 time ("now", "true", ...) and the label mean as soon as possible (1.0: in the
+    past, so every long-running pod is scored down there)."""
+    raw = annotations.get(ANN_MAINTENANCE)
+    if raw is not None and str(raw).strip():
+        try:
+            when = datetime.fromisoformat(str(raw).strip().replace("Z", "+00:00"))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            return max(when.timestamp(), 1.0)
+        except ValueError:
+            return 1.0
+    return 1.0 if labels.get(LABEL_MAINTENANCE) not in (None, "", "false") else 0.0

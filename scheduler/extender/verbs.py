@@ -107,10 +107,10 @@ class Verbs:
             m.rejections.labels("quota").inc(n)
             sentence = orjson.dumps(f"berth: {j.admission.error}")
             return filter_reply(args, b"", b"", b",".join(f + b":" + sentence for f in args.frags), [])
-        verdicts, passed = run_filter(state, j, args.slots)
+        dra = involves_dra(state, args.pod, j)
+        verdicts, passed = run_filter(state, j, args.slots, tier=not dra)
         if ask.request.other:
             passed = self._other_resources(args, ask, verdicts)
-        dra = involves_dra(state, args.pod, j)
         if dra:  # ResourceClaims or DRA-backed extended resources: slices and device quotas (policy/devices.py)
             passed = devices.judge_nodes(state, args.pod, j, args.slots, verdicts)
         if passed == n:

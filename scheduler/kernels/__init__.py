@@ -10,6 +10,7 @@ from scheduler.kernels import _python, _python_shared
 from scheduler.kernels._python import choose_devices, node_score_parts
 from scheduler.kernels._python_shared import choose_share_device, share_ask, shared_score_parts
 from scheduler.model.constants import (
+    BETTER_FIT,
     CPU,
     GPU,
     MEMORY,
@@ -39,6 +40,9 @@ if not NO_EXTENSIONS:
 filter_nodes = _impl.filter_nodes
 node_verdict = _impl.node_verdict  # one node: what bind checks again
 score_nodes = _impl.score_nodes
+score_raw = _impl.score_raw  # unrounded, for normalising over the candidates and the best tier
+normalize_scores = _impl.normalize_scores
+best_tier = _impl.best_tier
 prioritize_json = _impl.prioritize_json
 pick_json = _impl.pick_json
 reason_ids = _impl.reason_ids
@@ -48,8 +52,10 @@ map_names = _impl.map_names
 filter_shared = _shared.filter_shared
 node_verdict_shared = _shared.node_verdict_shared
 score_shared = _shared.score_shared
+score_shared_raw = _shared.score_shared_raw
 
 __all__ = [
+    "BETTER_FIT",
     "CPU",
     "GPU",
     "MEMORY",
@@ -64,6 +70,7 @@ __all__ = [
     "TOPOLOGY",
     "UNKNOWN",
     "UNSCHEDULABLE",
+    "best_tier",
     "choose_devices",
     "choose_share_device",
     "failed_json",
@@ -73,11 +80,14 @@ __all__ = [
     "node_score_parts",
     "node_verdict",
     "node_verdict_shared",
+    "normalize_scores",
     "pick_json",
     "prioritize_json",
     "reason_ids",
     "score_nodes",
+    "score_raw",
     "score_shared",
+    "score_shared_raw",
     "share_ask",
     "shared_score_parts",
 ]

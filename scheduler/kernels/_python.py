@@ -17,28 +17,48 @@ from scheduler.kernels._python_replies import pick_json as pick_json
 from scheduler.kernels._python_replies import prioritize_json as prioritize_json
 from scheduler.kernels._python_replies import reason_ids as reason_ids
 from scheduler.model.constants import (
+    BETTER_FIT,
     CPU,
+    D_CPU,
+    D_GPUS,
+    D_INV_GPUS,
+    D_MEM,
+    D_WEIGHT,
+    DEMAND_BASE,
+    DEMAND_BUCKETS,
+    DEMAND_FIELDS,
     FLAG_PRESENT,
     FLAG_UNSCHEDULABLE,
     GPU,
     LOAD_MAX_AGE,
     MAX_ISLANDS,
+    MAX_NODE_CPU,
+    MAX_NODE_GPUS,
+    MAX_NODE_MEM,
     MEMORY,
     MODEL,
     MOST_ALLOCATED,
+    N_PARAMS,
     NOW,
     OK,
+    POD_END,
     PODS,
     POOL,
+    SCARCITY_BASE,
+    SCARCITY_MODELS,
     TOPOLOGY,
     TOPOLOGY_REQUIRED,
     UNKNOWN,
     UNSCHEDULABLE,
     W_AVAIL,
+    W_FIT,
+    W_FRAG,
     W_LOAD,
+    W_MAINT,
     W_PACK,
     W_POOL,
     W_RES,
+    W_SCARCE,
     W_TOPO,
 )
 
@@ -122,7 +142,9 @@ def score_nodes(
     params: array,
     out: array,
 ) -> None:
-    """Writes a 0..10 score per slot into `out` (nodes that do not fit score 0)."""
+    """Writes a 0..10 score per slot into `out` (the weighted mean rounded; absent nodes score 0)."""
+    if len(params) < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
     for i in range(len(slots)):
         s = slots[i]
         if s < 0 or not t.flags[s] & FLAG_PRESENT:
@@ -130,6 +152,72 @@ def score_nodes(
             continue
         total, wsum = node_score_parts(t, s, cpu, mem, gpu, pool_ok, pool_avail, params, None)
         out[i] = _final(total, wsum)
+
+
+def score_raw(
+    t: Any,
+    slots: array,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    topo: int,
+    pool_ok: bytes,
+    pool_avail: array,
+    params: array,
+    out: array,
+    verdicts: bytes = b"",
+) -> None:
+    """Writes the unrounded weighted mean (0..10) per slot into the doubles `out`; -1 for absent nodes and,
+    when `verdicts` (the filter's, one per slot) is given, for nodes that did not pass."""
+    if len(params) < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
+    check = len(verdicts) > 0
+    for i in range(len(slots)):
+        s = slots[i]
+        if s < 0 or not t.flags[s] & FLAG_PRESENT or (check and verdicts[i] != OK):
+            out[i] = -1.0
+            continue
+        total, wsum = node_score_parts(t, s, cpu, mem, gpu, pool_ok, pool_avail, params, None)
+        out[i] = total / wsum if wsum > 0.0 else 0.0
+
+
+def normalize_scores(raw: array, out: array) -> None:
+    """Min-max over the candidates (raw >= 0) onto 0..10, rounded: the best scores 10, the worst 0, all
+    equal all 10; absent nodes (raw < 0) 0."""
+    lo = hi = -1.0
+    for x in raw:
+        if x >= 0.0:
+            if hi < 0.0 or x > hi:
+                hi = x
+            if lo < 0.0 or x < lo:
+                lo = x
+    span = hi - lo
+    for i in range(len(raw)):
+        x = raw[i]
+        if x < 0.0:
+            out[i] = 0
+        elif span <= 1e-9:
+            out[i] = 10
+        else:
+            v = math.floor(10.0 * (x - lo) / span + 0.5)
+            out[i] = 0 if v < 0 else 10 if v > 10 else int(v)
+
+
+def best_tier(raw: array, verdicts: bytearray, margin: float) -> int:
+    """Nodes that passed but score more than `margin` below the best that passed get BETTER_FIT;
+    returns how many still pass."""
+    hi = -1.0
+    for i in range(len(raw)):
+        if verdicts[i] == OK and raw[i] > hi:
+            hi = raw[i]
+    passed = 0
+    for i in range(len(raw)):
+        if verdicts[i] == OK:
+            if raw[i] < hi - margin:
+                verdicts[i] = BETTER_FIT
+            else:
+                passed += 1
+    return passed
 
 
 def _final(total: float, wsum: float) -> int:
@@ -155,20 +243,35 @@ def node_score_parts(
     wsum = 0.0
     if gpu > 0:
         pack, fit = gpu_parts(t, s, gpu)
-        total += params[W_PACK] * pack + params[W_TOPO] * fit
-        wsum += params[W_PACK] + params[W_TOPO]
+        frag = frag_part(t, s, cpu, mem, gpu, params)
+        scarce = scarcity_part(t, s, params)
+        bf = fit_part(t, s, cpu, mem, gpu, params)
+        total += params[W_PACK] * pack + params[W_TOPO] * fit + params[W_FRAG] * frag + params[W_SCARCE] * scarce
+        total += params[W_FIT] * bf
+        wsum += params[W_PACK] + params[W_TOPO] + params[W_FRAG] + params[W_SCARCE] + params[W_FIT]
         if parts is not None:
             parts["gpu_packing"] = pack
             parts["topology"] = fit
+            parts["fragmentation"] = frag
+            parts["scarcity"] = scarce
+            parts["best_fit"] = bf
     else:
         res = resource_part(t, s, cpu, mem, params[MOST_ALLOCATED] > 0.0)
         # CPU-only work keeps off GPU nodes, so whole GPU nodes stay free for GPU jobs.
-        pack = 10.0 if t.alloc_gpu[s] == 0 else 0.0
+        pack = cpu_pod_gpu_part(t, s, cpu, mem, params)
         total += params[W_RES] * res + params[W_PACK] * pack
         wsum += params[W_RES] + params[W_PACK]
         if parts is not None:
             parts["resources"] = res
             parts["gpu_packing"] = pack
+    common, weights = common_parts(t, s, pool_ok, pool_avail, params, parts)
+    return total + common, wsum + weights
+
+
+def common_parts(
+    t: Any, s: int, pool_ok: bytes, pool_avail: array, params: array, parts: dict[str, float] | None
+) -> tuple[float, float]:
+    """Load, pool, pool availability and maintenance: the parts every pod has; (weighted sum, weights)."""
     load = t.load[s]
     if load >= 0.0 and params[NOW] - t.load_time[s] <= params[LOAD_MAX_AGE]:
         lp = 10.0 * (1.0 - load)
@@ -176,13 +279,45 @@ def node_score_parts(
         lp = 5.0  # unknown or stale: neutral
     own = 10.0 if pool_ok[t.pool[s]] == 1 else 0.0
     avail = 10.0 * pool_avail[t.pool[s]]
-    total += params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail
-    wsum += params[W_LOAD] + params[W_POOL] + params[W_AVAIL]
+    mt = maintenance_part(t, s, params)
     if parts is not None:
         parts["load"] = lp
         parts["pool"] = own
         parts["pool_availability"] = avail
-    return total, wsum
+        parts["maintenance"] = mt
+    weights = params[W_LOAD] + params[W_POOL] + params[W_AVAIL] + params[W_MAINT]
+    return params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail + params[W_MAINT] * mt, weights
+
+
+def maintenance_part(t: Any, s: int, params: array) -> float:
+    """10 unless the node is due for maintenance (names.ANN_MAINTENANCE) before the pod is expected to end;
+    a pod that states no end (params[POD_END] 0) is long-running and scores such a node 0."""
+    when = t.maint[s]
+    if when <= 0.0:
+        return 10.0
+    if params[POD_END] > 0.0 and params[POD_END] <= when:
+        return 10.0
+    return 0.0
+
+
+def fit_part(t: Any, s: int, cpu: int, mem: int, gpu: int, params: array) -> float:
+    """Best fit over GPUs, CPU and memory, 0..10: 10 * (1 - the mean of what the node has free after the
+    pod, each over the largest GPU node's amount). The fullest, smallest nodes first: the roomy ones stay
+    free for the pods only they can hold."""
+    g = float(_free_gpus(t, s).bit_count() - gpu)
+    c = float(t.alloc_cpu[s] - t.used_cpu[s] - cpu)
+    m = float(t.alloc_mem[s] - t.used_mem[s] - mem)
+    sg, sc, sm = params[MAX_NODE_GPUS], params[MAX_NODE_CPU], params[MAX_NODE_MEM]
+    if g < 0.0 or c < 0.0 or m < 0.0:
+        return 0.0
+    if sg <= 0.0:
+        sg = float(t.alloc_gpu[s]) if t.alloc_gpu[s] > 0 else 1.0
+    if sc <= 0.0:
+        sc = float(t.alloc_cpu[s]) if t.alloc_cpu[s] > 0 else 1.0
+    if sm <= 0.0:
+        sm = float(t.alloc_mem[s]) if t.alloc_mem[s] > 0 else 1.0
+    v = 10.0 * (1.0 - (g / sg + c / sc + m / sm) / 3.0)
+    return 0.0 if v < 0.0 else 10.0 if v > 10.0 else v
 
 
 def gpu_parts(t: Any, s: int, gpu: int) -> tuple[float, float]:
@@ -197,8 +332,96 @@ def gpu_parts(t: Any, s: int, gpu: int) -> tuple[float, float]:
     else:
         pack = (10 * (cap - nfree + gpu)) / cap
     best, size = best_island(t.islands, s, free, gpu)
-    fit = 10.0 * (1.0 - (best - gpu) / size) if best >= 0 else 0.0
+    if best >= 0:
+        fit = 10.0 * (1.0 - (best - gpu) / size)
+    elif t.islands[s * MAX_ISLANDS] == 0:
+        # No islands declared: the node's GPUs count as one island (best fit by the GPUs left free).
+        fit = 10.0 * (1.0 - (nfree - gpu) / cap)
+    else:
+        fit = 0.0
     return pack, fit
+
+
+def unusable_gpus(t: Any, s: int, g: int, c: int, m: int, params: array) -> float:
+    """Expected free GPUs a recent ask could not use on node `s` with `g` free GPUs, `c` free millicores
+    and `m` free bytes: per bucket of the demand histogram (k GPUs per pod, typical CPU and memory per
+    GPU, or the node's own ratio when unknown), the free GPUs beyond what whole pods of that bucket could
+    take, weighted by the bucket's share of asked GPUs."""
+    cap = t.alloc_gpu[s]
+    if cap <= 0 or g <= 0:
+        return 0.0
+    f = 0.0
+    own_c = own_m = -1.0  # the node's own ratios, worked out only when a bucket has no typical value
+    for b in range(DEMAND_BUCKETS):
+        base = DEMAND_BASE + b * DEMAND_FIELDS
+        w = params[base + D_WEIGHT]
+        k = params[base + D_GPUS]
+        if w <= 0.0 or k < 1.0:
+            continue
+        # floor(g / k) by a multiplication (exact for the power-of-two buckets; + 1e-9 absorbs the rounding
+        # of 1/k otherwise, g <= 64); truncation is floor here, the value is not negative
+        n = float(int(float(g) * params[base + D_INV_GPUS] + 1e-9))
+        if n > 0.0:  # no whole pod of this bucket fits the GPUs: no need to look at CPU and memory
+            pc = params[base + D_CPU]
+            pm = params[base + D_MEM]
+            if pc <= 0.0:
+                if own_c < 0.0:
+                    own_c = float(t.alloc_cpu[s]) / float(cap)
+                pc = own_c
+            if pm <= 0.0:
+                if own_m < 0.0:
+                    own_m = float(t.alloc_mem[s]) / float(cap)
+                pm = own_m
+            # Divide only where CPU or memory is what limits (rare): then the quotient is below n <= 64,
+            # so truncating it is its floor.
+            if pc > 0.0 and float(c) < n * k * pc:
+                n = float(int(float(c) / (k * pc)))
+            if pm > 0.0 and float(m) < n * k * pm:
+                n = float(int(float(m) / (k * pm)))
+        f += w * (float(g) - k * n)
+    return f
+
+
+def frag_part(t: Any, s: int, cpu: int, mem: int, gpu: int, params: array) -> float:
+    """0..10: how little the placement adds to the node's expected unusable GPUs (FGD's gradient over every
+    dimension). 10 when it only takes GPUs nobody could use anyway; lower by the GPUs it leaves unusable."""
+    nfree = _free_gpus(t, s).bit_count()
+    c = t.alloc_cpu[s] - t.used_cpu[s]
+    m = t.alloc_mem[s] - t.used_mem[s]
+    if nfree < gpu or c < cpu or m < mem:
+        return 0.0
+    before = unusable_gpus(t, s, nfree, c, m, params)
+    after = unusable_gpus(t, s, nfree - gpu, c - cpu, m - mem, params)
+    kmax = params[DEMAND_BASE + (DEMAND_BUCKETS - 1) * DEMAND_FIELDS + D_GPUS]
+    v = 10.0 * (1.0 - (after - before + float(gpu)) / (float(gpu) + kmax))
+    return 0.0 if v < 0.0 else 10.0 if v > 10.0 else v
+
+
+def scarcity_part(t: Any, s: int, params: array) -> float:
+    """10 * (1 - the constrained pressure on the node's GPU model)."""
+    m = t.model[s]
+    if m < 0 or m >= SCARCITY_MODELS:
+        return 10.0
+    return 10.0 * (1.0 - params[SCARCITY_BASE + m])
+
+
+def cpu_pod_gpu_part(t: Any, s: int, cpu: int, mem: int, params: array) -> float:
+    """0..10 for a pod without GPUs: 10 on nodes without GPUs, 0 on GPU nodes whose GPUs are all idle
+    (never break an empty GPU node), else 9 less what the pod would leave unusable and the free GPUs
+    the node still has: partly used GPU nodes with CPU to spare beyond their free GPUs' needs come first."""
+    cap = t.alloc_gpu[s]
+    if cap <= 0:
+        return 10.0
+    nfree = _free_gpus(t, s).bit_count()
+    if nfree >= cap:
+        return 0.0
+    c = t.alloc_cpu[s] - t.used_cpu[s]
+    m = t.alloc_mem[s] - t.used_mem[s]
+    if c < cpu or m < mem:
+        return 0.0
+    added = unusable_gpus(t, s, nfree, c - cpu, m - mem, params) - unusable_gpus(t, s, nfree, c, m, params)
+    v = 9.0 * (1.0 - (added + float(nfree)) / (2.0 * float(cap)))
+    return 0.0 if v < 0.0 else v
 
 
 def resource_part(t: Any, s: int, cpu: int, mem: int, most: bool) -> float:

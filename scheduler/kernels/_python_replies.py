@@ -8,7 +8,19 @@ from typing import Any
 
 import orjson
 
-from scheduler.model.constants import CPU, GPU, MAX_ISLANDS, MAX_REASONS, MEMORY, MODEL, OK, POOL, TOPOLOGY, UNKNOWN
+from scheduler.model.constants import (
+    BETTER_FIT,
+    CPU,
+    GPU,
+    MAX_ISLANDS,
+    MAX_REASONS,
+    MEMORY,
+    MODEL,
+    OK,
+    POOL,
+    TOPOLOGY,
+    UNKNOWN,
+)
 
 # ---- reply builders (twins of the native ones in ext/_native.pyx) ----
 
@@ -58,6 +70,8 @@ def reason_ids(
             key = (code << 40) | t.pool[s]
         elif code == MODEL:
             key = (code << 40) | (t.model[s] + 1)
+        elif code == BETTER_FIT:
+            key = (code << 40) | (t.gpu_mask[s] & ~t.gpu_used[s]).bit_count()  # the sentence names the free GPUs
         else:
             key = (code << 40) | _too_small(t, s, code, cpu, mem, gpu)
         j = keys.get(key)

@@ -6,17 +6,16 @@ implementations equal."""
 from array import array
 from typing import Any
 
-from scheduler.kernels._python import _final, _free_gpus, _verdict, choose_devices, node_score_parts
+from scheduler.kernels._python import _final, _free_gpus, _verdict, choose_devices, common_parts, node_score_parts
 from scheduler.model.constants import (
     CPU,
     FLAG_PRESENT,
     FLAG_UNSCHEDULABLE,
     GPU_MILLI,
-    LOAD_MAX_AGE,
     MAX_GPUS,
     MEMORY,
     MODEL,
-    NOW,
+    N_PARAMS,
     OK,
     PODS,
     POOL,
@@ -26,11 +25,8 @@ from scheduler.model.constants import (
     TOPOLOGY_NONE,
     UNKNOWN,
     UNSCHEDULABLE,
-    W_AVAIL,
-    W_LOAD,
     W_PACK,
-    W_POOL,
-    W_TOPO,
+    W_SHARE,
 )
 
 # ---- GPU sharing: the fractional path (filter_shared / score_shared), beside the whole-GPU one ----
@@ -195,6 +191,36 @@ def score_shared(
         out[i] = _final(total, wsum)
 
 
+def score_shared_raw(
+    t: Any,
+    slots: array,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    shared: int,
+    fraction: int,
+    topo: int,
+    pool_ok: bytes,
+    pool_avail: array,
+    params: array,
+    out: array,
+    verdicts: bytes = b"",
+) -> None:
+    """score_raw for the shared path: the unrounded weighted mean per slot into the doubles `out`; -1 for
+    absent nodes and, when `verdicts` is given, for nodes that did not pass. Whole asks and pods without
+    GPUs score as score_raw does."""
+    if len(params) < N_PARAMS:
+        raise ValueError("params: fewer than N_PARAMS values")
+    check = len(verdicts) > 0
+    for i in range(len(slots)):
+        s = slots[i]
+        if s < 0 or not t.flags[s] & FLAG_PRESENT or (check and verdicts[i] != OK):
+            out[i] = -1.0
+            continue
+        total, wsum = shared_score_parts(t, s, cpu, mem, gpu, shared, fraction, pool_ok, pool_avail, params, None)
+        out[i] = total / wsum if wsum > 0.0 else 0.0
+
+
 def shared_score_parts(
     t: Any,
     s: int,
@@ -208,34 +234,22 @@ def shared_score_parts(
     params: array,
     parts: dict[str, float] | None,
 ) -> tuple[float, float]:
-    """node_score_parts for the shared path; a fraction's parts are gpu_packing and share_fit (weighted
-    as gpu_packing and topology), then load, pool and pool_availability as for every pod."""
+    """node_score_parts for the shared path; a fraction's parts are gpu_packing and share_fit (weights
+    gpu_packing and share_fit), then load, pool, pool_availability and maintenance as for every pod."""
     whole, m = share_ask(t, s, gpu, shared, fraction)
     if m == 0 and whole >= 0:
         return node_score_parts(t, s, cpu, mem, whole, pool_ok, pool_avail, params, parts)
     if whole < 0:
         return 0.0, 0.0
     pack, fit = share_parts(t, s, m)
-    total = params[W_PACK] * pack + params[W_TOPO] * fit
-    wsum = params[W_PACK] + params[W_TOPO]
+    total = params[W_PACK] * pack + params[W_SHARE] * fit
+    wsum = params[W_PACK] + params[W_SHARE]
     if parts is not None:
         parts["gpu_packing"] = pack
         parts["share_fit"] = fit
         parts["gpu_milli"] = float(m)
-    load = t.load[s]
-    if load >= 0.0 and params[NOW] - t.load_time[s] <= params[LOAD_MAX_AGE]:
-        lp = 10.0 * (1.0 - load)
-    else:
-        lp = 5.0
-    own = 10.0 if pool_ok[t.pool[s]] == 1 else 0.0
-    avail = 10.0 * pool_avail[t.pool[s]]
-    total += params[W_LOAD] * lp + params[W_POOL] * own + params[W_AVAIL] * avail
-    wsum += params[W_LOAD] + params[W_POOL] + params[W_AVAIL]
-    if parts is not None:
-        parts["load"] = lp
-        parts["pool"] = own
-        parts["pool_availability"] = avail
-    return total, wsum
+    common, weights = common_parts(t, s, pool_ok, pool_avail, params, parts)
+    return total + common, wsum + weights
 
 
 def choose_share_device(t: Any, s: int, m: int) -> int:

@@ -53,6 +53,7 @@ DRA_QUOTA = 42  # set outside the kernels: allocating the pod's claims there tak
 # GPU sharing (filter_shared): codes far from the whole-GPU ones, so other checks can be added there.
 SHARE_FULL = 30  # no GPU of the node has the fraction free (partly shared GPUs or an idle one)
 SHARE_RESOURCE = 31  # the node does not offer the GPU resource the pod asks (gpu vs gpu.shared)
+BETTER_FIT = 9  # set by placement (scoring.filter_best_tier): fits, but outside the best tier of candidates
 UNKNOWN = 255  # not a node in the table (never added, or deleted)
 
 # Failed nodes are grouped into at most this many distinct sentences per reply (reason_ids).
@@ -68,7 +69,45 @@ W_RES = 5
 MOST_ALLOCATED = 6  # > 0: MostAllocated for pods without GPUs, else LeastAllocated
 NOW = 7  # wall time the load annotations are judged against
 LOAD_MAX_AGE = 8  # seconds a load annotation stays fresh
-N_PARAMS = 9
+W_FRAG = 9  # fragmentation: expected GPUs the placement leaves unusable (policy/demand.py's histogram)
+W_SCARCE = 10  # scarcity: keep off GPU models that model-constrained pods need beyond their supply
+W_FIT = 11  # best fit: leave the least GPU, CPU and memory free on the node (scaled by the largest node)
+# The largest GPU node's GPUs, millicores and bytes of memory (policy.demand fills them): best fit's scale.
+MAX_NODE_GPUS = 12
+MAX_NODE_CPU = 13
+MAX_NODE_MEM = 14
+W_MAINT = 15  # maintenance: keep long-running pods off nodes due for maintenance (names.ANN_MAINTENANCE)
+# The recent distribution of GPU asks (policy/demand.py), DEMAND_BUCKETS rows of DEMAND_FIELDS values
+# from DEMAND_BASE: the bucket's GPUs per pod, its weight (the rows' weights sum to 1), typical millicores
+# per GPU and typical bytes of memory per GPU (0: unknown, the node's own ratio stands in), 1 / GPUs.
+DEMAND_BASE = 16
+DEMAND_BUCKETS = 8  # 1, 2, 4 and 8 GPUs per pod, each split into asks below and above its typical CPU per GPU
+DEMAND_FIELDS = 5
+D_GPUS = 0
+D_WEIGHT = 1
+D_CPU = 2
+D_MEM = 3
+D_INV_GPUS = 4  # 1 / D_GPUS: the kernels multiply, a division per bucket and node costs too much
+# Per GPU model id below SCARCITY_MODELS: the constrained pressure on that model, 0..1 (0: none).
+SCARCITY_BASE = 56
+SCARCITY_MODELS = 32
+# When the pod is expected to end (Unix time; 0: not stated, a long-running pod): see the maintenance part.
+POD_END = 88
+W_SHARE = 89  # share fit: a fraction fills the fullest shared GPU that holds it (the fraction path)
+N_PARAMS = 90
 
-# The config's scoring.weights names, in index order: WEIGHT_NAMES[W_PACK] is "gpu_packing", ...
-WEIGHT_NAMES = ("gpu_packing", "topology", "load", "pool", "pool_availability", "resources")
+# The config's scoring.weights names and their indices in the params array.
+WEIGHT_NAMES = (
+    "gpu_packing",
+    "topology",
+    "load",
+    "pool",
+    "pool_availability",
+    "resources",
+    "fragmentation",
+    "scarcity",
+    "best_fit",
+    "maintenance",
+    "share_fit",
+)
+WEIGHT_INDEX = (W_PACK, W_TOPO, W_LOAD, W_POOL, W_AVAIL, W_RES, W_FRAG, W_SCARCE, W_FIT, W_MAINT, W_SHARE)

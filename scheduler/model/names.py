@@ -16,11 +16,19 @@ ANN_GPU_TOPOLOGY = "berth.dev/gpu-topology"  # the node's NVLink islands, writte
 ANN_GPU_ASSIGNED = "berth.dev/gpu-assigned"  # the GPUs each pod on the node really holds, by `berth agent`
 ANN_LOAD = "berth.dev/load"  # 0..1, kept by a metrics pipeline
 ANN_LOAD_TIME = "berth.dev/load-time"  # RFC 3339: when ANN_LOAD was measured
+# Upcoming maintenance: the annotation holds when it starts (RFC 3339; "now" or any other value: as soon as
+# possible); the label (label values hold no time) with any value means as soon as possible. Long-running
+# pods score such nodes down (docs/scoring.md, the maintenance part).
+ANN_MAINTENANCE = "berth.dev/maintenance"
+LABEL_MAINTENANCE = "berth.dev/maintenance"
 
 # Pod annotations a user sets.
 ANN_GPU_MODELS = "berth.dev/gpu-models"  # acceptable GPU models, comma-separated
 ANN_TOPOLOGY_POLICY = "berth.dev/topology"  # none | preferred | required
 ANN_GPU_FRACTION = "berth.dev/gpu-fraction"  # of one GPU: "0.5", "500m"; on nodes that offer replicas
+# How long the pod runs at most, in seconds ("3600") or as a Go duration ("90m", "2h"); spec.activeDeadlineSeconds
+# says the same. A pod with neither is long-running (the maintenance part).
+ANN_EXPECTED_RUNTIME = "berth.dev/expected-runtime"
 
 # Pod annotations Berth writes at bind.
 ANN_TEAM = "berth.dev/team"

@@ -16,7 +16,14 @@ from scheduler.model.constants import (
     TOPOLOGY_PREFERRED,
     TOPOLOGY_REQUIRED,
 )
-from scheduler.model.names import ANN_GPU_FRACTION, ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU, GPU_SHARED
+from scheduler.model.names import (
+    ANN_EXPECTED_RUNTIME,
+    ANN_GPU_FRACTION,
+    ANN_GPU_MODELS,
+    ANN_TOPOLOGY_POLICY,
+    GPU,
+    GPU_SHARED,
+)
 from scheduler.model.quantity import QuantityError, QuantityRangeError, to_units
 
 TOPOLOGY_MODES = {"none": TOPOLOGY_NONE, "preferred": TOPOLOGY_PREFERRED, "required": TOPOLOGY_REQUIRED}
@@ -81,6 +88,7 @@ class PodAsk:
     gpu_models: tuple[str, ...]  # acceptable GPU models; empty means any
     topology: int  # TOPOLOGY_MODES value (TOPOLOGY_NONE, _PREFERRED, _REQUIRED)
     node_name: str
+    runtime: float = 0.0  # seconds the pod runs at most (berth.dev/expected-runtime, activeDeadlineSeconds); 0: long
 
 
 def _container_requests(container: Any) -> dict[str, int]:
@@ -213,7 +221,46 @@ def pod_ask(pod: Any) -> PodAsk:
         gpu_models=_gpu_models(annotations),
         topology=_topology(annotations),
         node_name=str(spec.get("nodeName") or ""),
+        runtime=expected_runtime(annotations, spec),
     )
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_RUNTIME = 10 * 365 * 86400.0  # ten years: past any maintenance window
+
+
+def expected_runtime(annotations: dict[str, Any], spec: dict[str, Any]) -> float:
+    """Seconds the pod runs at most: berth.dev/expected-runtime ("3600", "90m", "2h30m", "1d"), else
+    spec.activeDeadlineSeconds (the kubelet ends the pod then); 0 when neither says: a long-running pod."""
+    raw = annotations.get(ANN_EXPECTED_RUNTIME)
+    if raw is None:
+        deadline = spec.get("activeDeadlineSeconds")
+        if isinstance(deadline, int) and not isinstance(deadline, bool) and deadline > 0:
+            return min(float(deadline), MAX_RUNTIME)
+        return 0.0
+    text = str(raw).strip().lower()
+    try:
+        if text and text[-1].isdigit():
+            seconds = float(int(text))
+        else:
+            seconds, number = 0.0, ""
+            for ch in text:
+                if ch.isdigit():
+                    number += ch
+                elif ch in _DURATION_UNITS and number:
+                    seconds += int(number) * _DURATION_UNITS[ch]
+                    number = ""
+                else:
+                    raise ValueError(ch)
+            if number or not text:
+                raise ValueError(text)
+    except ValueError:
+        raise PodError(
+            f"{ANN_EXPECTED_RUNTIME} must be seconds or a duration such as 90m or 2h (got {_short(raw)})"
+        ) from None
+    if seconds <= 0:
+        raise PodError(f"{ANN_EXPECTED_RUNTIME} must be above 0 (got {_short(raw)})")
+    return min(seconds, MAX_RUNTIME)
 
 
 def _gpu_models(annotations: dict[str, Any]) -> tuple[str, ...]:

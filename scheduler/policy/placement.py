@@ -13,6 +13,7 @@ from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.config import Config
 from scheduler.model.constants import (
+    BETTER_FIT,
     DRA_DEVICES,
     DRA_DEVICES_USED,
     DRA_QUOTA,
@@ -22,12 +23,15 @@ from scheduler.model.constants import (
     NOW,
     OTHER_RESOURCE,
     OTHER_RESOURCE_USED,
+    POD_END,
     SHARE_GPU_SHARED,
+    WEIGHT_INDEX,
     WEIGHT_NAMES,
 )
 from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY, GPU, GPU_SHARED
 from scheduler.model.podspec import PodAsk
 from scheduler.model.quantity import format_units
+from scheduler.policy.demand import Demand, demand_of
 from scheduler.policy.quotas import Admission
 
 REASON_NAMES = {
@@ -47,6 +51,7 @@ REASON_NAMES = {
     K.TOPOLOGY: "topology",
     K.SHARE_FULL: "insufficient_gpu_share",
     K.SHARE_RESOURCE: "gpu_share_resource",
+    BETTER_FIT: "better_fit",
 }
 
 
@@ -90,7 +95,15 @@ def sharing(state: ClusterState, j: Judgement) -> bool:
     return j.ask.request.sharing or bool(state.table.shared_slots)
 
 
-def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearray, int]:
+def run_filter(
+    state: ClusterState, j: Judgement, slots: array, record: bool = True, tier: bool = True
+) -> tuple[bytearray, int]:
+    """The filter kernel's verdicts, then (scoring.filter_best_tier) only the best tier passes. `record`:
+    count the pod in the demand histogram (the filter verb does; explain does not). `tier=False` for pods
+    judged again after this (DRA claims, policy/devices.py): a tier made first could keep only nodes that
+    the later check refuses, failing the pod where other nodes fit."""
+    if record:
+        demand_of(state).record(j.ask, state.quotas.replicas)
     out = bytearray(len(slots))
     r = j.ask.request
     if sharing(state, j):
@@ -98,31 +111,78 @@ def run_filter(state: ClusterState, j: Judgement, slots: array) -> tuple[bytearr
         passed = K.filter_shared(
             t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, j.model_ok, out
         )
-        return out, passed
-    passed = K.filter_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, j.model_ok, out)
+    else:
+        passed = K.filter_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, j.model_ok, out)
+    sc = state.config.scoring
+    # Pods with other extended resources are checked after this (verbs._other_resources): a tier made
+    # before that check could keep only nodes that then fail it, so they get no tier.
+    if tier and sc.filter_best_tier and passed > 1 and not r.other:
+        raw = raw_scores(state, j, slots, verdicts=out)
+        passed = K.best_tier(raw, out, sc.best_tier_margin)
     return out, passed
 
 
-def score_params(config: Config, now: float | None = None) -> array:
-    """The params array of the score kernels, by the indices in scheduler.model.constants."""
+def score_params(config: Config, now: float | None = None, state: ClusterState | None = None) -> array:
+    """The params array of the score kernels, by the indices in scheduler.model.constants; with `state`,
+    its demand histogram too. Filter and prioritize of one pod see the same histogram: the array is
+    built once for it and kept (only the clock changes)."""
+    sc = config.scoring
+    if state is not None:
+        d = demand_of(state)
+        t = state.table
+        key = (
+            d.recorded,
+            t.version,
+            t.size,
+            len(t.models),
+            tuple([getattr(sc.weights, n) for n in WEIGHT_NAMES]),
+            sc.cpu_strategy,
+            sc.load_max_age_seconds,
+        )
+        if d.cached is not None and d.cached[0] == key:
+            p = d.cached[1]
+            p[NOW] = time.time() if now is None else now
+            return p
+        p = _build_params(config, now, state)
+        d.cached = (key, p)
+        return p
+    return _build_params(config, now, None)
+
+
+def pod_params(state: ClusterState, j: Judgement, now: float | None) -> array:
+    """score_params for this pod: the shared array with the pod's own entries (when it is expected to end)."""
+    p = score_params(state.config, now, state)
+    runtime = j.ask.runtime
+    p[POD_END] = p[NOW] + runtime if runtime > 0 else 0.0
+    return p
+
+
+def _build_params(config: Config, now: float | None, state: ClusterState | None) -> array:
     p = array("d", bytes(8 * N_PARAMS))
-    for i, name in enumerate(WEIGHT_NAMES):  # W_PACK, W_TOPO, ... are 0..5, in this order
+    for i, name in zip(WEIGHT_INDEX, WEIGHT_NAMES, strict=True):
         p[i] = getattr(config.scoring.weights, name)
     p[MOST_ALLOCATED] = 1.0 if config.scoring.cpu_strategy == "most_allocated" else 0.0
     p[NOW] = time.time() if now is None else now
     p[LOAD_MAX_AGE] = config.scoring.load_max_age_seconds
+    # Without a state: the histogram's prior (every bucket alike, no model under pressure).
+    (demand_of(state) if state is not None else Demand()).fill(p, state.table if state is not None else None)
     return p
 
 
-def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None = None) -> array:
-    out = array("q", bytes(8 * len(slots)))
+def raw_scores(
+    state: ClusterState, j: Judgement, slots: array, now: float | None = None, verdicts: bytes | bytearray = b""
+) -> array:
+    """The unrounded weighted mean per slot (0..10; -1 for nodes not in the table, and for nodes whose
+    `verdicts` entry is not OK when given)."""
+    out = array("d", bytes(8 * len(slots)))
     r = j.ask.request
     state.pools.ensure(len(state.table.pools) + 1)
     if sharing(state, j):
-        p, t, avail, topo = score_params(state.config, now), state.table, state.pools.avail, j.ask.topology
-        K.score_shared(t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, avail, p, out)
+        t, topo, p = state.table, j.ask.topology, pod_params(state, j, now)
+        a = (r.gpu, r.gpu_shared, r.gpu_fraction)
+        K.score_shared_raw(t, slots, r.cpu, r.memory, *a, topo, j.pool_ok, state.pools.avail, p, out, verdicts)
         return out
-    K.score_nodes(
+    K.score_raw(
         state.table,
         slots,
         r.cpu,
@@ -131,9 +191,18 @@ def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None
         j.ask.topology,
         j.pool_ok,
         state.pools.avail,
-        score_params(state.config, now),
+        pod_params(state, j, now),
         out,
+        verdicts,
     )
+    return out
+
+
+def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None = None) -> array:
+    """0..10 per slot, normalised over the candidates: the best scores 10 and the worst 0, so Berth's
+    preference stands apart from kube-scheduler's own scores (docs/scoring.md)."""
+    out = array("q", bytes(8 * len(slots)))
+    K.normalize_scores(raw_scores(state, j, slots, now), out)
     return out
 
 
@@ -154,6 +223,8 @@ class Reasons:
         extra = t.pool[slot] if code == K.POOL else t.model[slot] if code == K.MODEL else -1
         if code in (K.CPU, K.MEMORY, K.GPU, K.PODS, K.TOPOLOGY):
             extra = int(self._too_small(code, slot))
+        elif code == BETTER_FIT:
+            extra = t.free_gpus(slot).bit_count()  # the sentence names them (reason_ids groups by it too)
         elif code == K.SHARE_FULL:
             extra = K.share_ask(t, slot, *self._gpu_asks())[1]  # the sentence names the fraction
         key = (code, extra)
@@ -174,6 +245,22 @@ class Reasons:
         if code == K.TOPOLOGY:
             return max((m.bit_count() for m in t.island_masks(slot)), default=0) < r.gpu
         return False
+
+    def _better_fit(self, slot: int) -> str:
+        """A node outside the best tier: it fits, so the sentence says what placing the pod there would cost."""
+        t = self.state.table
+        free = t.free_gpus(slot).bit_count()
+        whole, milli = (
+            K.share_ask(t, slot, *self._gpu_asks()) if self.state.table.shared(slot) else (self.j.ask.request.gpu, 0)
+        )
+        if whole <= 0 and milli <= 0:
+            what = f"would take capacity beside {free} idle GPUs a GPU pod could use" if free else "scores lower"
+        elif milli > 0:
+            what = "would open or share a GPU where a fuller shared GPU holds the fraction"
+        else:
+            left = max(free - whole, 0)
+            what = f"would leave {left} GPU{'s' if left != 1 else ''} free there"
+        return f"berth: node fits but {what}; a better fit exists (berth explain shows each score part)"
 
     def _gpu_asks(self) -> tuple[int, int, int]:
         r = self.j.ask.request
@@ -201,6 +288,8 @@ class Reasons:
             return "berth: node already runs its maximum number of pods", False
         if code == OTHER_RESOURCE_USED:
             return f"berth: not enough free {', '.join(sorted(r.other))} for the pod (others hold it)", False
+        if code == BETTER_FIT:
+            return self._better_fit(slot), False
         if code == OTHER_RESOURCE:
             return f"berth: node has none or too few of {', '.join(sorted(r.other))}", True
         if code == K.SHARE_FULL:
@@ -257,10 +346,16 @@ def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to
     t = state.table
     names = names if names is not None else [n for n in t.names if n]
     slots = array("i", [t.slot_of.get(n, -1) for n in names])
-    verdicts, _ = run_filter(state, j, slots)
-    scores = run_score(state, j, slots)
+    verdicts, _ = run_filter(state, j, slots, record=False)
+    raw = raw_scores(state, j, slots)
+    fits = [v in (K.OK, BETTER_FIT) for v in verdicts]
+    for i, ok in enumerate(fits):
+        if not ok:
+            raw[i] = -1.0  # normalised over the nodes that fit, as prioritize sees them
+    scores = array("q", bytes(8 * len(slots)))
+    K.normalize_scores(raw, scores)
     reasons = Reasons(state, j)
-    params = score_params(state.config)
+    params = pod_params(state, j, None)
     state.pools.ensure(len(t.pools) + 1)
     adm = j.admission
     # Refused by quota, the pod fits nowhere for that one reason: filter words every node so, and so does
@@ -268,7 +363,7 @@ def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to
     refused = (f"berth: {adm.error}", True) if adm.error else None
     rows = []
     for i, name in enumerate(names):
-        row: dict[str, Any] = {"node": name, "fits": verdicts[i] == K.OK and refused is None}
+        row: dict[str, Any] = {"node": name, "fits": fits[i] and refused is None}
         if row["fits"]:
             parts: dict[str, float] = {}
             r = ask.request
@@ -278,7 +373,10 @@ def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to
             else:
                 K.node_score_parts(t, slots[i], r.cpu, r.memory, r.gpu, j.pool_ok, state.pools.avail, params, parts)
             row["score"] = scores[i]
+            row["raw"] = round(raw[i], 3)
             row["parts"] = {k: round(v, 3) for k, v in parts.items()}
+            if verdicts[i] == BETTER_FIT:
+                row["reason"] = reasons.of(BETTER_FIT, slots[i])[0]
         else:
             reason, unresolvable = refused or (
                 reasons.of(verdicts[i], slots[i])
@@ -296,6 +394,7 @@ def _explain(state: ClusterState, ask: PodAsk, names: list[str] | None, bound_to
         "borrowing": adm.borrowing,
         "quota": adm.error,
         "boundTo": bound_to,
-        "weights": dict(zip(WEIGHT_NAMES, params[: len(WEIGHT_NAMES)], strict=True)),
+        "weights": {name: params[i] for i, name in zip(WEIGHT_INDEX, WEIGHT_NAMES, strict=True)},
+        "demand": demand_of(state).snapshot(),
         "nodes": rows,
     }

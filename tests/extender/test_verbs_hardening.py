@@ -445,5 +445,7 @@ async def test_the_queue_behind_a_bind_is_bounded_and_replies_stay_in_order(
     assert len(conn._queue) <= verbs_http.QUEUE_COUNT + one_read, f"{len(conn._queue)} requests queued behind a bind"
     assert set(orjson.loads((await read_reply(reader))[2])) == {"Error"}
     for _ in range(n):
-        assert orjson.loads((await read_reply(reader))[2])["Error"] == ""
+        reply = orjson.loads((await read_reply(reader))[2])
+        # a filter's success: no error (a reply that fails some nodes, the best tier's, may leave the key out)
+        assert reply.get("Error", "") == "" and ("NodeNames" in reply or "Nodes" in reply)
     writer.close()

@@ -160,7 +160,7 @@ async def test_filter_prioritize_bind_cycle(
 ) -> None:
     names = go.names()[:60]
     survivors = await filter_call(client, go, names, cache_capable)
-    assert len(survivors) > 1
+    assert survivors  # the best tier (docs/scoring.md) may leave one
     status, scores = await call(client, "prioritize", go.args(go.pod(), survivors, cache_capable))
     assert status == 200
     best = max(scores, key=lambda s: s["Score"])["Host"]
@@ -170,7 +170,7 @@ async def test_filter_prioritize_bind_cycle(
     assert held is not None and held.node == best and held.request.gpu == 2
     # a retried bind (its first reply lost) succeeds; a bind elsewhere names where the pod is
     assert await call(client, "bind", body) == (200, {"Error": ""})
-    other = next(n for n in survivors if n != best)
+    other = next(n for n in names if n != best)
     status, reply = await call(client, "bind", go.binding("train-llama-7f9c4-0", "ml-research", TRAINING_UID, other))
     assert status == 200 and set(reply) == {"Error"}
     assert best in reply["Error"]

@@ -108,6 +108,7 @@ def node_obj(
     unschedulable: bool = False,
     load: str | None = None,
     load_time: str | None = None,
+    maintenance: str | None = None,
 ) -> dict[str, Any]:
     """A Node as the informer sees it; `topology` overrides the annotation built from `islands`."""
     alloc: dict[str, str] = {"cpu": cpu, "memory": mem}
@@ -129,6 +130,8 @@ def node_obj(
         annotations["berth.dev/load"] = load
     if load_time is not None:
         annotations["berth.dev/load-time"] = load_time
+    if maintenance is not None:
+        annotations["berth.dev/maintenance"] = maintenance
     return {
         "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {"unschedulable": True} if unschedulable else {},
@@ -207,7 +210,7 @@ def memories() -> st.SearchStrategy[int]:
 
 @st.composite
 def node_dicts(draw: st.DrawFn, name: str) -> dict[str, Any]:
-    gpus = draw(st.sampled_from([0, 4, 8]))
+    gpus = draw(st.sampled_from([0, 1, 2, 4, 8]))  # heterogeneous, as the trace benchmark's cluster
     topology = None
     islands = None
     if gpus:
@@ -231,6 +234,9 @@ def node_dicts(draw: st.DrawFn, name: str) -> dict[str, Any]:
         unschedulable=draw(st.integers(0, 7)) == 0,
         load=load,
         load_time=load_time,
+        maintenance=draw(
+            st.one_of(st.none(), st.integers(-900, 900).map(lambda d: iso(NOW + d)), st.just("now"), st.just(""))
+        ),
     )
 
 
@@ -277,10 +283,30 @@ weights = st.one_of(st.just(0.0), st.floats(0.0, 100.0, allow_nan=False, allow_i
 
 @st.composite
 def params_arrays(draw: st.DrawFn) -> array:
-    ws = [draw(weights) for _ in range(6)]
-    most = draw(st.sampled_from([0.0, 1.0]))
-    max_age = draw(st.sampled_from([0.0, 60.0, 300.0, 1e9]))
-    return array("d", [*ws, most, NOW, max_age])
+    p = array("d", [0.0] * N_PARAMS)
+    for i in C.WEIGHT_INDEX:
+        p[i] = draw(weights)
+    p[MOST] = draw(st.sampled_from([0.0, 1.0]))
+    p[P_NOW] = NOW
+    p[MAX_AGE] = draw(st.sampled_from([0.0, 60.0, 300.0, 1e9]))
+    # The demand histogram: GPUs per bucket, weights (any, not only summing to 1), typical cpu and
+    # memory per GPU (0: the node's own ratio), and per-model pressure.
+    for b in range(C.DEMAND_BUCKETS):
+        base = C.DEMAND_BASE + b * C.DEMAND_FIELDS
+        k = draw(st.sampled_from([0, 1, 2, 3, 4, 8]))
+        p[base + C.D_GPUS] = float(k)
+        p[base + C.D_INV_GPUS] = 1.0 / k if k else 0.0
+        p[base + C.D_WEIGHT] = draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0)))
+        p[base + C.D_CPU] = draw(st.one_of(st.just(0.0), st.floats(1.0, 64_000.0), st.integers(1, 1 << 20).map(float)))
+        p[base + C.D_MEM] = draw(st.one_of(st.just(0.0), st.floats(1.0, 1e12), st.just(float(8 * GI))))
+    for m in range(C.SCARCITY_MODELS):
+        p[C.SCARCITY_BASE + m] = draw(st.one_of(st.just(0.0), st.floats(0.0, 1.0)))
+    # Best fit's scale (0: the node's own amounts) and when the pod ends (0: long-running).
+    p[C.MAX_NODE_GPUS] = draw(st.sampled_from([0.0, 1.0, 8.0, 64.0]))
+    p[C.MAX_NODE_CPU] = draw(st.sampled_from([0.0, 1.0, 128_000.0, 1e9]))
+    p[C.MAX_NODE_MEM] = draw(st.sampled_from([0.0, 1.0, float(1024 * GI), 1e18]))
+    p[C.POD_END] = draw(st.one_of(st.just(0.0), st.integers(-900, 900).map(lambda d: NOW + d)))
+    return p
 
 
 @given(cluster=clusters(), pod=pods, data=st.data(), params=params_arrays())
@@ -328,11 +354,32 @@ def test_native_matches_twin(
     _python.score_nodes(t, *args, pool_ok, pool_avail, params, score_py)
     native.score_nodes(t, *args, pool_ok, pool_avail, params, score_c)
     assert list(score_c) == list(score_py)
+    raw_py, raw_c = array("d", bytes(8 * len(slots))), array("d", bytes(8 * len(slots)))
+    _python.score_raw(t, *args, pool_ok, pool_avail, params, raw_py)
+    native.score_raw(t, *args, pool_ok, pool_avail, params, raw_c)
+    assert list(raw_c) == list(raw_py)  # exactly: the same operations in the same order
+    _python.score_raw(t, *args, pool_ok, pool_avail, params, raw_py, bytes(out_py))
+    native.score_raw(t, *args, pool_ok, pool_avail, params, raw_c, bytes(out_c))
+    assert list(raw_c) == list(raw_py)
+    assert all((x == -1.0) == (v != kernels.OK) for x, v in zip(raw_py, out_py, strict=True))
+    norm_py, norm_c = array("q", bytes(8 * len(slots))), array("q", bytes(8 * len(slots)))
+    _python.normalize_scores(raw_py, norm_py)
+    native.normalize_scores(raw_c, norm_c)
+    assert list(norm_c) == list(norm_py)
+    margin = data.draw(st.sampled_from([0.0, 0.5, 2.0]), label="margin")
+    tier_py, tier_c = bytearray(out_py), bytearray(out_c)
+    assert _python.best_tier(raw_py, tier_py, margin) == native.best_tier(raw_c, tier_c, margin)
+    assert tier_py == tier_c
 
     # Failed nodes are grouped by the sentence they get the same way by both.
     ids_py, ids_c = array("i", bytes(4 * len(slots))), array("i", bytes(4 * len(slots)))
     groups_py = _python.reason_ids(t, slots, bytes(out_py), pod.cpu, pod.mem, pod.gpu, ids_py)
     groups_c = native.reason_ids(t, slots, bytes(out_c), pod.cpu, pod.mem, pod.gpu, ids_c)
+    assert groups_c == groups_py
+    assert list(ids_c) == list(ids_py)
+    # ... and so are the nodes the best tier failed (grouped by their free GPUs, which their sentence names).
+    groups_py = _python.reason_ids(t, slots, bytes(tier_py), pod.cpu, pod.mem, pod.gpu, ids_py)
+    groups_c = native.reason_ids(t, slots, bytes(tier_c), pod.cpu, pod.mem, pod.gpu, ids_c)
     assert groups_c == groups_py
     assert list(ids_c) == list(ids_py)
 
@@ -343,7 +390,8 @@ def test_huge_memory_scores_agree(native: ModuleType) -> None:
     t = NodeTable()
     s = t.upsert(node_obj("big", cpu="1", mem=str(2**56 + 9)))
     t.used_mem[s] = (2**56 + 4) // 10
-    params = array("d", [0, 0, 0, 0, 0, 1.0, 1.0, NOW, 300])  # resources only, most allocated
+    params = array("d", [0.0] * N_PARAMS)  # resources only, most allocated
+    params[W_RES], params[MOST], params[P_NOW], params[MAX_AGE] = 1.0, 1.0, NOW, 300
     out = {}
     for mod in (_python, native):
         o = array("q", [0])
@@ -568,7 +616,7 @@ def test_topology_prefers_exact_island_fill(impl: ModuleType) -> None:
     t = table(node_obj("exact", gpus=8, islands=islands), node_obj("loose", gpus=8, islands=islands))
     set_used(t, "exact", gpus=(0, 1))  # free 2 + 4: a 2-GPU pod fills island 1
     set_used(t, "loose", gpus=(0, 4))  # free 3 + 3: same packing, but leaves one GPU of an island
-    exact, loose = scores(impl, t, ["exact", "loose"], gpu=2)
+    exact, loose = raw(impl, t, ["exact", "loose"], score_params(Config(), now=NOW), gpu=2)
     assert exact > loose
 
 
@@ -612,7 +660,8 @@ def test_cpu_pods_prefer_nodes_without_gpus(impl: ModuleType) -> None:
 
 def test_no_weights_scores_zero(impl: ModuleType) -> None:
     t = table(node_obj("n", gpus=8))
-    params = array("d", [0.0] * 6 + [0.0, NOW, 300.0])
+    params = array("d", [0.0] * N_PARAMS)
+    params[P_NOW], params[MAX_AGE] = NOW, 300.0
     assert scores(impl, t, ["n"], gpu=1, params=params) == [0]
 
 
@@ -658,3 +707,125 @@ def test_choose_devices_required_and_impossible() -> None:
     assert _devices(QUADS, (0, 1, 4), 4, 2) == 0  # required, and no island has 4 free
     assert _devices(QUADS, (0, 1, 4), 6, 0) == 0  # more than the node has free
     assert _devices(QUADS, (), 0, 0) == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Multi-resource fragmentation, CPU-only pods, scarcity, normalisation and the best tier
+# --------------------------------------------------------------------------------------------------
+
+
+def raw(
+    mod: ModuleType, t: NodeTable, names: list[str], params: array, cpu: int = 0, mem: int = 0, gpu: int = 0
+) -> list[float]:
+    slots = array("i", [t.slot_of.get(n, -1) for n in names])
+    out = array("d", bytes(8 * len(slots)))
+    mod.score_raw(
+        t, slots, cpu, mem, gpu, 0, b"\x01" * (len(t.pools) + 1), array("d", [0.0] * (len(t.pools) + 1)), params, out
+    )
+    return list(out)
+
+
+def one_gpu_demand(cpu_per_gpu: int, weight_w: int = C.W_FRAG) -> array:
+    """Only the fragmentation part (or `weight_w`), with recent asks all 1-GPU pods of `cpu_per_gpu` m."""
+    p = only(weight_w)
+    for b in range(C.DEMAND_BUCKETS):
+        base = C.DEMAND_BASE + b * C.DEMAND_FIELDS
+        p[base + C.D_GPUS] = float((1, 2, 4, 8)[b // 2])
+        p[base + C.D_INV_GPUS] = 1.0 / (1, 2, 4, 8)[b // 2]
+        p[base + C.D_WEIGHT] = 1.0 if b == 0 else 0.0
+        p[base + C.D_CPU] = float(cpu_per_gpu)
+        p[base + C.D_MEM] = float(GI)
+    return p
+
+
+def test_gpu_pod_avoids_stranding_gpus_by_cpu(impl: ModuleType) -> None:
+    # Two 8-GPU nodes with 4 GPUs used. "tight" has 40 cores free, "roomy" 200: a 1-GPU pod asking 32 cores
+    # leaves tight 8 cores for its 3 other free GPUs (typical ask 8 cores each: 2 become unusable).
+    t = table(node_obj("tight", cpu="64", gpus=8), node_obj("roomy", cpu="224", gpus=8))
+    set_used(t, "tight", cpu=24_000, gpus=(0, 1, 2, 3))
+    set_used(t, "roomy", cpu=24_000, gpus=(0, 1, 2, 3))
+    tight, roomy = raw(impl, t, ["tight", "roomy"], one_gpu_demand(8_000), cpu=32_000, gpu=1)
+    # roomy: nothing newly unusable, 10 * (1 - (0 + 1) / (1 + 8)); tight: 2 more unusable GPUs
+    assert roomy == pytest.approx(10 * 8 / 9) and tight == pytest.approx(10 * (1 - 3 / 9))
+    # A pod that leaves both nodes enough CPU scores the same on both.
+    a, b = raw(impl, t, ["tight", "roomy"], one_gpu_demand(8_000), cpu=1_000, gpu=1)
+    assert a == b == roomy
+
+
+def test_cpu_pods_keep_off_idle_gpu_nodes(impl: ModuleType) -> None:
+    t = table(
+        node_obj("idle", cpu="96", gpus=8),
+        node_obj("busy", cpu="96", gpus=8),
+        node_obj("full", cpu="96", gpus=8),
+        node_obj("plain", cpu="32", gpus=0),
+    )
+    set_used(t, "busy", cpu=8_000, gpus=(0, 1, 2, 3))
+    set_used(t, "full", cpu=8_000, gpus=tuple(range(8)))
+    idle, busy, full, plain = raw(impl, t, ["idle", "busy", "full", "plain"], one_gpu_demand(8_000, W_PACK), cpu=4_000)
+    assert plain == 10.0 and idle == 0.0  # never break an empty GPU node while another fits
+    assert full > busy > idle  # fewer free GPUs, less GPU capacity at stake
+
+
+def test_cpu_pod_that_would_strand_gpus_scores_lower(impl: ModuleType) -> None:
+    t = table(node_obj("a", cpu="64", gpus=8), node_obj("b", cpu="64", gpus=8))
+    set_used(t, "a", cpu=0, gpus=(0, 1, 2, 3, 4, 5))  # 2 free GPUs, 64 cores free
+    set_used(t, "b", cpu=0, gpus=(0, 1, 2, 3, 4, 5))
+    p = one_gpu_demand(16_000, W_PACK)
+    fine, stranding = raw(impl, t, ["a", "b"], p, cpu=16_000), raw(impl, t, ["b"], p, cpu=60_000)[0]
+    assert stranding < fine[0]
+
+
+def test_scarcity_keeps_unconstrained_pods_off_contested_models(impl: ModuleType) -> None:
+    t = table(node_obj("a100", gpus=8, model=MODELS[0]), node_obj("l4", gpus=8, model=MODELS[2]))
+    p = only(C.W_SCARCE)
+    p[C.SCARCITY_BASE + t.model[t.slot_of["l4"]]] = 0.75
+    assert raw(impl, t, ["a100", "l4"], p, gpu=1) == [10.0, 2.5]
+
+
+def test_normalize_and_best_tier(impl: ModuleType) -> None:
+    scores_out = array("q", bytes(8 * 5))
+    impl.normalize_scores(array("d", [2.0, 6.0, 4.0, -1.0, 5.9]), scores_out)
+    assert list(scores_out) == [0, 10, 5, 0, 10]
+    same = array("q", bytes(16))
+    impl.normalize_scores(array("d", [3.0, 3.0]), same)
+    assert list(same) == [10, 10]
+    verdicts_ = bytearray([C.OK, C.OK, C.OK, C.CPU, C.OK])
+    # the failed node's higher score does not set the tier
+    assert impl.best_tier(array("d", [2.0, 6.0, 5.6, 9.0, 5.4]), verdicts_, 0.5) == 2
+    assert list(verdicts_) == [C.BETTER_FIT, C.OK, C.OK, C.CPU, C.BETTER_FIT]
+
+
+# --------------------------------------------------------------------------------------------------
+# Best fit, islandless topology and maintenance
+# --------------------------------------------------------------------------------------------------
+
+
+def test_best_fit_keeps_the_roomiest_node_free(impl: ModuleType) -> None:
+    # Two empty 8-GPU nodes, one with 64 cores and one with 128: a small pod goes to the smaller one, so the
+    # node only a big-CPU 8-GPU pod can use stays whole.
+    t = table(node_obj("small", cpu="64", mem="512Gi", gpus=8), node_obj("roomy", cpu="128", mem="1024Gi", gpus=8))
+    p = only(C.W_FIT)
+    p[C.MAX_NODE_GPUS], p[C.MAX_NODE_CPU], p[C.MAX_NODE_MEM] = 8.0, 128_000.0, float(1024 * GI)
+    small, roomy = raw(impl, t, ["small", "roomy"], p, cpu=4_000, mem=8 * GI, gpu=1)
+    assert small == pytest.approx(10 * (1 - (7 / 8 + 60 / 128 + (512 - 8) / 1024) / 3))
+    assert roomy == pytest.approx(10 * (1 - (7 / 8 + 124 / 128 + 1016 / 1024) / 3))
+    assert small > roomy
+    # Without a scale the node's own amounts stand in.
+    p[C.MAX_NODE_GPUS] = p[C.MAX_NODE_CPU] = p[C.MAX_NODE_MEM] = 0.0
+    assert raw(impl, t, ["small"], p, cpu=64_000, mem=512 * GI, gpu=8) == [10.0]
+
+
+def test_topology_of_a_node_without_islands_is_best_fit_by_free_gpus(impl: ModuleType) -> None:
+    t = table(node_obj("two", gpus=2), node_obj("eight", gpus=8), node_obj("quads", gpus=8, islands=QUADS))
+    assert raw(impl, t, ["two", "eight", "quads"], only(W_TOPO), gpu=1) == [5.0, 10 * (1 - 7 / 8), 2.5]
+
+
+def test_maintenance_scores_long_running_pods_off_the_node(impl: ModuleType) -> None:
+    soon = iso(NOW + 3600)
+    t = table(node_obj("due", gpus=8, maintenance=soon), node_obj("fine", gpus=8), node_obj("now", maintenance="now"))
+    p = only(C.W_MAINT)
+    assert raw(impl, t, ["due", "fine", "now"], p, gpu=1) == [0.0, 10.0, 0.0]  # no end stated: long-running
+    p[C.POD_END] = NOW + 600  # ends before the window: no reason to keep off
+    assert raw(impl, t, ["due", "fine", "now"], p, gpu=1) == [10.0, 10.0, 0.0]
+    p[C.POD_END] = NOW + 7200
+    assert raw(impl, t, ["due", "fine"], p) == [0.0, 10.0]  # pods without GPUs too

@@ -20,7 +20,8 @@ from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.kernels import _python, _python_shared
 from scheduler.model import constants as C
-from scheduler.model.podspec import PodRequest
+from scheduler.model.podspec import PodAsk, PodRequest
+from scheduler.policy.demand import demand_of
 from scheduler.policy.placement import score_params
 
 MODELS = ("NVIDIA-A100-SXM4-80GB", "Tesla-T4")
@@ -89,9 +90,16 @@ def run(
     impl.filter_shared(t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, b"", out)
     scores = array("q", bytes(8 * len(slots)))
     state.pools.ensure(len(t.pools) + 1)
-    params = score_params(state.config, now=0.0)
+    params = score_params(state.config, 0.0, state)  # with the state's demand histogram and largest node
     impl.score_shared(t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, state.pools.avail, params, scores)
-    return list(out), list(scores)
+    raw = array("d", bytes(8 * len(slots)))
+    impl.score_shared_raw(t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, state.pools.avail, params, raw)
+    tiered = array("d", bytes(8 * len(slots)))
+    impl.score_shared_raw(
+        t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, state.pools.avail, params, tiered, bytes(out)
+    )
+    assert all((x == -1.0) == (v != C.OK) for x, v in zip(tiered, out, strict=True))
+    return list(out), list(scores) + list(raw) + list(tiered)
 
 
 # ---- per-node translation of an ask ------------------------------------------------------------------
@@ -177,7 +185,8 @@ def test_score_prefers_filling_a_shared_gpu_and_keeps_empty_nodes(impl: ModuleTy
     hold(state, "ns/a", "shared", gpu=5)  # 500 on GPU 0
     hold(state, "ns/b", "busy", gpu=10)  # GPU 0 whole
     verdicts, scores = run(impl, state, 0, 0, 5, 0, 0)
-    by = dict(zip([n for n in state.table.names if n], scores, strict=False))
+    n = len(verdicts)  # run returns the rounded scores, then the raw ones, then the raw ones of passing nodes
+    by = dict(zip([n for n in state.table.names if n], scores[n : 2 * n], strict=False))
     assert verdicts[:3] == [C.OK, C.OK, C.OK]
     assert by["shared"] > by["busy"] > by["empty"]
     parts: dict[str, float] = {}
@@ -213,6 +222,12 @@ def shared_clusters(draw: st.DrawFn) -> ClusterState:
         renamed = state.table.share_res[slot] == C.SHARE_GPU_SHARED
         fraction = draw(st.sampled_from([0, 0, 100, 500, 999]))
         hold(state, f"ns/p{k}", name, gpu=0 if renamed else asked, shared=asked if renamed else 0, fraction=fraction)
+    # Recent asks in the demand histogram (whole, shared and fractional), so the fragmentation part is live.
+    for k in range(draw(st.integers(0, 6))):
+        gpu, shared = draw(st.sampled_from([(1, 0), (2, 0), (8, 0), (0, 3), (500, 0)]))
+        r = PodRequest(cpu=draw(st.sampled_from([1000, 32_000])), memory=1 << 30, gpu=gpu, gpu_shared=shared)
+        ask = PodAsk("ns", f"d{k}", f"uid-d{k}", r, 0, draw(st.sampled_from([(), (MODELS[1],)])), 0, "")
+        demand_of(state).record(ask, state.quotas.replicas)
     return state
 
 
@@ -253,7 +268,7 @@ def test_shared_path_is_the_whole_path_without_fractions(
     slots = array("i", [s for s in t.slot_of.values() if s not in t.shared_slots])
     pool_ok = b"\x01" * (len(t.pools) + 1)
     state.pools.ensure(len(t.pools) + 1)
-    params = score_params(state.config, now=0.0)
+    params = score_params(state.config, 0.0, state)
     for impl in (TWIN, native_module()):
         a, b = bytearray(len(slots)), bytearray(len(slots))
         impl.filter_shared(t, slots, cpu, mem, gpu, 0, 0, topo, pool_ok, b"", a)
@@ -263,3 +278,7 @@ def test_shared_path_is_the_whole_path_without_fractions(
         impl.score_shared(t, slots, cpu, mem, gpu, 0, 0, topo, pool_ok, state.pools.avail, params, x)
         impl.score_nodes(t, slots, cpu, mem, gpu, topo, pool_ok, state.pools.avail, params, y)
         assert x == y
+        u, w = array("d", bytes(8 * len(slots))), array("d", bytes(8 * len(slots)))
+        impl.score_shared_raw(t, slots, cpu, mem, gpu, 0, 0, topo, pool_ok, state.pools.avail, params, u)
+        impl.score_raw(t, slots, cpu, mem, gpu, topo, pool_ok, state.pools.avail, params, w)
+        assert u == w

@@ -68,6 +68,7 @@ def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
         C.MEMORY,
         C.GPU,
         C.TOPOLOGY,
+        C.BETTER_FIT,
         C.OTHER_RESOURCE,
         C.OTHER_RESOURCE_USED,
         C.SHARE_FULL,
@@ -82,7 +83,20 @@ def test_verdicts_are_distinct_bytes_and_all_have_a_metric_label() -> None:
 
 
 def test_score_params_follow_the_indices() -> None:
-    assert list(range(len(C.WEIGHT_NAMES))) == [C.W_PACK, C.W_TOPO, C.W_LOAD, C.W_POOL, C.W_AVAIL, C.W_RES]
+    assert C.WEIGHT_INDEX == (
+        C.W_PACK,
+        C.W_TOPO,
+        C.W_LOAD,
+        C.W_POOL,
+        C.W_AVAIL,
+        C.W_RES,
+        C.W_FRAG,
+        C.W_SCARCE,
+        C.W_FIT,
+        C.W_MAINT,
+        C.W_SHARE,
+    )
+    assert len(C.WEIGHT_INDEX) == len(C.WEIGHT_NAMES) == len(set(C.WEIGHT_INDEX))
     config = Config()
     p = score_params(config, now=123.0)
     assert len(p) == C.N_PARAMS
@@ -90,6 +104,8 @@ def test_score_params_follow_the_indices() -> None:
     assert p[C.LOAD_MAX_AGE] == config.scoring.load_max_age_seconds
     assert p[C.W_TOPO] == config.scoring.weights.topology
     assert p[C.W_RES] == config.scoring.weights.resources
+    assert p[C.W_FRAG] == config.scoring.weights.fragmentation
+    assert p[C.W_SCARCE] == config.scoring.weights.scarcity
     assert p[C.MOST_ALLOCATED] == (1.0 if config.scoring.cpu_strategy == "most_allocated" else 0.0)
 
 
