@@ -412,9 +412,8 @@ def why_waiting(state: ClusterState, ask: Any) -> dict[str, Any]:
         return {"team": j.admission.team, "fits": 0, "reason": f"berth: {j.admission.error}"}
     t = state.table
     slots = array("i", sorted(t.slot_of.values()))
-    verdicts, passed = run_filter(
-        state, j, slots, record=False, tier=False
-    )  # a view: no histogram write; every fit counted
+    # A view: it writes nothing (no demand-histogram record), and counts every node that fits (no tier).
+    verdicts, passed = run_filter(state, j, slots, record=False, tier=False)
     if passed:
         return {"team": j.admission.team, "fits": passed, "reason": f"fits {passed} nodes: waiting for kube-scheduler"}
     codes = Counter(v for v in verdicts if v != K.OK)
