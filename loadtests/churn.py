@@ -245,32 +245,9 @@ class Track:
 async def watch_pods(api: Api, selector: str, track: Track) -> None:
     """The run's pods, cluster-wide; resumed from the last resourceVersion when the server closes it."""
     while True:
-        params = {
-            "watch": "1",
-            "resourceVersion": track.rv,
-            "allowWatchBookmarks": "true",
-            "timeoutSeconds": "3600",
-            "labelSelector": selector,
-        }
-        async with api.session.get(
-            api.url + "/api/v1/pods", params=params, headers=api.headers, timeout=_no_timeout()
-        ) as r:
-            if r.status != 200:
-                raise RuntimeError(f"watch pods: {r.status}")
-            buf = b""
-            async for chunk in r.content.iter_any():
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        track.event(orjson.loads(line))
+        async for event in api.watch("/api/v1/pods", track.rv, selector):
+            track.event(event)
         track.rewatches += 1
-
-
-def _no_timeout() -> Any:
-    import aiohttp
-
-    return aiohttp.ClientTimeout(total=None, sock_read=None)
 
 
 def rss_mib(pid: int) -> float:

@@ -109,8 +109,10 @@ class Api:
 
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(posts)))))
 
-    async def watch(self, path: str, rv: str) -> AsyncIterator[dict[str, Any]]:
+    async def watch(self, path: str, rv: str, selector: str = "") -> AsyncIterator[dict[str, Any]]:
         params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true", "timeoutSeconds": "3600"}
+        if selector:
+            params["labelSelector"] = selector
         timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
         async with self.session.get(self.url + path, params=params, headers=self.headers, timeout=timeout) as r:
             if r.status != 200:
