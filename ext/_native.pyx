@@ -430,6 +430,26 @@ def best_tier(const double[::1] raw, unsigned char[::1] verdicts, double margin)
                     passed += 1
     return passed
 
+from array import array as _pyarray
+
+
+def pick_raw(const double[::1] raw, const unsigned char[::1] keep, unsigned char want):
+    """The raw scores whose `keep` entry is `want`, in order (twin: pick_raw)."""
+    cdef Py_ssize_t i, j = 0, n = raw.shape[0], count = 0
+    if keep.shape[0] < n:
+        raise ValueError("keep: fewer than raw")
+    for i in range(n):
+        if keep[i] == want:
+            count += 1
+    out = _pyarray("d", bytes(8 * count))
+    cdef double[::1] o = out
+    with nogil:
+        for i in range(n):
+            if keep[i] == want:
+                o[j] = raw[i]
+                j += 1
+    return out
+
 # ---- GPU sharing: the fractional path (twins: share_ask, best_share, filter_shared, ... in _python.py) ----
 
 cdef extern from *:

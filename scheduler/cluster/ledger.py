@@ -132,6 +132,7 @@ class PodLedger:
     def _apply(self, slot: int, entry: PodEntry, sign: int) -> None:
         t = self.table
         r = entry.request
+        t.changes += 1
         t.used_cpu[slot] += sign * r.cpu
         t.used_mem[slot] += sign * r.memory
         t.used_pods[slot] += sign

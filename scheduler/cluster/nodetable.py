@@ -122,6 +122,9 @@ class NodeTable:
         self.pools: list[str] = []
         self.pool_id: dict[str, int] = {}
         self.version = 0  # bumped whenever the set of names changes: invalidates NodeNames caches
+        # Bumped on every write to a slot's facts or usage (here and by the ledger): what a score computed
+        # earlier was computed from (policy/placement.py reuses filter's scores in prioritize while it holds).
+        self.changes = 0
         for attr, code in self._SPEC.items():
             setattr(self, attr, array(code))
         self.islands = array("Q")
@@ -204,9 +207,11 @@ class NodeTable:
         self.facts[slot] = None
         self.free_slots.append(slot)
         self.version += 1
+        self.changes += 1
         return slot
 
     def _fill(self, slot: int, name: str, node: dict[str, Any]) -> None:
+        self.changes += 1
         meta = node.get("metadata") or {}
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}

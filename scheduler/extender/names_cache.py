@@ -12,6 +12,7 @@ import orjson
 from scheduler import kernels as K
 from scheduler.cluster.nodetable import NodeTable
 from scheduler.extender.wire import MAX_NAMES, ExtenderArgs, loads_object, parse_extender_args, pod_of, too_many_names
+from scheduler.policy.placement import Scored
 
 # What the NodeNames cache may hold. An entry costs about four times its bytes (the array's bytes, the joined
 # names, the last partial reply and its parts) plus ~200 bytes a name (its str, its quoted fragment, list
@@ -33,6 +34,7 @@ class _Known:
     # The last partial filter reply written for these names:
     # (ids, texts, hard, the passing names' JSON, reply, failed count, unresolvable count).
     partial: tuple[array, list[bytes], bytes, bytes, bytes, int, int] | None = None
+    scored: Scored | None = None  # the last filter's raw scores for exactly these names (prioritize reuses them)
     cost: int = 0
 
 
@@ -60,7 +62,7 @@ class NodeNamesCache:
         self.bytes = 0  # the estimated cost of the entries kept (see NAMES_CACHE_BYTES)
         self._known: list[_Known] = []
         self._last_head: tuple[bytes, dict[str, Any] | None] = (b"", None)
-        self._survivors: tuple[bytes, ExtenderArgs, bytearray] | None = None
+        self._survivors: tuple[bytes, ExtenderArgs, bytearray, Scored | None] | None = None
         self.hits = 0
 
     def slots_for(self, names: list[str]) -> array:
@@ -78,17 +80,20 @@ class NodeNamesCache:
                 return k
         return self._survivors_of(body, at)
 
-    def offer_survivors(self, parent: ExtenderArgs, picked: bytes, verdicts: bytearray) -> None:
+    def offer_survivors(
+        self, parent: ExtenderArgs, picked: bytes, verdicts: bytearray, scored: Scored | None = None
+    ) -> None:
         """kube-scheduler sends prioritize exactly the NodeNames filter returned, in that order
         (extender.go builds the feasible list from the reply): remember the last filter's survivors so
-        the prioritize call that follows finds its names already mapped. Materialized only on a hit."""
+        the prioritize call that follows finds its names already mapped, and filter's raw scores for
+        them (`scored`, over the parent's names). Materialized only on a hit."""
         if parent.nodes is None and _cost(len(picked), len(parent.names)) <= self.max_entry:
-            self._survivors = (picked, parent, verdicts.translate(_PASSED))
+            self._survivors = (picked, parent, verdicts.translate(_PASSED), scored)
 
     def _survivors_of(self, body: bytes, at: int) -> _Known | None:
         if self._survivors is None:
             return None
-        picked, parent, selectors = self._survivors
+        picked, parent, selectors, scored = self._survivors
         start = at + len(self.MARK)
         if len(body) - start != len(picked) + 2 or not body.startswith(picked, start):
             return None
@@ -97,9 +102,10 @@ class NodeNamesCache:
         slots = array("i", compress(parent.slots, selectors))
         if parent.known is None or parent.known.version != self.table.version:
             slots = self.slots_for(names)
-        return self._remember(
-            _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
-        )
+        known = _Known(body[at:], self.table.version, names, slots, list(compress(parent.frags, selectors)))
+        if scored is not None:
+            known.scored = Scored(scored.key, scored.at, K.pick_raw(scored.raw, selectors, 1))
+        return self._remember(known)
 
     def _remember(self, known: _Known) -> _Known:
         """Kept in front (most recent first) unless too large; the oldest go while over count or bytes."""

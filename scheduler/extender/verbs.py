@@ -115,6 +115,8 @@ class Verbs:
             passed = devices.judge_nodes(state, args.pod, j, args.slots, verdicts)
         if passed == n:
             self._judged["passed"].inc(n)
+            if args.known is not None:  # prioritize will send these same names
+                args.known.scored = j.scored
             return filter_reply(args, None, b"", b"")
         if dra and j.dra.changed:
             return self._worded_reply(args, j, verdicts, passed)
@@ -210,7 +212,7 @@ class Verbs:
             reply = filter_reply(args, picked, failed, unres, index)
             if known is not None:
                 known.partial = (ids, texts, hard, picked, reply, n_failed, n_unres)
-        self.names.offer_survivors(args, picked, verdicts)
+        self.names.offer_survivors(args, picked, verdicts, j.scored)
         for code in {code for code, _ in groups}:
             self._rejected[code].inc(verdicts.count(code))
         judged = self._judged
@@ -242,7 +244,9 @@ class Verbs:
             self.metrics.errors.labels("prioritize", "pod").inc()
             scores = array("q", bytes(8 * len(args.names)))
         else:
-            scores = run_score(self.state, judge(self.state, ask), args.slots)
+            known = args.known
+            scored = known.scored if known is not None else None
+            scores = run_score(self.state, judge(self.state, ask), args.slots, scored=scored)
             if log.isEnabledFor(logging.DEBUG) and len(scores):
                 best = max(range(len(scores)), key=scores.__getitem__)
                 log.debug(

@@ -43,6 +43,7 @@ score_nodes = _impl.score_nodes
 score_raw = _impl.score_raw  # unrounded, for normalising over the candidates and the best tier
 normalize_scores = _impl.normalize_scores
 best_tier = _impl.best_tier
+pick_raw = _impl.pick_raw  # the survivors' raw scores, for the prioritize call after filter
 prioritize_json = _impl.prioritize_json
 pick_json = _impl.pick_json
 reason_ids = _impl.reason_ids
@@ -82,6 +83,7 @@ __all__ = [
     "node_verdict_shared",
     "normalize_scores",
     "pick_json",
+    "pick_raw",
     "prioritize_json",
     "reason_ids",
     "score_nodes",

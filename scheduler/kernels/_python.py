@@ -220,6 +220,13 @@ def best_tier(raw: array, verdicts: bytearray, margin: float) -> int:
     return passed
 
 
+def pick_raw(raw: array, keep: bytes, want: int) -> array:
+    """The raw scores whose `keep` entry is `want`, in order."""
+    if len(keep) < len(raw):
+        raise ValueError("keep: fewer than raw")
+    return array("d", [x for x, k in zip(raw, keep, strict=False) if k == want])
+
+
 def _final(total: float, wsum: float) -> int:
     if wsum <= 0.0:
         return 0

@@ -64,6 +64,49 @@ class Judgement:
     pool_ok: bytes  # per pool id: 0 refused, 1 own (or open), 2 cohort pool while borrowing
     model_ok: bytes  # per GPU model id (empty: any model)
     dra: Any = None  # policy/devices.DraVerdicts once the pod's DRA asks were judged (its per-node sentences)
+    scored: "Scored | None" = None  # the raw scores run_filter computed for the best tier, if it did
+
+
+# How long filter's raw scores may stand in for prioritize's. kube-scheduler calls prioritize right after
+# filter (microseconds to a few milliseconds); the key below catches every change of what the scores read
+# except the clock, which only the load part's freshness and the maintenance part read, in seconds.
+REUSE_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Scored:
+    """Raw scores that filter computed (for the best tier), one per name of the list it judged: the
+    prioritize call that follows sends exactly filter's survivors, so it normalises these instead of
+    scoring the nodes again (the score is filter's largest cost, docs/BENCHMARKS.md). Valid while the
+    key holds: the same pod, and nothing the kernels read changed."""
+
+    key: tuple[Any, ...]
+    at: float
+    raw: array
+
+
+def score_key(state: ClusterState, j: Judgement) -> tuple[Any, ...]:
+    """What a pod's raw scores are computed from, besides the clock: the pod, the table's facts and usage
+    (NodeTable.changes, bumped by every write), the slots' names, the demand histogram, the quota book, the
+    open pools and models, the scoring configuration."""
+    t = state.table
+    return (
+        j.ask,
+        t.changes,
+        t.version,
+        demand_of(state).recorded,
+        state.quotas.version,
+        j.pool_ok,
+        j.model_ok,
+        id(state.config.scoring),
+    )
+
+
+def reusable(state: ClusterState, j: Judgement, scored: "Scored | None", n: int) -> array | None:
+    """`scored`'s raw scores when they still hold for this pod and these `n` names, else None."""
+    if scored is None or len(scored.raw) != n or time.monotonic() - scored.at > REUSE_SECONDS:
+        return None
+    return scored.raw if scored.key == score_key(state, j) else None
 
 
 def judge(state: ClusterState, ask: PodAsk) -> Judgement:
@@ -118,6 +161,7 @@ def run_filter(
     # before that check could keep only nodes that then fail it, so they get no tier.
     if tier and sc.filter_best_tier and passed > 1 and not r.other:
         raw = raw_scores(state, j, slots, verdicts=out)
+        j.scored = Scored(score_key(state, j), time.monotonic(), raw)
         passed = K.best_tier(raw, out, sc.best_tier_margin)
     return out, passed
 
@@ -198,11 +242,19 @@ def raw_scores(
     return out
 
 
-def run_score(state: ClusterState, j: Judgement, slots: array, now: float | None = None) -> array:
-    """0..10 per slot, normalised over the candidates: the best scores 10 and the worst 0, so Berth's
-    preference stands apart from kube-scheduler's own scores (docs/scoring.md)."""
+def run_score(
+    state: ClusterState, j: Judgement, slots: array, now: float | None = None, scored: Scored | None = None
+) -> array:
+    """0..10 per slot, normalised over the nodes the pod fits: the best scores 10 and the worst 0, so
+    Berth's preference stands apart from kube-scheduler's own scores (docs/scoring.md); 0 where it does
+    not fit (kube-scheduler sends prioritize only nodes filter passed, so that is a node whose capacity
+    went since). `scored`: filter's raw scores for these slots, used while they hold (`reusable`)."""
     out = array("q", bytes(8 * len(slots)))
-    K.normalize_scores(raw_scores(state, j, slots, now), out)
+    raw = reusable(state, j, scored, len(slots)) if now is None else None
+    if raw is None:
+        verdicts, _ = run_filter(state, j, slots, record=False, tier=False)
+        raw = raw_scores(state, j, slots, now, verdicts=verdicts)
+    K.normalize_scores(raw, out)
     return out
 
 

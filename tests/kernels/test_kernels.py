@@ -370,6 +370,9 @@ def test_native_matches_twin(
     tier_py, tier_c = bytearray(out_py), bytearray(out_c)
     assert _python.best_tier(raw_py, tier_py, margin) == native.best_tier(raw_c, tier_c, margin)
     assert tier_py == tier_c
+    assert list(_python.pick_raw(raw_py, bytes(tier_py), kernels.OK)) == list(
+        native.pick_raw(raw_c, bytes(tier_c), kernels.OK)
+    )
 
     # Failed nodes are grouped by the sentence they get the same way by both.
     ids_py, ids_c = array("i", bytes(4 * len(slots))), array("i", bytes(4 * len(slots)))
@@ -793,6 +796,11 @@ def test_normalize_and_best_tier(impl: ModuleType) -> None:
     # the failed node's higher score does not set the tier
     assert impl.best_tier(array("d", [2.0, 6.0, 5.6, 9.0, 5.4]), verdicts_, 0.5) == 2
     assert list(verdicts_) == [C.BETTER_FIT, C.OK, C.OK, C.CPU, C.BETTER_FIT]
+    # the survivors' raw scores, in order (what prioritize after filter normalises)
+    assert list(impl.pick_raw(array("d", [2.0, 6.0, 5.6, 9.0, 5.4]), bytes(verdicts_), C.OK)) == [6.0, 5.6]
+    assert list(impl.pick_raw(array("d", []), b"", C.OK)) == []
+    with pytest.raises(ValueError):
+        impl.pick_raw(array("d", [1.0, 2.0]), b"\x00", C.OK)
 
 
 # --------------------------------------------------------------------------------------------------
