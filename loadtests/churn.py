@@ -377,34 +377,45 @@ def compare_cache(nodes: list[dict[str, Any]], use: dict[str, dict[str, Any]]) -
     return diffs, held
 
 
-async def berth_checks(api: Api, berth: BerthRun, kwok: h.Proc, res: ModeResult) -> None:
-    """With KWOK paused (no pod changes), Berth's view against a fresh list of the API server's pods."""
-    assert kwok.popen is not None
-    os.kill(kwok.popen.pid, signal.SIGSTOP)
+async def berth_checks(api: Api, berth: BerthRun, kwok: h.Proc, sched: h.Proc, res: ModeResult) -> None:
+    """With KWOK and kube-scheduler paused (no pod changes: a backlog left after the drain would keep
+    binding), Berth's view against a fresh list of the API server's pods. A check that cannot run is
+    reported as such, so the run's measurements are written anyway."""
+    paused = [p.popen.pid for p in (kwok, sched) if p.popen is not None]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
     try:
-        await asyncio.sleep(2)
-        state0: dict[str, Any] = {}
-
-        async def settled() -> bool:  # Berth's pod count unchanged over a second: its watch has caught up
-            nonlocal state0
-            s = await api.get(f"{berth.url}/debug/state")
-            same = s["pods"] == state0.get("pods") and s["informers"] == state0.get("informers")
-            state0 = s
-            return same
-
-        await wait_for(settled, 60, "Berth's informers to settle", every=1.0)
-        pods = await list_all(api, "/api/v1/pods")
-        nodes = (await api.get(f"{berth.url}/debug/nodes"))["nodes"]
-        use, twice = expected_nodes(pods)
-        diffs, held = compare_cache(nodes, use)
-        note = f" ({len(nodes) - held} nodes compared; {held} with a gang hold left out)"
-        res.checks["cache equals a fresh list"] = (
-            f"yes{note}" if not diffs else f"NO{note}: {len(diffs)} differences, e.g. {diffs[:3]}"
-        )
-        res.checks["no GPU index held twice"] = "yes" if not twice else f"NO: {twice[:3]}"
-        res.checks["reservations after the drain"] = str(state0.get("reservations"))
+        await _compare(api, berth, res)
+    except (TimeoutError, OSError, ValueError, KeyError) as exc:
+        res.checks["cache equals a fresh list"] = f"not checked: {exc}"
     finally:
-        os.kill(kwok.popen.pid, signal.SIGCONT)
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def _compare(api: Api, berth: BerthRun, res: ModeResult) -> None:
+    """Berth's nodes (usage, GPU indices and shares) against what the listed pods hold."""
+    await asyncio.sleep(2)
+    state0: dict[str, Any] = {}
+
+    async def settled() -> bool:  # Berth's pod count unchanged over a second: its watch has caught up
+        nonlocal state0
+        s = await api.get(f"{berth.url}/debug/state")
+        same = s["pods"] == state0.get("pods") and s["informers"] == state0.get("informers")
+        state0 = s
+        return same
+
+    await wait_for(settled, 60, "Berth's informers to settle", every=1.0)
+    pods = await list_all(api, "/api/v1/pods")
+    nodes = (await api.get(f"{berth.url}/debug/nodes"))["nodes"]
+    use, twice = expected_nodes(pods)
+    diffs, held = compare_cache(nodes, use)
+    note = f" ({len(nodes) - held} nodes compared; {held} with a gang hold left out)"
+    res.checks["cache equals a fresh list"] = (
+        f"yes{note}" if not diffs else f"NO{note}: {len(diffs)} differences, e.g. {diffs[:3]}"
+    )
+    res.checks["no GPU index held twice"] = "yes" if not twice else f"NO: {twice[:3]}"
+    res.checks["reservations after the drain"] = str(state0.get("reservations"))
 
 
 async def list_all(api: Api, path: str) -> list[dict[str, Any]]:
@@ -529,7 +540,7 @@ async def run_mode(
         await drain(track, args.drain, sched, tasks)
         summarise(res, track, t0, args)
         if berth:
-            await berth_checks(api, berth, kwok, res)
+            await berth_checks(api, berth, kwok, sched, res)
     finally:
         for task in tasks:
             task.cancel()
