@@ -491,12 +491,23 @@ async def warm_up(api: Api, cp: h.ControlPlane, sched: h.Proc, scheduler: str, r
 
 
 async def delete_run(api: Api, selector: str, timeout: float = 300) -> None:
+    """Delete the run's pods, then wait until they are gone. A collection DELETE of thousands of pods can
+    time out in the API server (504) while it goes on deleting: asked again until the deadline."""
+    deadline = time.monotonic() + timeout
     for ns in TEAMS:
-        await api.request(
-            "DELETE",
-            f"/api/v1/namespaces/{ns}/pods",
-            params={"labelSelector": selector, "gracePeriodSeconds": "0"},
-        )
+        while True:
+            try:
+                await api.request(
+                    "DELETE",
+                    f"/api/v1/namespaces/{ns}/pods",
+                    params={"labelSelector": selector, "gracePeriodSeconds": "0"},
+                )
+                break
+            except RuntimeError as exc:
+                if time.monotonic() > deadline:
+                    raise
+                say(f"delete of {ns}'s pods: {str(exc)[:120]}; asking again")
+                await asyncio.sleep(5)
 
     async def gone() -> bool:
         return not (await api.get("/api/v1/pods", {"labelSelector": selector, "limit": "1"}))["items"]
