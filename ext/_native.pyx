@@ -272,7 +272,7 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     """Twin: cpu_pod_gpu_part."""
     cdef int cap = t.alloc_gpu[s]
     cdef long long nfree, c, m
-    cdef double added, ignored
+    cdef double added, ignored, big
     if cap <= 0:
         return 10.0
     nfree = popcount(_free_gpus(t, s))
@@ -282,10 +282,12 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     m = t.alloc_mem[s] - t.used_mem[s]
     if c < cpu or m < mem:
         return 0.0
-    added = _unusable(t, s, nfree, c - cpu, m - mem, params, &ignored) - _unusable(t, s, nfree, c, m, params, &ignored)
+    added = (_unusable(t, s, nfree, c - cpu, m - mem, params, &ignored)
+             - _unusable(t, s, nfree, c, m, params, &ignored))
     if added >= 1.0:
         return 0.0
-    return 9.0 * (1.0 - <double>nfree / (2.0 * <double>cap)) * (1.0 - added)
+    big = params[MAX_NODE_GPUS] if params[MAX_NODE_GPUS] >= <double>cap else <double>cap
+    return 9.0 * (1.0 - <double>nfree / (2.0 * <double>cap)) * (1.0 - added) * (1.0 - 0.5 * <double>cap / big)
 
 
 cdef inline double _fit_part(const Table* t, int s, long long cpu, long long mem, int gpu,

@@ -447,7 +447,8 @@ def cpu_pod_gpu_part(t: Any, s: int, cpu: int, mem: int, params: array) -> float
     """0..10 for a pod without GPUs: 10 on nodes without GPUs, 0 on GPU nodes whose GPUs are all idle
     (never break an empty GPU node) and where the CPU or memory it takes strands a GPU (leaves one
     without what it needs for a recent ask), else 9 x (1 - free GPUs / twice the node's) x (1 - the GPUs
-    it strands, expected): fully used GPU nodes, then nodes with CPU to spare beyond their free GPUs' needs."""
+    it strands, expected) x (1 - half the node's GPUs over the largest GPU node's): fully used GPU nodes,
+    then nodes with CPU to spare beyond their free GPUs' needs, small GPU nodes before large ones."""
     cap = t.alloc_gpu[s]
     if cap <= 0:
         return 10.0
@@ -461,7 +462,9 @@ def cpu_pod_gpu_part(t: Any, s: int, cpu: int, mem: int, params: array) -> float
     added = unusable_gpus(t, s, nfree, c - cpu, m - mem, params) - unusable_gpus(t, s, nfree, c, m, params)
     if added >= 1.0:
         return 0.0  # it would strand a GPU: as bad as breaking an idle node
-    return 9.0 * (1.0 - float(nfree) / (2.0 * float(cap))) * (1.0 - added)
+    # Small GPU nodes first: the CPU of the nodes only large GPU asks can fill stays for those asks.
+    big = params[MAX_NODE_GPUS] if params[MAX_NODE_GPUS] >= float(cap) else float(cap)
+    return 9.0 * (1.0 - float(nfree) / (2.0 * float(cap))) * (1.0 - added) * (1.0 - 0.5 * float(cap) / big)
 
 
 def resource_part(t: Any, s: int, cpu: int, mem: int, most: bool) -> float:

@@ -11,7 +11,9 @@ What the kernels get (`fill`, into the score params at the indices of scheduler/
   roomy nodes can hold are a shape of their own, not averaged away): the share of recently asked GPUs in
   each, and the typical millicores and memory per GPU its pods ask;
 - per GPU model: the constrained pressure, (share of asked GPUs constrained to the model) / (share of the
-  cluster's GPUs of that model), capped at 1; a pod that accepts several models spreads its GPUs over them.
+  cluster's free GPUs of that model), capped at 1; a pod that accepts several models spreads its GPUs over
+  them. A model at PROTECT_PRESSURE or more is protected: pods of any model keep off it while another fits
+  (the kernels' scarce-model tier, docs/scoring.md).
 Before any ask is seen the buckets weigh the same and the typical CPU and memory are 0 (the kernels use
 the node's own ratio), and no model is under pressure.
 """
