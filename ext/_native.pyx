@@ -415,6 +415,19 @@ def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, in
             out[i] = total / wsum if wsum > 0.0 else 0.0
 
 
+def free_by_model(t, long long[::1] out):
+    """Adds each node's free GPUs to out[its model id] (models beyond out are left out; twin: free_by_model)."""
+    cdef _Views v = _Views(t)
+    cdef const Table* tab = &v.tab
+    cdef Py_ssize_t s, n = v.flags.shape[0], k = out.shape[0]
+    cdef int m
+    with nogil:
+        for s in range(n):
+            m = tab.model[s]
+            if m >= 0 and m < k and (tab.flags[s] & FLAG_PRESENT):
+                out[m] += popcount(_free_gpus(tab, <int>s))
+
+
 def normalize_scores(const double[::1] raw, long long[::1] out):
     """Min-max over the candidates (raw >= 0) onto 0..10, rounded (twin: normalize_scores)."""
     cdef Py_ssize_t i, n = raw.shape[0]

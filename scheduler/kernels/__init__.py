@@ -42,6 +42,7 @@ node_verdict = _impl.node_verdict  # one node: what bind checks again
 score_nodes = _impl.score_nodes
 score_raw = _impl.score_raw  # unrounded, for normalising over the candidates and the best tier
 normalize_scores = _impl.normalize_scores
+free_by_model = _impl.free_by_model  # the demand histogram's free GPUs per model
 best_tier = _impl.best_tier
 prioritize_json = _impl.prioritize_json
 pick_json = _impl.pick_json
@@ -76,6 +77,7 @@ __all__ = [
     "failed_json",
     "filter_nodes",
     "filter_shared",
+    "free_by_model",
     "map_names",
     "node_score_parts",
     "node_verdict",

@@ -184,6 +184,15 @@ def score_raw(
         out[i] = total / wsum if wsum > 0.0 else 0.0
 
 
+def free_by_model(t: Any, out: array) -> None:
+    """Adds each node's free GPUs to out[its model id] (models beyond out are left out)."""
+    k = len(out)
+    for s in range(len(t.flags)):
+        m = t.model[s]
+        if 0 <= m < k and t.flags[s] & FLAG_PRESENT:
+            out[m] += _free_gpus(t, s).bit_count()
+
+
 def normalize_scores(raw: array, out: array) -> None:
     """Min-max over the candidates (raw >= 0) onto 0..10, rounded: the best scores 10, the worst 0, all
     equal all 10; absent nodes (raw < 0) 0."""

@@ -337,6 +337,20 @@ def test_native_matches_twin(
         "d", data.draw(st.lists(st.floats(0.0, 1.0), min_size=npools + 1, max_size=npools + 1), label="pool_avail")
     )
     args = (slots, pod.cpu, pod.mem, pod.gpu, pod.topo)
+    # The demand histogram's free GPUs per model (fewer entries than models: the rest are left out).
+    free_py, free_c = array("q", bytes(8 * nmodels)), array("q", bytes(8 * nmodels))
+    _python.free_by_model(t, free_py)
+    native.free_by_model(t, free_c)
+    assert list(free_py) == list(free_c)
+    want = [0] * nmodels
+    for s in range(t.size):
+        if t.flags[s] & C.FLAG_PRESENT and t.model[s] >= 0:
+            want[t.model[s]] += t.free_gpus(s).bit_count()
+    assert list(free_py) == want
+    short_py, short_c = array("q", bytes(8)), array("q", bytes(8))
+    _python.free_by_model(t, short_py)
+    native.free_by_model(t, short_c)
+    assert list(short_py) == list(short_c) == [*want, 0][:1]
 
     out_py, out_c = bytearray(len(slots)), bytearray(len(slots))
     passed_py = _python.filter_nodes(t, *args, pool_ok, model_ok, out_py)
