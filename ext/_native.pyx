@@ -193,14 +193,16 @@ cdef inline double _resource_part(const Table* t, int s, long long cpu, long lon
 
 
 cdef inline double _unusable(const Table* t, int s, long long g, long long c, long long m,
-                             const double* params) noexcept nogil:
-    """Twin: unusable_gpus."""
+                             const double* params, double* by_gpus) noexcept nogil:
+    """Twin: unusable_split (its second value into by_gpus)."""
     cdef int cap = t.alloc_gpu[s]
     cdef int b, base
-    cdef double f, w, k, pc, pm, n, own_c = -1.0, own_m = -1.0
+    cdef double f, fg, w, k, pc, pm, n, own_c = -1.0, own_m = -1.0
+    by_gpus[0] = 0.0
     if cap <= 0 or g <= 0:
         return 0.0
     f = 0.0
+    fg = 0.0
     for b in range(DEMAND_BUCKETS):
         base = DEMAND_BASE + b * DEMAND_FIELDS
         w = params[base + D_WEIGHT]
@@ -208,6 +210,7 @@ cdef inline double _unusable(const Table* t, int s, long long g, long long c, lo
         if w <= 0.0 or k < 1.0:
             continue
         n = <double>(<long long>(<double>g * params[base + D_INV_GPUS] + 1e-9))
+        fg += w * (<double>g - k * n)
         if n > 0.0:
             pc = params[base + D_CPU]
             pm = params[base + D_MEM]
@@ -224,6 +227,7 @@ cdef inline double _unusable(const Table* t, int s, long long g, long long c, lo
             if pm > 0.0 and <double>m < n * k * pm:
                 n = <double>(<long long>(<double>m / (k * pm)))
         f += w * (<double>g - k * n)
+    by_gpus[0] = fg
     return f
 
 
@@ -233,13 +237,16 @@ cdef inline double _frag_part(const Table* t, int s, long long cpu, long long me
     cdef long long nfree = popcount(_free_gpus(t, s))
     cdef long long c = t.alloc_cpu[s] - t.used_cpu[s]
     cdef long long m = t.alloc_mem[s] - t.used_mem[s]
-    cdef double before, after, kmax, v
+    cdef double before, after, before_g, after_g, strand, kmax, v
     if nfree < gpu or c < cpu or m < mem:
         return 0.0
-    before = _unusable(t, s, nfree, c, m, params)
-    after = _unusable(t, s, nfree - gpu, c - cpu, m - mem, params)
+    before = _unusable(t, s, nfree, c, m, params, &before_g)
+    after = _unusable(t, s, nfree - gpu, c - cpu, m - mem, params, &after_g)
+    strand = (after - after_g) - (before - before_g)
+    if strand < 0.0:
+        strand = 0.0
     kmax = params[DEMAND_BASE + (DEMAND_BUCKETS - 1) * DEMAND_FIELDS + D_GPUS]
-    v = 10.0 * (1.0 - (after - before + <double>gpu) / (<double>gpu + kmax))
+    v = 10.0 * (1.0 - (after - before + <double>gpu + <double>STRAND_EXTRA * strand) / (<double>gpu + kmax))
     return 0.0 if v < 0.0 else (10.0 if v > 10.0 else v)
 
 
@@ -250,12 +257,22 @@ cdef inline double _scarcity_part(const Table* t, int s, const double* params) n
     return 10.0 * (1.0 - params[SCARCITY_BASE + m])
 
 
+cdef inline bint _protected(const Table* t, int s, const double* params) noexcept nogil:
+    """Twin: protected."""
+    cdef int m = t.model[s]
+    cdef double pressure
+    if m < 0 or m >= SCARCITY_MODELS:
+        return False
+    pressure = params[SCARCITY_BASE + m]
+    return pressure > 0.0 and pressure >= params[PROTECT_AT]
+
+
 cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long long mem,
                                      const double* params) noexcept nogil:
     """Twin: cpu_pod_gpu_part."""
     cdef int cap = t.alloc_gpu[s]
     cdef long long nfree, c, m
-    cdef double added, v
+    cdef double added, ignored, big
     if cap <= 0:
         return 10.0
     nfree = popcount(_free_gpus(t, s))
@@ -265,9 +282,12 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     m = t.alloc_mem[s] - t.used_mem[s]
     if c < cpu or m < mem:
         return 0.0
-    added = _unusable(t, s, nfree, c - cpu, m - mem, params) - _unusable(t, s, nfree, c, m, params)
-    v = 9.0 * (1.0 - (added + <double>nfree) / (2.0 * <double>cap))
-    return 0.0 if v < 0.0 else v
+    added = (_unusable(t, s, nfree, c - cpu, m - mem, params, &ignored)
+             - _unusable(t, s, nfree, c, m, params, &ignored))
+    if added >= 1.0:
+        return 0.0
+    big = params[MAX_NODE_GPUS] if params[MAX_NODE_GPUS] >= <double>cap else <double>cap
+    return 9.0 * (1.0 - <double>nfree / (2.0 * <double>cap)) * (1.0 - added) * (1.0 - 0.5 * <double>cap / big)
 
 
 cdef inline double _fit_part(const Table* t, int s, long long cpu, long long mem, int gpu,
@@ -334,6 +354,12 @@ cdef inline double _node_raw(const Table* t, int s, long long cpu, long long mem
         total += params[W_RES] * res + params[W_PACK] * pack
         wsum += params[W_RES] + params[W_PACK]
     total += _common_raw(t, s, pool_ok, pool_avail, params, &wsum)
+    if gpu > 0 and params[POD_ANY_MODEL] > 0.0:
+        # the scarce-model tier (twin: node_score_parts): protected r / 10, others 1 + 0.9 r
+        if _protected(t, s, params):
+            total = 0.1 * total
+        else:
+            total = wsum + 0.9 * total
     wsum_out[0] = wsum
     return total
 
@@ -387,6 +413,19 @@ def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, in
                 continue
             total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum)
             out[i] = total / wsum if wsum > 0.0 else 0.0
+
+
+def free_by_model(t, long long[::1] out):
+    """Adds each node's free GPUs to out[its model id] (models beyond out are left out; twin: free_by_model)."""
+    cdef _Views v = _Views(t)
+    cdef const Table* tab = &v.tab
+    cdef Py_ssize_t s, n = v.flags.shape[0], k = out.shape[0]
+    cdef int m
+    with nogil:
+        for s in range(n):
+            m = tab.model[s]
+            if m >= 0 and m < k and (tab.flags[s] & FLAG_PRESENT):
+                out[m] += popcount(_free_gpus(tab, <int>s))
 
 
 def normalize_scores(const double[::1] raw, long long[::1] out):

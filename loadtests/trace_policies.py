@@ -448,6 +448,16 @@ class BerthPolicy(Policy):
         self.binder = Binder(self.state, None, None)  # no API server: binds are held in memory
 
     def place(self, ask: Ask) -> Placement | None:
+        return self.place_among(ask, list(range(len(self.slots))))
+
+    def choose(self, ask: Ask, ok: list[int], scores: list[int]) -> int:
+        """Among the nodes Berth passed (`ok`, with its normalised scores): one of the best, at random."""
+        top = max(scores)
+        best = [i for i, x in zip(ok, scores, strict=True) if x == top]
+        return best[self.rng.randrange(len(best))] if len(best) > 1 else best[0]
+
+    def place_among(self, ask: Ask, nodes: list[int]) -> Placement | None:
+        """Berth's filter and prioritize over `nodes` (indices into the cluster's nodes), then `choose`."""
         from scheduler import kernels
         from scheduler.cluster.state import pod_key
         from scheduler.model.binding import BindingArgs
@@ -460,16 +470,13 @@ class BerthPolicy(Policy):
         j = judge(state, pod)
         # run_filter is the filter verb's path: it feeds the demand histogram and keeps only the best tier
         # (scoring.filter_best_tier); run_score normalises over the survivors, as prioritize sees them.
-        verdicts, passed = run_filter(state, j, self.slots)
+        verdicts, passed = run_filter(state, j, array("i", [self.slots[i] for i in nodes]))
         if not passed:
             return None
-        ok = [i for i, v in enumerate(verdicts) if v == kernels.OK]
+        ok = [nodes[i] for i, v in enumerate(verdicts) if v == kernels.OK]
         survivors = array("i", [self.slots[i] for i in ok])
         tier = run_score(state, j, survivors, now=0.0)
-        scores = dict(zip(ok, tier, strict=True))
-        top = max(scores[i] for i in ok)
-        best = [i for i in ok if scores[i] == top]
-        at = best[self.rng.randrange(len(best))] if len(best) > 1 else best[0]
+        at = self.choose(ask, ok, list(tier))
         entry = self.binder.reserve(pod, BindingArgs(pod.name, pod.namespace, pod.uid, self.names[at]))
         state.reservations.pop(pod_key(pod.namespace, pod.name), None)  # as Binder.bind with no writer
         entry.confirmed = True
@@ -489,6 +496,97 @@ class BerthPolicy(Policy):
         }
 
 
+class BerthKubePolicy(BerthPolicy):
+    """Berth as kube-scheduler's extender with the shipped settings sees the cluster (a stand-in for
+    `loadtests.quality_e2e`, seconds instead of minutes; the real run is the number that counts):
+    - kube-scheduler's in-tree filters (resources, the model's node affinity) run first; with
+      percentageOfNodesToScore unset it stops at the adaptive share of the nodes that pass
+      (`numFeasibleNodesToFind`: max(5, 50 - nodes / 125) %, at least 100), starting where the last pod
+      stopped (`nextStartNodeIndex`), so Berth sees only that sample;
+    - the total per node is Berth's normalised score x weight 5 x 10, plus NodeResourcesFit's
+      LeastAllocated and NodeResourcesBalancedAllocation over cpu and memory (0..100 each, weight 1);
+      the best total wins, ties at random (`selectHost`).
+    `deploy/base/config/berth.yaml`'s cpu_strategy (most_allocated) is used, as shipped."""
+
+    name = "berth-kube"
+
+    def __init__(
+        self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
+    ) -> None:
+        super().__init__(cluster, sharing, rng, workload)
+        self.state.config.scoring.cpu_strategy = "most_allocated"
+        self.start = 0
+
+    def place(self, ask: Ask) -> Placement | None:
+        nodes, self.start = kube_sample(self.c, ask, self.start)
+        return self.place_among(ask, nodes) if nodes else None
+
+    def choose(self, ask: Ask, ok: list[int], scores: list[int]) -> int:
+        return kube_choose(self.c, self.rng, ask, ok, [x * EXTENDER_WEIGHT * 10 for x in scores])
+
+
+EXTENDER_WEIGHT = 5  # config/kube-scheduler.yaml's
+
+
+def kube_sample(c: SimCluster, ask: Ask, start: int) -> tuple[list[int], int]:
+    """The nodes kube-scheduler's in-tree filters pass, from `start` on, until the adaptive share is found;
+    and where the next pod starts."""
+    n = len(c.nodes)
+    feasible = np.flatnonzero(c.feasible(ask))
+    want = n if n < 100 else max(100, n * max(5, 50 - n // 125) // 100)
+    order = np.concatenate([feasible[feasible >= start], feasible[feasible < start]])
+    if len(order) > want:
+        processed = (int(order[want - 1]) - start) % n + 1
+        order = order[:want]
+    else:
+        processed = n
+    return [int(x) for x in order], (start + processed) % n
+
+
+def kube_choose(c: SimCluster, rng: random.Random, ask: Ask, ok: list[int], extender: list[int]) -> int:
+    """The best total of the extender's points and LeastAllocated + BalancedAllocation (cpu, memory)."""
+    idx = np.array(ok, dtype=np.int64)
+    used_c = c.alloc_cpu[idx] - c.cpu[idx] + ask.cpu
+    used_m = c.alloc_mem[idx] - c.mem[idx] + ask.mem
+    least = (
+        LeastAllocatedPolicy._part(c.alloc_cpu[idx], used_c) + LeastAllocatedPolicy._part(c.alloc_mem[idx], used_m)
+    ) // 2
+    fc = used_c / np.maximum(c.alloc_cpu[idx], 1)
+    fm = used_m / np.maximum(c.alloc_mem[idx], 1)
+    balanced = ((1.0 - np.abs(fc - fm) / 2.0) * MAX_SCORE).astype(np.int64)
+    return pick_best(rng, idx, np.array(extender, dtype=np.int64) + least + balanced)
+
+
+class KubeAlonePolicy(Policy):
+    """kube-scheduler alone as BerthKubePolicy models it: the same sample, LeastAllocated and
+    BalancedAllocation over cpu and memory, ties at random; whole GPUs only (the lowest idle ones)."""
+
+    name = "kube-alone"
+    supports_sharing = False
+
+    def __init__(
+        self, cluster: SimCluster, sharing: bool, rng: random.Random, workload: list[TracePod] | None = None
+    ) -> None:
+        super().__init__(cluster, sharing, rng, workload)
+        self.start = 0
+
+    def place(self, ask: Ask) -> Placement | None:
+        nodes, self.start = kube_sample(self.c, ask, self.start)
+        if not nodes:
+            return None
+        s = kube_choose(self.c, self.rng, ask, nodes, [0] * len(nodes))
+        return Placement(s, self.devices(s, ask))
+
+
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (RandomPolicy, LeastAllocatedPolicy, BestFitPolicy, FGDPolicy, BerthPolicy)
+    p.name: p
+    for p in (
+        RandomPolicy,
+        LeastAllocatedPolicy,
+        BestFitPolicy,
+        FGDPolicy,
+        BerthPolicy,
+        BerthKubePolicy,
+        KubeAlonePolicy,
+    )
 }

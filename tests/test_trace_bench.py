@@ -183,7 +183,7 @@ def test_quick_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "trace.md"
     assert trace_bench.main(["--quick", "--seeds", "1", "--markdown", str(out)]) == 0
     text = out.read_text()
-    for name in POLICIES:
+    for name in trace_bench.ORDER:  # the default set; berth-kube and kube-alone run when asked for
         assert f"| {name} |" in text
     assert "n/a" not in text  # Berth shares GPUs too
     berth = [line for line in text.splitlines() if line.startswith("| berth |")]
@@ -231,3 +231,12 @@ def test_openb_trace_files_load_and_run(tmp_path: Path) -> None:
         == 0
     )
     assert "| berth |" in (tmp_path / "t.md").read_text()
+
+
+def test_the_kube_scheduler_stand_ins_run(tmp_path: Path) -> None:
+    # berth-kube / kube-alone: kube-scheduler's sample and in-tree scores around Berth (trace_policies.py).
+    out = tmp_path / "kube.md"
+    argv = ["--quick", "--seeds", "1", "--policies", "berth-kube,kube-alone", "--sharing", "off", "--markdown"]
+    assert trace_bench.main([*argv, str(out)]) == 0
+    text = out.read_text()
+    assert "| berth-kube |" in text and "| kube-alone |" in text

@@ -42,6 +42,7 @@ node_verdict = _impl.node_verdict  # one node: what bind checks again
 score_nodes = _impl.score_nodes
 score_raw = _impl.score_raw  # unrounded, for normalising over the candidates and the best tier
 normalize_scores = _impl.normalize_scores
+free_by_model = _impl.free_by_model  # the demand histogram's free GPUs per model
 best_tier = _impl.best_tier
 pick_raw = _impl.pick_raw  # the survivors' raw scores, for the prioritize call after filter
 prioritize_json = _impl.prioritize_json
@@ -77,6 +78,7 @@ __all__ = [
     "failed_json",
     "filter_nodes",
     "filter_shared",
+    "free_by_model",
     "map_names",
     "node_score_parts",
     "node_verdict",

@@ -41,11 +41,14 @@ from scheduler.model.constants import (
     N_PARAMS,
     NOW,
     OK,
+    POD_ANY_MODEL,
     POD_END,
     PODS,
     POOL,
+    PROTECT_AT,
     SCARCITY_BASE,
     SCARCITY_MODELS,
+    STRAND_EXTRA,
     TOPOLOGY,
     TOPOLOGY_REQUIRED,
     UNKNOWN,
@@ -181,6 +184,15 @@ def score_raw(
         out[i] = total / wsum if wsum > 0.0 else 0.0
 
 
+def free_by_model(t: Any, out: array) -> None:
+    """Adds each node's free GPUs to out[its model id] (models beyond out are left out)."""
+    k = len(out)
+    for s in range(len(t.flags)):
+        m = t.model[s]
+        if 0 <= m < k and t.flags[s] & FLAG_PRESENT:
+            out[m] += _free_gpus(t, s).bit_count()
+
+
 def normalize_scores(raw: array, out: array) -> None:
     """Min-max over the candidates (raw >= 0) onto 0..10, rounded: the best scores 10, the worst 0, all
     equal all 10; absent nodes (raw < 0) 0."""
@@ -272,7 +284,30 @@ def node_score_parts(
             parts["resources"] = res
             parts["gpu_packing"] = pack
     common, weights = common_parts(t, s, pool_ok, pool_avail, params, parts)
-    return total + common, wsum + weights
+    total += common
+    wsum += weights
+    if gpu > 0 and params[POD_ANY_MODEL] > 0.0:
+        # The scarce-model tier, lexicographic over the weighted mean r (0..10): a protected node scores
+        # r / 10 (0..1), every other 1 + 0.9 r (1..10), so an unconstrained pod takes a protected model only
+        # where nothing else fits. As sums: r' * wsum.
+        if protected(t, s, params):
+            total = 0.1 * total
+            if parts is not None:
+                parts["protected"] = 1.0
+        else:
+            total = wsum + 0.9 * total
+            if parts is not None:
+                parts["protected"] = 0.0
+    return total, wsum
+
+
+def protected(t: Any, s: int, params: array) -> bool:
+    """The node's GPU model is kept for the pods constrained to it: its pressure reaches PROTECT_AT."""
+    m = t.model[s]
+    if m < 0 or m >= SCARCITY_MODELS:
+        return False
+    pressure = params[SCARCITY_BASE + m]
+    return pressure > 0.0 and pressure >= params[PROTECT_AT]
 
 
 def common_parts(
@@ -354,10 +389,17 @@ def unusable_gpus(t: Any, s: int, g: int, c: int, m: int, params: array) -> floa
     and `m` free bytes: per bucket of the demand histogram (k GPUs per pod, typical CPU and memory per
     GPU, or the node's own ratio when unknown), the free GPUs beyond what whole pods of that bucket could
     take, weighted by the bucket's share of asked GPUs."""
+    return unusable_split(t, s, g, c, m, params)[0]
+
+
+def unusable_split(t: Any, s: int, g: int, c: int, m: int, params: array) -> tuple[float, float]:
+    """(unusable_gpus, the part of it GPU counts alone explain): their difference is the GPUs left without
+    the CPU or memory to use them."""
     cap = t.alloc_gpu[s]
     if cap <= 0 or g <= 0:
-        return 0.0
+        return 0.0, 0.0
     f = 0.0
+    fg = 0.0
     own_c = own_m = -1.0  # the node's own ratios, worked out only when a bucket has no typical value
     for b in range(DEMAND_BUCKETS):
         base = DEMAND_BASE + b * DEMAND_FIELDS
@@ -368,6 +410,7 @@ def unusable_gpus(t: Any, s: int, g: int, c: int, m: int, params: array) -> floa
         # floor(g / k) by a multiplication (exact for the power-of-two buckets; + 1e-9 absorbs the rounding
         # of 1/k otherwise, g <= 64); truncation is floor here, the value is not negative
         n = float(int(float(g) * params[base + D_INV_GPUS] + 1e-9))
+        fg += w * (float(g) - k * n)
         if n > 0.0:  # no whole pod of this bucket fits the GPUs: no need to look at CPU and memory
             pc = params[base + D_CPU]
             pm = params[base + D_MEM]
@@ -386,21 +429,25 @@ def unusable_gpus(t: Any, s: int, g: int, c: int, m: int, params: array) -> floa
             if pm > 0.0 and float(m) < n * k * pm:
                 n = float(int(float(m) / (k * pm)))
         f += w * (float(g) - k * n)
-    return f
+    return f, fg
 
 
 def frag_part(t: Any, s: int, cpu: int, mem: int, gpu: int, params: array) -> float:
     """0..10: how little the placement adds to the node's expected unusable GPUs (FGD's gradient over every
-    dimension). 10 when it only takes GPUs nobody could use anyway; lower by the GPUs it leaves unusable."""
+    dimension). 10 when it only takes GPUs nobody could use anyway; lower by the GPUs it leaves unusable,
+    and STRAND_EXTRA times more by those it leaves without the CPU or memory to use them."""
     nfree = _free_gpus(t, s).bit_count()
     c = t.alloc_cpu[s] - t.used_cpu[s]
     m = t.alloc_mem[s] - t.used_mem[s]
     if nfree < gpu or c < cpu or m < mem:
         return 0.0
-    before = unusable_gpus(t, s, nfree, c, m, params)
-    after = unusable_gpus(t, s, nfree - gpu, c - cpu, m - mem, params)
+    before, before_g = unusable_split(t, s, nfree, c, m, params)
+    after, after_g = unusable_split(t, s, nfree - gpu, c - cpu, m - mem, params)
+    strand = (after - after_g) - (before - before_g)
+    if strand < 0.0:
+        strand = 0.0
     kmax = params[DEMAND_BASE + (DEMAND_BUCKETS - 1) * DEMAND_FIELDS + D_GPUS]
-    v = 10.0 * (1.0 - (after - before + float(gpu)) / (float(gpu) + kmax))
+    v = 10.0 * (1.0 - (after - before + float(gpu) + float(STRAND_EXTRA) * strand) / (float(gpu) + kmax))
     return 0.0 if v < 0.0 else 10.0 if v > 10.0 else v
 
 
@@ -414,8 +461,10 @@ def scarcity_part(t: Any, s: int, params: array) -> float:
 
 def cpu_pod_gpu_part(t: Any, s: int, cpu: int, mem: int, params: array) -> float:
     """0..10 for a pod without GPUs: 10 on nodes without GPUs, 0 on GPU nodes whose GPUs are all idle
-    (never break an empty GPU node), else 9 less what the pod would leave unusable and the free GPUs
-    the node still has: partly used GPU nodes with CPU to spare beyond their free GPUs' needs come first."""
+    (never break an empty GPU node) and where the CPU or memory it takes strands a GPU (leaves one
+    without what it needs for a recent ask), else 9 x (1 - free GPUs / twice the node's) x (1 - the GPUs
+    it strands, expected) x (1 - half the node's GPUs over the largest GPU node's): fully used GPU nodes,
+    then nodes with CPU to spare beyond their free GPUs' needs, small GPU nodes before large ones."""
     cap = t.alloc_gpu[s]
     if cap <= 0:
         return 10.0
@@ -427,8 +476,11 @@ def cpu_pod_gpu_part(t: Any, s: int, cpu: int, mem: int, params: array) -> float
     if c < cpu or m < mem:
         return 0.0
     added = unusable_gpus(t, s, nfree, c - cpu, m - mem, params) - unusable_gpus(t, s, nfree, c, m, params)
-    v = 9.0 * (1.0 - (added + float(nfree)) / (2.0 * float(cap)))
-    return 0.0 if v < 0.0 else v
+    if added >= 1.0:
+        return 0.0  # it would strand a GPU: as bad as breaking an idle node
+    # Small GPU nodes first: the CPU of the nodes only large GPU asks can fill stays for those asks.
+    big = params[MAX_NODE_GPUS] if params[MAX_NODE_GPUS] >= float(cap) else float(cap)
+    return 9.0 * (1.0 - float(nfree) / (2.0 * float(cap))) * (1.0 - added) * (1.0 - 0.5 * float(cap) / big)
 
 
 def resource_part(t: Any, s: int, cpu: int, mem: int, most: bool) -> float:

@@ -94,7 +94,16 @@ SCARCITY_MODELS = 32
 # When the pod is expected to end (Unix time; 0: not stated, a long-running pod): see the maintenance part.
 POD_END = 88
 W_SHARE = 89  # share fit: a fraction fills the fullest shared GPU that holds it (the fraction path)
-N_PARAMS = 90
+# Scarce models kept for the pods that need them (policy/demand.py): a GPU model whose constrained pressure
+# (SCARCITY_BASE) is at least PROTECT_AT is protected; while POD_ANY_MODEL > 0 (the pod accepts any model
+# and some model is protected) a node of a protected model ranks below every node of the others.
+PROTECT_AT = 90
+POD_ANY_MODEL = 91
+N_PARAMS = 92
+# The fragmentation part counts a free GPU the placement leaves without the CPU or memory to use it this
+# many times over (1 + STRAND_EXTRA in all): such a GPU is lost to every ask, a GPU-count fragment only to
+# the larger ones.
+STRAND_EXTRA = 3
 
 # The config's scoring.weights names and their indices in the params array.
 WEIGHT_NAMES = (

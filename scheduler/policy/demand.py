@@ -11,7 +11,9 @@ What the kernels get (`fill`, into the score params at the indices of scheduler/
   roomy nodes can hold are a shape of their own, not averaged away): the share of recently asked GPUs in
   each, and the typical millicores and memory per GPU its pods ask;
 - per GPU model: the constrained pressure, (share of asked GPUs constrained to the model) / (share of the
-  cluster's GPUs of that model), capped at 1; a pod that accepts several models spreads its GPUs over them.
+  cluster's free GPUs of that model), capped at 1; a pod that accepts several models spreads its GPUs over
+  them. A model at PROTECT_PRESSURE or more is protected: pods of any model keep off it while another fits
+  (the kernels' scarce-model tier, docs/scoring.md).
 Before any ask is seen the buckets weigh the same and the typical CPU and memory are 0 (the kernels use
 the node's own ratio), and no model is under pressure.
 """
@@ -22,6 +24,7 @@ from array import array
 from collections import OrderedDict
 from typing import Any
 
+from scheduler import kernels
 from scheduler.model.constants import (
     DEMAND_BASE,
     DEMAND_BUCKETS,
@@ -30,6 +33,7 @@ from scheduler.model.constants import (
     MAX_NODE_CPU,
     MAX_NODE_GPUS,
     MAX_NODE_MEM,
+    PROTECT_AT,
     SCARCITY_BASE,
     SCARCITY_MODELS,
 )
@@ -37,6 +41,11 @@ from scheduler.model.podspec import PodAsk
 
 BUCKETS = (1, 2, 4, 8)  # GPUs per pod; each makes two of the DEMAND_BUCKETS (low and high CPU per GPU)
 HALF_LIFE_ASKS = 2000  # GPU asks after which an ask counts half
+# A model is protected (kept from pods that accept any model while another model fits) when the pods
+# constrained to it ask at least this share of what its share of the cluster's GPUs would get: at that
+# rate the constrained pods alone take half its GPUs by the time the cluster is full.
+PROTECT_PRESSURE = 0.5
+FREE_RECOUNT = 16  # asks between recounts of the free GPUs per model
 REMEMBERED_UIDS = 8192
 _GROWTH = 0.5 ** (-1.0 / HALF_LIFE_ASKS)
 _RESCALE_AT = 1e100
@@ -71,9 +80,13 @@ class Demand:
         self._uids: OrderedDict[str, None] = OrderedDict()
         self._supply_key: tuple[int, int, int] | None = None
         self._supply: dict[str, int] = {}
+        self._free: list[int] = []  # free GPUs per model id (free_by_model)
+        self._free_key: tuple[int, int, int] | None = None
+        self._free_at = -FREE_RECOUNT
         self._largest = (0.0, 0.0, 0.0)  # the largest GPU node's GPUs, millicores, bytes (best fit's scale)
         self.recorded = 0  # asks counted so far: what a cached params array was built from
         self.cached: tuple[object, array] | None = None  # (key, params) of policy.placement.score_params
+        self.protects = False  # some model is protected in the params `fill` wrote last
 
     def record(self, ask: PodAsk, replicas: tuple[int, int] = (1, 1)) -> None:
         gpus = whole_gpus(ask, replicas)
@@ -128,17 +141,31 @@ class Demand:
         params[DEMAND_BASE : DEMAND_BASE + DEMAND_BUCKETS * DEMAND_FIELDS] = array("d", rows)
         pressure = [0.0] * SCARCITY_MODELS
         if self.constrained and total > 0.0:
-            supply = self.supply(table)
-            all_gpus = sum(supply.values())
-            for i, model in enumerate(table.models[:SCARCITY_MODELS] if all_gpus > 0 else ()):
-                have = supply.get(model, 0)
+            free = self.free_by_model(table)
+            all_free = sum(free)
+            for i, model in enumerate(table.models[:SCARCITY_MODELS]):
                 want = self.constrained.get(model, 0.0)
-                if have > 0 and want > 0.0:
-                    pressure[i] = min(1.0, (want / total) / (have / all_gpus))
+                if want <= 0.0:
+                    continue
+                have = free[i] if i < len(free) else 0
+                # No free GPU of the model left: whatever frees up there is the constrained pods' first.
+                pressure[i] = 1.0 if have <= 0 else min(1.0, (want / total) / (have / all_free))
         params[SCARCITY_BASE : SCARCITY_BASE + SCARCITY_MODELS] = array("d", pressure)
+        params[PROTECT_AT] = PROTECT_PRESSURE
+        self.protects = any(x > 0.0 and x >= PROTECT_PRESSURE for x in pressure)
         if table is not None:
             self.supply(table)
         params[MAX_NODE_GPUS], params[MAX_NODE_CPU], params[MAX_NODE_MEM] = self._largest
+
+    def free_by_model(self, table: Any) -> list[int]:
+        """Free GPUs per model id, recounted every FREE_RECOUNT asks (it moves slowly) and when the nodes
+        change: O(nodes) in the kernels (a few microseconds at 1,213 nodes), so not on every pod."""
+        key = (table.version, len(table.models), table.size)
+        if key != self._free_key or self.recorded - self._free_at >= FREE_RECOUNT:
+            out = array("q", bytes(8 * len(table.models)))
+            kernels.free_by_model(table, out)
+            self._free, self._free_key, self._free_at = list(out), key, self.recorded
+        return self._free
 
     def supply(self, table: Any) -> dict[str, int]:
         """GPUs per model, recounted when the table's names or models change (not on every call)."""
@@ -167,6 +194,7 @@ class Demand:
                 for b in range(DEMAND_BUCKETS)
             },
             "constrained_share_by_model": {m: round(x / total, 4) for m, x in sorted(self.constrained.items())},
+            "protect_at_pressure": PROTECT_PRESSURE,
         }
 
 

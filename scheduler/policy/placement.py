@@ -23,6 +23,7 @@ from scheduler.model.constants import (
     NOW,
     OTHER_RESOURCE,
     OTHER_RESOURCE_USED,
+    POD_ANY_MODEL,
     POD_END,
     SHARE_GPU_SHARED,
     WEIGHT_INDEX,
@@ -198,6 +199,9 @@ def pod_params(state: ClusterState, j: Judgement, now: float | None) -> array:
     p = score_params(state.config, now, state)
     runtime = j.ask.runtime
     p[POD_END] = p[NOW] + runtime if runtime > 0 else 0.0
+    # The scarce-model tier applies to pods that accept any model (docs/scoring.md), never to one that
+    # named the model.
+    p[POD_ANY_MODEL] = 1.0 if not j.ask.gpu_models and demand_of(state).protects else 0.0
     return p
 
 

@@ -18,8 +18,8 @@ The rules (docs/scoring.md; issue 19 "What to build"):
   (c) a GPU pod does not go where it leaves the node's other free GPUs without CPU;
   (d) a fraction of a GPU fills an already-shared GPU before opening a whole one.
 
-Status with the issue-19 scoring merged (2026-12-02): (a) both cases, (b) and (d) pass; (c) fails (marked
-xfail, strict, with the reason): the shipped best-fit weight outweighs the CPU-stranding part there.
+Status (2026-12-02): every case passes. (c) was a strict xfail until the fragmentation part counted a GPU
+left without CPU four times (docs/scoring.md): the best-fit part (weight 8) had outweighed it.
 """
 
 import time
@@ -259,12 +259,6 @@ def test_unconstrained_pod_leaves_the_scarce_model(case: Case) -> None:
     check(case, make, {"b-a100"}, "an unconstrained pod must leave the scarce model to the pods that need it")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (issue 19): with the shipped weights the best-fit part (weight 8, CPU measured against "
-    "the cluster's largest node) outweighs the fragmentation part (3) that sees the 3 GPUs left with 4 cores, "
-    "so Berth sends the pod to c-starved like Best-fit does; strict: it fails loudly once the policy is fixed",
-)
 def test_gpu_pod_does_not_leave_gpus_without_cpu(case: Case) -> None:
     """(c) Both nodes have 4 of 8 GPUs free (Berth's packing and island parts tie). c-starved has 16 cores
     (all free): the pod's 12 leave 4 cores for its 3 other free GPUs. c-roomy has 44 cores free of 256:

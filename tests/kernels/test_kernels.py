@@ -306,6 +306,9 @@ def params_arrays(draw: st.DrawFn) -> array:
     p[C.MAX_NODE_CPU] = draw(st.sampled_from([0.0, 1.0, 128_000.0, 1e9]))
     p[C.MAX_NODE_MEM] = draw(st.sampled_from([0.0, 1.0, float(1024 * GI), 1e18]))
     p[C.POD_END] = draw(st.one_of(st.just(0.0), st.integers(-900, 900).map(lambda d: NOW + d)))
+    # The scarce-model tier: on for a pod of any model, at any threshold (0 protects every model in use).
+    p[C.POD_ANY_MODEL] = draw(st.sampled_from([0.0, 1.0]))
+    p[C.PROTECT_AT] = draw(st.sampled_from([0.0, 0.5, 1.0]))
     return p
 
 
@@ -334,6 +337,20 @@ def test_native_matches_twin(
         "d", data.draw(st.lists(st.floats(0.0, 1.0), min_size=npools + 1, max_size=npools + 1), label="pool_avail")
     )
     args = (slots, pod.cpu, pod.mem, pod.gpu, pod.topo)
+    # The demand histogram's free GPUs per model (fewer entries than models: the rest are left out).
+    free_py, free_c = array("q", bytes(8 * nmodels)), array("q", bytes(8 * nmodels))
+    _python.free_by_model(t, free_py)
+    native.free_by_model(t, free_c)
+    assert list(free_py) == list(free_c)
+    want = [0] * nmodels
+    for s in range(t.size):
+        if t.flags[s] & C.FLAG_PRESENT and t.model[s] >= 0:
+            want[t.model[s]] += t.free_gpus(s).bit_count()
+    assert list(free_py) == want
+    short_py, short_c = array("q", bytes(8)), array("q", bytes(8))
+    _python.free_by_model(t, short_py)
+    native.free_by_model(t, short_c)
+    assert list(short_py) == list(short_c) == [*want, 0][:1]
 
     out_py, out_c = bytearray(len(slots)), bytearray(len(slots))
     passed_py = _python.filter_nodes(t, *args, pool_ok, model_ok, out_py)
@@ -742,14 +759,17 @@ def one_gpu_demand(cpu_per_gpu: int, weight_w: int = C.W_FRAG) -> array:
 
 
 def test_gpu_pod_avoids_stranding_gpus_by_cpu(impl: ModuleType) -> None:
-    # Two 8-GPU nodes with 4 GPUs used. "tight" has 40 cores free, "roomy" 200: a 1-GPU pod asking 32 cores
-    # leaves tight 8 cores for its 3 other free GPUs (typical ask 8 cores each: 2 become unusable).
+    # Two 8-GPU nodes with 4 GPUs used. "tight" has 40 cores free, "roomy" 200: a 1-GPU pod asking 24 cores
+    # leaves tight 16 cores for its 3 other free GPUs (typical ask 8 cores each: 1 becomes unusable, for
+    # want of CPU, so it counts 1 + STRAND_EXTRA times); asking 32 cores it strands 2 (the part is 0).
     t = table(node_obj("tight", cpu="64", gpus=8), node_obj("roomy", cpu="224", gpus=8))
     set_used(t, "tight", cpu=24_000, gpus=(0, 1, 2, 3))
     set_used(t, "roomy", cpu=24_000, gpus=(0, 1, 2, 3))
+    tight, roomy = raw(impl, t, ["tight", "roomy"], one_gpu_demand(8_000), cpu=24_000, gpu=1)
+    # roomy: nothing newly unusable, 10 * (1 - (0 + 1) / (1 + 8)); tight: 1 more unusable GPU, stranded
+    assert roomy == pytest.approx(10 * 8 / 9) and tight == pytest.approx(10 * (1 - (1 + 1 + C.STRAND_EXTRA) / 9))
     tight, roomy = raw(impl, t, ["tight", "roomy"], one_gpu_demand(8_000), cpu=32_000, gpu=1)
-    # roomy: nothing newly unusable, 10 * (1 - (0 + 1) / (1 + 8)); tight: 2 more unusable GPUs
-    assert roomy == pytest.approx(10 * 8 / 9) and tight == pytest.approx(10 * (1 - 3 / 9))
+    assert roomy == pytest.approx(10 * 8 / 9) and tight == 0.0
     # A pod that leaves both nodes enough CPU scores the same on both.
     a, b = raw(impl, t, ["tight", "roomy"], one_gpu_demand(8_000), cpu=1_000, gpu=1)
     assert a == b == roomy
@@ -783,6 +803,22 @@ def test_scarcity_keeps_unconstrained_pods_off_contested_models(impl: ModuleType
     p = only(C.W_SCARCE)
     p[C.SCARCITY_BASE + t.model[t.slot_of["l4"]]] = 0.75
     assert raw(impl, t, ["a100", "l4"], p, gpu=1) == [10.0, 2.5]
+
+
+def test_protected_model_ranks_below_every_other_for_a_pod_of_any_model(impl: ModuleType) -> None:
+    # l4 scores 10 on topology, a100 only 1.25: by the mean l4 wins. Its model's pressure reaches PROTECT_AT,
+    # so for a pod that accepts any model it scores a tenth of its mean (0..1) and every other node 1 + 0.9 x.
+    t = table(node_obj("a100", gpus=8, model=MODELS[0]), node_obj("l4", gpus=1, model=MODELS[2]))
+    p = only(W_TOPO)
+    p[C.SCARCITY_BASE + t.model[t.slot_of["l4"]]] = 0.6
+    p[C.PROTECT_AT] = 0.5
+    assert raw(impl, t, ["a100", "l4"], p, gpu=1) == [1.25, 10.0]  # the tier is off: the mean alone
+    p[C.POD_ANY_MODEL] = 1.0
+    a100, l4 = raw(impl, t, ["a100", "l4"], p, gpu=1)
+    assert a100 == pytest.approx(1.0 + 0.9 * 1.25) and l4 == pytest.approx(1.0)
+    p[C.PROTECT_AT] = 0.7  # below the threshold: not protected, both nodes in the upper band
+    assert raw(impl, t, ["a100", "l4"], p, gpu=1)[1] == pytest.approx(10.0)
+    assert raw(impl, t, ["a100"], p)[0] == 0.0  # pods without GPUs: no tier (their mean here is 0)
 
 
 def test_normalize_and_best_tier(impl: ModuleType) -> None:

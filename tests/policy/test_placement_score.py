@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,96 @@ def test_better_fit_sentence_names_the_free_gpus_and_is_not_unresolvable() -> No
     big = judge(state, ask(2, 8, cpu=500_000))
     verdicts, passed = run_filter(state, big, slots(state))
     assert passed == 0 and K.BETTER_FIT not in verdicts
+
+
+def hold(state: ClusterState, pod: object, node: str) -> None:
+    """Bind `pod` to `node` in Berth's books, as the bind verb does without an API server."""
+    from scheduler.cluster.state import pod_key
+    from scheduler.model.binding import BindingArgs
+    from scheduler.policy.binder import Binder
+
+    a: Any = pod
+    state.seen.remember(a)
+    entry = Binder(state, None, None).reserve(a, BindingArgs(a.name, a.namespace, a.uid, node))
+    state.reservations.pop(pod_key(a.namespace, a.name), None)
+    entry.confirmed = True
+
+
+def test_a_protected_model_is_left_to_the_pods_that_name_it() -> None:
+    # n0: a 1-GPU T4 node, the exact fit best fit loves; n1: an 8-GPU V100 node with one GPU in use. The
+    # pods seen ask for T4 more than its share of the free GPUs (pressure 1): a pod of any model takes n1
+    # while it fits, a pod that names T4 still gets n0.
+    state = state_with(spec(0, 1, "T4", cpu=64, mem=256), spec(1, 8, "V100M32"))
+    hold(state, ask(900, 1), "n1")
+    for i in range(20):
+        demand_of(state).record(ask(100 + i, 1, models=("T4",)))
+    any_model = ask(1, 1)
+    verdicts, passed = run_filter(state, judge(state, any_model), slots(state))
+    assert passed == 1 and list(verdicts) == [K.BETTER_FIT, K.OK]
+    rows = {r["node"]: r for r in explain(state, any_model)["nodes"]}
+    assert rows["n0"]["parts"]["protected"] == 1.0 and rows["n1"]["parts"]["protected"] == 0.0
+    assert rows["n0"]["raw"] < 1.0 <= rows["n1"]["raw"]
+    t4 = ask(2, 1, models=("T4",))
+    verdicts, passed = run_filter(state, judge(state, t4), slots(state))
+    assert passed == 1 and verdicts[0] == K.OK
+    assert "protected" not in {k for r in explain(state, t4)["nodes"] if r["fits"] for k in r["parts"]}
+
+
+def test_pressure_is_against_the_free_gpus_of_a_model() -> None:
+    # V100M32 and T4 have 8 GPUs each; pods constrained to T4 ask a quarter of the GPUs seen: pressure
+    # 0.25 / 0.5 = 0.5 on an empty cluster. With 6 of the 8 T4 GPUs held, T4 has 2 of the 10 free: 1.
+    from scheduler.policy import demand as D
+
+    state = state_with(spec(0, 8, "T4"), spec(1, 8, "V100M32"))
+    d = demand_of(state)
+    for i in range(30):
+        d.record(ask(100 + i, 1, models=("T4",) if i % 4 == 0 else ()))
+    t4 = state.table.models.index("T4")
+    share = d.constrained["T4"] / d.total
+    p = score_params(state.config, 0.0, state)
+    assert p[C.SCARCITY_BASE + t4] == pytest.approx(min(1.0, share / 0.5))
+    for i in range(6):
+        hold(state, ask(200 + i, 1, models=("T4",)), "n0")
+    for i in range(D.FREE_RECOUNT):  # the free GPUs are recounted every FREE_RECOUNT asks
+        d.record(ask(300 + i, 1))
+    p = score_params(state.config, 0.0, state)
+    share = d.constrained["T4"] / d.total
+    assert p[C.SCARCITY_BASE + t4] == pytest.approx(min(1.0, share / (2 / 10)))
+
+
+def test_a_gpu_pod_does_not_leave_free_gpus_without_cpu_with_the_default_weights() -> None:
+    # e2e case (c) on a ClusterState: both nodes 4 of 8 GPUs free; starved has 15.5 cores (all free), roomy
+    # 43.5 of 255.5 and 422 GiB of 1,022. Best fit prefers starved (less left free); the pod's 12 cores would
+    # leave starved 3.5 cores for 3 GPUs that pods of 4 cores a GPU need: filter passes roomy only.
+    state = state_with(spec(0, 8, cpu=16, mem=256), spec(1, 8, cpu=256, mem=1024), spec(2, 8, cpu=33, mem=80))
+    for k in range(4):
+        hold(state, ask(500 + k, 1, cpu=0), "n0")
+        hold(state, pod_ask(pod_dict(TracePod(510 + k, f"p{510 + k}", 53_000, 150 * 1024, 1, 1000, ()))), "n1")
+    for k in range(8):  # the demand seen: 1-GPU pods of 4 cores, on a node they fill
+        feed = ask(600 + k, 1, cpu=4000)
+        demand_of(state).record(feed)
+        hold(state, feed, "n2")
+    probe = ask(1, 1, cpu=12_000)
+    verdicts, passed = run_filter(state, judge(state, probe), slots(state))
+    assert passed == 1 and list(verdicts)[:2] == [K.BETTER_FIT, K.OK]
+    rows = {r["node"]: r for r in explain(state, probe)["nodes"]}
+    assert rows["n0"]["parts"]["best_fit"] > rows["n1"]["parts"]["best_fit"]
+    assert rows["n0"]["parts"]["fragmentation"] < 3.0 < 8.0 < rows["n1"]["parts"]["fragmentation"]
+
+
+def test_a_cpu_pod_goes_where_it_strands_no_gpu() -> None:
+    # tight: 6 of 8 GPUs used and 8.5 cores left, enough for its 2 free GPUs at 4 cores each; roomy: 4 of 8
+    # used, 80 cores left. A CPU-only pod of 6 cores fits both; on tight it strands a GPU: it goes to roomy
+    # although tight has fewer free GPUs.
+    state = state_with(spec(0, 8, cpu=64, mem=512), spec(1, 8, cpu=128, mem=1024))
+    for k in range(6):
+        hold(state, ask(700 + k, 1, cpu=9_250), "n0")
+    for k in range(4):
+        hold(state, ask(710 + k, 1, cpu=11_875), "n1")
+    for k in range(8):
+        demand_of(state).record(ask(800 + k, 1, cpu=4000))
+    probe = ask(1, 0, cpu=6000)
+    verdicts, passed = run_filter(state, judge(state, probe), slots(state))
+    assert passed == 1 and list(verdicts) == [K.BETTER_FIT, K.OK]
+    rows = {r["node"]: r for r in explain(state, probe)["nodes"]}
+    assert rows["n0"]["parts"]["gpu_packing"] == 0.0 and rows["n1"]["parts"]["gpu_packing"] > 0.0
