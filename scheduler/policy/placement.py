@@ -309,14 +309,16 @@ class Reasons:
         whole, milli = (
             K.share_ask(t, slot, *self._gpu_asks()) if self.state.table.shared(slot) else (self.j.ask.request.gpu, 0)
         )
+        # Short on purpose: a GPU pod's filter fails most of its nodes with this, and kube-scheduler decodes
+        # every one of them in every cycle (berth explain words each score part).
         if whole <= 0 and milli <= 0:
-            what = f"would take capacity beside {free} idle GPUs a GPU pod could use" if free else "scores lower"
+            what = f"takes room beside {free} idle GPUs" if free else "scores lower"
         elif milli > 0:
-            what = "would open or share a GPU where a fuller shared GPU holds the fraction"
+            what = "a fuller shared GPU holds the fraction"
         else:
             left = max(free - whole, 0)
-            what = f"would leave {left} GPU{'s' if left != 1 else ''} free there"
-        return f"berth: node fits but {what}; a better fit exists (berth explain shows each score part)"
+            what = f"leaves {left} GPU{'s' if left != 1 else ''} free"
+        return f"berth: fits, but {what}; a better fit exists"
 
     def _gpu_asks(self) -> tuple[int, int, int]:
         r = self.j.ask.request

@@ -158,7 +158,7 @@ def test_better_fit_sentence_names_the_free_gpus_and_is_not_unresolvable() -> No
     verdicts, passed = run_filter(state, j, slots(state))
     assert passed == 1 and list(verdicts) == [K.BETTER_FIT, K.OK]  # the 2-GPU node: an 8-GPU node stays whole
     sentence, unresolvable = Reasons(state, j).of(K.BETTER_FIT, 0)
-    assert sentence.startswith("berth: node fits but would leave 7 GPUs free there; a better fit exists")
+    assert sentence == "berth: fits, but leaves 7 GPUs free; a better fit exists"
     assert not unresolvable
     # No node fits: nothing is cut, every failure is the real one (preemption sees what it saw before).
     big = judge(state, ask(2, 8, cpu=500_000))
