@@ -156,7 +156,7 @@ def _place(state: ClusterState, ask: PodAsk, slots: array) -> tuple[int, PodEntr
     verdicts, passed = run_filter(state, j, slots, record=False)
     if not passed:
         return -1, None
-    scores = run_score(state, j, slots)
+    scores = run_score(state, j, slots, scored=j.scored)  # the tier's raw scores for these slots, if it ran
     best, best_score = -1, -1
     for i, slot in enumerate(slots):
         if verdicts[i] == K.OK and scores[i] > best_score:
