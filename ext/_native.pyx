@@ -231,15 +231,78 @@ cdef inline double _unusable(const Table* t, int s, long long g, long long c, lo
     return f
 
 
+# What the fragmentation part reads of a node: its GPU count, free GPUs, free and allocatable CPU and
+# memory, and the pod's GPUs (per node with shared GPUs); the pod's CPU, memory and the params are fixed for
+# one call. Nodes of one shape in the same state (empty ones above all) give the same value, and computing
+# it is most of a node's score (two passes over the demand buckets), so each scoring call keeps the values
+# it computed in a small direct-mapped table on its stack: a hit returns exactly the double the same
+# computation gives, a collision only recomputes. The twins compute every node; the property tests check
+# the two agree.
+cdef enum:
+    MEMO_SLOTS = 512  # a power of two
+
+
+cdef struct MemoEntry:
+    long long cpu_free, mem_free, cpu_alloc, mem_alloc
+    int gpus, gpus_free, pod_gpus, full
+    double value
+
+
+cdef struct Memo:
+    MemoEntry e[MEMO_SLOTS]
+
+
+cdef inline void _memo_clear(Memo* memo) noexcept nogil:
+    cdef int i
+    for i in range(MEMO_SLOTS):
+        memo.e[i].full = 0
+
+
+cdef inline MemoEntry* _memo_find(Memo* memo, const Table* t, int s, long long nfree, long long c, long long m,
+                                  int gpu, bint* hit) noexcept nogil:
+    """The entry for this node state (hit[0]: it holds the value), or the one to overwrite with it."""
+    cdef long long ac = t.alloc_cpu[s], am = t.alloc_mem[s]
+    cdef int cap = t.alloc_gpu[s]
+    cdef unsigned long long h = (<unsigned long long>cap * 0x9E3779B97F4A7C15ULL) ^ (<unsigned long long>nfree << 7)
+    h ^= <unsigned long long>gpu << 14
+    h ^= <unsigned long long>c * 0xC2B2AE3D27D4EB4FULL
+    h ^= <unsigned long long>m * 0x165667B19E3779F9ULL
+    h ^= <unsigned long long>ac * 0x27D4EB2F165667C5ULL
+    h ^= <unsigned long long>am * 0x94D049BB133111EBULL
+    cdef MemoEntry* e = &memo.e[(h ^ (h >> 29) ^ (h >> 47)) & (MEMO_SLOTS - 1)]
+    hit[0] = (e.full and e.gpus == cap and e.gpus_free == nfree and e.pod_gpus == gpu and e.cpu_free == c
+              and e.mem_free == m and e.cpu_alloc == ac and e.mem_alloc == am)
+    if not hit[0]:
+        e.full = 0
+        e.gpus, e.gpus_free, e.pod_gpus = cap, <int>nfree, gpu
+        e.cpu_free, e.mem_free, e.cpu_alloc, e.mem_alloc = c, m, ac, am
+    return e
+
+
 cdef inline double _frag_part(const Table* t, int s, long long cpu, long long mem, int gpu,
-                              const double* params) noexcept nogil:
-    """Twin: frag_part."""
+                              const double* params, Memo* memo) noexcept nogil:
+    """Twin: frag_part. `memo`: the values this call computed already (NULL: none kept)."""
     cdef long long nfree = popcount(_free_gpus(t, s))
     cdef long long c = t.alloc_cpu[s] - t.used_cpu[s]
     cdef long long m = t.alloc_mem[s] - t.used_mem[s]
-    cdef double before, after, before_g, after_g, strand, kmax, v
+    cdef MemoEntry* e = NULL
+    cdef bint hit = False
+    cdef double v
     if nfree < gpu or c < cpu or m < mem:
         return 0.0
+    if memo != NULL:
+        e = _memo_find(memo, t, s, nfree, c, m, gpu, &hit)
+        if hit:
+            return e.value
+    v = _frag_value(t, s, nfree, c, m, cpu, mem, gpu, params)
+    if e != NULL:
+        e.value, e.full = v, 1
+    return v
+
+
+cdef inline double _frag_value(const Table* t, int s, long long nfree, long long c, long long m, long long cpu,
+                               long long mem, int gpu, const double* params) noexcept nogil:
+    cdef double before, after, before_g, after_g, strand, kmax, v
     before = _unusable(t, s, nfree, c, m, params, &before_g)
     after = _unusable(t, s, nfree - gpu, c - cpu, m - mem, params, &after_g)
     strand = (after - after_g) - (before - before_g)
@@ -268,11 +331,13 @@ cdef inline bint _protected(const Table* t, int s, const double* params) noexcep
 
 
 cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long long mem,
-                                     const double* params) noexcept nogil:
-    """Twin: cpu_pod_gpu_part."""
+                                     const double* params, Memo* memo) noexcept nogil:
+    """Twin: cpu_pod_gpu_part. `memo`: as _frag_part's (pod GPUs 0 in its key keeps the two parts apart)."""
     cdef int cap = t.alloc_gpu[s]
     cdef long long nfree, c, m
-    cdef double added, ignored, big
+    cdef MemoEntry* e = NULL
+    cdef bint hit = False
+    cdef double v
     if cap <= 0:
         return 10.0
     nfree = popcount(_free_gpus(t, s))
@@ -282,6 +347,19 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     m = t.alloc_mem[s] - t.used_mem[s]
     if c < cpu or m < mem:
         return 0.0
+    if memo != NULL:
+        e = _memo_find(memo, t, s, nfree, c, m, 0, &hit)
+        if hit:
+            return e.value
+    v = _cpu_pod_value(t, s, cap, nfree, c, m, cpu, mem, params)
+    if e != NULL:
+        e.value, e.full = v, 1
+    return v
+
+
+cdef inline double _cpu_pod_value(const Table* t, int s, int cap, long long nfree, long long c, long long m,
+                                  long long cpu, long long mem, const double* params) noexcept nogil:
+    cdef double added, ignored, big
     added = (_unusable(t, s, nfree, c - cpu, m - mem, params, &ignored)
              - _unusable(t, s, nfree, c, m, params, &ignored))
     if added >= 1.0:
@@ -337,12 +415,12 @@ cdef inline double _common_raw(const Table* t, int s, const unsigned char* pool_
 
 cdef inline double _node_raw(const Table* t, int s, long long cpu, long long mem, int gpu,
                              const unsigned char* pool_ok, const double* pool_avail,
-                             const double* params, bint most, double* wsum_out) noexcept nogil:
+                             const double* params, bint most, double* wsum_out, Memo* memo) noexcept nogil:
     """The weighted sum of the parts for one node (twin: node_score_parts); the weight total in wsum_out."""
     cdef double total = 0.0, wsum = 0.0, pack, fit, frag, scarce, bf, res
     if gpu > 0:
         _gpu_parts(t, s, gpu, &pack, &fit)
-        frag = _frag_part(t, s, cpu, mem, gpu, params)
+        frag = _frag_part(t, s, cpu, mem, gpu, params, memo)
         scarce = _scarcity_part(t, s, params)
         bf = _fit_part(t, s, cpu, mem, gpu, params)
         total += params[W_PACK] * pack + params[W_TOPO] * fit + params[W_FRAG] * frag + params[W_SCARCE] * scarce
@@ -350,7 +428,7 @@ cdef inline double _node_raw(const Table* t, int s, long long cpu, long long mem
         wsum += params[W_PACK] + params[W_TOPO] + params[W_FRAG] + params[W_SCARCE] + params[W_FIT]
     else:
         res = _resource_part(t, s, cpu, mem, most)
-        pack = _cpu_pod_gpu_part(t, s, cpu, mem, params)
+        pack = _cpu_pod_gpu_part(t, s, cpu, mem, params, memo)
         total += params[W_RES] * res + params[W_PACK] * pack
         wsum += params[W_RES] + params[W_PACK]
     total += _common_raw(t, s, pool_ok, pool_avail, params, &wsum)
@@ -375,13 +453,15 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
     cdef bint most = params[MOST_ALLOCATED] > 0.0
     if params.shape[0] < N_PARAMS:
         raise ValueError("params: fewer than N_PARAMS values")
+    cdef Memo memo
     with nogil:
+        _memo_clear(&memo)
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT):
                 out[i] = 0
                 continue
-            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum)
+            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum, &memo)
             if wsum <= 0.0:
                 out[i] = 0
                 continue
@@ -405,13 +485,15 @@ def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, in
         raise ValueError("params: fewer than N_PARAMS values")
     if check and verdicts.shape[0] < n:
         raise ValueError("verdicts: fewer than slots")
+    cdef Memo memo
     with nogil:
+        _memo_clear(&memo)
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
                 out[i] = -1.0
                 continue
-            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum)
+            total = _node_raw(tab, s, cpu, mem, gpu, &pool_ok[0], &pool_avail[0], &params[0], most, &wsum, &memo)
             out[i] = total / wsum if wsum > 0.0 else 0.0
 
 
@@ -645,14 +727,14 @@ cdef inline void _share_parts(_ShareViews sv, int s, int m, double* pack, double
 
 cdef inline double _shared_raw(_ShareViews sv, int s, long long cpu, long long mem, int gpu, int shared,
                                int fraction, const unsigned char* pool_ok, const double* pool_avail,
-                               const double* params, bint most, double* wsum_out) noexcept nogil:
+                               const double* params, bint most, double* wsum_out, Memo* memo) noexcept nogil:
     """Twin: shared_score_parts. Whole asks and pods without GPUs: _node_raw; a fraction: its own parts."""
     cdef const Table* tab = &sv.v.tab
     cdef int whole, m
     cdef double total, wsum, pack, fit
     whole = _share_ask(sv, s, gpu, shared, fraction, &m)
     if m == 0 and whole >= 0:
-        return _node_raw(tab, s, cpu, mem, whole, pool_ok, pool_avail, params, most, wsum_out)
+        return _node_raw(tab, s, cpu, mem, whole, pool_ok, pool_avail, params, most, wsum_out, memo)
     if whole < 0:
         wsum_out[0] = 0.0
         return 0.0
@@ -675,14 +757,16 @@ def score_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu,
     cdef bint most = params[MOST_ALLOCATED] > 0.0
     if params.shape[0] < N_PARAMS:
         raise ValueError("params: fewer than N_PARAMS values")
+    cdef Memo memo
     with nogil:
+        _memo_clear(&memo)
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT):
                 out[i] = 0
                 continue
             total = _shared_raw(sv, s, cpu, mem, gpu, shared, fraction, &pool_ok[0], &pool_avail[0], &params[0],
-                                most, &wsum)
+                                most, &wsum, &memo)
             if wsum <= 0.0:
                 out[i] = 0
                 continue
@@ -705,14 +789,16 @@ def score_shared_raw(t, const int[::1] slots, long long cpu, long long mem, int 
         raise ValueError("params: fewer than N_PARAMS values")
     if check and verdicts.shape[0] < n:
         raise ValueError("verdicts: fewer than slots")
+    cdef Memo memo
     with nogil:
+        _memo_clear(&memo)
         for i in range(n):
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
                 out[i] = -1.0
                 continue
             total = _shared_raw(sv, s, cpu, mem, gpu, shared, fraction, &pool_ok[0], &pool_avail[0], &params[0],
-                                most, &wsum)
+                                most, &wsum, &memo)
             out[i] = total / wsum if wsum > 0.0 else 0.0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+import random
 from array import array
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -402,6 +403,54 @@ def test_native_matches_twin(
     groups_c = native.reason_ids(t, slots, bytes(tier_c), pod.cpu, pod.mem, pod.gpu, ids_c)
     assert groups_c == groups_py
     assert list(ids_c) == list(ids_py)
+
+
+@st.composite
+def repeated_states(draw: st.DrawFn) -> tuple[NodeTable, array]:
+    """Many nodes in few shapes and states (what the kernels' per-call memo of the fragmentation part hits),
+    and sometimes more distinct states than the memo holds (where its entries are overwritten)."""
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    shapes = [
+        (draw(st.sampled_from([1, 2, 4, 8])), draw(st.sampled_from([16_000, 64_000, 96_000, 128_000])), g * 32 * GI)
+        for g in draw(st.lists(st.sampled_from([2, 4, 8, 16]), min_size=1, max_size=4))
+    ]
+    states = draw(st.integers(1, 2000))
+    t = NodeTable()
+    for i in range(draw(st.sampled_from([40, 700, 2500]))):
+        gpus, cpu, mem = rng.choice(shapes)
+        s = t.upsert(node_obj(f"n-{i}", cpu=f"{cpu}m", mem=str(mem), gpus=gpus, model=rng.choice(MODELS)))
+        state = random.Random(rng.randrange(states))  # nodes drawing the same state number are alike
+        t.used_cpu[s] = state.randrange(0, cpu + 1, 4_000)
+        t.used_mem[s] = state.randrange(0, mem + 1, 16 * GI)
+        t.gpu_used[s] = state.getrandbits(gpus)
+        t.used_gpu[s] = t.gpu_used[s].bit_count()
+    return t, array("i", range(t.size))
+
+
+@given(case=repeated_states(), pod=pods, params=params_arrays())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_scores_of_alike_nodes_agree(
+    native: ModuleType, case: tuple[NodeTable, array], pod: Pod, params: array
+) -> None:
+    """The native score kernels keep the fragmentation part of each node state they computed in one call;
+    the twin computes every node. Both, and the native kernel scoring each node in a call of its own
+    (where nothing is kept), give exactly the same scores."""
+    t, slots = case
+    n, ok, avail = len(slots), b"\x01" * (len(t.pools) + 1), array("d", [1.0] * (len(t.pools) + 1))
+    raw_py, raw_c, alone = (array("d", bytes(8 * n)) for _ in range(3))
+    for gpu in (pod.gpu, 0):  # a GPU pod's fragmentation part, and a pod without GPUs' GPU part
+        args = (slots, pod.cpu, pod.mem, gpu, pod.topo, ok, avail, params)
+        _python.score_raw(t, *args, raw_py)
+        native.score_raw(t, *args, raw_c)
+        for i in range(n):
+            one = array("d", [0.0])
+            native.score_raw(t, slots[i : i + 1], *args[1:], one)
+            alone[i] = one[0]
+        assert list(raw_c) == list(raw_py) == list(alone)
+        rounded_py, rounded_c = array("q", bytes(8 * n)), array("q", bytes(8 * n))
+        _python.score_nodes(t, *args, rounded_py)
+        native.score_nodes(t, *args, rounded_c)
+        assert list(rounded_c) == list(rounded_py)
 
 
 def test_huge_memory_scores_agree(native: ModuleType) -> None:
