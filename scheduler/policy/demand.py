@@ -13,7 +13,9 @@ What the kernels get (`fill`, into the score params at the indices of scheduler/
 - per GPU model: the constrained pressure, (share of asked GPUs constrained to the model) / (share of the
   cluster's free GPUs of that model), capped at 1; a pod that accepts several models spreads its GPUs over
   them. A model at PROTECT_PRESSURE or more is protected: pods of any model keep off it while another fits
-  (the kernels' scarce-model tier, docs/scoring.md).
+  (the kernels' scarce-model tier, docs/scoring.md). A model asked beyond its share of the cluster is
+  protected only while its free GPUs are within its reserve (RESERVE times the GPUs its constrained pods
+  asked in the recent window); above it, its pressure is written just below PROTECT_PRESSURE.
 Before any ask is seen the buckets weigh the same and the typical CPU and memory are 0 (the kernels use
 the node's own ratio), and no model is under pressure.
 """
@@ -45,6 +47,16 @@ HALF_LIFE_ASKS = 2000  # GPU asks after which an ask counts half
 # constrained to it ask at least this share of what its share of the cluster's GPUs would get: at that
 # rate the constrained pods alone take half its GPUs by the time the cluster is full.
 PROTECT_PRESSURE = 0.5
+# A model whose constrained pods ask more than its share of the cluster (their share of the recent GPU
+# asks above the model's share of the cluster's GPUs) is filled by them whatever the other pods do, so
+# holding all of it for them from the start only sends every other pod to the other models sooner (their
+# whole 8-GPU nodes break earlier and the large pods that come late fail). Such a model is protected only
+# while its free GPUs are within a reserve sized to its own pods' need: RESERVE times the GPUs they asked
+# of it in the recent window (the decayed count, about the last HALF_LIFE_ASKS / ln 2 asks). A model asked
+# for less than its share is protected by the pressure alone: spent early, it would fail its pods while
+# the cluster is half empty.
+RESERVE = 1.0
+_BELOW_PROTECT = 0.999 * PROTECT_PRESSURE  # the pressure of a model above its reserve: not protected
 FREE_RECOUNT = 16  # asks between recounts of the free GPUs per model
 REMEMBERED_UIDS = 8192
 _GROWTH = 0.5 ** (-1.0 / HALF_LIFE_ASKS)
@@ -143,6 +155,9 @@ class Demand:
         if self.constrained and total > 0.0:
             free = self.free_by_model(table)
             all_free = sum(free)
+            supply = self.supply(table)
+            cluster = sum(supply.values()) or 1
+            share = {m: g / cluster for m, g in supply.items()}  # of the cluster's GPUs, per model
             for i, model in enumerate(table.models[:SCARCITY_MODELS]):
                 want = self.constrained.get(model, 0.0)
                 if want <= 0.0:
@@ -150,6 +165,9 @@ class Demand:
                 have = free[i] if i < len(free) else 0
                 # No free GPU of the model left: whatever frees up there is the constrained pods' first.
                 pressure[i] = 1.0 if have <= 0 else min(1.0, (want / total) / (have / all_free))
+                if want / total > share.get(model, 0.0) and have > RESERVE * want / self.scale:
+                    # Asked beyond its share, with more free GPUs than its reserve: the surplus is open to all.
+                    pressure[i] = min(pressure[i], _BELOW_PROTECT)
         params[SCARCITY_BASE : SCARCITY_BASE + SCARCITY_MODELS] = array("d", pressure)
         params[PROTECT_AT] = PROTECT_PRESSURE
         self.protects = any(x > 0.0 and x >= PROTECT_PRESSURE for x in pressure)
@@ -195,6 +213,7 @@ class Demand:
             },
             "constrained_share_by_model": {m: round(x / total, 4) for m, x in sorted(self.constrained.items())},
             "protect_at_pressure": PROTECT_PRESSURE,
+            "reserve_gpus_by_model": {m: round(x / self.scale, 1) for m, x in sorted(self.constrained.items())},
         }
 
 

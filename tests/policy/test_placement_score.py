@@ -221,6 +221,30 @@ def test_pressure_is_against_the_free_gpus_of_a_model() -> None:
     assert p[C.SCARCITY_BASE + t4] == pytest.approx(min(1.0, share / (2 / 10)))
 
 
+def test_a_model_asked_beyond_its_share_is_protected_only_within_its_reserve() -> None:
+    # T4 has 8 of the 40 GPUs (a fifth) and the pods seen ask half their GPUs of it: beyond its share.
+    # With 8 T4 GPUs free against ~6 asked of it recently, the surplus is open (pressure just below the
+    # threshold, not protected); with 3 of them held (5 free, within the reserve) it is protected again.
+    # V100M16 is asked for less than its share: the pressure alone protects it.
+    from scheduler.policy import demand as D
+
+    state = state_with(spec(0, 8, "T4"), spec(1, 8, "V100M32"), spec(2, 8, "V100M32"), spec(3, 8, "V100M16"))
+    d = demand_of(state)
+    for i in range(12):
+        d.record(ask(100 + i, 1, models=("T4",) if i % 2 == 0 else ("V100M16",) if i == 1 else ()))
+    t4, m16 = state.table.models.index("T4"), state.table.models.index("V100M16")
+    p = score_params(state.config, 0.0, state)
+    assert p[C.SCARCITY_BASE + t4] == pytest.approx(D._BELOW_PROTECT)
+    assert p[C.SCARCITY_BASE + m16] == pytest.approx((d.constrained["V100M16"] / d.total) / (8 / 32))
+    for i in range(3):
+        hold(state, ask(200 + i, 1, models=("T4",)), "n0")
+    for i in range(D.FREE_RECOUNT):  # the free GPUs are recounted every FREE_RECOUNT asks
+        d.record(ask(300 + i, 1, models=("T4",) if i % 2 == 0 else ()))
+    p = score_params(state.config, 0.0, state)
+    assert p[C.SCARCITY_BASE + t4] == 1.0 and d.protects
+    assert 0.0 < d.snapshot()["reserve_gpus_by_model"]["T4"] < 15.0
+
+
 def test_a_gpu_pod_does_not_leave_free_gpus_without_cpu_with_the_default_weights() -> None:
     # e2e case (c) on a ClusterState: both nodes 4 of 8 GPUs free; starved has 15.5 cores (all free), roomy
     # 43.5 of 255.5 and 422 GiB of 1,022. Best fit prefers starved (less left free); the pod's 12 cores would
