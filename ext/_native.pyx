@@ -285,16 +285,25 @@ cdef inline double _frag_part(const Table* t, int s, long long cpu, long long me
     cdef long long nfree = popcount(_free_gpus(t, s))
     cdef long long c = t.alloc_cpu[s] - t.used_cpu[s]
     cdef long long m = t.alloc_mem[s] - t.used_mem[s]
+    if nfree < gpu or c < cpu or m < mem:
+        return 0.0
+    return _kept(t, s, nfree, c, m, cpu, mem, gpu, params, memo)
+
+
+cdef inline double _kept(const Table* t, int s, long long nfree, long long c, long long m, long long cpu,
+                         long long mem, int gpu, const double* params, Memo* memo) noexcept nogil:
+    """_frag_value for a GPU pod, _cpu_pod_value for a pod without GPUs (gpu 0), through the call's memo."""
     cdef MemoEntry* e = NULL
     cdef bint hit = False
     cdef double v
-    if nfree < gpu or c < cpu or m < mem:
-        return 0.0
     if memo != NULL:
         e = _memo_find(memo, t, s, nfree, c, m, gpu, &hit)
         if hit:
             return e.value
-    v = _frag_value(t, s, nfree, c, m, cpu, mem, gpu, params)
+    if gpu > 0:
+        v = _frag_value(t, s, nfree, c, m, cpu, mem, gpu, params)
+    else:
+        v = _cpu_pod_value(t, s, t.alloc_gpu[s], nfree, c, m, cpu, mem, params)
     if e != NULL:
         e.value, e.full = v, 1
     return v
@@ -335,9 +344,6 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     """Twin: cpu_pod_gpu_part. `memo`: as _frag_part's (pod GPUs 0 in its key keeps the two parts apart)."""
     cdef int cap = t.alloc_gpu[s]
     cdef long long nfree, c, m
-    cdef MemoEntry* e = NULL
-    cdef bint hit = False
-    cdef double v
     if cap <= 0:
         return 10.0
     nfree = popcount(_free_gpus(t, s))
@@ -347,14 +353,7 @@ cdef inline double _cpu_pod_gpu_part(const Table* t, int s, long long cpu, long 
     m = t.alloc_mem[s] - t.used_mem[s]
     if c < cpu or m < mem:
         return 0.0
-    if memo != NULL:
-        e = _memo_find(memo, t, s, nfree, c, m, 0, &hit)
-        if hit:
-            return e.value
-    v = _cpu_pod_value(t, s, cap, nfree, c, m, cpu, mem, params)
-    if e != NULL:
-        e.value, e.full = v, 1
-    return v
+    return _kept(t, s, nfree, c, m, cpu, mem, 0, params, memo)
 
 
 cdef inline double _cpu_pod_value(const Table* t, int s, int cap, long long nfree, long long c, long long m,
