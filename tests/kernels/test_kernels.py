@@ -424,7 +424,10 @@ def repeated_states(draw: st.DrawFn) -> tuple[NodeTable, array]:
         t.used_mem[s] = state.randrange(0, mem + 1, 16 * GI)
         t.gpu_used[s] = state.getrandbits(gpus)
         t.used_gpu[s] = t.gpu_used[s].bit_count()
-    return t, array("i", range(t.size))
+    # In a shuffled order, as kube-scheduler's names come, with some slots twice and some unknown (-1).
+    slots = [*range(t.size), *rng.sample(range(t.size), min(t.size, 50)), -1, -1]
+    rng.shuffle(slots)
+    return t, array("i", slots)
 
 
 @given(case=repeated_states(), pod=pods, params=params_arrays())
