@@ -151,34 +151,37 @@ class Demand:
             else:
                 rows += (float(k), 1.0 / DEMAND_BUCKETS, 0.0, 0.0, 1.0 / k)
         params[DEMAND_BASE : DEMAND_BASE + DEMAND_BUCKETS * DEMAND_FIELDS] = array("d", rows)
-        pressure = [0.0] * SCARCITY_MODELS
-        if self.constrained and total > 0.0:
-            free = self.free_by_model(table)
-            all_free = sum(free)
-            supply = self.supply(table)
-            cluster = sum(supply.values()) or 1
-            share = {m: g / cluster for m, g in supply.items()}  # of the cluster's GPUs, per model
-            for i, model in enumerate(table.models[:SCARCITY_MODELS]):
-                want = self.constrained.get(model, 0.0)
-                if want <= 0.0:
-                    continue
-                have = free[i] if i < len(free) else 0
-                # No free GPU of the model left: whatever frees up there is the constrained pods' first.
-                pressure[i] = 1.0 if have <= 0 else min(1.0, (want / total) / (have / all_free))
-                if want / total > share.get(model, 0.0) and have > RESERVE * want / self.scale:
-                    # Asked beyond its share, with more free GPUs than its reserve: the surplus is open to all.
-                    pressure[i] = min(pressure[i], _BELOW_PROTECT)
+        supply = self.supply(table) if table is not None else {}  # also best fit's scale, self._largest
+        pressure = self._pressure(table, supply) if self.constrained and total > 0.0 else [0.0] * SCARCITY_MODELS
         params[SCARCITY_BASE : SCARCITY_BASE + SCARCITY_MODELS] = array("d", pressure)
         params[PROTECT_AT] = PROTECT_PRESSURE
         self.protects = any(x > 0.0 and x >= PROTECT_PRESSURE for x in pressure)
-        if table is not None:
-            self.supply(table)
         params[MAX_NODE_GPUS], params[MAX_NODE_CPU], params[MAX_NODE_MEM] = self._largest
+
+    def _pressure(self, table: Any, supply: dict[str, int]) -> list[float]:
+        """Per model id: the constrained pressure against the model's free GPUs, held just below
+        PROTECT_PRESSURE for a model asked beyond its share of the cluster while it is above its reserve."""
+        pressure = [0.0] * SCARCITY_MODELS
+        total = self.total
+        free = self.free_by_model(table)
+        all_free = sum(free)
+        cluster = sum(supply.values()) or 1
+        for i, model in enumerate(table.models[:SCARCITY_MODELS]):
+            want = self.constrained.get(model, 0.0)
+            if want <= 0.0:
+                continue
+            have = free[i] if i < len(free) else 0
+            # No free GPU of the model left: whatever frees up there is the constrained pods' first.
+            pressure[i] = 1.0 if have <= 0 else min(1.0, (want / total) / (have / all_free))
+            if want / total > supply.get(model, 0) / cluster and have > RESERVE * want / self.scale:
+                # Asked beyond its share, with more free GPUs than its reserve: the surplus is open to all.
+                pressure[i] = min(pressure[i], _BELOW_PROTECT)
+        return pressure
 
     def free_by_model(self, table: Any) -> list[int]:
         """Free GPUs per model id, recounted every FREE_RECOUNT asks (it moves slowly) and when the nodes
         change: O(nodes) in the kernels (a few microseconds at 1,213 nodes), so not on every pod."""
-        key = (table.version, len(table.models), table.size)
+        key = _nodes_key(table)
         if key != self._free_key or self.recorded - self._free_at >= FREE_RECOUNT:
             out = array("q", bytes(8 * len(table.models)))
             kernels.free_by_model(table, out)
@@ -187,7 +190,7 @@ class Demand:
 
     def supply(self, table: Any) -> dict[str, int]:
         """GPUs per model, recounted when the table's names or models change (not on every call)."""
-        key = (table.version, len(table.models), table.size)
+        key = _nodes_key(table)
         if key != self._supply_key:
             out: dict[str, int] = {}
             g = c = m_ = 0
@@ -224,3 +227,8 @@ def demand_of(state: Any) -> Demand:
         d = Demand()
         state._berth_demand = d
     return d
+
+
+def _nodes_key(table: Any) -> tuple[int, int, int]:
+    """What the per-model counts are counted from: the set of names, the models, the slots in use."""
+    return (table.version, len(table.models), table.size)
