@@ -127,7 +127,11 @@ def test_leader_pair_killed_mid_burst_standby_takes_over(api: kclient.CoreV1Api,
         print(
             "GPUs held (s after the kill, GPUs):", [(round(t - seen["killed_at"], 1), n) for t, n in sampler.timeline]
         )
-        sampler.assert_clean(min_samples=20)
+        # The sampler must have watched the takeover itself (the lock orphaned for ~4 s), however fast the
+        # burst around it went: a count of samples in that window, not a total that depends on the host's pace.
+        in_takeover = sum(1 for t, _ in sampler.timeline if seen["killed_at"] < t)
+        assert in_takeover >= 5, f"only {in_takeover} samples after the kill"
+        sampler.assert_clean()
         assert_gpu_invariants(api, NODES)
         assert seen["leader_binds"] > 0, "the leader pair bound pods before it died"
         assert seen["standby_filters"] == 0, "the standby scheduled while the leader lived"
