@@ -130,15 +130,32 @@ cdef inline unsigned char _verdict(const Table* t, int s, long long cpu, long lo
     return OK
 
 
+# kube-scheduler's names come in its own order, a shuffle of the table's slots, so a kernel reading a dozen
+# per-node arrays in that order takes a cache miss per array per node once the arrays are out of cache (the
+# 166 KB request and 430 KB reply of a 5,000-name call push them out). Visiting the positions in slot order
+# reads each array front to back instead: the same results (every node's verdict and score is its own, the
+# memo returns exactly what it would compute), a fraction of the misses. The order is made once per list of
+# names and kept with it (extender/names_cache.py).
+cdef const int* _visit(const int[::1] order, Py_ssize_t n) except? NULL:
+    if order is None:
+        return NULL
+    if order.shape[0] != n:
+        raise ValueError("order: not one position per slot")
+    return &order[0] if n > 0 else NULL
+
+
 def filter_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
                  const unsigned char[::1] pool_ok, const unsigned char[::1] model_ok,
-                 unsigned char[::1] out):
+                 unsigned char[::1] out, const int[::1] order=None):
+    """`order`: slot_order(slots), the positions to visit (None: 0..n-1); the verdicts are the same."""
     cdef _Views v = _Views(t)
-    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef Py_ssize_t i, j, n = slots.shape[0]
     cdef int passed = 0
     cdef unsigned char r
+    cdef const int* visit = _visit(order, n)
     with nogil:
-        for i in range(n):
+        for j in range(n):
+            i = visit[j] if visit != NULL else j
             r = _verdict(&v.tab, slots[i], cpu, mem, gpu, topo, pool_ok, model_ok)
             out[i] = r
             if r == OK:
@@ -470,12 +487,14 @@ def score_nodes(t, const int[::1] slots, long long cpu, long long mem, int gpu, 
 
 def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, int topo,
               const unsigned char[::1] pool_ok, const double[::1] pool_avail,
-              const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b""):
+              const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b"",
+              const int[::1] order=None):
     """The unrounded weighted mean (0..10) per slot; -1 for absent nodes and, with `verdicts`, for nodes
-    that did not pass (twin: score_raw)."""
+    that did not pass (twin: score_raw). `order`: as filter_nodes'."""
     cdef _Views v = _Views(t)
     cdef const Table* tab = &v.tab
-    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef Py_ssize_t i, j, n = slots.shape[0]
+    cdef const int* visit = _visit(order, n)
     cdef int s
     cdef double total, wsum
     cdef bint most = params[MOST_ALLOCATED] > 0.0
@@ -487,7 +506,8 @@ def score_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, in
     cdef Memo memo
     with nogil:
         _memo_clear(&memo)
-        for i in range(n):
+        for j in range(n):
+            i = visit[j] if visit != NULL else j
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
                 out[i] = -1.0
@@ -680,13 +700,16 @@ cdef inline unsigned char _verdict_shared(_ShareViews sv, int s, long long cpu, 
 
 def filter_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
                   int topo, const unsigned char[::1] pool_ok, const unsigned char[::1] model_ok,
-                  unsigned char[::1] out):
+                  unsigned char[::1] out, const int[::1] order=None):
+    """`order`: as filter_nodes'."""
     cdef _ShareViews sv = _ShareViews(t)
-    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef Py_ssize_t i, j, n = slots.shape[0]
     cdef int passed = 0
     cdef unsigned char r
+    cdef const int* visit = _visit(order, n)
     with nogil:
-        for i in range(n):
+        for j in range(n):
+            i = visit[j] if visit != NULL else j
             r = _verdict_shared(sv, slots[i], cpu, mem, gpu, shared, fraction, topo, pool_ok, model_ok)
             out[i] = r
             if r == OK:
@@ -775,11 +798,13 @@ def score_shared(t, const int[::1] slots, long long cpu, long long mem, int gpu,
 
 def score_shared_raw(t, const int[::1] slots, long long cpu, long long mem, int gpu, int shared, int fraction,
                      int topo, const unsigned char[::1] pool_ok, const double[::1] pool_avail,
-                     const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b""):
-    """Twin: score_shared_raw."""
+                     const double[::1] params, double[::1] out, const unsigned char[::1] verdicts=b"",
+                     const int[::1] order=None):
+    """Twin: score_shared_raw. `order`: as filter_nodes'."""
     cdef _ShareViews sv = _ShareViews(t)
     cdef const Table* tab = &sv.v.tab
-    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef Py_ssize_t i, j, n = slots.shape[0]
+    cdef const int* visit = _visit(order, n)
     cdef int s
     cdef double total, wsum
     cdef bint most = params[MOST_ALLOCATED] > 0.0
@@ -791,7 +816,8 @@ def score_shared_raw(t, const int[::1] slots, long long cpu, long long mem, int 
     cdef Memo memo
     with nogil:
         _memo_clear(&memo)
-        for i in range(n):
+        for j in range(n):
+            i = visit[j] if visit != NULL else j
             s = slots[i]
             if s < 0 or not (tab.flags[s] & FLAG_PRESENT) or (check and verdicts[i] != OK):
                 out[i] = -1.0
@@ -1136,3 +1162,33 @@ def map_names(t, bytes body, Py_ssize_t start, Py_ssize_t end):
             pos += 1
     resize(slots, count)
     return slots, names, frags
+
+
+from libc.stdlib cimport calloc
+
+
+def slot_order(const int[::1] slots, int size):
+    """The positions 0..n-1 of `slots` sorted by slot, stably, slots -1 (and any outside 0..size-1) first:
+    a counting sort, O(n + size) (twin: slot_order)."""
+    cdef Py_ssize_t i, n = slots.shape[0]
+    cdef int s, k, run = 0
+    cdef carray out = clone(_INT_TEMPLATE, n, False)
+    cdef int* starts = <int*>calloc(size + 2, sizeof(int))
+    if starts == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            s = slots[i]
+            starts[(s + 1) if 0 <= s < size else 0] += 1
+        for k in range(size + 1):
+            s = starts[k]
+            starts[k] = run
+            run += s
+        for i in range(n):
+            s = slots[i]
+            k = (s + 1) if 0 <= s < size else 0
+            out.data.as_ints[starts[k]] = <int>i
+            starts[k] += 1
+    finally:
+        free(starts)
+    return out

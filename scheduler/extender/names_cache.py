@@ -36,6 +36,7 @@ class _Known:
     partial: tuple[array, list[bytes], bytes, bytes, bytes, int, int] | None = None
     scored: Scored | None = None  # the last filter's raw scores for exactly these names (prioritize reuses them)
     cost: int = 0
+    order: array | None = None  # kernels.slot_order(slots), made when first asked (visit_order)
 
 
 def _cost(tail: int, names: int) -> int:
@@ -44,6 +45,24 @@ def _cost(tail: int, names: int) -> int:
 
 # verdict -> 1 where a node passed (verdict 0, kernels.OK), else 0: selectors for itertools.compress
 _PASSED = bytes([1] + [0] * 255)
+
+
+# Lists at least this long are visited in table order by the kernels (visit_order): below it the nodes are
+# too few to share cache lines, and the sort (O(names + table size)) costs about what it saves.
+ORDER_FROM = 1024
+
+
+def visit_order(args: ExtenderArgs, table: NodeTable) -> array | None:
+    """The positions of args' slots in table order (kernels.slot_order), for the kernels to read the node
+    arrays front to back; made once per cached list of names. None for short lists and Node objects."""
+    if len(args.slots) < ORDER_FROM:
+        return None
+    known = args.known
+    if known is None:
+        return K.slot_order(args.slots, table.size)
+    if known.order is None:
+        known.order = K.slot_order(known.slots, table.size)
+    return known.order
 
 
 class NodeNamesCache:
@@ -76,7 +95,7 @@ class NodeNamesCache:
                 if i:
                     self._known.insert(0, self._known.pop(i))
                 if k.version != self.table.version:
-                    k.slots, k.version = self.slots_for(k.names), self.table.version
+                    k.slots, k.version, k.order = self.slots_for(k.names), self.table.version, None
                 return k
         return self._survivors_of(body, at)
 

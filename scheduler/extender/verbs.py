@@ -18,7 +18,7 @@ from scheduler.cluster.gangs import Gang
 from scheduler.cluster.ledger import PodEntry
 from scheduler.cluster.state import ClusterState
 from scheduler.extender.errors import ErrorReplies
-from scheduler.extender.names_cache import NodeNamesCache
+from scheduler.extender.names_cache import NodeNamesCache, visit_order
 from scheduler.extender.wire import (
     ExtenderArgs,
     WireError,
@@ -35,7 +35,7 @@ from scheduler.observability.metrics import Metrics
 from scheduler.policy import devices, preempt
 from scheduler.policy.binder import Binder, BindError
 from scheduler.policy.devices import involves_dra
-from scheduler.policy.placement import REASON_NAMES, Judgement, Reasons, judge, run_filter, run_score
+from scheduler.policy.placement import REASON_NAMES, Judgement, Reasons, judge, reusable, run_filter, run_score
 
 log = logging.getLogger("berth.server")
 UNKNOWN_NODE = "berth: node is not in Berth's cache yet"
@@ -108,7 +108,7 @@ class Verbs:
             sentence = orjson.dumps(f"berth: {j.admission.error}")
             return filter_reply(args, b"", b"", b",".join(f + b":" + sentence for f in args.frags), [])
         dra = involves_dra(state, args.pod, j)
-        verdicts, passed = run_filter(state, j, args.slots, tier=not dra)
+        verdicts, passed = run_filter(state, j, args.slots, tier=not dra, order=visit_order(args, state.table))
         if ask.request.other:
             passed = self._other_resources(args, ask, verdicts)
         if dra:  # ResourceClaims or DRA-backed extended resources: slices and device quotas (policy/devices.py)
@@ -246,7 +246,10 @@ class Verbs:
         else:
             known = args.known
             scored = known.scored if known is not None else None
-            scores = run_score(self.state, judge(self.state, ask), args.slots, scored=scored)
+            j = judge(self.state, ask)
+            # filter's scores, when they hold, need no kernel and so no order
+            order = None if reusable(self.state, j, scored, len(args.slots)) else visit_order(args, self.state.table)
+            scores = run_score(self.state, j, args.slots, scored=scored, order=order)
             if log.isEnabledFor(logging.DEBUG) and len(scores):
                 best = max(range(len(scores)), key=scores.__getitem__)
                 log.debug(

@@ -50,6 +50,7 @@ pick_json = _impl.pick_json
 reason_ids = _impl.reason_ids
 failed_json = _impl.failed_json
 map_names = _impl.map_names
+slot_order = _impl.slot_order  # the positions of a list of slots in table order (names_cache.py)
 # GPU sharing: the fractional path (whole asks on it score and filter as above).
 filter_shared = _shared.filter_shared
 node_verdict_shared = _shared.node_verdict_shared

@@ -7,6 +7,7 @@ is computed in the same order in both so scores match exactly.
 
 import math
 from array import array
+from collections.abc import Iterable
 from typing import Any
 
 # The reply builders' twins live in _python_replies.py; re-exported so the selector finds every whole-GPU
@@ -67,11 +68,21 @@ from scheduler.model.constants import (
 
 
 def filter_nodes(
-    t: Any, slots: array, cpu: int, mem: int, gpu: int, topo: int, pool_ok: bytes, model_ok: bytes, out: bytearray
+    t: Any,
+    slots: array,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    topo: int,
+    pool_ok: bytes,
+    model_ok: bytes,
+    out: bytearray,
+    order: array | None = None,
 ) -> int:
-    """Writes a verdict per slot into `out`; returns how many nodes passed."""
+    """Writes a verdict per slot into `out`; returns how many nodes passed. `order`: slot_order(slots), the
+    positions to visit (None: 0..n-1); the verdicts are the same (the kernel reads the arrays in table order)."""
     passed = 0
-    for i in range(len(slots)):
+    for i in _visit(order, len(slots)):
         v = _verdict(t, slots[i], cpu, mem, gpu, topo, pool_ok, model_ok)
         out[i] = v
         if v == OK:
@@ -169,19 +180,29 @@ def score_raw(
     params: array,
     out: array,
     verdicts: bytes = b"",
+    order: array | None = None,
 ) -> None:
     """Writes the unrounded weighted mean (0..10) per slot into the doubles `out`; -1 for absent nodes and,
-    when `verdicts` (the filter's, one per slot) is given, for nodes that did not pass."""
+    when `verdicts` (the filter's, one per slot) is given, for nodes that did not pass. `order`: as
+    filter_nodes'."""
     if len(params) < N_PARAMS:
         raise ValueError("params: fewer than N_PARAMS values")
     check = len(verdicts) > 0
-    for i in range(len(slots)):
+    for i in _visit(order, len(slots)):
         s = slots[i]
         if s < 0 or not t.flags[s] & FLAG_PRESENT or (check and verdicts[i] != OK):
             out[i] = -1.0
             continue
         total, wsum = node_score_parts(t, s, cpu, mem, gpu, pool_ok, pool_avail, params, None)
         out[i] = total / wsum if wsum > 0.0 else 0.0
+
+
+def _visit(order: array | None, n: int) -> Iterable[int]:
+    if order is None:
+        return range(n)
+    if len(order) != n:
+        raise ValueError("order: not one position per slot")
+    return order
 
 
 def free_by_model(t: Any, out: array) -> None:
@@ -532,3 +553,9 @@ def lowest_bits(mask: int, n: int) -> int:
         mask ^= bit
         n -= 1
     return out
+
+
+def slot_order(slots: array, size: int) -> array:
+    """The positions 0..n-1 of `slots` sorted by slot, stably, slots -1 (and any outside 0..size-1) first
+    (the kernels' counting sort gives the same)."""
+    return array("i", sorted(range(len(slots)), key=lambda i: slots[i] + 1 if 0 <= slots[i] < size else 0))

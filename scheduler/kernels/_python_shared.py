@@ -6,7 +6,15 @@ implementations equal."""
 from array import array
 from typing import Any
 
-from scheduler.kernels._python import _final, _free_gpus, _verdict, choose_devices, common_parts, node_score_parts
+from scheduler.kernels._python import (
+    _final,
+    _free_gpus,
+    _verdict,
+    _visit,
+    choose_devices,
+    common_parts,
+    node_score_parts,
+)
 from scheduler.model.constants import (
     CPU,
     FLAG_PRESENT,
@@ -97,10 +105,11 @@ def filter_shared(
     pool_ok: bytes,
     model_ok: bytes,
     out: bytearray,
+    order: array | None = None,
 ) -> int:
     """filter_nodes for a pod that may hold a fraction, or any pod on a cluster with shared nodes."""
     passed = 0
-    for i in range(len(slots)):
+    for i in _visit(order, len(slots)):
         v = _verdict_shared(t, slots[i], cpu, mem, gpu, shared, fraction, topo, pool_ok, model_ok)
         out[i] = v
         if v == OK:
@@ -205,14 +214,15 @@ def score_shared_raw(
     params: array,
     out: array,
     verdicts: bytes = b"",
+    order: array | None = None,
 ) -> None:
     """score_raw for the shared path: the unrounded weighted mean per slot into the doubles `out`; -1 for
     absent nodes and, when `verdicts` is given, for nodes that did not pass. Whole asks and pods without
-    GPUs score as score_raw does."""
+    GPUs score as score_raw does. `order`: as filter_nodes'."""
     if len(params) < N_PARAMS:
         raise ValueError("params: fewer than N_PARAMS values")
     check = len(verdicts) > 0
-    for i in range(len(slots)):
+    for i in _visit(order, len(slots)):
         s = slots[i]
         if s < 0 or not t.flags[s] & FLAG_PRESENT or (check and verdicts[i] != OK):
             out[i] = -1.0

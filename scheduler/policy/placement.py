@@ -140,12 +140,18 @@ def sharing(state: ClusterState, j: Judgement) -> bool:
 
 
 def run_filter(
-    state: ClusterState, j: Judgement, slots: array, record: bool = True, tier: bool = True
+    state: ClusterState,
+    j: Judgement,
+    slots: array,
+    record: bool = True,
+    tier: bool = True,
+    order: array | None = None,
 ) -> tuple[bytearray, int]:
     """The filter kernel's verdicts, then (scoring.filter_best_tier) only the best tier passes. `record`:
     count the pod in the demand histogram (the filter verb does; explain does not). `tier=False` for pods
     judged again after this (DRA claims, policy/devices.py): a tier made first could keep only nodes that
-    the later check refuses, failing the pod where other nodes fit."""
+    the later check refuses, failing the pod where other nodes fit. `order`: the slots' positions in table
+    order (kernels.slot_order), for the kernels to read the node arrays front to back; the same results."""
     if record:
         demand_of(state).record(j.ask, state.quotas.replicas)
     out = bytearray(len(slots))
@@ -153,15 +159,16 @@ def run_filter(
     if sharing(state, j):
         t, topo = state.table, j.ask.topology
         passed = K.filter_shared(
-            t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, j.model_ok, out
+            t, slots, r.cpu, r.memory, r.gpu, r.gpu_shared, r.gpu_fraction, topo, j.pool_ok, j.model_ok, out, order
         )
     else:
-        passed = K.filter_nodes(state.table, slots, r.cpu, r.memory, r.gpu, j.ask.topology, j.pool_ok, j.model_ok, out)
+        t, topo = state.table, j.ask.topology
+        passed = K.filter_nodes(t, slots, r.cpu, r.memory, r.gpu, topo, j.pool_ok, j.model_ok, out, order)
     sc = state.config.scoring
     # Pods with other extended resources are checked after this (verbs._other_resources): a tier made
     # before that check could keep only nodes that then fail it, so they get no tier.
     if tier and sc.filter_best_tier and passed > 1 and not r.other:
-        raw = raw_scores(state, j, slots, verdicts=out)
+        raw = raw_scores(state, j, slots, verdicts=out, order=order)
         j.scored = Scored(score_key(state, j), time.monotonic(), raw)
         passed = K.best_tier(raw, out, sc.best_tier_margin)
     return out, passed
@@ -218,17 +225,22 @@ def _build_params(config: Config, now: float | None, state: ClusterState | None)
 
 
 def raw_scores(
-    state: ClusterState, j: Judgement, slots: array, now: float | None = None, verdicts: bytes | bytearray = b""
+    state: ClusterState,
+    j: Judgement,
+    slots: array,
+    now: float | None = None,
+    verdicts: bytes | bytearray = b"",
+    order: array | None = None,
 ) -> array:
     """The unrounded weighted mean per slot (0..10; -1 for nodes not in the table, and for nodes whose
-    `verdicts` entry is not OK when given)."""
+    `verdicts` entry is not OK when given). `order`: as run_filter's."""
     out = array("d", bytes(8 * len(slots)))
     r = j.ask.request
     state.pools.ensure(len(state.table.pools) + 1)
     if sharing(state, j):
         t, topo, p = state.table, j.ask.topology, pod_params(state, j, now)
         a = (r.gpu, r.gpu_shared, r.gpu_fraction)
-        K.score_shared_raw(t, slots, r.cpu, r.memory, *a, topo, j.pool_ok, state.pools.avail, p, out, verdicts)
+        K.score_shared_raw(t, slots, r.cpu, r.memory, *a, topo, j.pool_ok, state.pools.avail, p, out, verdicts, order)
         return out
     K.score_raw(
         state.table,
@@ -242,22 +254,29 @@ def raw_scores(
         pod_params(state, j, now),
         out,
         verdicts,
+        order,
     )
     return out
 
 
 def run_score(
-    state: ClusterState, j: Judgement, slots: array, now: float | None = None, scored: Scored | None = None
+    state: ClusterState,
+    j: Judgement,
+    slots: array,
+    now: float | None = None,
+    scored: Scored | None = None,
+    order: array | None = None,
 ) -> array:
     """0..10 per slot, normalised over the nodes the pod fits: the best scores 10 and the worst 0, so
     Berth's preference stands apart from kube-scheduler's own scores (docs/scoring.md); 0 where it does
     not fit (kube-scheduler sends prioritize only nodes filter passed, so that is a node whose capacity
-    went since). `scored`: filter's raw scores for these slots, used while they hold (`reusable`)."""
+    went since). `scored`: filter's raw scores for these slots, used while they hold (`reusable`). `order`: as
+    run_filter's."""
     out = array("q", bytes(8 * len(slots)))
     raw = reusable(state, j, scored, len(slots)) if now is None else None
     if raw is None:
-        verdicts, _ = run_filter(state, j, slots, record=False, tier=False)
-        raw = raw_scores(state, j, slots, now, verdicts=verdicts)
+        verdicts, _ = run_filter(state, j, slots, record=False, tier=False, order=order)
+        raw = raw_scores(state, j, slots, now, verdicts=verdicts, order=order)
     K.normalize_scores(raw, out)
     return out
 

@@ -380,6 +380,7 @@ def test_native_matches_twin(
     native.score_raw(t, *args, pool_ok, pool_avail, params, raw_c, bytes(out_c))
     assert list(raw_c) == list(raw_py)
     assert all((x == -1.0) == (v != kernels.OK) for x, v in zip(raw_py, out_py, strict=True))
+    _visited_in_table_order(native, t, slots, args, pool_ok, model_ok, pool_avail, params, out_py, raw_py)
     norm_py, norm_c = array("q", bytes(8 * len(slots))), array("q", bytes(8 * len(slots)))
     _python.normalize_scores(raw_py, norm_py)
     native.normalize_scores(raw_c, norm_c)
@@ -403,6 +404,39 @@ def test_native_matches_twin(
     groups_c = native.reason_ids(t, slots, bytes(tier_c), pod.cpu, pod.mem, pod.gpu, ids_c)
     assert groups_c == groups_py
     assert list(ids_c) == list(ids_py)
+
+
+def _visited_in_table_order(
+    native: ModuleType,
+    t: NodeTable,
+    slots: array,
+    args: tuple[array, int, int, int, int],
+    pool_ok: bytes,
+    model_ok: bytes,
+    pool_avail: array,
+    params: array,
+    verdicts: bytearray,
+    raw: array,
+) -> None:
+    """slot_order sorts the positions by slot (stably, unknown slots first) in both; filter and score visiting
+    the slots in that order give exactly what they give in the slots' own order."""
+    order = native.slot_order(slots, t.size)
+    assert list(order) == list(_python.slot_order(slots, t.size))
+    assert sorted(order) == list(range(len(slots)))
+    keys = [slots[i] if 0 <= slots[i] < t.size else -1 for i in order]
+    assert keys == sorted(keys)
+    assert all(order[k] < order[k + 1] for k in range(len(order) - 1) if keys[k] == keys[k + 1])
+    for impl in (native, _python):
+        out = bytearray(len(slots))
+        impl.filter_nodes(t, *args, pool_ok, model_ok, out, order)
+        assert out == verdicts
+        got = array("d", bytes(8 * len(slots)))
+        impl.score_raw(t, *args, pool_ok, pool_avail, params, got, bytes(verdicts), order)
+        assert list(got) == list(raw)
+    with pytest.raises(ValueError, match="order"):
+        native.filter_nodes(
+            t, *args, pool_ok, model_ok, bytearray(len(slots)), order[:-1] if order else array("i", [0])
+        )
 
 
 @st.composite
@@ -450,6 +484,9 @@ def test_scores_of_alike_nodes_agree(
             native.score_raw(t, slots[i : i + 1], *args[1:], one)
             alone[i] = one[0]
         assert list(raw_c) == list(raw_py) == list(alone)
+        in_table_order = array("d", bytes(8 * n))  # alike nodes next to each other: the memo hits in runs
+        native.score_raw(t, *args, in_table_order, b"", native.slot_order(slots, t.size))
+        assert list(in_table_order) == list(raw_c)
         rounded_py, rounded_c = array("q", bytes(8 * n)), array("q", bytes(8 * n))
         _python.score_nodes(t, *args, rounded_py)
         native.score_nodes(t, *args, rounded_c)

@@ -99,6 +99,17 @@ def run(
         t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, state.pools.avail, params, tiered, bytes(out)
     )
     assert all((x == -1.0) == (v != C.OK) for x, v in zip(tiered, out, strict=True))
+    # Visiting the slots in any order (kernels.slot_order gives table order) changes nothing.
+    backwards = array("i", reversed(range(len(slots))))
+    again = bytearray(len(slots))
+    impl.filter_shared(t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, b"", again, backwards)
+    assert again == out
+    visited = array("d", bytes(8 * len(slots)))
+    avail = state.pools.avail
+    impl.score_shared_raw(
+        t, slots, cpu, mem, gpu, shared, fraction, topo, pool_ok, avail, params, visited, bytes(out), backwards
+    )
+    assert visited == tiered
     return list(out), list(scores) + list(raw) + list(tiered)
 
 
