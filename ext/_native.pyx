@@ -921,46 +921,65 @@ cdef inline int _too_small(const Table* t, int s, int code, long long cpu, long 
     return 0
 
 
+cdef inline long long _reason_key(const Table* t, int s, int code, long long cpu, long long mem,
+                                  int gpu) noexcept nogil:
+    """What a failed node's sentence depends on: the verdict, the pool or GPU model for those verdicts, the
+    free GPUs for BETTER_FIT, and whether the node is too small even when empty."""
+    if code == UNKNOWN or s < 0:
+        return <long long>UNKNOWN << 40
+    if code == POOL:
+        return (<long long>code << 40) | t.pool[s]
+    if code == MODEL:
+        return (<long long>code << 40) | (t.model[s] + 1)
+    if code == BETTER_FIT:
+        return (<long long>code << 40) | popcount(_free_gpus(t, s))
+    return (<long long>code << 40) | _too_small(t, s, code, cpu, mem, gpu)
+
+
 def reason_ids(t, const int[::1] slots, const unsigned char[::1] verdicts, long long cpu, long long mem,
-               int gpu, int[::1] out):
+               int gpu, int[::1] out, const int[::1] order=None):
     """Groups failed nodes by the sentence they get: out[i] indexes the returned list of
-    (code, sample slot); -1 for nodes that passed. The sentence depends on the verdict, the pool or
-    GPU model for those verdicts, and whether the node is too small even when empty."""
+    (code, sample slot), numbered as the nodes come; -1 for nodes that passed. `order` (as filter_nodes'):
+    the node arrays are read in that order first, then numbered as the nodes come, so the result is the
+    same."""
     cdef _Views v = _Views(t)
     cdef const Table* tab = &v.tab
     cdef Py_ssize_t i, j, n = slots.shape[0], k = 0
-    cdef int s, code
+    cdef int code
     cdef long long key
     cdef long long keys[MAX_REASONS]
+    cdef const int* visit = _visit(order, n)
+    cdef long long* keyed = NULL
+    if visit != NULL:
+        keyed = <long long*>malloc(n * sizeof(long long))
+        if keyed == NULL:
+            raise MemoryError()
+        for j in range(n):
+            i = visit[j]
+            if verdicts[i] != OK:
+                keyed[i] = _reason_key(tab, slots[i], verdicts[i], cpu, mem, gpu)
     distinct = []
-    for i in range(n):
-        code = verdicts[i]
-        s = slots[i]
-        if code == OK:
-            out[i] = -1
-            continue
-        if code == UNKNOWN or s < 0:
-            key = UNKNOWN << 40
-        elif code == POOL:
-            key = (<long long>code << 40) | tab.pool[s]
-        elif code == MODEL:
-            key = (<long long>code << 40) | (tab.model[s] + 1)
-        elif code == BETTER_FIT:
-            key = (<long long>code << 40) | popcount(_free_gpus(tab, s))
-        else:
-            key = (<long long>code << 40) | _too_small(tab, s, code, cpu, mem, gpu)
-        for j in range(k):
-            if keys[j] == key:
-                break
-        else:
-            j = k
-            if k < MAX_REASONS:
-                keys[k] = key
-                k += 1
-                distinct.append((code, s))
+    try:
+        for i in range(n):
+            code = verdicts[i]
+            if code == OK:
+                out[i] = -1
+                continue
+            key = keyed[i] if keyed != NULL else _reason_key(tab, slots[i], code, cpu, mem, gpu)
+            for j in range(k):
+                if keys[j] == key:
+                    break
             else:
-                j = MAX_REASONS - 1  # more distinct sentences than that: the rest share the last one
-        out[i] = <int>j
+                j = k
+                if k < MAX_REASONS:
+                    keys[k] = key
+                    k += 1
+                    distinct.append((code, slots[i]))
+                else:
+                    j = MAX_REASONS - 1  # more distinct sentences than that: the rest share the last one
+            out[i] = <int>j
+    finally:
+        free(keyed)
     return distinct
 
 

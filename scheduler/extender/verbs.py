@@ -193,7 +193,8 @@ class Verbs:
         """Some nodes failed: group them by sentence (kernel), word each group once, write the maps."""
         r = j.ask.request
         ids = array("i", bytes(4 * len(verdicts)))
-        groups = K.reason_ids(self.state.table, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids)
+        t = self.state.table
+        groups = K.reason_ids(t, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids, visit_order(args, t))
         reasons = Reasons(self.state, j)
         worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
         texts = [orjson.dumps(text) for text, _ in worded]

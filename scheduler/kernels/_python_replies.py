@@ -51,29 +51,39 @@ def _too_small(t: Any, s: int, code: int, cpu: int, mem: int, gpu: int) -> int:
     return 0
 
 
+def _reason_key(t: Any, s: int, code: int, cpu: int, mem: int, gpu: int) -> int:
+    if code == UNKNOWN or s < 0:
+        return UNKNOWN << 40
+    if code == POOL:
+        return (code << 40) | t.pool[s]
+    if code == MODEL:
+        return (code << 40) | (t.model[s] + 1)
+    if code == BETTER_FIT:
+        return (code << 40) | (t.gpu_mask[s] & ~t.gpu_used[s]).bit_count()  # the sentence names the free GPUs
+    return (code << 40) | _too_small(t, s, code, cpu, mem, gpu)
+
+
 def reason_ids(
-    t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: int, out: array
+    t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: int, out: array, order: array | None = None
 ) -> list[tuple[int, int]]:
     """Groups failed nodes by the sentence they get: out[i] indexes the returned list of
-    (code, sample slot); -1 for nodes that passed."""
+    (code, sample slot), numbered as the nodes come; -1 for nodes that passed. `order`: the positions to
+    read the node arrays in (the kernel's two passes); the result is the same."""
+    n = len(slots)
+    if order is not None and len(order) != n:
+        raise ValueError("order: not one position per slot")
+    keyed = (
+        {i: _reason_key(t, slots[i], verdicts[i], cpu, mem, gpu) for i in order if verdicts[i] != OK} if order else {}
+    )
     keys: dict[int, int] = {}
     distinct: list[tuple[int, int]] = []
-    for i in range(len(slots)):
+    for i in range(n):
         code = verdicts[i]
         s = slots[i]
         if code == OK:
             out[i] = -1
             continue
-        if code == UNKNOWN or s < 0:
-            key = UNKNOWN << 40
-        elif code == POOL:
-            key = (code << 40) | t.pool[s]
-        elif code == MODEL:
-            key = (code << 40) | (t.model[s] + 1)
-        elif code == BETTER_FIT:
-            key = (code << 40) | (t.gpu_mask[s] & ~t.gpu_used[s]).bit_count()  # the sentence names the free GPUs
-        else:
-            key = (code << 40) | _too_small(t, s, code, cpu, mem, gpu)
+        key = keyed[i] if order else _reason_key(t, s, code, cpu, mem, gpu)
         j = keys.get(key)
         if j is None:
             if len(distinct) < MAX_REASONS:

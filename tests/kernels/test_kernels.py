@@ -433,6 +433,10 @@ def _visited_in_table_order(
         got = array("d", bytes(8 * len(slots)))
         impl.score_raw(t, *args, pool_ok, pool_avail, params, got, bytes(verdicts), order)
         assert list(got) == list(raw)
+        ids, ids_visited = array("i", bytes(4 * len(slots))), array("i", bytes(4 * len(slots)))
+        groups = impl.reason_ids(t, slots, bytes(verdicts), *args[1:4], ids)
+        assert impl.reason_ids(t, slots, bytes(verdicts), *args[1:4], ids_visited, order) == groups
+        assert ids_visited == ids
     with pytest.raises(ValueError, match="order"):
         native.filter_nodes(
             t, *args, pool_ok, model_ok, bytearray(len(slots)), order[:-1] if order else array("i", [0])
