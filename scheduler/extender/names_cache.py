@@ -16,9 +16,9 @@ from scheduler.policy.placement import Scored
 
 # What the NodeNames cache may hold. An entry costs about four times its bytes (the array's bytes, the joined
 # names, the last partial reply and its parts) plus ~200 bytes a name (its str, its quoted fragment, list
-# slots), as measured (docs/hardening.md): 5,000 names are ~1.8 MB, 15,000 ~5.4 MB, so eight of
-# kube-scheduler's largest lists fit. An entry over a quarter of the budget is not kept: it would push the
-# others out, and no real cluster sends one.
+# slots; the slot and table-order arrays add 8 more), as measured (docs/hardening.md): 5,000 names are
+# ~1.8 MB, 15,000 ~5.4 MB, so eight of kube-scheduler's largest lists fit. An entry over a quarter of the
+# budget is not kept: it would push the others out, and no real cluster sends one.
 NAMES_CACHE_BYTES = 64 << 20
 NAME_COST = 200
 
