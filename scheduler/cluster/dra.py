@@ -403,8 +403,20 @@ class DraTable:
 
     # -- what the filter and the views read ----------------------------------------------------------
     def pod_claims(self, pod: dict[str, Any]) -> Iterator[tuple[Claim | None, str | None]]:
-        """(claim, template key) for each of spec.resourceClaims: the claim when it exists (named, or made
-        from the template and named in status.resourceClaimStatuses), else the template's key."""
+        """(claim, template key) for each of spec.resourceClaims: the claim when this cache holds it (named,
+        or made from the template and named in status.resourceClaimStatuses), else the template's key. A
+        template's claim that exists but has not reached this cache yet (kube-scheduler's informer can be
+        ahead of Berth's) is the template's asks: skipping it counted nothing, and a burst went over quota."""
+        for _, claim, template in self._refs(pod):
+            if claim is not None or template is not None:
+                yield claim, template
+
+    def unseen_claims(self, pod: dict[str, Any]) -> list[str]:
+        """Claims the pod names (spec.resourceClaims[].resourceClaimName) that this cache does not hold yet:
+        what they ask is unknown until their watch event comes."""
+        return [key for key, claim, template in self._refs(pod) if claim is None and template is None]
+
+    def _refs(self, pod: dict[str, Any]) -> Iterator[tuple[str, Claim | None, str | None]]:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         ns = str(meta.get("namespace") or "default")
         made = {
@@ -416,10 +428,14 @@ class DraTable:
             if not isinstance(ref, dict):
                 continue
             name = ref.get("resourceClaimName") or made.get(ref.get("name"))
-            if isinstance(name, str) and f"{ns}/{name}" in self.claims:
-                yield self.claims[f"{ns}/{name}"], None
-            elif isinstance(ref.get("resourceClaimTemplateName"), str) and not name:
-                yield None, f"{ns}/{ref['resourceClaimTemplateName']}"
+            key = f"{ns}/{name}" if isinstance(name, str) else ""
+            template = ref.get("resourceClaimTemplateName")
+            if key in self.claims:
+                yield key, self.claims[key], None
+            elif isinstance(template, str) and not ref.get("resourceClaimName"):
+                yield key, None, f"{ns}/{template}"
+            elif key:
+                yield key, None, None
 
     def pod_asks(self, pod: dict[str, Any]) -> list[Ask]:
         """The device asks of a pod not allocated yet (an allocated claim is charged already: a pod sharing

@@ -72,6 +72,9 @@ def judge_nodes(state: ClusterState, pod: dict[str, Any], j: Judgement, slots: a
     sentences go to `j.dra` for Reasons."""
     asks = state.dra.pod_asks(pod)
     j.dra = found = DraVerdicts()
+    unseen = state.dra.unseen_claims(pod)
+    if unseen:
+        return _wait_for_claims(unseen, slots, verdicts, found)
     state.dra.remember(f"{j.ask.namespace}/{j.ask.name}", pod)  # for its bind (assume_at_bind)
     sliced = state.dra.by_node
     names = state.table.names
@@ -93,6 +96,18 @@ def judge_nodes(state: ClusterState, pod: dict[str, Any], j: Judgement, slots: a
         if refusal is not None:
             verdicts[i], found.sentences[slot] = refusal[0], refusal[1:]
     return verdicts.count(K.OK)
+
+
+def _wait_for_claims(unseen: list[str], slots: array, verdicts: bytearray, found: DraVerdicts) -> int:
+    """A claim the pod names has not reached Berth's cache: what it asks is unknown, so no node passes (counting
+    it as nothing let a burst over quota); resolvable, and kube-scheduler retries the pod."""
+    sentence = f"berth: ResourceClaim {unseen[0]} has not reached Berth's cache yet; the pod is retried"
+    for i, slot in enumerate(slots):
+        if verdicts[i] == K.OK:
+            verdicts[i] = DRA_DEVICES_USED
+            found.sentences[slot] = (sentence, False)
+            found.changed = True
+    return 0
 
 
 def _without_gpus(state: ClusterState, j: Judgement, slot: int) -> int:

@@ -261,6 +261,32 @@ def test_filter_counts_the_gpus_of_a_template_before_its_claim_exists() -> None:
     assert reply["FailedAndUnresolvableNodes"] == {"dra-0": f"berth: team ml: {GPU} 0 used + 3 requested > max 2"}
 
 
+def test_a_templates_claim_not_in_the_cache_yet_counts_as_the_template() -> None:
+    """kube-scheduler's informer saw the claim the controller made (the pod's status names it) before Berth's
+    did: the template's asks count until the claim arrives. Counting nothing let a burst over the quota."""
+    state = dra_cluster()
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    state.apply_claim_template("ADDED", template("ml", "three", 3))
+    pod = claim_pod("ml", "p", template_name="three")
+    pod["status"] = {"resourceClaimStatuses": [{"name": "gpus", "resourceClaimName": "p-gpus-x1"}]}
+    assert [(a.count, a.claim) for a in state.dra.pod_asks(pod)] == [(3, None)]
+    assert state.dra.unseen_claims(pod) == []
+    reply = filter_reply(state, pod, ["dra-0"])
+    assert reply["FailedAndUnresolvableNodes"] == {"dra-0": f"berth: team ml: {GPU} 0 used + 3 requested > max 2"}
+
+
+def test_a_named_claim_not_in_the_cache_yet_passes_no_node_until_it_arrives() -> None:
+    state = dra_cluster()
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    pod = claim_pod("ml", "p", claim_name="late")
+    assert state.dra.unseen_claims(pod) == ["ml/late"]
+    reply = filter_reply(state, pod, ["dra-0", "dra-1"])
+    sentence = "berth: ResourceClaim ml/late has not reached Berth's cache yet; the pod is retried"
+    assert reply["NodeNames"] == [] and reply["FailedNodes"] == {"dra-0": sentence, "dra-1": sentence}
+    state.apply_resource_claim("ADDED", claim("ml", "late", 1))  # its watch event: judged on what it asks
+    assert filter_reply(state, pod, ["dra-0", "dra-1"])["NodeNames"] == ["dra-0", "dra-1"]
+
+
 def test_filter_names_too_few_devices_and_devices_held_by_others() -> None:
     state = dra_cluster(gpus=2)
     state.apply_resource_claim("ADDED", claim("other", "held", 2, "dra-0", [0, 1]))
