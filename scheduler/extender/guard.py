@@ -15,6 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from aiohttp.web_protocol import RequestHandler
+
+_CUT_SHORT = b'{"error":"the connection was half-closed before the request was complete"}'
+HALF_CLOSED = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n" + (
+    b"Content-Length: %d\r\n\r\n%s" % (len(_CUT_SHORT), _CUT_SHORT)
+)
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
 
@@ -37,13 +43,16 @@ class Guard:
         """Protocol factory for a listener that serves only aiohttp (the health port)."""
         return Guarded(self, self.fallback())
 
-    def adopt(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Take over a verb-port connection whose first request is not a verb (`data`: its bytes so far)."""
+    def adopt(self, transport: asyncio.Transport, data: bytes, eof: bool = False) -> None:
+        """Take over a verb-port connection whose first request is not a verb (`data`: its bytes so far;
+        `eof`: the caller has half-closed already)."""
         guarded = Guarded(self, self.fallback())
         transport.set_protocol(guarded)
         guarded.connection_made(transport)
         if guarded.transport is not None:
             guarded.data_received(data)
+            if eof and not guarded.eof_received():
+                transport.close()
 
     def expire(self, now: float | None = None) -> None:
         """Close connections whose request has waited past the deadline (no reply begun)."""
@@ -93,7 +102,17 @@ class Guarded(asyncio.Protocol):
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        """The caller half-closed. aiohttp's protocol then lets asyncio close the transport at once, dropping
+        the reply to a request it has read in full (`printf 'GET /healthz HTTP/1.1' ... | nc -N` got nothing):
+        such a request is answered, then the connection closes (aiohttp's close() does both). A request
+        whose head was cut short gets 400; one whose body was cut short stays until the deadline (expire)."""
+        inner = self.inner
+        if isinstance(inner, RequestHandler) and _has_a_request(inner):
+            inner.close()
+            return True
+        if self.waiting_since and self.transport is not None:
+            self.transport.write(HALF_CLOSED)
+        return inner.eof_received()
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -128,3 +147,12 @@ class _Writes:
 
     def __getattr__(self, name: str) -> Any:  # everything else is the real transport's
         return getattr(self._transport, name)
+
+
+def _has_a_request(inner: RequestHandler) -> bool:
+    """aiohttp's protocol holds a request read whole (queued, about to be handled, or in its handler); False
+    while it waits for one to complete. Its own state: it has no public view of this."""
+    waiter = inner._waiter  # set while start() waits for the next complete request
+    if waiter is not None and not waiter.done():
+        return False
+    return bool(inner._messages or inner._request_in_progress or inner._request_count)

@@ -90,6 +90,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._between = True  # no message in progress: the next chunk starts one
         self._completed = False  # a message completed during the current feed
         self._begun = False  # a message began during the current feed
+        self._eof = False  # the caller closed its sending side: close once every reply owed is written
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +112,19 @@ class VerbConnection(Framing, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+
+    def eof_received(self) -> bool:
+        """The caller half-closed (sent its request, then shut its sending side, as `nc -N` and some
+        clients do). asyncio closes the transport when this returns False, which dropped a bind's reply
+        still awaited and the replies queued behind it: those are written first, then the connection
+        closes. A request cut short by the close can never complete: 400 saying so."""
+        self._eof = True
+        if self.busy or self._queue:
+            return True  # _drain closes once the queue is empty
+        if not self._dead and (self.first or not self._between):
+            self._refuse(400, b'{"error":"the connection was half-closed before the request was complete"}')
+            return True  # _refuse half-closes our side too, then closes
+        return False
 
     def _release(self) -> None:
         """Forget the connection: the parser holds this protocol's bound methods, a cycle that only the
@@ -198,10 +212,12 @@ class VerbConnection(Framing, asyncio.Protocol):
             return
         transport = self.transport
         assert transport is not None
+        eof = self._eof
         self._release()
         if self._paused:
             transport.resume_reading()
-        self.server.guard.adopt(transport, data)  # aiohttp serves it, counted and under a deadline (guard.py)
+        # aiohttp serves it, counted and under a deadline (guard.py); told of a half-close that came first
+        self.server.guard.adopt(transport, data, eof)
 
     def _refuse(self, status: int, body: bytes) -> None:
         """Answer `status` and close, after the replies still owed; nothing more is read."""
@@ -350,12 +366,19 @@ class VerbConnection(Framing, asyncio.Protocol):
                 self._hand_off(b"".join(self._deferred or ()))
                 return
         if self._queue or self._backlog is None or self._dead or self.transport is None:
+            self._close_after_eof()
             return
         backlog, self._backlog = self._backlog, None
         self._queued_bytes = 0
         self._resume(_PAUSED_QUEUE)
         if backlog:
             self._feed(b"".join(backlog))
+        self._close_after_eof()
+
+    def _close_after_eof(self) -> None:
+        """After the caller's half-close (eof_received) the connection ends once no reply is owed."""
+        if self._eof and not self.busy and not self._queue and self.transport is not None:
+            self.transport.close()
 
     def _write(self, status: int, body: bytes, keep_alive: bool, linger: bool = False) -> None:
         transport = self.transport

@@ -1,6 +1,8 @@
 """Requests kube-scheduler would never send: each is a 4xx naming what is wrong, never a 500, and the
 server answers a valid filter exactly as before afterwards."""
 
+import asyncio
+
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -169,4 +171,77 @@ async def test_a_verb_posted_to_the_root_is_405_naming_get(client: TestClient, g
     before = await still_serves(client, go)
     status, text = await post(client, "/", go.args(go.pod(), go.names()[:3], True))
     assert status == 405 and "GET" in orjson.loads(text)["error"]
+    await still_serves(client, go, before)
+
+
+# -- HTTP itself, over raw sockets (an adversarial pass over the listener) ---------------------------------
+async def exchange(client: TestClient, data: bytes, half_close: bool = False) -> list[tuple[int, bytes]]:
+    """Send `data` on a new connection (then shut our sending side, with `half_close`) and read until the
+    server closes: the (status, body) of each reply, in order."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(data)
+    if half_close:
+        writer.write_eof()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    replies = []
+    while raw:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0][:9] in ("HTTP/1.1 ", "HTTP/1.0 "), lines[0]
+        length = next(
+            int(v) for k, _, v in (line.partition(": ") for line in lines[1:]) if k.lower() == "content-length"
+        )
+        replies.append((int(lines[0].split()[1]), raw[:length]))
+        raw = raw[length:]
+    return replies
+
+
+def raw_post(path: str, body: bytes, headers: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def error_of(body: bytes) -> str:
+    error = orjson.loads(body)["error"]
+    assert isinstance(error, str) and error
+    return error
+
+
+async def test_a_half_closed_connection_still_gets_its_replies(client: TestClient, go: GoWire) -> None:
+    """A request, then the caller shuts its sending side (`nc -N`, some clients): each request sent is
+    answered, then the connection closes. A bind's reply (awaited) and everything aiohttp serves were lost."""
+    before = await still_serves(client, go)
+    filter_body = go.args(go.pod(), go.names()[:40], True)
+    bind = go.binding("nobody", "default", "u-1", go.names()[0])
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for data, statuses in [
+        (raw_post("/scheduler/filter", filter_body), [200]),
+        (raw_post("/scheduler/bind", bind), [200]),
+        (raw_post("/scheduler/bind", bind) + raw_post("/scheduler/filter", filter_body), [200, 200]),
+        (get, [200]),
+        (get.replace(b"1.1", b"1.0"), [200]),
+        (b"GET /debug/state HTTP/1.1\r\nHost: x\r\n\r\n", [200]),
+    ]:
+        replies = await exchange(client, data, half_close=True)
+        assert [status for status, _ in replies] == statuses, (data[:60], replies)
+    assert (
+        "unknown to Berth"
+        in orjson.loads((await exchange(client, raw_post("/scheduler/bind", bind), True))[0][1])["Error"]
+    )
+    await still_serves(client, go, before)
+
+
+async def test_a_request_cut_short_by_a_half_close_is_400(client: TestClient, go: GoWire) -> None:
+    before = await still_serves(client, go)
+    body = go.args(go.pod(), go.names()[:40], True)
+    for data in [
+        raw_post("/scheduler/filter", body)[:-10],  # the body cut short
+        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Le",  # the head
+        b"POST /scheduler/fil",  # the request line
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # a head aiohttp would have served
+    ]:
+        replies = await exchange(client, data, half_close=True)
+        assert [status for status, _ in replies] == [400], (data[:60], replies)
+        assert "half-closed before the request was complete" in error_of(replies[0][1])
+    assert await exchange(client, b"", half_close=True) == []  # nothing sent, nothing owed
     await still_serves(client, go, before)
