@@ -11,12 +11,17 @@ Not on the hot path: the verbs never go through here.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
+log = logging.getLogger("berth.server")
 _CUT_SHORT = b'{"error":"the connection was half-closed before the request was complete"}'
 HALF_CLOSED = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n" + (
     b"Content-Length: %d\r\n\r\n%s" % (len(_CUT_SHORT), _CUT_SHORT)
@@ -76,6 +81,8 @@ class Guarded(asyncio.Protocol):
 
     def __init__(self, guard: Guard, inner: asyncio.Protocol) -> None:
         self.guard = guard
+        if type(inner) is RequestHandler:  # what web.Server makes; JsonErrors adds no state (same slots)
+            inner.__class__ = JsonErrors
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.waiting_since = 0.0  # monotonic time a request's first byte arrived with no reply begun since
@@ -156,3 +163,28 @@ def _has_a_request(inner: RequestHandler) -> bool:
     if waiter is not None and not waiter.done():
         return False
     return bool(inner._messages or inner._request_in_progress or inner._request_count)
+
+
+class JsonErrors(RequestHandler):
+    """aiohttp's protocol, answering a request it cannot parse (bad request line, header or framing) as Berth
+    answers every other refusal: a JSON {"error": ...} naming what is wrong, where aiohttp writes text/plain,
+    and a debug line, where aiohttp logs each one at error level with a traceback (any client could fill
+    the log with tracebacks that read as crashes). Failures of Berth's own (5xx) keep aiohttp's handling."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        # aiohttp's messages quote the bytes over several lines with a caret under the fault: one line here.
+        text = message or str(exc or "") or "malformed request"
+        reason = " ".join(part for line in text.splitlines() if (part := line.strip()) and part.strip("^"))
+        log.debug("malformed HTTP request from %s: %s", request.remote, reason)
+        if request.writer.output_size > 0:  # as aiohttp: a reply has begun, none can follow
+            raise ConnectionError("a reply has begun; no error reply can follow")
+        body = orjson.dumps({"error": f"malformed HTTP request: {reason}"})
+        response = web.Response(body=body, status=status, content_type="application/json")
+        response.force_close()
+        return response

@@ -2,6 +2,7 @@
 server answers a valid filter exactly as before afterwards."""
 
 import asyncio
+import logging
 
 import orjson
 import pytest
@@ -244,4 +245,33 @@ async def test_a_request_cut_short_by_a_half_close_is_400(client: TestClient, go
         assert [status for status, _ in replies] == [400], (data[:60], replies)
         assert "half-closed before the request was complete" in error_of(replies[0][1])
     assert await exchange(client, b"", half_close=True) == []  # nothing sent, nothing owed
+    await still_serves(client, go, before)
+
+
+MALFORMED_HTTP = [
+    b"GARBAGE\r\n\r\n",
+    b"FOO /scheduler/filter HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"post /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    b"GET /healthz\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n",
+    b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"POST /debug/explain HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /debug/explain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST https://[::1/healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("raw", MALFORMED_HTTP, ids=range(len(MALFORMED_HTTP)))
+async def test_malformed_http_to_aiohttp_is_a_json_400_and_no_traceback(
+    client: TestClient, go: GoWire, raw: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered these in text/plain and logged each at error level with a traceback (any client
+    could fill the log with what reads as crashes): a JSON error now, as every other refusal, and no trace."""
+    before = await still_serves(client, go)
+    replies = await exchange(client, raw)
+    assert [status for status, _ in replies] == [400], replies
+    assert error_of(replies[0][1])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.records
     await still_serves(client, go, before)
