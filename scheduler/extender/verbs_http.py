@@ -30,6 +30,7 @@ from scheduler.extender.http_framing import (
     HandOff,
     Refuse,
     verb_of,
+    version_refusal,
 )
 from scheduler.extender.wire import WireError
 from scheduler.observability.stalls import clock as _clock
@@ -154,7 +155,12 @@ class VerbConnection(Framing, asyncio.Protocol):
                 self.first = data
                 return
             self.first = None
-            verb = verb_of(data[:end].rstrip(b"\r"))
+            line = data[:end].rstrip(b"\r")
+            refusal = version_refusal(line) if end >= 0 else None
+            if refusal is not None:
+                self._refuse(400, refusal)
+                return
+            verb = verb_of(line)
             if verb is None:
                 self._hand_off(data)
                 return

@@ -275,3 +275,18 @@ async def test_malformed_http_to_aiohttp_is_a_json_400_and_no_traceback(
     assert error_of(replies[0][1])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.records
     await still_serves(client, go, before)
+
+
+@pytest.mark.parametrize("path", [b"/scheduler/filter", b"/healthz", b"/debug/state"])
+@pytest.mark.parametrize("line", [b"POST %s HTTP/2.0", b"GET %s HTTP/1.2", b"GET %s", b"PRI * HTTP/2.0"])
+async def test_request_lines_not_http11_or_http10_are_400(
+    client: TestClient, go: GoWire, path: bytes, line: bytes
+) -> None:
+    """llhttp served a verb sent as HTTP/2.0; aiohttp answered `HTTP/2.0 405 ...` and, to a line with no
+    version, `HTTP/0.9 200 ...` with headers: status lines an HTTP/1.1 client cannot read."""
+    before = await still_serves(client, go)
+    data = (line % path if b"%s" in line else line) + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    replies = await exchange(client, data)  # exchange() asserts each status line is HTTP/1.1 or HTTP/1.0
+    assert [status for status, _ in replies] == [400], replies
+    assert "HTTP/1.1" in error_of(replies[0][1])
+    await still_serves(client, go, before)
