@@ -2,6 +2,7 @@
 server answers a valid filter exactly as before afterwards."""
 
 import asyncio
+import gzip
 import logging
 
 import orjson
@@ -289,4 +290,24 @@ async def test_request_lines_not_http11_or_http10_are_400(
     replies = await exchange(client, data)  # exchange() asserts each status line is HTTP/1.1 or HTTP/1.0
     assert [status for status, _ in replies] == [400], replies
     assert "HTTP/1.1" in error_of(replies[0][1])
+    await still_serves(client, go, before)
+
+
+async def test_a_gzip_body_is_read_as_sent_not_inflated(client: TestClient, go: GoWire) -> None:
+    """aiohttp inflated Content-Encoding: gzip up to max_body_bytes: 250 KB of gzip held 250 MB per request.
+    Nothing calling Berth compresses; a compressed body is read as the bytes sent, on both paths."""
+    before = await still_serves(client, go)
+    body = gzip.compress(go.args(go.pod(), go.names()[:40], True))
+    verb = raw_post("/scheduler/filter", body, "Content-Encoding: gzip\r\nConnection: close\r\n")
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for data, expected in [(verb, [400]), (get + verb, [200, 400])]:  # the hot path, then aiohttp's
+        replies = await exchange(client, data)
+        assert [status for status, _ in replies] == expected, replies
+        assert "not valid JSON" in error_of(replies[-1][1])
+    bomb = gzip.compress(b'{"Pod":"' + b"a" * (8 << 20) + b'"}')
+    replies = await exchange(
+        client, get + raw_post("/debug/explain", bomb, "Content-Encoding: gzip\r\nConnection: close\r\n")
+    )
+    assert [status for status, _ in replies] == [200, 400], replies
+    assert "neither JSON nor YAML" in error_of(replies[-1][1])
     await still_serves(client, go, before)
