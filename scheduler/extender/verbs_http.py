@@ -99,13 +99,14 @@ class VerbConnection(Framing, asyncio.Protocol):
         server = self.server
         if len(server.connections) < server.max_connections:
             server.connections.add(self)
-        elif len(server.overflow) < OVERFLOW:
+        else:
+            if len(server.overflow) >= OVERFLOW:
+                # Full of connections yet to send a first line: the oldest gives way, answered, so a flood of
+                # silent ones cannot shut out the health checks (every later connection was closed unanswered).
+                min(server.overflow, key=lambda c: c.started_at)._evict()
             self.over_cap = True
             self.started_at = time.monotonic()  # the head's deadline runs from now: a silent one leaves soon
             server.overflow.add(self)
-        else:
-            transport.close()
-            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # replies are written whole: no reason to wait for ACKs
@@ -126,6 +127,23 @@ class VerbConnection(Framing, asyncio.Protocol):
             self._refuse(400, b'{"error":"the connection was half-closed before the request was complete"}')
             return True  # _refuse half-closes our side too, then closes
         return False
+
+    def _too_many(self) -> bytes:
+        return (
+            b'{"error":"too many connections: Berth serves at most %d verb connections '
+            b'(server.max_connections)"}' % self.server.max_connections
+        )
+
+    def _evict(self) -> None:
+        """Leave the overflow for a newer connection: 503 and close (no linger: slots and descriptors are
+        what is short); one refused already has its reply and is closed."""
+        self.server.overflow.discard(self)
+        if self._dead:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._dead = True
+        self._write(503, self._too_many(), False)
 
     def _release(self) -> None:
         """Forget the connection: the parser holds this protocol's bound methods, a cycle that only the
@@ -165,11 +183,7 @@ class VerbConnection(Framing, asyncio.Protocol):
                 self._hand_off(data)
                 return
             if self.over_cap:
-                self._refuse(
-                    503,
-                    b'{"error":"too many connections: Berth serves at most %d verb connections '
-                    b'(server.max_connections)"}' % self.server.max_connections,
-                )
+                self._refuse(503, self._too_many())
                 return
         self._feed(data)
 

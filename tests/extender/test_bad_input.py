@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from scheduler.config import Config
+from scheduler.extender.http_framing import OVERFLOW
 from tests.conftest import GoWire, Serve, demo_cluster
 
 LIMIT = 16 * 1024
@@ -311,3 +312,24 @@ async def test_a_gzip_body_is_read_as_sent_not_inflated(client: TestClient, go: 
     assert [status for status, _ in replies] == [200, 400], replies
     assert "neither JSON nor YAML" in error_of(replies[-1][1])
     await still_serves(client, go, before)
+
+
+async def small_server(serve: Serve, **server: float) -> TestClient:
+    config = Config()
+    for key, value in server.items():
+        setattr(config.server, key, value)
+    return await serve(demo_cluster(config))
+
+
+async def test_a_flood_of_silent_connections_does_not_shut_out_health_checks(serve: Serve, go: GoWire) -> None:
+    """Past server.max_connections, OVERFLOW connections wait for their first line; past those, every new
+    connection was closed unanswered, health checks included. The oldest waiting one now gives way, with a 503."""
+    client = await small_server(serve, max_connections=2)
+    flood = [await asyncio.open_connection("127.0.0.1", client.port) for _ in range(2 + OVERFLOW + 3)]
+    await asyncio.sleep(0.1)
+    assert await exchange(client, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") == [(200, b"ok")]
+    for reader, _ in flood[2:6]:  # the oldest over the cap: each answered before its close
+        reply = await asyncio.wait_for(reader.read(), 5)
+        assert reply.startswith(b"HTTP/1.1 503 ") and b"server.max_connections" in reply, reply
+    for _, writer in flood:
+        writer.close()
