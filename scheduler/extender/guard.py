@@ -22,10 +22,17 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("berth.server")
-_CUT_SHORT = b'{"error":"the connection was half-closed before the request was complete"}'
-HALF_CLOSED = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n" + (
-    b"Content-Length: %d\r\n\r\n%s" % (len(_CUT_SHORT), _CUT_SHORT)
-)
+
+
+def _reply(status: int, error: bytes) -> bytes:
+    """A whole reply written past aiohttp, on a connection about to close: {"error": ...} (ASCII, no quotes)."""
+    body = b'{"error":"%s"}' % error
+    reason = {400: b"Bad Request", 408: b"Request Timeout"}[status]
+    head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n" % (status, reason)
+    return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+HALF_CLOSED = _reply(400, b"the connection was half-closed before the request was complete")
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
 
@@ -71,6 +78,19 @@ class Guard:
             await asyncio.sleep(every)
             self.expire()
 
+    def make_room(self) -> bool:
+        """At the cap: close the connection idle longest between requests, one served before (RFC 9112 9.3:
+        a server may close an idle connection; clients retry on a new one). Without this, as many kept-alive
+        clients as the cap, each served once, shut every health check out until aiohttp's keep-alive expired.
+        False when none is idle: connections that have sent nothing yet keep their places."""
+        idle = [c for c in self.open if c.served_at and not c.waiting_since and c.between_requests()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda c: c.served_at)
+        self.open.discard(oldest)
+        oldest.close()
+        return True
+
     def close_all(self) -> None:
         for conn in list(self.open):
             conn.close()
@@ -86,10 +106,11 @@ class Guarded(asyncio.Protocol):
         self.inner = inner
         self.transport: asyncio.Transport | None = None
         self.waiting_since = 0.0  # monotonic time a request's first byte arrived with no reply begun since
+        self.served_at = 0.0  # monotonic time the last reply began; 0 before the first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
-        if len(self.guard.open) >= self.guard.cap:
+        if len(self.guard.open) >= self.guard.cap and not self.guard.make_room():
             self.guard.refused += 1
             transport.close()
             return
@@ -129,6 +150,17 @@ class Guarded(asyncio.Protocol):
 
     def replied(self) -> None:
         self.waiting_since = 0.0
+        self.served_at = time.monotonic()
+
+    def between_requests(self) -> bool:
+        """aiohttp waits for the next request, its replies written: the connection is idle."""
+        inner = self.inner
+        return (
+            isinstance(inner, RequestHandler)
+            and not _has_a_request(inner)
+            and self.transport is not None
+            and not self.transport.get_write_buffer_size()
+        )
 
     def close(self) -> None:
         if self.transport is not None:

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from scheduler.config import Config
+from scheduler.extender.guard import FLOOR
 from scheduler.extender.http_framing import OVERFLOW
 from tests.conftest import GoWire, Serve, demo_cluster
 
@@ -332,4 +333,23 @@ async def test_a_flood_of_silent_connections_does_not_shut_out_health_checks(ser
         reply = await asyncio.wait_for(reader.read(), 5)
         assert reply.startswith(b"HTTP/1.1 503 ") and b"server.max_connections" in reply, reply
     for _, writer in flood:
+        writer.close()
+
+
+async def test_kept_alive_clients_at_the_guard_cap_give_way_to_new_ones(serve: Serve) -> None:
+    """As many kept-alive clients as the cap of aiohttp's connections, each served once, shut every later
+    health check out (closed unanswered) until aiohttp's keep-alive expired: the longest idle now closes."""
+    client = await small_server(serve, max_connections=4)  # the guard keeps its floor of FLOOR
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    held = []
+    for _ in range(FLOOR):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(get)
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200 ")
+        held.append((reader, writer))
+    assert await exchange(client, get.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")) == [(200, b"ok")]
+    assert await asyncio.wait_for(held[0][0].read(), 5) == b""  # the longest idle gave way
+    for reader, writer in held[1:]:  # the others still served
+        writer.write(get)
+        assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200 ")
         writer.close()
