@@ -67,9 +67,12 @@ class Guard:
                 transport.close()
 
     def expire(self, now: float | None = None) -> None:
-        """Close connections whose request has waited past the deadline (no reply begun)."""
+        """Close connections whose request has waited past the deadline (no reply begun), with a 408 saying
+        so (they were closed unanswered) as the verb connections get."""
         now = time.monotonic() if now is None else now
         for conn in [c for c in self.open if c.waiting_since and now - c.waiting_since > self.request_timeout]:
+            if conn.transport is not None:
+                conn.transport.write(_reply(408, b"the request did not arrive within %g s" % self.request_timeout))
             conn.close()
 
     async def sweep(self) -> None:

@@ -353,3 +353,14 @@ async def test_kept_alive_clients_at_the_guard_cap_give_way_to_new_ones(serve: S
         writer.write(get)
         assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200 ")
         writer.close()
+
+
+async def test_a_request_trickling_to_aiohttp_gets_408_at_the_deadline(serve: Serve) -> None:
+    """aiohttp's connections were closed at the deadline unanswered; the verb connections got a 408."""
+    client = await small_server(serve, request_timeout_seconds=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"POST /debug/explain HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    reply = await asyncio.wait_for(reader.read(), 5)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert "did not arrive within 0.5 s" in error_of(reply.partition(b"\r\n\r\n")[2])
+    writer.close()
