@@ -32,7 +32,8 @@ def _reply(status: int, error: bytes) -> bytes:
     return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
-HALF_CLOSED = _reply(400, b"the connection was half-closed before the request was complete")
+CUT_SHORT = "the connection was half-closed before the request was complete"
+HALF_CLOSED = _reply(400, CUT_SHORT.encode())
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
 
@@ -134,16 +135,32 @@ class Guarded(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The caller half-closed. aiohttp's protocol then lets asyncio close the transport at once, dropping
-        the reply to a request it has read in full (`printf 'GET /healthz HTTP/1.1' ... | nc -N` got nothing):
-        such a request is answered, then the connection closes (aiohttp's close() does both). A request
-        whose head was cut short gets 400; one whose body was cut short stays until the deadline (expire)."""
+        the replies to requests it has read in full (`printf 'GET /healthz HTTP/1.1' ... | nc -N` got
+        nothing): those are answered, then the connection closes (aiohttp's own close() would drop requests
+        queued behind the first). A request cut short gets 400: its head here, its body as its handler
+        reads on (JsonErrors words the error)."""
         inner = self.inner
         if isinstance(inner, RequestHandler) and _has_a_request(inner):
-            inner.close()
+            self._after_eof()
             return True
         if self.waiting_since and self.transport is not None:
             self.transport.write(HALF_CLOSED)
         return inner.eof_received()
+
+    def _after_eof(self) -> None:
+        """Until aiohttp waits for a request that cannot come, its replies written: then close. Checked each
+        10 ms (aiohttp says nothing when it goes idle); the deadline (expire) bounds it like any request."""
+        inner, transport = self.inner, self.transport
+        if transport is None or not isinstance(inner, RequestHandler):
+            return
+        request = inner._current_request
+        if request is not None and not request.content.is_eof():  # the rest of its body can never come
+            request.content.set_exception(ConnectionResetError(CUT_SHORT))
+            request.content.feed_eof()  # at its end: aiohttp's lingering read after the reply does not raise
+        if not _has_a_request(inner) and not transport.get_write_buffer_size():
+            transport.close()
+        else:
+            asyncio.get_running_loop().call_later(0.01, self._after_eof)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
@@ -211,6 +228,15 @@ class JsonErrors(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
+        if isinstance(exc, ConnectionResetError):
+            # The caller left, or half-closed, mid-request (http_app's middleware lets this through): nothing
+            # of Berth's failed, where aiohttp logged a 500 with its traceback at error level. A 400 for a
+            # caller still reading (Guarded.eof_received), written to no one when it has gone.
+            log.debug("%s %s: the caller left before its reply: %s", request.method, request.path, exc)
+            body = orjson.dumps({"error": CUT_SHORT if str(exc) == CUT_SHORT else f"the connection was lost: {exc}"})
+            response = web.Response(body=body, status=400, content_type="application/json")
+            response.force_close()
+            return response
         if status >= 500:
             return super().handle_error(request, status, exc, message)
         # aiohttp's messages quote the bytes over several lines with a caret under the fault: one line here.

@@ -4,6 +4,8 @@ server answers a valid filter exactly as before afterwards."""
 import asyncio
 import gzip
 import logging
+import socket
+import struct
 
 import orjson
 import pytest
@@ -225,6 +227,7 @@ async def test_a_half_closed_connection_still_gets_its_replies(client: TestClien
         (get, [200]),
         (get.replace(b"1.1", b"1.0"), [200]),
         (b"GET /debug/state HTTP/1.1\r\nHost: x\r\n\r\n", [200]),
+        (get + b"GET /debug/state HTTP/1.1\r\nHost: x\r\n\r\n" + get, [200, 200, 200]),  # pipelined to aiohttp
     ]:
         replies = await exchange(client, data, half_close=True)
         assert [status for status, _ in replies] == statuses, (data[:60], replies)
@@ -238,15 +241,18 @@ async def test_a_half_closed_connection_still_gets_its_replies(client: TestClien
 async def test_a_request_cut_short_by_a_half_close_is_400(client: TestClient, go: GoWire) -> None:
     before = await still_serves(client, go)
     body = go.args(go.pod(), go.names()[:40], True)
-    for data in [
-        raw_post("/scheduler/filter", body)[:-10],  # the body cut short
-        b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Le",  # the head
-        b"POST /scheduler/fil",  # the request line
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\n",  # a head aiohttp would have served
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for data, statuses in [
+        (raw_post("/scheduler/filter", body)[:-10], [400]),  # the body cut short
+        (b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Le", [400]),  # the head
+        (b"POST /scheduler/fil", [400]),  # the request line
+        (get[:-2], [400]),  # a head aiohttp would have served
+        (get + raw_post("/debug/explain", go.pod())[:-10], [200, 400]),  # a body aiohttp reads (it held it)
+        (get + raw_post("/scheduler/filter", body)[:-10], [200, 400]),
     ]:
         replies = await exchange(client, data, half_close=True)
-        assert [status for status, _ in replies] == [400], (data[:60], replies)
-        assert "half-closed before the request was complete" in error_of(replies[0][1])
+        assert [status for status, _ in replies] == statuses, (data[:60], replies)
+        assert "half-closed before the request was complete" in error_of(replies[-1][1])
     assert await exchange(client, b"", half_close=True) == []  # nothing sent, nothing owed
     await still_serves(client, go, before)
 
@@ -364,3 +370,33 @@ async def test_a_request_trickling_to_aiohttp_gets_408_at_the_deadline(serve: Se
     assert reply.startswith(b"HTTP/1.1 408 "), reply
     assert "did not arrive within 0.5 s" in error_of(reply.partition(b"\r\n\r\n")[2])
     writer.close()
+
+
+@pytest.mark.parametrize("path", ["/debug/explain", "/scheduler/filter"])
+async def test_a_caller_leaving_mid_body_logs_no_traceback(
+    client: TestClient, go: GoWire, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp logged each caller that left before sending its whole body as a 500 with a traceback, at error
+    level: any client could fill the log with what reads as crashes. A debug line now."""
+    caplog.set_level(logging.DEBUG, logger="berth.server")
+    before = await still_serves(client, go)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # aiohttp serves the connection from here
+    await asyncio.wait_for(reader.readuntil(b"ok"), 5)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"100 Continue\r\n\r\n"), 5)  # its handler has begun
+    writer.write(b"{")
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # gone, mid-body: a reset
+
+    def handled() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno >= logging.ERROR or "left before its reply" in r.message]
+
+    for _ in range(500):  # until aiohttp has handled the loss (a bounded wait, not a timing threshold)
+        if handled():
+            break
+        await asyncio.sleep(0.01)
+    assert [r.levelname for r in handled()] == ["DEBUG"], [(r.levelname, r.message) for r in caplog.records]
+    await still_serves(client, go, before)
