@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from scheduler.config import Config
 from scheduler.extender.guard import FLOOR
 from scheduler.extender.http_framing import OVERFLOW
+from scheduler.extender.wire import MAX_NAME
 from tests.conftest import GoWire, Serve, demo_cluster
 
 LIMIT = 16 * 1024
@@ -399,4 +400,16 @@ async def test_a_caller_leaving_mid_body_logs_no_traceback(
             break
         await asyncio.sleep(0.01)
     assert [r.levelname for r in handled()] == ["DEBUG"], [(r.levelname, r.message) for r in caplog.records]
+    await still_serves(client, go, before)
+
+
+async def test_a_bind_naming_no_real_object_is_400_naming_the_field(client: TestClient, go: GoWire) -> None:
+    """Kubernetes names have at most 253 characters: a 5 MB PodName was served (and logged whole)."""
+    before = await still_serves(client, go)
+    bind = {"PodName": "p", "PodNamespace": "default", "PodUID": "u", "Node": go.names()[0]}
+    for field in bind:
+        status, text = await post(client, "/scheduler/bind", orjson.dumps({**bind, field: "x" * MAX_NAME}))
+        assert status == 200, (field, text)  # as long as a name can be: served (refused in Error: no such pod)
+        status, text = await post(client, "/scheduler/bind", orjson.dumps({**bind, field: "x" * (MAX_NAME + 1)}))
+        assert status == 400 and f"ExtenderBindingArgs.{field}" in error_of(text.encode()), (field, text)
     await still_serves(client, go, before)
