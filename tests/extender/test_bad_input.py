@@ -15,6 +15,7 @@ from scheduler.config import Config
 from scheduler.extender.guard import FLOOR
 from scheduler.extender.http_framing import OVERFLOW
 from scheduler.extender.wire import MAX_NAME
+from scheduler.observability.logs import ERROR_LIMIT, EXTRA_LIMIT, MSG_LIMIT, JsonLines
 from tests.conftest import GoWire, Serve, demo_cluster
 
 LIMIT = 16 * 1024
@@ -413,3 +414,24 @@ async def test_a_bind_naming_no_real_object_is_400_naming_the_field(client: Test
         status, text = await post(client, "/scheduler/bind", orjson.dumps({**bind, field: "x" * (MAX_NAME + 1)}))
         assert status == 400 and f"ExtenderBindingArgs.{field}" in error_of(text.encode()), (field, text)
     await still_serves(client, go, before)
+
+
+async def test_log_lines_stay_bounded_whatever_a_request_names(
+    client: TestClient, go: GoWire, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records quote what a request named (pod names, nodes, reasons): a preempt for a pod named with 5 MB
+    logged 10 MB. Each line's parts are bounded."""
+    caplog.set_level(logging.DEBUG)
+    pod = go.pod_object()
+    pod["metadata"]["name"] = "x" * (5 << 20)
+    for verb, body in [
+        ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {go.names()[0]: {"Pods": [{"UID": "u"}]}}}),
+        ("filter", {"Pod": pod, "NodeNames": go.names()[:3]}),
+        ("prioritize", {"Pod": pod, "NodeNames": go.names()[:3]}),
+    ]:
+        status, _ = await post(client, f"/scheduler/{verb}", orjson.dumps(body))
+        assert status == 200, verb
+    assert caplog.records
+    limit = MSG_LIMIT + 10 * EXTRA_LIMIT + ERROR_LIMIT
+    assert max(len(JsonLines().format(r)) for r in caplog.records) < limit
+    await still_serves(client, go)
