@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from scheduler.config import Config
+from scheduler.extender.debug import YAML_LIMIT
 from scheduler.extender.guard import FLOOR
 from scheduler.extender.http_framing import OVERFLOW
 from scheduler.extender.wire import MAX_NAME
@@ -435,3 +436,32 @@ async def test_log_lines_stay_bounded_whatever_a_request_names(
     limit = MSG_LIMIT + 10 * EXTRA_LIMIT + ERROR_LIMIT
     assert max(len(JsonLines().format(r)) for r in caplog.records) < limit
     await still_serves(client, go)
+
+
+LAUGHS = (
+    b"a: &a [xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx, xxxxxxxx]\n"
+    + b"".join(b"%c: &%c [%s]\n" % (c, c, b", ".join([b"*%c" % (c - 1)] * 9)) for c in b"bcdefghi")
+)
+
+
+async def test_explain_yaml_is_plain_data_of_a_bounded_size(client: TestClient, go: GoWire) -> None:
+    """POST /debug/explain's YAML: an int of 5,000 digits and keys that are not strings were 500s; nine
+    lines of aliases expanded to gigabytes in the error naming the value; a megabyte of YAML held the event
+    loop the verbs share for seconds. JSON, of any size under max_body_bytes, is served as before."""
+    before = await still_serves(client, go)
+    spec = b"spec: {containers: [{name: c, resources: {requests: {cpu: '1'}}}]}\n"
+    for body, status, reason in [
+        (LAUGHS + b"metadata: {name: x, annotations: {berth.dev/topology: *i}}\n" + spec, 400, "aliases"),
+        (b"metadata: {name: x}\nspec: {priority: " + b"9" * 5000 + b", containers: []}\n", 400, "4300 digits"),
+        (b"metadata: {name: !!binary aGVsbG8=}\n" + spec, 400, "not JSON serializable"),
+        (b"metadata: {name: x, labels: {a: " + b"b" * YAML_LIMIT + b"}}\n" + spec, 413, "at most"),
+    ]:
+        status_got, text = await post(client, "/debug/explain", body)
+        assert status_got == status and reason in error_of(text.encode()), (body[:80], status_got, text[:300])
+    status, text = await post(client, "/debug/explain", b"metadata: {name: x, labels: {1: 2}}\n" + spec)
+    assert status == 200 and orjson.loads(text)["pod"] == "default/x", text[:300]
+    pod = go.pod_object()
+    pod["metadata"]["annotations"]["padding"] = "p" * (2 * YAML_LIMIT)
+    status, text = await post(client, "/debug/explain", orjson.dumps(pod))
+    assert status == 200, text[:300]
+    await still_serves(client, go, before)
