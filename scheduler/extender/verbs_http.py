@@ -167,7 +167,9 @@ class VerbConnection(Framing, asyncio.Protocol):
             self._backlog.append(data)
             return
         if self.first is not None:
-            data = self.first + data
+            # Empty lines before the request line are ignored (RFC 9112 2.2), here too: dropped as they come,
+            # so the line tested is the request line and endless CRLFs are not held (the deadline ends them).
+            data = (self.first + data).lstrip(b"\r\n")
             end = data.find(b"\n")  # bare LF too: the parser answers it with a 400
             if end < 0 and len(data) < FIRST_LINE_LIMIT:
                 self.first = data

@@ -304,6 +304,19 @@ async def test_request_lines_not_http11_or_http10_are_400(
     await still_serves(client, go, before)
 
 
+async def test_empty_lines_before_the_request_line_are_ignored(client: TestClient, go: GoWire) -> None:
+    """RFC 9112 2.2: a server ignores CRLFs before a request line; the first-line check took the empty line
+    for the request line and refused it."""
+    before = await still_serves(client, go)
+    body = go.args(go.pod(), go.names()[:40], True)
+    for crlfs in (b"\r\n", b"\r\n" * 50_000):
+        replies = await exchange(client, crlfs + raw_post("/scheduler/filter", body, "Connection: close\r\n"))
+        assert [status for status, _ in replies] == [200], replies
+        replies = await exchange(client, crlfs + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert replies == [(200, b"ok")]
+    await still_serves(client, go, before)
+
+
 async def test_a_gzip_body_is_read_as_sent_not_inflated(client: TestClient, go: GoWire) -> None:
     """aiohttp inflated Content-Encoding: gzip up to max_body_bytes: 250 KB of gzip held 250 MB per request.
     Nothing calling Berth compresses; a compressed body is read as the bytes sent, on both paths."""
