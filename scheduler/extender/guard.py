@@ -147,9 +147,12 @@ class Guarded(asyncio.Protocol):
             self.transport.write(HALF_CLOSED)
         return inner.eof_received()
 
-    def _after_eof(self) -> None:
+    def _after_eof(self, unhandled: bool = False) -> None:
         """Until aiohttp waits for a request that cannot come, its replies written: then close. Checked each
-        10 ms (aiohttp says nothing when it goes idle); the deadline (expire) bounds it like any request."""
+        10 ms (aiohttp says nothing when it goes idle); the deadline (expire) bounds it like any request.
+        No request queued or in a handler on two checks running (a request waits one loop turn at most for
+        its handler): aiohttp reads on past a reply for a body the handler left unread (its lingering
+        close, 10 s), and that body can never come now."""
         inner, transport = self.inner, self.transport
         if transport is None or not isinstance(inner, RequestHandler):
             return
@@ -157,10 +160,11 @@ class Guarded(asyncio.Protocol):
         if request is not None and not request.content.is_eof():  # the rest of its body can never come
             request.content.set_exception(ConnectionResetError(CUT_SHORT))
             request.content.feed_eof()  # at its end: aiohttp's lingering read after the reply does not raise
-        if not _has_a_request(inner) and not transport.get_write_buffer_size():
+        idle = not (inner._messages or inner._request_in_progress)
+        if (not _has_a_request(inner) or (idle and unhandled)) and not transport.get_write_buffer_size():
             transport.close()
         else:
-            asyncio.get_running_loop().call_later(0.01, self._after_eof)
+            asyncio.get_running_loop().call_later(0.01, self._after_eof, idle)
 
     def pause_writing(self) -> None:
         self.inner.pause_writing()
