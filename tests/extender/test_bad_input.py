@@ -191,19 +191,24 @@ async def exchange(client: TestClient, data: bytes, half_close: bool = False) ->
     writer.write(data)
     if half_close:
         writer.write_eof()
-    raw = await asyncio.wait_for(reader.read(), 10)
+    raw, out = b"", []
+    while True:
+        more = await asyncio.wait_for(reader.read(65536), 10)
+        if not more:
+            break
+        raw += more
+        while (end := raw.find(b"\r\n\r\n")) >= 0:
+            lines = raw[:end].decode("latin-1").split("\r\n")
+            assert lines[0][:9] in ("HTTP/1.1 ", "HTTP/1.0 "), lines[0]
+            fields = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+            length = int(fields.get("content-length", "0"))
+            if len(raw) < end + 4 + length:
+                break
+            out.append((int(lines[0].split()[1]), raw[end + 4 : end + 4 + length]))
+            raw = raw[end + 4 + length :]
     writer.close()
-    replies = []
-    while raw:
-        head, _, raw = raw.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        assert lines[0][:9] in ("HTTP/1.1 ", "HTTP/1.0 "), lines[0]
-        length = next(
-            int(v) for k, _, v in (line.partition(": ") for line in lines[1:]) if k.lower() == "content-length"
-        )
-        replies.append((int(lines[0].split()[1]), raw[:length]))
-        raw = raw[length:]
-    return replies
+    assert not raw, raw[:200]
+    return out
 
 
 def raw_post(path: str, body: bytes, headers: str = "") -> bytes:
@@ -478,3 +483,19 @@ async def test_explain_yaml_is_plain_data_of_a_bounded_size(client: TestClient, 
     status, text = await post(client, "/debug/explain", orjson.dumps(pod))
     assert status == 200, text[:300]
     await still_serves(client, go, before)
+
+
+@pytest.mark.parametrize("expect", ["", "Expect: 100-continue\r\n"])
+async def test_a_body_announced_over_the_limit_is_413_before_it_is_read_on_aiohttp_too(
+    small: TestClient, go: GoWire, expect: str
+) -> None:
+    """The hot path refuses a Content-Length over max_body_bytes at once; aiohttp read the body up to the limit
+    first, and answered `Expect: 100-continue` with 100 Continue: a client had to send it all to learn."""
+    before = await still_serves(small, go)
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    for path in ("/scheduler/filter", "/debug/explain"):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\n{expect}Content-Length: {LIMIT + 1}\r\n\r\n".encode()
+        replies = [r for r in await exchange(small, get + head, half_close=True) if r[0] != 100]
+        assert [status for status, _ in replies] == [200, 413], (path, replies)
+        assert "max_body_bytes" in error_of(replies[1][1])
+    await still_serves(small, go, before)
