@@ -27,13 +27,14 @@ log = logging.getLogger("berth.server")
 def _reply(status: int, error: bytes) -> bytes:
     """A whole reply written past aiohttp, on a connection about to close: {"error": ...} (ASCII, no quotes)."""
     body = b'{"error":"%s"}' % error
-    reason = {400: b"Bad Request", 408: b"Request Timeout"}[status]
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}[status]
     head = b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n" % (status, reason)
     return head + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 CUT_SHORT = "the connection was half-closed before the request was complete"
 HALF_CLOSED = _reply(400, CUT_SHORT.encode())
+TOO_MANY = _reply(503, b"too many connections for health, metrics and debug; retry")
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
 
@@ -116,6 +117,7 @@ class Guarded(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
         if len(self.guard.open) >= self.guard.cap and not self.guard.make_room():
             self.guard.refused += 1
+            transport.write(TOO_MANY)  # answered, not closed unanswered; nothing of it is read
             transport.close()
             return
         self.transport = transport

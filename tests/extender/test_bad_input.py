@@ -380,6 +380,17 @@ async def test_kept_alive_clients_at_the_guard_cap_give_way_to_new_ones(serve: S
         writer.write(get)
         assert (await asyncio.wait_for(reader.readuntil(b"ok"), 5)).startswith(b"HTTP/1.1 200 ")
         writer.close()
+    guard = client.server.listener.verbs.guard  # type: ignore[attr-defined]
+    busy = [await asyncio.open_connection("127.0.0.1", client.port) for _ in range(FLOOR)]
+    for _, writer in busy:  # each mid-request: none can give way, so a newcomer is refused, and answered
+        writer.write(get[:-4])
+    while sum(bool(c.waiting_since) for c in guard.open) < FLOOR:  # handed to aiohttp, each
+        await asyncio.sleep(0.01)
+    assert await exchange(client, get) == [
+        (503, b'{"error":"too many connections for health, metrics and debug; retry"}')
+    ]
+    for _, writer in busy:
+        writer.close()
 
 
 async def test_a_request_trickling_to_aiohttp_gets_408_at_the_deadline(serve: Serve) -> None:
