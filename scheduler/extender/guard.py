@@ -234,7 +234,12 @@ class JsonErrors(RequestHandler):
     def handle_error(
         self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if isinstance(exc, ConnectionResetError):
+        left = isinstance(exc, ConnectionResetError)  # aiohttp hands it over as a 500
+        if status >= 500 and not left:
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:  # as aiohttp: a reply has begun, none can follow (a debug line)
+            raise ConnectionError("a reply has begun; no error reply can follow")
+        if left:
             # The caller left, or half-closed, mid-request (http_app's middleware lets this through): nothing
             # of Berth's failed, where aiohttp logged a 500 with its traceback at error level. A 400 for a
             # caller still reading (Guarded.eof_received), written to no one when it has gone.
@@ -243,14 +248,10 @@ class JsonErrors(RequestHandler):
             response = web.Response(body=body, status=400, content_type="application/json")
             response.force_close()
             return response
-        if status >= 500:
-            return super().handle_error(request, status, exc, message)
         # aiohttp's messages quote the bytes over several lines with a caret under the fault: one line here.
         text = message or str(exc or "") or "malformed request"
         reason = " ".join(part for line in text.splitlines() if (part := line.strip()) and part.strip("^"))
         log.debug("malformed HTTP request from %s: %s", request.remote, reason)
-        if request.writer.output_size > 0:  # as aiohttp: a reply has begun, none can follow
-            raise ConnectionError("a reply has begun; no error reply can follow")
         body = orjson.dumps({"error": f"malformed HTTP request: {reason}"})
         response = web.Response(body=body, status=status, content_type="application/json")
         response.force_close()
