@@ -218,7 +218,14 @@ async def _listen(
     handler (verbs_http.py), which hands anything but a verb POST to aiohttp's protocol."""
     host = host or config.server.host
     runner = web.AppRunner(
-        berth.app(verbs=verbs), access_log=None, keepalive_timeout=config.server.keepalive_timeout, handle_signals=False
+        berth.app(verbs=verbs),
+        access_log=None,
+        keepalive_timeout=config.server.keepalive_timeout,
+        handle_signals=False,
+        # Bodies are read as sent. aiohttp inflates Content-Encoding: gzip by default, up to max_body_bytes
+        # inflated: 250 KB of gzip held 250 MB per request (three at once: 1.1 GB). No caller of Berth
+        # compresses (kube-scheduler, the API server's webhook calls); the hot path never inflated.
+        auto_decompress=False,
     )
     await runner.setup()
     try:
@@ -350,7 +357,7 @@ async def _admission(
     if not adm.webhook_port:
         return []
     ctx = tls_context(adm.webhook_cert, adm.webhook_key, None)
-    runner = web.AppRunner(admission_app(adm, loop), access_log=None, handle_signals=False)
+    runner = web.AppRunner(admission_app(adm, loop), access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
     try:  # the API server's calls, like the health port's, counted and under the request deadline
         listener = await _guarded(runner, config, adm.webhook_host, adm.webhook_port, ctx)

@@ -14,11 +14,15 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from scheduler.admission.http import admission_app
+from scheduler.admission.loop import AdmissionLoop
 from scheduler.config import Config
+from scheduler.model.names import ANN_GANG, LABEL_POD_GROUP
+from tests.admission.helpers import gang_state
 from tests.conftest import GoWire, berth_client, demo_cluster
 
 LIMIT = 64 * 1024
@@ -152,3 +156,35 @@ REGRESSIONS: list[tuple[str, object]] = [
 def test_regressions(target: Target, verb: str, payload: object) -> None:
     reply = target.send(verb, orjson.dumps(payload))
     assert fuzz.reply_problem(verb, reply) is None, reply
+
+
+# -- the admission webhook: Pods no API server would send ---------------------------------------------------
+def _review(pod: object) -> bytes:
+    request = {"uid": "r-1", "kind": {"kind": "Pod"}, "operation": "CREATE", "namespace": "ml", "object": pod}
+    return orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+
+
+ODD_PODS: list[object] = [
+    {"metadata": {"labels": {LABEL_POD_GROUP: ["g"]}}, "spec": {"schedulerName": "berth-scheduler"}},
+    {"metadata": {"labels": {LABEL_POD_GROUP: {"g": 1}}}, "spec": {"schedulerName": "berth-scheduler"}},
+    {"metadata": {"annotations": {ANN_GANG: ["g"]}}, "spec": {"schedulerName": "berth-scheduler"}},
+    {
+        "metadata": {"labels": {LABEL_POD_GROUP: "g"}, "annotations": ["x"]},
+        "spec": {"schedulerName": "berth-scheduler"},
+    },
+    {"metadata": {"labels": "g", "annotations": 5}, "spec": {"schedulerName": "berth-scheduler"}},
+]
+
+
+@pytest.mark.parametrize("pod", ODD_PODS, ids=range(len(ODD_PODS)))
+async def test_odd_pods_at_the_webhook_are_answered_never_500(pod: object) -> None:
+    """A gang label or annotation that is not a string (a list, an object), or annotations that are not an
+    object: /mutate failed with a 500. Such a value names no gang; a pod allowed, gated where a label does."""
+    state = gang_state()
+    app = admission_app(state.config.admission, AdmissionLoop(state, None, lambda: True))
+    async with TestClient(TestServer(app)) as client:
+        r = await client.post("/mutate", data=_review(pod))
+        assert r.status == 200, await r.text()
+        response = (await r.json())["response"]
+        assert response["uid"] == "r-1" and response["allowed"] is True
+        assert ("patch" in response) == (pod is ODD_PODS[3]), response  # the one naming its gang by a label

@@ -47,14 +47,21 @@ def scheduling_group(spec: dict[str, Any] | None) -> str:
     return name if isinstance(name, str) else ""
 
 
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def membership(meta: dict[str, Any], spec: dict[str, Any] | None = None) -> Membership:
     """The gang a pod names (labels and annotations as the API server has them; with `spec`, also the
     upstream spec.schedulingGroup)."""
+    # Maps of strings as the API server has them; the webhook's callers may send anything: a value of another
+    # kind names no gang (an unhashable one was a 500 from /mutate, as were annotations not an object).
     labels = meta.get("labels") or {}
     ann = meta.get("annotations") or {}
+    labels, ann = (m if isinstance(m, dict) else {} for m in (labels, ann))
     ns = str(meta.get("namespace") or "default")
-    by_label = labels.get(LABEL_POD_GROUP) if isinstance(labels, dict) else None
-    by_ann = ann.get(ANN_GANG) if isinstance(ann, dict) else None
+    by_label = _text(labels.get(LABEL_POD_GROUP))
+    by_ann = _text(ann.get(ANN_GANG))
     by_spec = scheduling_group(spec)
     if not by_label and not by_ann and not by_spec:
         return Membership("", "")

@@ -200,17 +200,42 @@ def index_view(routes: dict[str, str], mode: str) -> Callable[[web.Request], Awa
     return handler
 
 
+# YAML is parsed in Python on the event loop the verbs share: ~3 s a megabyte (a Pod as kubectl prints it is
+# some KB; a max_body_bytes one held the loop for minutes). JSON, parsed natively, has no bound of its own.
+YAML_LIMIT = 128 * 1024
+
+
+class _PodYaml(yaml.SafeLoader):
+    """safe_load without aliases: `*a` repeats what `&a` names without its bytes, and nine lines of them
+    made a value whose repr (in an error naming it) or JSON takes gigabytes. A Pod manifest has none."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted: a Pod has none", mark)
+        return super().compose_node(parent, index)
+
+
 async def _posted(request: web.Request) -> Any:
-    """The POSTed object: JSON, else YAML (safe_load: plain data only). The body is bounded by
-    server.max_body_bytes like every other (a larger one is a 413 before it is read)."""
+    """The POSTed object: JSON, else YAML (plain data only, no aliases, at most YAML_LIMIT bytes). The body
+    is bounded by server.max_body_bytes like every other (a larger one is a 413 before it is read)."""
     raw = await request.read()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
+    if len(raw) > YAML_LIMIT:
+        raise WireError(
+            413,
+            f"explain: {len(raw)} bytes that are not JSON; a YAML body is at most {YAML_LIMIT} bytes "
+            "(send a larger Pod as JSON: kubectl get pod -o json)",
+        )
     try:
-        return yaml.safe_load(raw)
-    except (yaml.YAMLError, RecursionError) as exc:
+        data = yaml.load(raw, Loader=_PodYaml)  # a SafeLoader: plain data only
+        # As JSON would give it: YAML's non-string keys (`1: 2`) as strings, dates as text (they were a 500
+        # when the reply was written); a value JSON has no form for (!!binary) is refused.
+        return orjson.loads(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS))
+    except (yaml.YAMLError, RecursionError, ValueError, TypeError) as exc:  # ValueError: an int of 5,000 digits
         raise WireError(400, f"explain: the body is neither JSON nor YAML: {' '.join(str(exc).split())}") from None
 
 

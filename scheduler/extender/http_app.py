@@ -56,6 +56,15 @@ def _error_middleware(errors: ErrorReplies) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         verb = request.path.rsplit("/", 1)[-1]
+        length = request.content_length
+        if length is not None and length > errors.server.max_body_bytes:
+            # Refused before its body is read, as on the hot path: aiohttp read (and held) up to the limit
+            # first, and a client that asked `Expect: 100-continue` was told to send it all.
+            response = web.Response(
+                body=errors.too_large(verb, "Content-Length over the limit"), status=413, content_type=JSON
+            )
+            response.force_close()
+            return response
         try:
             return await handler(request)
         except WireError as exc:

@@ -47,6 +47,19 @@ def verb_of(request_line: bytes) -> bytes | None:
     return verb if verb in VERBS else None
 
 
+def version_refusal(line: bytes) -> bytes | None:
+    """The 400 reply's body for a first request line that does not end in HTTP/1.1 or HTTP/1.0, else None.
+    Left to them, llhttp served `HTTP/2.0` verbs and aiohttp answered in the version named (`HTTP/2.0 405`,
+    and `HTTP/0.9 200` with headers to a line with no version): status lines no HTTP/1.1 client reads.
+    A 400, not 505: bad input is a 4xx here, whatever its kind."""
+    version = line.rsplit(b" ", 1)[1] if b" " in line else b""
+    if version in (b"HTTP/1.1", b"HTTP/1.0"):
+        return None
+    if version.startswith(b"HTTP/"):
+        return b'{"error":"HTTP version not supported: Berth serves HTTP/1.1 and HTTP/1.0"}'
+    return b'{"error":"malformed HTTP request: the request line must be METHOD TARGET HTTP/1.1"}'
+
+
 OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
 
 

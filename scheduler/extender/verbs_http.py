@@ -30,6 +30,7 @@ from scheduler.extender.http_framing import (
     HandOff,
     Refuse,
     verb_of,
+    version_refusal,
 )
 from scheduler.extender.wire import WireError
 from scheduler.observability.stalls import clock as _clock
@@ -90,6 +91,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._between = True  # no message in progress: the next chunk starts one
         self._completed = False  # a message completed during the current feed
         self._begun = False  # a message began during the current feed
+        self._eof = False  # the caller closed its sending side: close once every reply owed is written
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,13 +99,14 @@ class VerbConnection(Framing, asyncio.Protocol):
         server = self.server
         if len(server.connections) < server.max_connections:
             server.connections.add(self)
-        elif len(server.overflow) < OVERFLOW:
+        else:
+            if len(server.overflow) >= OVERFLOW:
+                # Full of connections yet to send a first line: the oldest gives way, answered, so a flood of
+                # silent ones cannot shut out the health checks (every later connection was closed unanswered).
+                min(server.overflow, key=lambda c: c.started_at)._evict()
             self.over_cap = True
             self.started_at = time.monotonic()  # the head's deadline runs from now: a silent one leaves soon
             server.overflow.add(self)
-        else:
-            transport.close()
-            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):  # replies are written whole: no reason to wait for ACKs
@@ -111,6 +114,36 @@ class VerbConnection(Framing, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._release()
+
+    def eof_received(self) -> bool:
+        """The caller half-closed (sent its request, then shut its sending side, as `nc -N` and some
+        clients do). asyncio closes the transport when this returns False, which dropped a bind's reply
+        still awaited and the replies queued behind it: those are written first, then the connection
+        closes. A request cut short by the close can never complete: 400 saying so."""
+        self._eof = True
+        if self.busy or self._queue:
+            return True  # _drain closes once the queue is empty
+        if not self._dead and (self.first or not self._between):
+            self._refuse(400, b'{"error":"the connection was half-closed before the request was complete"}')
+            return True  # _refuse half-closes our side too, then closes
+        return False
+
+    def _too_many(self) -> bytes:
+        return (
+            b'{"error":"too many connections: Berth serves at most %d verb connections '
+            b'(server.max_connections)"}' % self.server.max_connections
+        )
+
+    def _evict(self) -> None:
+        """Leave the overflow for a newer connection: 503 and close (no linger: slots and descriptors are
+        what is short); one refused already has its reply and is closed."""
+        self.server.overflow.discard(self)
+        if self._dead:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._dead = True
+        self._write(503, self._too_many(), False)
 
     def _release(self) -> None:
         """Forget the connection: the parser holds this protocol's bound methods, a cycle that only the
@@ -134,22 +167,25 @@ class VerbConnection(Framing, asyncio.Protocol):
             self._backlog.append(data)
             return
         if self.first is not None:
-            data = self.first + data
+            # Empty lines before the request line are ignored (RFC 9112 2.2), here too: dropped as they come,
+            # so the line tested is the request line and endless CRLFs are not held (the deadline ends them).
+            data = (self.first + data).lstrip(b"\r\n")
             end = data.find(b"\n")  # bare LF too: the parser answers it with a 400
             if end < 0 and len(data) < FIRST_LINE_LIMIT:
                 self.first = data
                 return
             self.first = None
-            verb = verb_of(data[:end].rstrip(b"\r"))
+            line = data[:end].rstrip(b"\r")
+            refusal = version_refusal(line) if end >= 0 else None
+            if refusal is not None:
+                self._refuse(400, refusal)
+                return
+            verb = verb_of(line)
             if verb is None:
                 self._hand_off(data)
                 return
             if self.over_cap:
-                self._refuse(
-                    503,
-                    b'{"error":"too many connections: Berth serves at most %d verb connections '
-                    b'(server.max_connections)"}' % self.server.max_connections,
-                )
+                self._refuse(503, self._too_many())
                 return
         self._feed(data)
 
@@ -198,10 +234,12 @@ class VerbConnection(Framing, asyncio.Protocol):
             return
         transport = self.transport
         assert transport is not None
+        eof = self._eof
         self._release()
         if self._paused:
             transport.resume_reading()
-        self.server.guard.adopt(transport, data)  # aiohttp serves it, counted and under a deadline (guard.py)
+        # aiohttp serves it, counted and under a deadline (guard.py); told of a half-close that came first
+        self.server.guard.adopt(transport, data, eof)
 
     def _refuse(self, status: int, body: bytes) -> None:
         """Answer `status` and close, after the replies still owed; nothing more is read."""
@@ -350,12 +388,19 @@ class VerbConnection(Framing, asyncio.Protocol):
                 self._hand_off(b"".join(self._deferred or ()))
                 return
         if self._queue or self._backlog is None or self._dead or self.transport is None:
+            self._close_after_eof()
             return
         backlog, self._backlog = self._backlog, None
         self._queued_bytes = 0
         self._resume(_PAUSED_QUEUE)
         if backlog:
             self._feed(b"".join(backlog))
+        self._close_after_eof()
+
+    def _close_after_eof(self) -> None:
+        """After the caller's half-close (eof_received) the connection ends once no reply is owed."""
+        if self._eof and not self.busy and not self._queue and self.transport is not None:
+            self.transport.close()
 
     def _write(self, status: int, body: bytes, keep_alive: bool, linger: bool = False) -> None:
         transport = self.transport

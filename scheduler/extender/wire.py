@@ -24,6 +24,9 @@ MAX_NAMES = 100_000
 # request is refused: 1000 nodes x 1000 victims held the loop 2.7 s; 100,000 victims take ~0.6 s.
 MAX_PREEMPT_CANDIDATES = 15_000
 MAX_PREEMPT_VICTIMS = 100_000
+# Kubernetes names: a pod's and a node's are DNS subdomains of at most 253 characters, a namespace a label
+# of at most 63, a UID 36. A bind naming anything longer is no real object (and went whole into the log).
+MAX_NAME = 253
 
 
 class WireError(Exception):
@@ -156,6 +159,10 @@ def parse_binding_args(body: bytes) -> BindingArgs:
         v = _field(data, field)
         if not isinstance(v, str) or (not v and field != "PodUID"):
             raise WireError(400, f"ExtenderBindingArgs.{field}: expected a non-empty string")
+        if len(v) > MAX_NAME:
+            raise WireError(
+                400, f"ExtenderBindingArgs.{field}: {len(v)} characters; Kubernetes names have at most {MAX_NAME}"
+            )
         values.append(v)
     return BindingArgs(*values)
 
