@@ -99,6 +99,7 @@ class Framing:
     _verb: bytes
     _body: list[bytes]
     _size: int
+    _receiving: int  # what this connection adds to server.receiving: its body so far, until it completes
     _expect: bool
     _head_done: bool
     _upgrade: bool
@@ -206,8 +207,17 @@ class Framing:
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
-        if self._size > self.server.max_body:
-            raise Refuse(413, self.server.berth.too_large(self._verb.decode(), f"at least {self._size} bytes"))
+        server = self.server
+        if self._size > server.max_body:
+            raise Refuse(413, server.berth.too_large(self._verb.decode(), f"at least {self._size} bytes"))
+        server.receiving += len(body)
+        self._receiving += len(body)
+        if server.receiving > server.max_receiving:
+            raise Refuse(
+                503,
+                b'{"error":"server busy: request bodies still arriving on all connections together are over '
+                b'%d bytes; retry"}' % server.max_receiving,
+            )
         self._body.append(body)
         if self._chunk_open:
             self._chunk_data += len(body)

@@ -19,6 +19,13 @@ if TYPE_CHECKING:
     from scheduler.extender.verbs import Verbs
 
 
+# Request bodies still arriving, over every verb connection of a listener together, are held to this many
+# times server.max_body_bytes (503 past it): each connection's body is bounded by the per-request limit, but
+# without a bound over all of them a thousand connections trickling a body each could hold a thousand times it.
+# kube-scheduler sends one filter, prioritize or preempt at a time; its binds are a few hundred bytes.
+RECEIVING_BODIES = 2
+
+
 class VerbServer:
     """Shared by all verb connections of one listening socket."""
 
@@ -28,6 +35,8 @@ class VerbServer:
         self.keepalive = keepalive
         config = berth.state.config.server
         self.max_body = config.max_body_bytes
+        self.max_receiving = RECEIVING_BODIES * self.max_body
+        self.receiving = 0  # bytes of request bodies not complete yet, over all connections (Framing.on_body)
         self.request_timeout = config.request_timeout_seconds
         self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)
         self.max_connections = connection_cap(config.max_connections)

@@ -74,6 +74,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._verb = b""
         self._body: list[bytes] = []
         self._size = 0
+        self._receiving = 0
         self._expect = False
         self._head_done = False
         self._head_size = 0  # bytes of the request line and fields, as the parser hands them over
@@ -150,6 +151,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         cyclic collector could free (and a frozen heap never is); buffers go with it."""
         self.server.connections.discard(self)
         self.server.overflow.discard(self)
+        self._received_all()
         self.parser = self.transport = self._backlog = self._deferred = self.first = None
         self._body, self._chunks, self._tail, self._url = [], [], b"", b""
         self._queue.clear()
@@ -246,6 +248,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._dead = True
         self.started_at = 0.0
         self._body, self._chunks = [], []
+        self._received_all()  # the body in progress is dropped now, not when a lingering close ends
         if self.busy:
             self._queue.append((_WRITE, b"%d" % status, body, False))
             self._pause(_PAUSED_QUEUE)
@@ -281,7 +284,13 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._resume(_PAUSED_WRITING)
 
     # -- httptools callbacks (the head and body: http_framing.Framing) --------------------------------
+    def _received_all(self) -> None:
+        """The body is complete (or the connection gone): it no longer counts among those still arriving."""
+        self.server.receiving -= self._receiving
+        self._receiving = 0
+
     def on_message_complete(self) -> None:
+        self._received_all()
         self._between = self._completed = True
         self._chunks = []
         self._received, self.started_at = self.started_at or self._now, 0.0

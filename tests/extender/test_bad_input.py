@@ -510,3 +510,35 @@ async def test_a_body_announced_over_the_limit_is_413_before_it_is_read_on_aioht
         assert [status for status, _ in replies] == [200, 413], (path, replies)
         assert "max_body_bytes" in error_of(replies[1][1])
     await still_serves(small, go, before)
+
+
+async def test_bodies_still_arriving_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
+    """Each body is bounded by server.max_body_bytes; a thousand connections trickling one each could hold a
+    thousand times it. Together they are held to twice the limit: the one that would pass it gets a 503, the
+    others are served when their bodies complete, and what they held is given back."""
+    verbs = small.server.listener.verbs  # type: ignore[attr-defined]
+    body = go.args(go.pod(), go.names()[:40], True)
+    assert len(body) < LIMIT
+    padded = body[:-1] + b" " * (LIMIT - 1 - len(body)) + b"}"  # valid JSON of LIMIT - 1 bytes
+    head = b"POST /scheduler/filter HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(padded)
+    part = 3 * LIMIT // 4
+    held = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", small.port)
+        writer.write(head + padded[:part])
+        held.append((reader, writer))
+    while verbs.receiving < 2 * part:
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", small.port)
+    writer.write(head + padded[:part])  # 3 x 0.75 of the limit: over twice it
+    reply = await asyncio.wait_for(reader.read(), 5)
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"server busy: request bodies still arriving" in reply, reply
+    writer.close()
+    assert verbs.receiving == 2 * part  # the refused body's share given back at once, not after its linger
+    for reader, writer in held:
+        writer.write(padded[part:])
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status.startswith(b"HTTP/1.1 200 "), status
+        writer.close()
+    assert verbs.receiving == 0
+    await still_serves(small, go)
