@@ -406,7 +406,7 @@ class DraTable:
         """(claim, template key) for each of spec.resourceClaims: the claim when this cache holds it (named,
         or made from the template and named in status.resourceClaimStatuses), else the template's key. A
         template's claim that exists but has not reached this cache yet (kube-scheduler's informer can be
-        ahead of Berth's) is the template's asks: skipping it counted nothing, and a burst went over quota."""
+        ahead of Berth's) is the template's asks: skipping it counted nothing, which lets a burst past quota."""
         for _, claim, template in self._refs(pod):
             if claim is not None or template is not None:
                 yield claim, template
