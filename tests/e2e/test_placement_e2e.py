@@ -114,7 +114,11 @@ class Case:
             node_name=on,
             annotations=ann,
         )
+        free = (self._berth_node(on) or {}).get("free")
         self.api.create_namespaced_pod(self.ns, body)
+        # Berth must have the hold in its books before a probe's "books before" is read: a CPU-only hold
+        # it had not seen yet made that snapshot stale, and the wait for the books to come back never ended.
+        h.wait_until(lambda: (self._berth_node(on) or {}).get("free") != free, 30, f"Berth sees the hold on {on}")
         if gpu_ids:
             h.wait_until(
                 lambda: gpu_ids in (self._berth_node(on) or {}).get("gpuIdsUsed", ""),
