@@ -108,7 +108,8 @@ class Verbs:
             sentence = orjson.dumps(f"berth: {j.admission.error}")
             return filter_reply(args, b"", b"", b",".join(f + b":" + sentence for f in args.frags), [])
         dra = involves_dra(state, args.pod, j)
-        verdicts, passed = run_filter(state, j, args.slots, tier=not dra, order=visit_order(args, state.table))
+        order = visit_order(args, state.table)  # made once: an uncached list's is not kept between the kernels
+        verdicts, passed = run_filter(state, j, args.slots, tier=not dra, order=order)
         if ask.request.other:
             passed = self._other_resources(args, ask, verdicts)
         if dra:  # ResourceClaims or DRA-backed extended resources: slices and device quotas (policy/devices.py)
@@ -120,7 +121,7 @@ class Verbs:
             return filter_reply(args, None, b"", b"")
         if dra and j.dra.changed:
             return self._worded_reply(args, j, verdicts, passed)
-        return self._partial_reply(args, j, verdicts, passed)
+        return self._partial_reply(args, j, verdicts, passed, order)
 
     def _worded_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
         """Some nodes failed, with DRA sentences that differ per node (a model's quota): each node worded on its
@@ -189,12 +190,14 @@ class Verbs:
                     verdicts[i] = OTHER_RESOURCE_USED  # its own sentence: preemption may free it
         return verdicts.count(K.OK)
 
-    def _partial_reply(self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int) -> bytes:
+    def _partial_reply(
+        self, args: ExtenderArgs, j: Judgement, verdicts: bytearray, passed: int, order: array | None
+    ) -> bytes:
         """Some nodes failed: group them by sentence (kernel), word each group once, write the maps."""
         r = j.ask.request
         ids = array("i", bytes(4 * len(verdicts)))
         t = self.state.table
-        groups = K.reason_ids(t, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids, visit_order(args, t))
+        groups = K.reason_ids(t, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids, order)
         reasons = Reasons(self.state, j)
         worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
         texts = [orjson.dumps(text) for text, _ in worded]
