@@ -19,7 +19,7 @@ from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.extender.debug import refresh_gauges
 from scheduler.extender.guard import Guard, guard_cap
-from scheduler.extender.http_framing import connection_cap
+from scheduler.extender.http_framing import connection_cap, receiving_cap
 from scheduler.extender.server import Berth
 from scheduler.extender.verb_server import VerbServer
 from scheduler.observability.metrics import Metrics
@@ -254,7 +254,8 @@ async def _guarded(runner: web.AppRunner, config: Config, host: str, port: int, 
     Raises OSError when the port cannot be had; `runner` is set up."""
     srv = config.server
     assert runner.server is not None
-    guard = Guard(runner.server, srv.request_timeout_seconds, guard_cap(connection_cap(srv.max_connections)))
+    cap = guard_cap(connection_cap(srv.max_connections))
+    guard = Guard(runner.server, srv.request_timeout_seconds, cap, receiving_cap(srv.max_body_bytes))
     loop = asyncio.get_running_loop()
     server = await loop.create_server(guard, host, port, ssl=ctx, backlog=1024, reuse_address=True)
     sweep = asyncio.create_task(guard.sweep(), name=f"deadlines-{port}")

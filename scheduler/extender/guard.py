@@ -7,7 +7,10 @@ connection forever and enough of them use up the file descriptors the kubelet's 
 counts these connections against a cap of their own and closes one whose request has waited longer than
 `server.request_timeout_seconds` for its reply. It sees both directions through thin wrappers: the
 protocol's reads (a request is waiting from its first byte) and the transport's writes (a reply began).
-Not on the hot path: the verbs never go through here.
+The bytes handed to aiohttp and not yet answered are also counted over all its connections together and
+held to `max_receiving` (503 past it): aiohttp bounds each request by client_max_size, but its cap of
+connections times that is far more memory than a scheduler's pod has. Not on the hot path: the verbs
+never go through here.
 """
 
 import asyncio
@@ -35,6 +38,7 @@ def _reply(status: int, error: bytes) -> bytes:
 CUT_SHORT = "the connection was half-closed before the request was complete"
 HALF_CLOSED = _reply(400, CUT_SHORT.encode())
 TOO_MANY = _reply(503, b"too many connections for health, metrics and debug; retry")
+BUSY = b"server busy: requests still arriving on all connections together are over %d bytes; retry"
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
 
 
@@ -46,12 +50,17 @@ def guard_cap(verb_cap: int) -> int:
 class Guard:
     """Shared by the aiohttp connections of one listener."""
 
-    def __init__(self, fallback: Callable[[], asyncio.Protocol], request_timeout: float, cap: int) -> None:
+    def __init__(
+        self, fallback: Callable[[], asyncio.Protocol], request_timeout: float, cap: int, max_receiving: int
+    ) -> None:
         self.fallback = fallback  # aiohttp's web.Server: a protocol factory
         self.request_timeout = request_timeout
         self.cap = cap
+        self.max_receiving = max_receiving
+        self.receiving = 0  # bytes handed to aiohttp with no reply begun since, over all its connections
         self.open: set[Guarded] = set()
         self.refused = 0  # connections closed at once because the cap was reached
+        self.busy = 0  # connections closed with a 503 because the bytes arriving were over max_receiving
 
     def __call__(self) -> "Guarded":
         """Protocol factory for a listener that serves only aiohttp (the health port)."""
@@ -112,6 +121,7 @@ class Guarded(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting_since = 0.0  # monotonic time a request's first byte arrived with no reply begun since
         self.served_at = 0.0  # monotonic time the last reply began; 0 before the first
+        self.received = 0  # what this connection adds to guard.receiving: bytes since the last reply began
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
@@ -126,6 +136,7 @@ class Guarded(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.open.discard(self)
+        self._release()
         if self.transport is not None:
             self.transport = None
             self.inner.connection_lost(exc)
@@ -133,7 +144,26 @@ class Guarded(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.waiting_since:
             self.waiting_since = time.monotonic()
+        guard = self.guard
+        if guard.receiving + len(data) > guard.max_receiving:
+            self._refuse_busy()
+            return
+        guard.receiving += len(data)
+        self.received += len(data)
         self.inner.data_received(data)
+
+    def _refuse_busy(self) -> None:
+        """The bytes arriving over every aiohttp connection would pass the bound: this one gets a 503 and is
+        closed, what it held given back at once (the others are served as their requests complete)."""
+        self.guard.busy += 1
+        self._release()
+        if self.transport is not None:
+            self.transport.write(_reply(503, BUSY % self.guard.max_receiving))
+            self.transport.close()
+
+    def _release(self) -> None:
+        self.guard.receiving -= self.received
+        self.received = 0
 
     def eof_received(self) -> bool | None:
         """The caller half-closed. aiohttp's protocol then lets asyncio close the transport at once, dropping
@@ -177,6 +207,7 @@ class Guarded(asyncio.Protocol):
     def replied(self) -> None:
         self.waiting_since = 0.0
         self.served_at = time.monotonic()
+        self._release()  # aiohttp has read the request (or refused it): what it held is the reply's now
 
     def between_requests(self) -> bool:
         """aiohttp waits for the next request, its replies written: the connection is idle."""

@@ -70,6 +70,18 @@ def connection_cap(configured: int) -> int:
     return configured if soft == resource.RLIM_INFINITY else max(1, min(configured, soft // 2))
 
 
+# Request bytes still arriving, over every connection of a listener together (the verb connections' bodies;
+# aiohttp's connections, extender/guard.py, on their own), are held to this many times server.max_body_bytes
+# (503 past it): each request is bounded by the per-request limit, but without a bound over all of them a
+# thousand connections trickling a body each could hold a thousand times it. kube-scheduler sends one filter,
+# prioritize or preempt at a time; its binds are a few hundred bytes.
+RECEIVING_BODIES = 2
+
+
+def receiving_cap(max_body: int) -> int:
+    return RECEIVING_BODIES * max_body
+
+
 class HandOff(Exception):
     """Raised from a parser callback: this request is not a verb, give the connection to aiohttp."""
 

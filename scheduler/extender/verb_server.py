@@ -11,19 +11,12 @@ from email.utils import formatdate
 from typing import TYPE_CHECKING
 
 from scheduler.extender.guard import Guard, guard_cap
-from scheduler.extender.http_framing import HEAD_TIMEOUT, connection_cap
+from scheduler.extender.http_framing import HEAD_TIMEOUT, connection_cap, receiving_cap
 from scheduler.extender.verbs_http import VerbConnection
 from scheduler.observability.stalls import RECORDER, StallRecorder
 
 if TYPE_CHECKING:
     from scheduler.extender.verbs import Verbs
-
-
-# Request bodies still arriving, over every verb connection of a listener together, are held to this many
-# times server.max_body_bytes (503 past it): each connection's body is bounded by the per-request limit, but
-# without a bound over all of them a thousand connections trickling a body each could hold a thousand times it.
-# kube-scheduler sends one filter, prioritize or preempt at a time; its binds are a few hundred bytes.
-RECEIVING_BODIES = 2
 
 
 class VerbServer:
@@ -35,12 +28,12 @@ class VerbServer:
         self.keepalive = keepalive
         config = berth.state.config.server
         self.max_body = config.max_body_bytes
-        self.max_receiving = RECEIVING_BODIES * self.max_body
+        self.max_receiving = receiving_cap(self.max_body)  # http_framing.RECEIVING_BODIES
         self.receiving = 0  # bytes of request bodies not complete yet, over all connections (Framing.on_body)
         self.request_timeout = config.request_timeout_seconds
         self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)
         self.max_connections = connection_cap(config.max_connections)
-        self.guard = Guard(fallback, self.request_timeout, guard_cap(self.max_connections))
+        self.guard = Guard(fallback, self.request_timeout, guard_cap(self.max_connections), self.max_receiving)
         self.connections: set[VerbConnection] = set()
         self.overflow: set[VerbConnection] = set()  # over the cap, until their first line says what they are
         self._date = b""

@@ -542,3 +542,50 @@ async def test_bodies_still_arriving_are_bounded_over_all_connections(small: Tes
         writer.close()
     assert verbs.receiving == 0
     await still_serves(small, go)
+
+
+async def test_requests_arriving_to_aiohttp_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
+    """The verb connections' bodies are held to twice the limit together; aiohttp's connections (the debug
+    views, explain, a verb from a client whose first request was not one) were each bounded by the limit
+    alone, so its cap of connections times 256 MB could be held. Now they are held to twice it too."""
+    guard = small.server.listener.verbs.guard  # type: ignore[attr-defined]
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    body = orjson.dumps(go.pod_object())
+    padded = body[:-1] + b" " * (LIMIT - 1 - len(body)) + b"}"  # a valid pod of LIMIT - 1 bytes
+    head = b"POST /debug/explain HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(padded)
+    part = 3 * LIMIT // 4
+    held = []
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection("127.0.0.1", small.port)
+        writer.write(get)  # aiohttp serves the connection from here
+        assert await _one_reply(reader) == 200
+        writer.write(head + padded[:part])
+        held.append((reader, writer))
+    sent = len(head) + part  # heads count too: all of it is what aiohttp holds
+    while guard.receiving < 2 * sent:  # a bounded wait: each step is a loop turn of the server
+        await asyncio.sleep(0.01)
+    reader, writer = await asyncio.open_connection("127.0.0.1", small.port)
+    writer.write(get)
+    assert await _one_reply(reader) == 200
+    writer.write(head + padded[:part])  # 3 x 0.75 of the limit: over twice it
+    reply = await asyncio.wait_for(reader.read(), 5)
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"server busy: requests still arriving" in reply, reply
+    writer.close()
+    assert guard.receiving == 2 * sent and guard.busy == 1  # the refused one's share given back at once
+    for reader, writer in held:
+        writer.write(padded[part:])
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        assert status.startswith(b"HTTP/1.1 200 "), status
+        writer.close()
+    assert guard.receiving == 0  # given back as each reply began
+    await still_serves(small, go)
+
+
+async def _one_reply(reader: asyncio.StreamReader) -> int:
+    """Read one reply with a Content-Length; its status."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return int(head.split(b" ")[1])
