@@ -300,6 +300,11 @@ def mix_shares(pods: list[TracePod]) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 
 
+def _int(text: str | None) -> int:
+    """A CSV number as an integer: "8000", "8000.0" and an empty cell (0) alike."""
+    return int(float(text)) if text and text.strip() else 0
+
+
 def load_openb(nodes_csv: Path, pods_csv: Path, seed: int) -> tuple[list[NodeSpec], list[TracePod]]:
     """The Alibaba "openb" CSVs (nodes: sn, cpu_milli, memory_mib, gpu, model; pods: name, cpu_milli,
     memory_mib, num_gpu, gpu_milli (per GPU), gpu_spec (models joined by '|')), nodes in a seeded order."""
@@ -308,8 +313,8 @@ def load_openb(nodes_csv: Path, pods_csv: Path, seed: int) -> tuple[list[NodeSpe
     random.Random(seed).shuffle(rows)
     nodes = []
     for i, r in enumerate(rows):
-        gpus, model = int(r["gpu"]), (r.get("model") or "").strip() or None
-        cpu, mem = int(r["cpu_milli"]), int(r["memory_mib"])
+        gpus, model = _int(r["gpu"]), (r.get("model") or "").strip() or None
+        cpu, mem = _int(r["cpu_milli"]), _int(r["memory_mib"])
         nodes.append(
             NodeSpec(
                 i,
@@ -326,15 +331,15 @@ def load_openb(nodes_csv: Path, pods_csv: Path, seed: int) -> tuple[list[NodeSpe
     with pods_csv.open(newline="") as f:
         pods = []
         for i, r in enumerate(csv.DictReader(f)):
-            gpus = int(r["num_gpu"])
-            milli = min(int(r["gpu_milli"]), MILLI) if gpus else 0
+            gpus = _int(r["num_gpu"])
+            milli = min(_int(r["gpu_milli"]), MILLI) if gpus else 0
             models = tuple(sorted({m for m in (r.get("gpu_spec") or "").split("|") if m}, key=model_id))
             pods.append(
                 TracePod(
                     i,
                     f"pod-{i:05d}",
-                    int(r["cpu_milli"]),
-                    int(r["memory_mib"]),
+                    _int(r["cpu_milli"]),
+                    _int(r["memory_mib"]),
                     gpus,
                     milli if gpus == 1 else MILLI if gpus else 0,
                     models if gpus else (),
