@@ -96,12 +96,14 @@ class Held:
 
 @dataclass(slots=True)
 class Assumed:
-    """What bind charged for a pod's claims before the watch shows their allocation (assume, then confirm)."""
+    """What filter or bind charged for a pod's claims before the watch shows their allocation (assume, then
+    confirm)."""
 
     team: str | None
     units: dict[str, int]
     claims: frozenset[str]  # the claims it stands for (besides those the pod owns, named once they exist)
     deadline: float  # monotonic; then it is given back (the allocation never came)
+    filtered: bool = False  # held by the filter that passed the pod (policy/devices.py: _hold), not by its bind
 
 
 @dataclass(slots=True)
@@ -334,14 +336,40 @@ class DraTable:
             "status": {"resourceClaimStatuses": status.get("resourceClaimStatuses") or []},
         }
 
-    def assume(self, pod: str, team: str | None, units: dict[str, int], claims: frozenset[str], ttl: float) -> None:
+    def assume(
+        self,
+        pod: str,
+        team: str | None,
+        units: dict[str, int],
+        claims: frozenset[str],
+        ttl: float,
+        filtered: bool = False,
+    ) -> None:
         self.forget(pod)
-        self.assumed[pod] = Assumed(team, units, claims, time.monotonic() + ttl)
+        self.assumed[pod] = Assumed(team, units, claims, time.monotonic() + ttl, filtered)
         self.charge(team, units, 1)
         self.version += 1
 
+    def lift(self, pod: str) -> Assumed | None:
+        """Give back the hold the filter left for `pod` while the pod is judged again (its next filter, its
+        bind): its own hold must not count against it. Returns it (for `restore`); None when the pod holds
+        none, or holds what its bind assumed (that stays: the bind may still land)."""
+        held = self.assumed.get(pod)
+        if held is None or not held.filtered:
+            return None
+        self.forget(pod)
+        return held
+
+    def restore(self, pod: str, held: Assumed) -> None:
+        """Hold again what `lift` gave back (the bind was refused after PreBind allocated the claims)."""
+        if pod not in self.assumed:
+            self.assumed[pod] = held
+            self.charge(held.team, held.units, 1)
+            self.version += 1
+
     def forget(self, pod: str) -> None:
-        """Give back what bind assumed for `pod` (confirmed by the watch, bind failed, pod gone, expired)."""
+        """Give back what filter or bind assumed for `pod` (confirmed by the watch, bind failed, pod gone,
+        expired)."""
         held = self.assumed.pop(pod, None)
         if held is not None:
             self.charge(held.team, held.units, -1)

@@ -100,6 +100,8 @@ class Verbs:
 
     def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
         state, m = self.state, self.metrics
+        if state.dra.assumed:  # judged again: the hold its last filter left for its claims must not count
+            state.dra.lift(f"{ask.namespace}/{ask.name}")  # against it (policy/devices.py: _hold)
         j = judge(state, ask)
         n = len(args.names)
         if j.admission.error:

@@ -123,7 +123,19 @@ class Binder:
         return ask, False
 
     def reserve(self, ask: PodAsk, args: BindingArgs) -> PodEntry:
-        """Check the node and the quota again (other binds may have landed since filter) and hold."""
+        """Check the node and the quota again (other binds may have landed since filter) and hold. The hold
+        filter left for the pod's claims is lifted first (it must not count against the pod itself); a refused
+        bind puts it back: kube-scheduler allocated the claims in PreBind already, and they stay allocated."""
+        dra, key = self.state.dra, pod_key(ask.namespace, ask.name)
+        lifted = dra.lift(key) if dra.assumed else None
+        try:
+            return self._reserve(ask, args)
+        except BindError:
+            if lifted is not None:
+                dra.restore(key, lifted)
+            raise
+
+    def _reserve(self, ask: PodAsk, args: BindingArgs) -> PodEntry:
         state = self.state
         t = state.table
         slot = t.slot_of.get(args.node)

@@ -95,7 +95,29 @@ def judge_nodes(state: ClusterState, pod: dict[str, Any], j: Judgement, slots: a
         refusal = _node(state, j, str(state.table.names[slot]), asks, ext or {})
         if refusal is not None:
             verdicts[i], found.sentences[slot] = refusal[0], refusal[1:]
+    if asks:
+        _hold(state, j, asks, slots, verdicts)
     return verdicts.count(K.OK)
+
+
+def _hold(state: ClusterState, j: Judgement, asks: list[Ask], slots: array, verdicts: bytearray) -> None:
+    """The pod passed with claims still to allocate: hold what they take (per key, the most over the nodes that
+    passed) until the watch shows their allocation, or the pod's bind replaces the hold with its node's exact
+    charge, or bind.reservation_ttl_seconds pass. kube-scheduler allocates the claims in PreBind, after this
+    filter and before it calls bind, and a bind refused then leaves them allocated (Unreserve only takes the pod
+    out of reservedFor). Unheld, the quota they took could go to pods filtered and bound in between: a burst
+    went one GPU over its team's max. The pod's own hold is lifted while it is judged again (verbs, Binder)."""
+    dra, names = state.dra, state.table.names
+    most: dict[str, int] = {}
+    for i, slot in enumerate(slots):
+        if verdicts[i] == K.OK and slot >= 0:
+            node = str(names[slot])
+            for key, n in _charge(dra, node, _wanted(dra, node, asks), gpus=True).items():
+                most[key] = max(most.get(key, 0), n)
+    if most:
+        claims = frozenset(a.claim for a in asks if a.claim is not None)
+        pod = f"{j.ask.namespace}/{j.ask.name}"
+        dra.assume(pod, j.admission.team, most, claims, state.config.bind.reservation_ttl_seconds, filtered=True)
 
 
 def _wait_for_claims(unseen: list[str], slots: array, verdicts: bytearray, found: DraVerdicts) -> int:
@@ -175,10 +197,11 @@ def serves(state: ClusterState, j: Judgement, slot: int, code: int) -> bool:
 
 def assume_at_bind(state: ClusterState, j: Judgement, slot: int, key: str) -> str | None:
     """Bind: charge the pod's claims now, as bind charges the pod itself, unless the watch already shows their
-    allocation. kube-scheduler allocates in PreBind, just before it calls bind; the watch brings the
-    allocation a moment later, and filters of other pods in that moment must count it. Returns the sentence
-    refusing the charge (the team went over quota since filter), or None. The watch's allocation replaces
-    what is assumed here (cluster/dra.py: _confirm); a bind that fails gives it back (ClusterState.forget)."""
+    allocation; this takes the place of the filter's hold (_hold, lifted by the caller). kube-scheduler
+    allocates in PreBind, just before it calls bind; the watch brings the allocation a moment later, and
+    filters of other pods in that moment must count it. Returns the sentence refusing the charge (the team went
+    over quota since filter), or None. The watch's allocation replaces what is assumed here (cluster/dra.py:
+    _confirm); a bind that fails gives it back (ClusterState.forget)."""
     dra = state.dra
     pod = dra.pending.get(key)
     if pod is None:  # filter saw no DRA ask (or this process did not see the filter: the watch counts it)

@@ -385,11 +385,8 @@ async def test_bind_refuses_a_claim_the_team_can_no_longer_afford_and_a_failed_b
     state.apply_resource_claim("ADDED", claim("ml", "two", 2))
     state.apply_resource_claim("ADDED", claim("ml", "also", 2))
     berth = Berth(state, Metrics(), Binder(state, None, None))
-    for name, c in (("p", "two"), ("q", "also")):  # both pass filter: neither is charged yet
-        reply = orjson.loads(
-            berth.verbs.filter_body(orjson.dumps({"Pod": claim_pod("ml", name, c), "NodeNames": ["dra-0"]}))
-        )
-        assert reply["NodeNames"] == ["dra-0"]
+    assert filter_names(berth, claim_pod("ml", "p", "two"), ["dra-0"]) == ["dra-0"]
+    assert filter_names(berth, claim_pod("ml", "q", "also"), ["dra-0"]) == []  # p's claim is held from its filter
     assert await bind_pod(state, claim_pod("ml", "p", claim_name="two"), "dra-0") == {"Error": ""}
     refused = await bind_pod(state, claim_pod("ml", "q", claim_name="also"), "dra-1")
     assert refused["Error"] == f"team ml: {KEY} 2 used + 2 requested > max 3"
@@ -419,3 +416,84 @@ async def test_the_claim_a_template_made_confirms_by_its_owner() -> None:
     made["metadata"]["ownerReferences"] = [{"kind": "Pod", "name": "p", "apiVersion": "v1", "uid": "u"}]
     state.apply_resource_claim("ADDED", made)
     assert used(state)[KEY] == 1 and not state.dra.assumed
+
+
+# -- hold from filter to allocation ----------------------------------------------------------------
+def owned_claim(pod: str, name: str, node: str, devices: list[int]) -> dict[str, Any]:
+    """The claim the resource-claim controller made from a pod's template, as PreBind allocated it."""
+    made = claim("ml", name, len(devices), node, devices)
+    made["metadata"]["ownerReferences"] = [{"kind": "Pod", "name": pod, "apiVersion": "v1", "uid": "u"}]
+    return made
+
+
+async def bind_only(berth: Berth, pod: dict[str, Any], node: str) -> dict[str, Any]:
+    meta = pod["metadata"]
+    body = {"PodName": meta["name"], "PodNamespace": meta["namespace"], "PodUID": meta["uid"], "Node": node}
+    return dict(orjson.loads(await berth.verbs.bind_body(orjson.dumps(body))))
+
+
+def filter_names(berth: Berth, pod: dict[str, Any], names: list[str]) -> list[str]:
+    return list(orjson.loads(berth.verbs.filter_body(orjson.dumps({"Pod": pod, "NodeNames": names})))["NodeNames"])
+
+
+async def accept(args: BindingArgs, annotations: dict[str, str]) -> str:
+    return ""  # the API server took the Binding
+
+
+async def test_a_claim_pod_filter_passed_holds_its_gpus_until_kube_scheduler_allocates_them() -> None:
+    """kube-scheduler allocates a pod's claims in PreBind, after Berth's filter passed the pod and before it calls
+    Berth's bind, and a bind refused then leaves them allocated (Unreserve only takes the pod out of reservedFor).
+    A GPU pod that bound in that window took the last GPU and the allocation took the team one over its max (the
+    DRA e2e burst: 13 of 12). The filter that passes a claim pod holds what its claims take until then."""
+    state = dra_cluster()
+    state.apply_node("ADDED", make_node("plugin", "shared", 32, 128, 4, H100, None, None, NOW, "zone-1"))
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    state.apply_resource_claim("ADDED", claim("ml", "held", 1, "dra-0", [0]))  # 1 of the team's 2 GPUs
+    state.apply_claim_template("ADDED", template("ml", "one", 1))
+    berth = Berth(state, Metrics(), Binder(state, accept, None))
+    t = claim_pod("ml", "t", template_name="one")
+    assert filter_names(berth, t, ["dra-0", "dra-1"]) == ["dra-0", "dra-1"]  # room for its one GPU
+    assert used(state)[GPU] == 2000  # held from here on
+    # While kube-scheduler is in t's PreBind, a GPU pod is filtered and bound: the last GPU is t's already.
+    g = make_pod("ml", "g", None, "1", "1Gi", 1)
+    assert filter_names(berth, g, ["plugin"]) == []
+    assert (await bind_only(berth, g, "plugin"))["Error"] == f"team ml: {GPU} 2 used + 1 requested > max 2"
+    # PreBind's allocation reaches the watch: it replaces the hold, and t's bind charges nothing more.
+    state.apply_resource_claim("ADDED", owned_claim("t", "t-gpus-x", "dra-1", [0]))
+    assert used(state)[GPU] == 2000 and not state.dra.assumed
+    assert await bind_only(berth, t, "dra-1") == {"Error": ""}
+    assert used(state)[GPU] == 2000 and used(state)[KEY] == 2
+
+
+async def test_the_filters_hold_is_the_pods_own_when_it_is_judged_again_and_lapses_unused() -> None:
+    """kube-scheduler retries a pod (and filters it again) as it likes: its hold is replaced, never added to,
+    and never refuses the pod itself; a hold whose pod never binds is given back after the TTL."""
+    state = dra_cluster()
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    state.apply_resource_claim("ADDED", claim("ml", "held", 1, "dra-0", [0]))
+    state.apply_claim_template("ADDED", template("ml", "one", 1))
+    berth = Berth(state, Metrics(), Binder(state, accept, None))
+    t = claim_pod("ml", "t", template_name="one")
+    for _ in range(3):
+        assert filter_names(berth, t, ["dra-0", "dra-1"]) == ["dra-0", "dra-1"]
+        assert used(state)[GPU] == 2000
+    other = claim_pod("ml", "u", template_name="one")
+    assert filter_names(berth, other, ["dra-0", "dra-1"]) == []  # t's hold counts against another pod
+    assert state.dra.expire_assumed(now=time.monotonic() + 3600) == ["ml/t"]  # t never bound
+    assert used(state)[GPU] == 1000
+    assert filter_names(berth, other, ["dra-0", "dra-1"]) == ["dra-0", "dra-1"]
+
+
+async def test_a_bind_refused_after_the_filters_hold_keeps_it_for_the_claims_prebind_allocated() -> None:
+    state = dra_cluster()
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    state.apply_claim_template("ADDED", template("ml", "one", 1))
+    berth = Berth(state, Metrics(), Binder(state, accept, None))
+    t = claim_pod("ml", "t", template_name="one")
+    assert filter_names(berth, t, ["dra-0", "dra-1"]) == ["dra-0", "dra-1"]
+    refused = await bind_only(berth, t, "gone")  # refused after PreBind, for any reason
+    assert refused["Error"] == "node gone is not in Berth's cache"
+    # kube-scheduler allocated its claim before calling bind: the hold stays until the watch shows it.
+    assert used(state)[GPU] == 1000 and state.dra.assumed
+    state.apply_resource_claim("ADDED", owned_claim("t", "t-gpus-x", "dra-1", [1]))
+    assert used(state)[GPU] == 1000 and not state.dra.assumed
