@@ -333,6 +333,7 @@ def load_openb(nodes_csv: Path, pods_csv: Path, seed: int) -> tuple[list[NodeSpe
         for i, r in enumerate(csv.DictReader(f)):
             gpus = _int(r["num_gpu"])
             milli = min(_int(r["gpu_milli"]), MILLI) if gpus else 0
+            milli = milli if milli > 0 or not gpus else MILLI  # GPUs asked with no share given: whole ones
             models = tuple(sorted({m for m in (r.get("gpu_spec") or "").split("|") if m}, key=model_id))
             pods.append(
                 TracePod(

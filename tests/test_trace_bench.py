@@ -204,6 +204,7 @@ def test_openb_trace_files_load_and_run(tmp_path: Path) -> None:
         "deletion_time,scheduled_time\n"
         "a,12000,16384,1,1000,,LS,Running,0,1,0\nb,6000,12288,1,460,T4,LS,Running,0,1,0\n"
         "c,4000,8192,0,0,,BE,Running,0,1,0\nd,64000,65536,8,1000,V100M16|V100M32,LS,Running,0,1,0\n"
+        "e,2000.0,4096.0,1.0,,,LS,Running,0,1,0\n"  # as pandas writes a file: floats, an empty cell
     )
     nodes, pods = trace_workload.load_openb(nodes_csv, pods_csv, seed=1)
     by_sn = {n.name.rsplit("-", 1)[-1]: n for n in nodes}
@@ -214,6 +215,7 @@ def test_openb_trace_files_load_and_run(tmp_path: Path) -> None:
         (1, 460, ("T4",)),
         (0, 0, ()),
         (8, 1000, ("V100M32", "V100M16")),
+        (1, 1000, ()),  # one GPU with no share given: a whole one
     ]
     assert (
         trace_bench.main(
