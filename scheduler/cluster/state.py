@@ -348,6 +348,7 @@ class ClusterState:
             if not spec.get("nodeName"):  # deleted while pending (a bound pod leaves this watch as DELETED too)
                 self.release_hold(key)
                 self.plans.pop(key, None)
+                self.dra.forget(key)  # the hold its filter left for its claims (policy/devices.py: _hold)
 
     def apply_podgroup(self, kind: str, obj: dict[str, Any]) -> None:
         self.gangs.podgroup(kind, obj)

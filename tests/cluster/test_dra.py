@@ -497,3 +497,21 @@ async def test_a_bind_refused_after_the_filters_hold_keeps_it_for_the_claims_pre
     assert used(state)[GPU] == 1000 and state.dra.assumed
     state.apply_resource_claim("ADDED", owned_claim("t", "t-gpus-x", "dra-1", [1]))
     assert used(state)[GPU] == 1000 and not state.dra.assumed
+
+
+def test_a_pending_pod_deleted_gives_back_its_filters_hold_at_once_with_the_pending_watch() -> None:
+    """With the pending pods' watch (admission.enabled), a claim pod deleted before it binds gives back the hold
+    its filter left at once, not after the reservation TTL."""
+    config = Config()
+    config.admission.enabled = True
+    state = ClusterState(config)
+    state.apply_device_class("ADDED", device_class(extended=GPU))
+    state.apply_node("ADDED", make_node("dra-0", "shared", 32, 128, 0, None, None, None, NOW, "zone-1"))
+    state.apply_resource_slice("ADDED", resource_slice("dra-0", 4, H100))
+    team(state, **{GPU: {"guaranteed": 2, "max": 2}})
+    state.apply_claim_template("ADDED", template("ml", "one", 1))
+    berth = Berth(state, Metrics(), Binder(state, accept, None))
+    t = claim_pod("ml", "t", template_name="one")
+    assert filter_names(berth, t, ["dra-0"]) == ["dra-0"] and used(state)[GPU] == 1000  # held
+    state.apply_pending_pod("DELETED", t)
+    assert not state.dra.assumed and not used(state).get(GPU)
