@@ -28,7 +28,7 @@ class VerbServer:
         self.keepalive = keepalive
         config = berth.state.config.server
         self.max_body = config.max_body_bytes
-        self.max_receiving = receiving_cap(self.max_body)  # http_framing.RECEIVING_BODIES
+        self.max_receiving = receiving_cap(self.max_body)
         self.receiving = 0  # bytes of request bodies not complete yet, over all connections (Framing.on_body)
         self.request_timeout = config.request_timeout_seconds
         self.head_timeout = min(HEAD_TIMEOUT, self.request_timeout)

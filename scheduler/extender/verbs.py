@@ -16,7 +16,7 @@ import orjson
 from scheduler import kernels as K
 from scheduler.cluster.gangs import Gang
 from scheduler.cluster.ledger import PodEntry
-from scheduler.cluster.state import ClusterState
+from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.extender.errors import ErrorReplies
 from scheduler.extender.names_cache import NodeNamesCache, visit_order
 from scheduler.extender.wire import (
@@ -101,7 +101,7 @@ class Verbs:
     def _filter(self, args: ExtenderArgs, ask: PodAsk) -> bytes:
         state, m = self.state, self.metrics
         if state.dra.assumed:  # judged again: the hold its last filter left for its claims must not count
-            state.dra.lift(f"{ask.namespace}/{ask.name}")  # against it (policy/devices.py: _hold)
+            state.dra.lift(pod_key(ask.namespace, ask.name))  # against it (policy/devices.py: _hold)
         j = judge(state, ask)
         n = len(args.names)
         if j.admission.error:

@@ -14,7 +14,7 @@ from typing import Any
 
 from scheduler import kernels as K
 from scheduler.cluster.dra import ALL, Ask, DraTable, class_key
-from scheduler.cluster.state import ClusterState
+from scheduler.cluster.state import ClusterState, pod_key
 from scheduler.model.constants import DRA_DEVICES, DRA_DEVICES_USED, DRA_QUOTA, GPU_MILLI, OTHER_RESOURCE, TOPOLOGY_NONE
 from scheduler.model.names import GPU
 from scheduler.policy.placement import Judgement
@@ -116,7 +116,7 @@ def _hold(state: ClusterState, j: Judgement, asks: list[Ask], slots: array, verd
                 most[key] = max(most.get(key, 0), n)
     if most:
         claims = frozenset(a.claim for a in asks if a.claim is not None)
-        pod = f"{j.ask.namespace}/{j.ask.name}"
+        pod = pod_key(j.ask.namespace, j.ask.name)
         dra.assume(pod, j.admission.team, most, claims, state.config.bind.reservation_ttl_seconds, filtered=True)
 
 
