@@ -132,9 +132,14 @@ class NodeTable:
         self.other_used: list[dict[str, int]] = []  # per slot: extended resources (MIG, ...) pods hold
         self.shared_slots: set[int] = set()  # nodes whose GPUs are shared (replicas > 1 or gpu.shared)
         self.tainted: set[int] = set()  # nodes with NodeFacts.taints (few: the gang planner checks only these)
+        # The native kernels' typed views of these arrays, kept between calls (ext/_native.pyx: _views);
+        # dropped before the arrays grow, which they would otherwise refuse (BufferError).
+        self.kernel_views: object | None = None
+        self.kernel_share_views: object | None = None
         self._grow(capacity)
 
     def _grow(self, capacity: int) -> None:
+        self.kernel_views = self.kernel_share_views = None
         extra = capacity - self.capacity
         for attr, code in self._SPEC.items():
             getattr(self, attr).extend(_zeros(code, extra))

@@ -40,6 +40,7 @@ from scheduler.policy.placement import REASON_NAMES, Judgement, Reasons, judge, 
 log = logging.getLogger("berth.server")
 UNKNOWN_NODE = "berth: node is not in Berth's cache yet"
 VERBS = ("filter", "prioritize", "bind", "preempt")
+_TALLY = bytes(8 * 256)  # reason_ids' count per verdict code, zeroed
 
 
 class Verbs:
@@ -199,7 +200,8 @@ class Verbs:
         r = j.ask.request
         ids = array("i", bytes(4 * len(verdicts)))
         t = self.state.table
-        groups = K.reason_ids(t, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids, order)
+        tally = array("q", _TALLY)
+        groups = K.reason_ids(t, args.slots, verdicts, r.cpu, r.memory, r.gpu, ids, order, tally)
         reasons = Reasons(self.state, j)
         worded = [reasons.of(code, slot) if code != K.UNKNOWN else (UNKNOWN_NODE, False) for code, slot in groups]
         texts = [orjson.dumps(text) for text, _ in worded]
@@ -220,7 +222,7 @@ class Verbs:
                 known.partial = (ids, texts, hard, picked, reply, n_failed, n_unres)
         self.names.offer_survivors(args, picked, verdicts, j.scored)
         for code in {code for code, _ in groups}:
-            self._rejected[code].inc(verdicts.count(code))
+            self._rejected[code].inc(tally[code])
         judged = self._judged
         judged["passed"].inc(passed)
         judged["failed"].inc(n_failed)

@@ -64,12 +64,26 @@ def _reason_key(t: Any, s: int, code: int, cpu: int, mem: int, gpu: int) -> int:
 
 
 def reason_ids(
-    t: Any, slots: array, verdicts: bytes, cpu: int, mem: int, gpu: int, out: array, order: array | None = None
+    t: Any,
+    slots: array,
+    verdicts: bytes,
+    cpu: int,
+    mem: int,
+    gpu: int,
+    out: array,
+    order: array | None = None,
+    tally: array | None = None,
 ) -> list[tuple[int, int]]:
     """Groups failed nodes by the sentence they get: out[i] indexes the returned list of
     (code, sample slot), numbered as the nodes come; -1 for nodes that passed. `order`: the positions to
-    read the node arrays in (the kernel's two passes); the result is the same."""
+    read the node arrays in (the kernel's two passes); the result is the same. `tally` (256 entries):
+    each node's verdict counted in it."""
     n = len(slots)
+    if tally is not None:
+        if len(tally) < 256:
+            raise ValueError("tally: fewer than 256 entries")
+        for i in range(n):
+            tally[verdicts[i]] += 1
     if order is not None and len(order) != n:
         raise ValueError("order: not one position per slot")
     keyed = (

@@ -395,10 +395,12 @@ def test_native_matches_twin(
 
     # Failed nodes are grouped by the sentence they get the same way by both.
     ids_py, ids_c = array("i", bytes(4 * len(slots))), array("i", bytes(4 * len(slots)))
-    groups_py = _python.reason_ids(t, slots, bytes(out_py), pod.cpu, pod.mem, pod.gpu, ids_py)
-    groups_c = native.reason_ids(t, slots, bytes(out_c), pod.cpu, pod.mem, pod.gpu, ids_c)
+    tally_py, tally_c = array("q", bytes(8 * 256)), array("q", bytes(8 * 256))
+    groups_py = _python.reason_ids(t, slots, bytes(out_py), pod.cpu, pod.mem, pod.gpu, ids_py, None, tally_py)
+    groups_c = native.reason_ids(t, slots, bytes(out_c), pod.cpu, pod.mem, pod.gpu, ids_c, None, tally_c)
     assert groups_c == groups_py
     assert list(ids_c) == list(ids_py)
+    assert list(tally_c) == list(tally_py) == [out_py.count(code) for code in range(256)]
     # ... and so are the nodes the best tier failed (grouped by their free GPUs, which their sentence names).
     groups_py = _python.reason_ids(t, slots, bytes(tier_py), pod.cpu, pod.mem, pod.gpu, ids_py)
     groups_c = native.reason_ids(t, slots, bytes(tier_c), pod.cpu, pod.mem, pod.gpu, ids_c)
@@ -511,6 +513,42 @@ def test_huge_memory_scores_agree(native: ModuleType) -> None:
         mod.score_nodes(t, array("i", [s]), 0, 0, 0, 0, b"\x01\x01", array("d", [0.0, 0.0]), params, o)
         out[mod.__name__] = o[0]
     assert len(set(out.values())) == 1, out
+
+
+def test_reason_groups_past_the_bound_agree(native: ModuleType) -> None:
+    """More distinct sentences than MAX_REASONS (a pool each): both number the first MAX_REASONS as they
+    come and give every later one the last id, whatever order the keys hash in."""
+    t = NodeTable()
+    for i in range(C.MAX_REASONS * 3):
+        t.upsert(node_obj(f"n{i}", pool=f"pool-{i}"))
+    slots = array("i", random.Random(7).sample(range(t.size), t.size) * 2)
+    refused = bytes([kernels.POOL]) * len(slots)
+    out = {}
+    for mod in (_python, native):
+        ids, tally = array("i", bytes(4 * len(slots))), array("q", bytes(8 * 256))
+        groups = mod.reason_ids(t, slots, refused, 0, 0, 0, ids, None, tally)
+        out[mod.__name__] = (groups, list(ids))
+        assert len(groups) == C.MAX_REASONS and max(ids) == C.MAX_REASONS - 1
+        assert tally[kernels.POOL] == len(slots) and sum(tally) == len(slots)
+    assert out[_python.__name__] == out[native.__name__]
+    with pytest.raises(ValueError, match="tally"):
+        native.reason_ids(t, slots, refused, 0, 0, 0, array("i", bytes(4 * len(slots))), None, array("q", [0]))
+
+
+def test_kept_views_follow_the_table_as_it_grows(native: ModuleType) -> None:
+    """The kernels keep their views of a NodeTable's arrays between calls; growing the table (which must
+    let go of them first: an array with a view cannot be resized) and writing to it are both seen."""
+    t = NodeTable(capacity=4)
+    t.upsert(node_obj("a", cpu="4"))
+    assert verdicts(native, t, ["a"], cpu=2000) == [kernels.OK]
+    assert t.kernel_views is not None
+    for i in range(40):  # past the capacity: the arrays grow
+        t.upsert(node_obj(f"b{i}", cpu="1"))
+    names = ["a", "b0", "b39"]
+    assert verdicts(native, t, names, cpu=2000) == verdicts(_python, t, names, cpu=2000)
+    assert verdicts(native, t, names, cpu=2000) == [kernels.OK, kernels.CPU, kernels.CPU]
+    t.used_cpu[t.slot_of["a"]] = 3000
+    assert verdicts(native, t, ["a"], cpu=2000) == [kernels.CPU]
 
 
 # --------------------------------------------------------------------------------------------------
