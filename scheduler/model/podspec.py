@@ -208,21 +208,33 @@ def pod_ask(pod: Any) -> PodAsk:
     if not isinstance(annotations, dict):
         raise PodError("Pod.metadata.annotations must be an object")
     priority = spec.get("priority") or 0
-    if not isinstance(priority, int):
-        raise PodError("Pod.spec.priority must be an integer")
+    # PodSpec.priority is an int32 (Go refuses the whole object otherwise; true is no number there either)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -(2**31) <= priority < 2**31:
+        raise PodError("Pod.spec.priority must be a 32-bit integer")
     request = pod_request(spec)
     request.gpu_fraction = gpu_fraction(annotations)
     return PodAsk(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
+        namespace=_string(meta, "namespace", "metadata") or "default",
+        name=_string(meta, "name", "metadata"),
+        uid=_string(meta, "uid", "metadata"),
         request=request,
         priority=priority,
         gpu_models=_gpu_models(annotations),
         topology=_topology(annotations),
-        node_name=str(spec.get("nodeName") or ""),
+        node_name=_string(spec, "nodeName", "spec"),
         runtime=expected_runtime(annotations, spec),
     )
+
+
+def _string(obj: dict[str, Any], key: str, where: str) -> str:
+    """A string field of the Pod, "" when absent or null. Anything else is refused, as Go's decoder refuses
+    it: str() made `{"name": 5}` the pod "5" and a dict its own repr, judged and remembered under it."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PodError(f"Pod.{where}.{key} must be a string")
+    return value
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -240,6 +252,8 @@ def expected_runtime(annotations: dict[str, Any], spec: dict[str, Any]) -> float
         return 0.0
     text = str(raw).strip().lower()
     try:
+        if not text.isascii():  # int() and isdigit() take other scripts' digits ("٣٠" was 30 s)
+            raise ValueError(text)
         if text and text[-1].isdigit():
             seconds = float(int(text))
         else:
