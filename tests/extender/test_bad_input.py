@@ -106,6 +106,9 @@ def wrong_shapes(go: GoWire) -> list[tuple[str, bytes, str]]:
         ({"Pod": pod, "NodeNameToMetaVictims": {node: []}}, f"{meta}[{node}]"),
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": {"UID": "u"}}}}, f"{meta}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": ["u"]}}}, f"{meta}[{node}].Pods"),
+        # empty, but not a list: `or []` took these as no victims (a 200 naming none)
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": {}}}}, f"{meta}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": ""}}}, f"{meta}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [{"UID": 5}]}}}, f"{meta}[{node}].Pods"),
         (
             {"Pod": pod, "NodeNameToMetaVictims": {node: {"Pods": [], "NumPDBViolations": "1"}}},
@@ -118,6 +121,9 @@ def wrong_shapes(go: GoWire) -> list[tuple[str, bytes, str]]:
         ({"Pod": pod, "NodeNameToVictims": "x"}, victims),
         ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [1]}}}, f"{victims}[{node}].Pods"),
         ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": "x"}]}}}, f"{victims}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": []}]}}}, f"{victims}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": {"uid": 5}}]}}}, f"{victims}[{node}].Pods"),
+        ({"Pod": pod, "NodeNameToVictims": {node: {"Pods": [{"metadata": {"uid": {}}}]}}}, f"{victims}[{node}].Pods"),
         (
             {"Pod": pod, "NodeNameToVictims": {node: {"Pods": [], "NumPDBViolations": True}}},
             f"{victims}[{node}].NumPDBViolations",
