@@ -595,3 +595,21 @@ async def _one_reply(reader: asyncio.StreamReader) -> int:
     )
     await asyncio.wait_for(reader.readexactly(length), 5)
     return int(head.split(b" ")[1])
+
+
+async def test_a_names_tail_that_goes_on_is_not_a_cache_key(client: TestClient, go: GoWire) -> None:
+    """A request whose NodeNames array is followed by more keys (`["a"],"Pod":{..}}`) was remembered by those
+    bytes whole; the next request ending in them took its Pod from its own head, not from the later key that
+    JSON (and Go) keeps. Each must be answered as the same JSON with a space after it (never the fast path)."""
+    names = orjson.dumps(go.names()[:2])
+    tail = b',"NodeNames":' + names + b',"Pod":{},"More":[]}'  # ends in `]}` as a Go-shaped request does
+    for head in (
+        b'{"Pod":' + go.pod() + b',"Nodes":null',
+        b'{"Pod":[],"Nodes":null',
+        b'{"Pod":' + go.pod("web") + b',"Nodes":null',
+    ):
+        for verb in ("prioritize", "filter"):
+            fast = await post(client, f"/scheduler/{verb}", head + tail)
+            full = await post(client, f"/scheduler/{verb}", head + tail + b" ")
+            assert fast == full, (verb, head[:40], fast, full)
+    await still_serves(client, go)
