@@ -52,7 +52,8 @@ def whole(value: object) -> int:
     return math.ceil(to_decimal(value))
 
 
-# (is cpu, quantity string) -> units: the one memo of quantity parsing.
+# (is cpu, quantity string) -> units: the one memo of quantity parsing, of strings up to MEMO_LONGEST characters.
+MEMO_LONGEST = 64
 _UNITS: LRUCache[tuple[bool, str], int] = LRUCache(maxsize=8192)
 
 
@@ -60,7 +61,9 @@ def to_units(resource: str, value: object) -> int:
     """The integer Berth stores for `resource`: millicores for cpu, whole units otherwise.
     Absurd magnitudes ("1e999999") are refused before the integer conversion, which would take minutes."""
     cpu = resource == "cpu"
-    key = (cpu, value) if type(value) is str else None
+    # Real quantities are a few characters; a long one ("0.000...1", a megabyte of zeros) is read but not kept:
+    # 8,192 of them held a megabyte each.
+    key = (cpu, value) if type(value) is str and len(value) <= MEMO_LONGEST else None
     if key is not None:
         hit = _UNITS.get(key)
         if hit is not None:

@@ -459,14 +459,17 @@ async def test_log_lines_stay_bounded_whatever_a_request_names(
     logged 10 MB. Each line's parts are bounded."""
     caplog.set_level(logging.DEBUG)
     pod = go.pod_object()
-    pod["metadata"]["name"] = "x" * (5 << 20)
-    for verb, body in [
-        ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {go.names()[0]: {"Pods": [{"UID": "u"}]}}}),
-        ("filter", {"Pod": pod, "NodeNames": go.names()[:3]}),
-        ("prioritize", {"Pod": pod, "NodeNames": go.names()[:3]}),
+    pod["metadata"]["name"] = "x" * (5 << 20)  # no pod's name (refused since: at most 253), still logged bounded
+    huge_node = "n" * (5 << 20)
+    for verb, body, expected in [
+        ("preempt", {"Pod": pod, "NodeNameToMetaVictims": {go.names()[0]: {"Pods": [{"UID": "u"}]}}}, 400),
+        ("preempt", {"Pod": go.pod_object(), "NodeNameToMetaVictims": {huge_node: {"Pods": [{"UID": "u"}]}}}, 200),
+        ("filter", {"Pod": pod, "NodeNames": go.names()[:3]}, 200),
+        ("filter", {"Pod": go.pod_object(), "NodeNames": [huge_node]}, 200),
+        ("prioritize", {"Pod": pod, "NodeNames": go.names()[:3]}, 200),
     ]:
         status, _ = await post(client, f"/scheduler/{verb}", orjson.dumps(body))
-        assert status == 200, verb
+        assert status == expected, verb
     assert caplog.records
     limit = MSG_LIMIT + 10 * EXTRA_LIMIT + ERROR_LIMIT
     assert max(len(JsonLines().format(r)) for r in caplog.records) < limit

@@ -365,3 +365,25 @@ def test_an_expected_runtime_in_other_digits_is_refused(text: str) -> None:
     pod["metadata"]["annotations"] = {ANN_EXPECTED_RUNTIME: text}  # type: ignore[index]
     with pytest.raises(PodError, match="expected-runtime"):
         pod_ask(pod)
+
+
+def test_a_name_longer_than_kubernetes_allows_is_refused() -> None:
+    """The ask was remembered for ten minutes (cluster/seen.py) with its name: a megabyte per request."""
+    for field in ("name", "namespace", "uid"):
+        pod = _pod()
+        pod["metadata"][field] = "a" * 254  # type: ignore[index]
+        with pytest.raises(PodError, match="at most 253"):
+            pod_ask(pod)
+    assert pod_ask(_pod(nodeName="n" * 253)).node_name == "n" * 253
+    with pytest.raises(PodError, match="at most 253"):
+        pod_ask(_pod(nodeName="n" * 254))
+
+
+def test_a_long_quantity_is_read_but_not_memoised() -> None:
+    """8,192 memo entries of a megabyte-long "0.000...1" each were kept (1 MB more RSS per filter)."""
+    from scheduler.model import quantity
+
+    text = "0." + "0" * 100_000 + "1"
+    assert pod_ask(_pod({"cpu": text})).request.cpu == 1
+    assert (True, text) not in quantity._UNITS
+    assert pod_ask(_pod({"cpu": "250m"})).request.cpu == 250 and (True, "250m") in quantity._UNITS
