@@ -20,6 +20,10 @@ from scheduler.model.podspec import PodAsk
 
 SEEN_PODS = 50_000  # entries; ~10 minutes of pending pods at kube-scheduler's pace
 SEEN_TTL = 600.0  # seconds since a verb last saw the pod
+# ... and at most this many bytes, by PodAsk.cost (an estimate: ~0.6 KB for a pod of a few resources, so the
+# entry count binds first for real pods). A count alone let 50,000 pods of a megabyte of resource names each
+# stay for ten minutes. A pod over 1/64 of it (1 MiB) is not kept: no real pod comes near.
+SEEN_BYTES = 64 << 20
 
 
 class SeenPods:
@@ -33,9 +37,12 @@ class SeenPods:
     the cache's size too. A pod without a UID is not remembered (kube-scheduler always sends one; bind
     could not tell such a pod from a recreated one)."""
 
-    def __init__(self, maxsize: int = SEEN_PODS, ttl: float = SEEN_TTL) -> None:
+    def __init__(self, maxsize: int = SEEN_PODS, ttl: float = SEEN_TTL, budget: int = SEEN_BYTES) -> None:
         self.maxsize = maxsize
         self.ttl = ttl
+        self.budget = budget
+        self.largest = budget >> 6  # an ask costing more is not kept
+        self.bytes = 0  # the PodAsk.cost of the entries kept
         self._by_uid: OrderedDict[str, tuple[str | None, PodAsk, float]] = OrderedDict()
         self._uid_of: dict[str, str] = {}  # "namespace/name" -> UID
         self._index_limit = 2 * maxsize
@@ -56,14 +63,17 @@ class SeenPods:
     def remember(self, ask: PodAsk, version: object = None, by_name: bool = False) -> None:
         """Keep (or refresh) `ask`; `version` makes it recallable; `by_name` indexes it for explain."""
         uid = ask.uid
-        if not uid:
+        if not uid or ask.cost > self.largest:
             return
         now = time.monotonic()
         entries = self._by_uid
+        old = entries.get(uid)
         entries[uid] = (version if isinstance(version, str) and version else None, ask, now)
         entries.move_to_end(uid)
-        if len(entries) > self.maxsize:
-            entries.popitem(last=False)
+        if old is None or old[1] is not ask:  # a refresh of the same ask (most calls) changes no bytes
+            self.bytes += ask.cost - (old[1].cost if old is not None else 0)
+            while len(entries) > self.maxsize or self.bytes > self.budget:
+                self.bytes -= entries.popitem(last=False)[1][1].cost
         self._expire(now)
         if by_name:
             self._uid_of[f"{ask.namespace}/{ask.name}"] = uid
@@ -92,6 +102,7 @@ class SeenPods:
             if entry[2] >= oldest:
                 return
             del entries[uid]
+            self.bytes -= entry[1].cost
 
     def _prune_index(self) -> None:
         self._uid_of = {f"{ask.namespace}/{ask.name}": uid for uid, (_, ask, _) in self._by_uid.items()}

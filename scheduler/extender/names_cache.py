@@ -179,6 +179,16 @@ class NodeNamesCache:
                 known = self._remember(_Known(body[idx:], self.table.version, names, slots, frags))
                 return ExtenderArgs(pod_of(head), names, slots, None, frags, known)
         args = parse_extender_args(loads_object(body, "ExtenderArgs"), self)
-        if args.nodes is None and cacheable:
+        if args.nodes is None and cacheable and self._only_names(body, idx):
             args.known = self._remember(_Known(body[idx:], self.table.version, args.names, args.slots, args.frags))
         return args
+
+    def _only_names(self, body: bytes, idx: int) -> bool:
+        """The bytes after the mark are one array and the closing brace, nothing else: only then may they key
+        an entry. A tail that went on (`["a"],"Pod":{..}}`) was remembered whole, and the next request with
+        that tail and another head took its Pod from the head, not the later key that JSON (and Go) keeps.
+        Reached only off the fast path (escaped names, another head): decoding the array again is its cost."""
+        try:
+            return isinstance(orjson.loads(memoryview(body)[idx + len(self.MARK) - 1 : -1]), list)
+        except orjson.JSONDecodeError:
+            return False

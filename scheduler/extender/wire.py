@@ -212,10 +212,17 @@ def parse_preemption_args(body: bytes) -> PreemptionArgs:
             pods = _field(v, "Pods") if isinstance(v, dict) else None
             if not isinstance(pods, list) or not all(isinstance(p, dict) for p in pods):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: expected Pod objects")
-            if not all(isinstance(p.get("metadata") or {}, dict) for p in pods):
+            metas = [{} if p.get("metadata") is None else p["metadata"] for p in pods]
+            if not all(isinstance(m, dict) for m in metas):
                 raise WireError(400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: metadata must be objects")
+            # a UID is a string (null: none); str() made a number or an object a UID of its own
+            uids = ["" if m.get("uid") is None else m["uid"] for m in metas]
+            if not all(isinstance(u, str) for u in uids):
+                raise WireError(
+                    400, f"ExtenderPreemptionArgs.NodeNameToVictims[{node}].Pods: metadata.uid must be strings"
+                )
             total = _count_victims(total + len(pods))
-            victims[node] = list(dict.fromkeys(str((p.get("metadata") or {}).get("uid") or "") for p in pods))
+            victims[node] = list(dict.fromkeys(uids))
             n = _field(v, "NumPDBViolations")
             if n is not None and (not isinstance(n, int) or isinstance(n, bool)):
                 raise WireError(
@@ -239,7 +246,9 @@ def _count_victims(total: int) -> int:
 def _meta_victims(mv: Any, where: str) -> tuple[list[str], int]:
     if not isinstance(mv, dict):
         raise WireError(400, f"ExtenderPreemptionArgs.{where}: expected a MetaVictims object")
-    pods = _field(mv, "Pods") or []
+    pods = _field(mv, "Pods")
+    if pods is None:  # null, as Go writes an empty slice; `or []` also let `{}` and `""` through as no victims
+        pods = []
     if not isinstance(pods, list):
         raise WireError(400, f"ExtenderPreemptionArgs.{where}.Pods: expected a list")
     _count_victims(len(pods))

@@ -27,6 +27,11 @@ from scheduler.model.names import (
 from scheduler.model.quantity import QuantityError, QuantityRangeError, to_units
 
 TOPOLOGY_MODES = {"none": TOPOLOGY_NONE, "preferred": TOPOLOGY_PREFERRED, "required": TOPOLOGY_REQUIRED}
+# Kubernetes names: a pod's and a node's are DNS subdomains of at most 253 characters, a namespace a label of 63,
+# a UID 36 (the same bound as a bind's, extender/wire.py MAX_NAME). A longer one is no real pod's; the ask
+# parsed from it was remembered for ten minutes (cluster/seen.py), a megabyte of name per request.
+MAX_NAME = 253
+ASK_BASE = 512  # bytes of a PodAsk, its PodRequest, dicts and the seen cache's entry, strings aside
 
 
 class PodError(ValueError):
@@ -89,6 +94,7 @@ class PodAsk:
     topology: int  # TOPOLOGY_MODES value (TOPOLOGY_NONE, _PREFERRED, _REQUIRED)
     node_name: str
     runtime: float = 0.0  # seconds the pod runs at most (berth.dev/expected-runtime, activeDeadlineSeconds); 0: long
+    cost: int = ASK_BASE  # estimated bytes it holds (cluster/seen.py keeps asks within a byte budget by it)
 
 
 def _container_requests(container: Any) -> dict[str, int]:
@@ -208,21 +214,45 @@ def pod_ask(pod: Any) -> PodAsk:
     if not isinstance(annotations, dict):
         raise PodError("Pod.metadata.annotations must be an object")
     priority = spec.get("priority") or 0
-    if not isinstance(priority, int):
-        raise PodError("Pod.spec.priority must be an integer")
+    # PodSpec.priority is an int32 (Go refuses the whole object otherwise; true is no number there either)
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -(2**31) <= priority < 2**31:
+        raise PodError("Pod.spec.priority must be a 32-bit integer")
     request = pod_request(spec)
     request.gpu_fraction = gpu_fraction(annotations)
-    return PodAsk(
-        namespace=str(meta.get("namespace") or "default"),
-        name=str(meta.get("name") or ""),
-        uid=str(meta.get("uid") or ""),
+    ask = PodAsk(
+        namespace=_string(meta, "namespace", "metadata") or "default",
+        name=_string(meta, "name", "metadata"),
+        uid=_string(meta, "uid", "metadata"),
         request=request,
         priority=priority,
         gpu_models=_gpu_models(annotations),
         topology=_topology(annotations),
-        node_name=str(spec.get("nodeName") or ""),
+        node_name=_string(spec, "nodeName", "spec"),
         runtime=expected_runtime(annotations, spec),
     )
+    ask.cost = (
+        ASK_BASE
+        + len(ask.namespace)
+        + len(ask.name)
+        + len(ask.uid)
+        + len(ask.node_name)
+        + sum(len(k) + 100 for k in request.other)  # a key, an int and a dict slot
+        + sum(len(m) + 60 for m in ask.gpu_models)
+    )
+    return ask
+
+
+def _string(obj: dict[str, Any], key: str, where: str) -> str:
+    """A string field of the Pod, "" when absent or null. Anything else is refused, as Go's decoder refuses
+    it: str() made `{"name": 5}` the pod "5" and a dict its own repr, judged and remembered under it."""
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise PodError(f"Pod.{where}.{key} must be a string")
+    if len(value) > MAX_NAME:
+        raise PodError(f"Pod.{where}.{key}: {len(value)} characters; Kubernetes names have at most {MAX_NAME}")
+    return value
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -240,6 +270,8 @@ def expected_runtime(annotations: dict[str, Any], spec: dict[str, Any]) -> float
         return 0.0
     text = str(raw).strip().lower()
     try:
+        if not text.isascii():  # int() and isdigit() take other scripts' digits ("٣٠" was 30 s)
+            raise ValueError(text)
         if text and text[-1].isdigit():
             seconds = float(int(text))
         else:

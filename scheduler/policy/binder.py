@@ -47,6 +47,10 @@ class Binder:
         """Returns the result label for metrics; raises BindError with the reason otherwise."""
         key = pod_key(args.namespace, args.name)
         held = self.state.ledger.get(key)
+        if held is not None and args.uid and held.uid and held.uid != args.uid:
+            # Another pod of this name holds the entry (deleted and recreated before the watch said so): the
+            # retry shortcut below answered this bind as done, and nothing bound the pod it names.
+            raise BindError(f"pod {key} has UID {held.uid}, not {args.uid}: it was recreated", "conflict")
         if already_bound(key, held.node if held else None, args.node):
             return "already_bound"  # idempotent: a retried bind whose first reply was lost
         ask, bound = await self._ask(args)

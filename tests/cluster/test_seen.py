@@ -66,3 +66,31 @@ def test_an_entry_expires_ttl_seconds_after_it_was_last_seen(monkeypatch: pytest
     assert len(seen) == 1
     clock[0] += 600
     assert seen.by_uid(a.uid) is None and seen.by_name("default", "a") is None and len(seen) == 0
+
+
+def test_bounded_in_bytes() -> None:
+    """A count alone let 50,000 pods of a megabyte of resource names each stay ten minutes (found over HTTP:
+    1 MB more RSS per filter). The bytes follow PodAsk.cost; a refresh of the same ask adds none; an ask over
+    1/64 of the budget is not kept; expiry gives its bytes back."""
+    budget = 64 * 1024
+    seen = SeenPods(budget=budget)
+    wide = [pod_ask(make_pod("default", f"w{i}", None, "1", "1Gi", 0)) for i in range(80)]
+    for i, a in enumerate(wide):
+        a.cost = 1000 + i % 20  # each under budget // 64, 80 of them over the budget
+        seen.remember(a, "1")
+        seen.remember(a, "1")  # the verbs refresh on every call
+    assert seen.bytes <= budget and seen.bytes == sum(e[1].cost for e in seen._by_uid.values())
+    assert seen.by_uid(wide[-1].uid) is wide[-1] and seen.by_uid(wide[0].uid) is None, "the oldest went"
+    huge = ask("huge")
+    huge.cost = budget // 64 + 1
+    seen.remember(huge, "1")
+    assert seen.by_uid(huge.uid) is None
+    seen.ttl = -1.0
+    assert len(seen) == 0 and seen.bytes == 0
+
+
+def test_an_asks_cost_counts_its_strings() -> None:
+    small = pod_ask(make_pod("default", "a", None, "1", "1Gi", 0))
+    pod = make_pod("default", "a", None, "1", "1Gi", 0)
+    pod["spec"]["containers"][0]["resources"]["requests"].update({f"example.com/r{i:0200d}": "1" for i in range(50)})
+    assert pod_ask(pod).cost > small.cost + 50 * 200

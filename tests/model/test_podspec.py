@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.model.names import ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY
+from scheduler.model.names import ANN_EXPECTED_RUNTIME, ANN_GPU_MODELS, ANN_TOPOLOGY_POLICY
 from scheduler.model.podspec import PodError, effective_requests, pod_ask, pod_request
 from tests.conftest import GoWire
 
@@ -314,3 +314,76 @@ def test_topology_errors(bad: Any) -> None:
     with pytest.raises(PodError, match=ANN_TOPOLOGY_POLICY) as err:
         pod_ask(pod({ANN_TOPOLOGY_POLICY: bad}))
     assert "required, preferred, none" in str(err.value)
+
+
+# -- the adversarial pass (docs/hardening.md): what Go's decoder and Kubernetes' grammar refuse --------------
+def _pod(requests: dict[str, object] | None = None, **spec: object) -> dict[str, object]:
+    body: dict[str, object] = {"containers": [{"name": "c", "resources": {"requests": requests or {}}}]}
+    body.update(spec)
+    return {"metadata": {"name": "p", "namespace": "default", "uid": "u"}, "spec": body}
+
+
+@pytest.mark.parametrize("text", ["1_000", "\u0661", "\uff11", "1K", "1e3m", "1e3Ki", "1e", ".", "0x10", "1 Gi"])
+def test_a_quantity_outside_kubernetes_grammar_is_refused(text: str) -> None:
+    """Python's Decimal read these (underscores, other scripts' digits, suffixes Go has not): pods Go refuses."""
+    for resource in ("cpu", "memory", "nvidia.com/gpu", "example.com/x"):
+        with pytest.raises(PodError, match="not a Kubernetes quantity"):
+            pod_ask(_pod({resource: text}))
+
+
+@pytest.mark.parametrize(
+    ("text", "milli"), [(" 1", 1000), ("5.", 5000), (".5", 500), ("+1", 1000), ("1e-3", 1), ("2E0", 2000)]
+)
+def test_a_quantity_go_reads_is_still_read(text: str, milli: int) -> None:
+    assert pod_ask(_pod({"cpu": text})).request.cpu == milli
+
+
+@pytest.mark.parametrize(
+    "meta", [{"name": 5}, {"name": {"a": 1}}, {"name": "p", "namespace": [1]}, {"name": "p", "uid": {"a": 1}}]
+)
+def test_pod_names_that_are_not_strings_are_refused(meta: dict[str, object]) -> None:
+    """str() made `{"name": 5}` the pod "5" and a dict its own repr."""
+    pod = _pod()
+    pod["metadata"] = meta
+    with pytest.raises(PodError, match="must be a string"):
+        pod_ask(pod)
+    with pytest.raises(PodError, match="must be a string"):
+        pod_ask(_pod(nodeName=7))
+
+
+@pytest.mark.parametrize("priority", [True, 2**31, -(2**31) - 1, 2**63 - 1])
+def test_a_priority_outside_int32_is_refused(priority: object) -> None:
+    with pytest.raises(PodError, match="32-bit"):
+        pod_ask(_pod(priority=priority))
+    assert pod_ask(_pod(priority=2**31 - 1)).priority == 2**31 - 1
+
+
+@pytest.mark.parametrize("text", ["\u0663\u0660", "\u0663m", "\uff13h"])
+def test_an_expected_runtime_in_other_digits_is_refused(text: str) -> None:
+    """int() and isdigit() take Arabic-Indic and full-width digits: "٣٠" was 30 seconds."""
+    pod = _pod()
+    pod["metadata"]["annotations"] = {ANN_EXPECTED_RUNTIME: text}  # type: ignore[index]
+    with pytest.raises(PodError, match="expected-runtime"):
+        pod_ask(pod)
+
+
+def test_a_name_longer_than_kubernetes_allows_is_refused() -> None:
+    """The ask was remembered for ten minutes (cluster/seen.py) with its name: a megabyte per request."""
+    for field in ("name", "namespace", "uid"):
+        pod = _pod()
+        pod["metadata"][field] = "a" * 254  # type: ignore[index]
+        with pytest.raises(PodError, match="at most 253"):
+            pod_ask(pod)
+    assert pod_ask(_pod(nodeName="n" * 253)).node_name == "n" * 253
+    with pytest.raises(PodError, match="at most 253"):
+        pod_ask(_pod(nodeName="n" * 254))
+
+
+def test_a_long_quantity_is_read_but_not_memoised() -> None:
+    """8,192 memo entries of a megabyte-long "0.000...1" each were kept (1 MB more RSS per filter)."""
+    from scheduler.model import quantity
+
+    text = "0." + "0" * 100_000 + "1"
+    assert pod_ask(_pod({"cpu": text})).request.cpu == 1
+    assert (True, text) not in quantity._UNITS
+    assert pod_ask(_pod({"cpu": "250m"})).request.cpu == 250 and (True, "250m") in quantity._UNITS

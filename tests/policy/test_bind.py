@@ -196,3 +196,17 @@ async def test_a_timed_out_write_keeps_its_reservation_until_the_watch_or_expiry
     with pytest.raises(BindError):
         await binder.bind(BindingArgs(WEB[0], WEB[1], WEB[2], other))
     assert demo_state.ledger.get(key) is held
+
+
+async def test_a_bound_pods_retry_with_another_uid_is_refused(
+    client: TestClient, go: GoWire, demo_state: ClusterState
+) -> None:
+    """The retry shortcut (bound to this node already: done) answered a bind naming another UID as done too:
+    a pod of the same name, recreated before the watch said so, was told it was bound and never was."""
+    node = (await survivors(client, go, "training"))[0]
+    assert await post(client, "bind", go.binding(*TRAIN, node)) == {"Error": ""}
+    assert await post(client, "bind", go.binding(*TRAIN, node)) == {"Error": ""}  # the retry: still done
+    reply = await post(client, "bind", go.binding(TRAIN[0], TRAIN[1], "00000000-0000-4000-8000-00000000beef", node))
+    assert "recreated" in reply["Error"] and TRAIN[2] in reply["Error"], reply
+    held = demo_state.ledger.get(f"{TRAIN[1]}/{TRAIN[0]}")
+    assert held is not None and held.uid == TRAIN[2] and held.node == node
