@@ -18,7 +18,6 @@ from aiohttp import web
 from scheduler.cluster.state import ClusterState
 from scheduler.config import Config
 from scheduler.extender.debug import refresh_gauges
-from scheduler.extender.guard import Guard, guard_cap
 from scheduler.extender.http_framing import connection_cap, receiving_cap
 from scheduler.extender.server import Berth
 from scheduler.extender.verb_server import VerbServer
@@ -26,6 +25,7 @@ from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import account_gpu_seconds
 from scheduler.observability.stalls import RECORDER as STALLS
 from scheduler.policy.binder import Binder
+from scheduler.serving.guard import Guard, guard_cap
 
 if TYPE_CHECKING:  # both import the kubernetes package, which the demo never needs
     from scheduler.cluster.kube import KubeClient
@@ -250,7 +250,7 @@ async def _listen(
 
 async def _guarded(runner: web.AppRunner, config: Config, host: str, port: int, ctx: ssl.SSLContext | None) -> Listener:
     """A listener served by aiohttp alone (health and metrics, the admission webhook): its connections
-    counted against a cap and each request under server.request_timeout_seconds (extender/guard.py).
+    counted against a cap and each request under server.request_timeout_seconds (serving/guard.py).
     Raises OSError when the port cannot be had; `runner` is set up."""
     srv = config.server
     assert runner.server is not None

@@ -28,6 +28,7 @@ from scheduler.gpu import discovery, nvml
 from scheduler.gpu.assignments import Assignments
 from scheduler.gpu.topology import TopologyError
 from scheduler.model.names import ANN_GPU_ASSIGNED, ANN_GPU_TOPOLOGY
+from scheduler.serving.guard import Guard
 
 log = logging.getLogger("berth.agent")
 
@@ -300,16 +301,31 @@ class Agent:
         return app
 
 
+# The agent's port answers probes and a scrape: a few connections, small GET requests. Served as Berth's own
+# health port is (serving/guard.py): aiohttp alone reads a request under no deadline and accepts without a
+# cap, so a client trickling a head kept a connection open unanswered, and enough of them the descriptors.
+AGENT_CONNECTIONS = 16
+AGENT_REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to its reply, as Berth's head deadline
+AGENT_RECEIVING = 1 << 20  # bytes still arriving over all connections together (requests are 1 KiB at most)
+
+
+async def listen(runner: web.AppRunner, host: str, port: int) -> tuple[asyncio.Server, asyncio.Task[None]]:
+    """Serve `runner` (set up) on host:port under the guard; the server and the task that enforces deadlines."""
+    assert runner.server is not None
+    guard = Guard(runner.server, AGENT_REQUEST_TIMEOUT, AGENT_CONNECTIONS, AGENT_RECEIVING)
+    server = await asyncio.get_running_loop().create_server(guard, host, port, backlog=128, reuse_address=True)
+    return server, asyncio.create_task(guard.sweep(), name=f"agent-deadlines-{port}")
+
+
 async def serve(config: AgentConfig, kubeconfig: str | None) -> int:
     from scheduler.cluster.kube import KubeClient, load_configuration
 
     client = KubeClient(load_configuration(kubeconfig))
     kubelet = PodResourcesClient(config.socket, config.rpc_deadline_seconds)
     agent = Agent(config, KubeNodeWriter(client), kubelet, lambda: discover(lambda: nvml.load(config.nvml_module)))
-    runner = web.AppRunner(agent.app(), access_log=None)
+    runner = web.AppRunner(agent.app(), access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    server, sweep = await listen(runner, config.host, config.port)
     log.info("berth agent for node %s on %s:%d, kubelet at %s", config.node, config.host, config.port, config.socket)
     task = asyncio.create_task(agent.run(), name="agent")
     stop = asyncio.Event()
@@ -321,6 +337,8 @@ async def serve(config: AgentConfig, kubeconfig: str | None) -> int:
     await stop.wait()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+    server.close()
+    sweep.cancel()
     await runner.cleanup()
     await kubelet.close()
     await client.close()

@@ -71,7 +71,7 @@ def connection_cap(configured: int) -> int:
 
 
 # Request bytes still arriving, over every connection of a listener together (the verb connections' bodies;
-# aiohttp's connections, extender/guard.py, on their own), are held to this many times server.max_body_bytes
+# aiohttp's connections, serving/guard.py, on their own), are held to this many times server.max_body_bytes
 # (503 past it): each request is bounded by the per-request limit, but without a bound over all of them a
 # thousand connections trickling a body each could hold a thousand times it. kube-scheduler sends one filter,
 # prioritize or preempt at a time; its binds are a few hundred bytes.

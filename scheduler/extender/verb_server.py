@@ -10,10 +10,10 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from scheduler.extender.guard import Guard, guard_cap
 from scheduler.extender.http_framing import HEAD_TIMEOUT, connection_cap, receiving_cap
 from scheduler.extender.verbs_http import VerbConnection
 from scheduler.observability.stalls import RECORDER, StallRecorder
+from scheduler.serving.guard import Guard, guard_cap
 
 if TYPE_CHECKING:
     from scheduler.extender.verbs import Verbs

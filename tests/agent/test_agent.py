@@ -213,3 +213,48 @@ async def test_a_refused_write_is_retried(sock: str) -> None:
     finally:
         await agent.kubelet.close()
         await kubelet.stop()
+
+
+async def test_the_port_answers_a_trickled_head_with_408_at_its_deadline(
+    sock: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent's port is served under the guard (serving/guard.py), as Berth's health port: a client that
+    sends a head a line at a time is answered 408 and closed at the deadline (aiohttp alone kept it open,
+    unanswered, for as long as it trickled), and a probe is still served."""
+    from aiohttp import web
+
+    from scheduler.agent import run
+
+    monkeypatch.setattr(run, "AGENT_REQUEST_TIMEOUT", 0.3)
+    agent = Agent(config(sock), Writer(), PodResourcesClient(sock), discoverer=lambda: DGX)
+    runner = web.AppRunner(agent.app(), access_log=None)
+    await runner.setup()
+    server, sweep = await run.listen(runner, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = asyncio.create_task(reader.read())  # read as it comes: writes after the close would reset it
+        for _ in range(20):  # a field every 0.1 s: never a whole head
+            if answer.done():
+                break
+            writer.write(b"X-Slow: 1\r\n")
+            await asyncio.sleep(0.1)
+        try:
+            reply = await asyncio.wait_for(answer, 5)
+        except ConnectionResetError:  # the 408 went, then the close with our fields unread: a reset may win
+            reply = b"HTTP/1.1 408 (reset)"
+        assert reply.startswith(b"HTTP/1.1 408 "), reply[:80]
+        assert loop.time() - started < 1.5, "closed at the deadline, not after the trickle ended"
+        writer.close()
+        probe_r, probe_w = await asyncio.open_connection("127.0.0.1", port)
+        probe_w.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(probe_r.read(), 5)).startswith(b"HTTP/1.1 503 ")  # no loop ran: "stalled"
+        probe_w.close()
+    finally:
+        server.close()
+        sweep.cancel()
+        await runner.cleanup()
+        await agent.kubelet.close()

@@ -1,4 +1,4 @@
-"""The agent room imports what docs/architecture.md says (model, gpu, cluster.kube), and `berth agent` refuses
+"""The agent room imports what docs/architecture.md says (model, gpu, cluster.kube, serving), and `berth agent` refuses
 bad invocations with exit 2 and a sentence."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from scheduler import cli
 
 AGENT = Path(__file__).resolve().parents[2] / "scheduler" / "agent"
-ALLOWED = ("scheduler.model", "scheduler.gpu", "scheduler.cluster.kube", "scheduler.agent")
+ALLOWED = ("scheduler.model", "scheduler.gpu", "scheduler.cluster.kube", "scheduler.serving", "scheduler.agent")
 
 
 def _imports(path: Path) -> set[str]:

@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from scheduler.config import Config
 from scheduler.extender.debug import YAML_LIMIT
-from scheduler.extender.guard import FLOOR
 from scheduler.extender.http_framing import OVERFLOW
 from scheduler.extender.wire import MAX_NAME
 from scheduler.observability.logs import ERROR_LIMIT, EXTRA_LIMIT, MSG_LIMIT, JsonLines
+from scheduler.serving.guard import FLOOR
 from tests.conftest import GoWire, Serve, demo_cluster
 
 LIMIT = 16 * 1024

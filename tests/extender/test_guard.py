@@ -10,10 +10,10 @@ import pytest
 
 from scheduler.app import Listener, _listen
 from scheduler.config import Config
-from scheduler.extender.guard import FLOOR
 from scheduler.extender.server import Berth
 from scheduler.observability.metrics import Metrics
 from scheduler.policy.binder import Binder
+from scheduler.serving.guard import FLOOR
 from tests.conftest import demo_cluster
 
 Open = Callable[..., Awaitable[Listener]]
