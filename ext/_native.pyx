@@ -83,16 +83,20 @@ cdef class _Views:
 # them before it extends the arrays (an array with a view taken cannot be resized; it would raise
 # BufferError, not read freed memory). Anything else given as a table (a test's stand-in) has its views
 # taken afresh each call.
-cdef _Views _views(t):
+cdef object _kept_views(t, str attr, type kind):
     cdef object kept
     try:
-        kept = t.kernel_views
+        kept = getattr(t, attr)
     except AttributeError:
-        return _Views(t)
+        return kind(t)
     if kept is None:
-        kept = _Views(t)
-        t.kernel_views = kept
-    return <_Views>kept
+        kept = kind(t)
+        setattr(t, attr, kept)
+    return kept
+
+
+cdef _Views _views(t):
+    return <_Views>_kept_views(t, "kernel_views", _Views)
 
 
 cdef inline unsigned long long _free_gpus(const Table* t, int s) noexcept nogil:
@@ -651,15 +655,7 @@ cdef class _ShareViews:
 
 cdef _ShareViews _share_views(t):
     """As _views, for the sharing columns too (NodeTable.kernel_share_views)."""
-    cdef object kept
-    try:
-        kept = t.kernel_share_views
-    except AttributeError:
-        return _ShareViews(t)
-    if kept is None:
-        kept = _ShareViews(t)
-        t.kernel_share_views = kept
-    return <_ShareViews>kept
+    return <_ShareViews>_kept_views(t, "kernel_share_views", _ShareViews)
 
 
 cdef inline int _share_ask(_ShareViews sv, int s, int gpu, int shared, int fraction,
