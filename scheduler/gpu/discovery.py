@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from scheduler.gpu.topology import Topology, TopologyError, canonical_groups
+from scheduler.gpu.topology import Topology, TopologyError, linked_groups
 from scheduler.model.constants import MAX_GPUS
 from scheduler.model.names import ANN_GPU_TOPOLOGY
 
@@ -139,23 +139,8 @@ def _nv_count(cell: str) -> int:
 
 
 def _nvlink_islands(links: Sequence[Sequence[str]]) -> tuple[tuple[int, ...], ...]:
-    # Connected components rather than cliques: on a DGX-1 hybrid cube-mesh not every pair is
-    # linked, yet NCCL routes through peers, so all eight GPUs form one NVLink domain.
-    n = len(links)
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        for j in range(n):
-            # Either direction counts: a lopsided matrix still proves the link exists.
-            if _nv_count(links[i][j]):
-                parent[root(i)] = root(j)
-    return _group_by(range(n), [root(i) for i in range(n)])
+    # Either direction counts: a lopsided matrix still proves the link exists.
+    return linked_groups(len(links), lambda i, j: bool(_nv_count(links[i][j]) or _nv_count(links[j][i])))
 
 
 def _link_kind(links: Sequence[Sequence[str]]) -> str:
@@ -167,13 +152,6 @@ def _link_kind(links: Sequence[Sequence[str]]) -> str:
     # a 4-GPU NV4 board) is indistinguishable and also reported as nvswitch; for placement that is
     # harmless, since every subset of such a box is equally well connected.
     return "nvswitch" if len(counts) == 1 else "nvlink"
-
-
-def _group_by(indices: Iterable[int], keys: Sequence[object]) -> tuple[tuple[int, ...], ...]:
-    groups: dict[object, list[int]] = {}
-    for i in indices:
-        groups.setdefault(keys[i], []).append(i)
-    return canonical_groups(groups.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from scheduler.gpu.topology import Topology, canonical_groups
+from scheduler.gpu.topology import Topology, linked_groups
 from scheduler.model.constants import MAX_GPUS
 
 _MIG_PROFILE = re.compile(r"\bMIG\s+(\S+)")
@@ -178,23 +178,7 @@ def _mig(nvml: ModuleType, handle: Any) -> tuple[bool, tuple[MigDevice, ...]]:
 
 
 def _islands(nvml: ModuleType, handles: list[Any]) -> tuple[tuple[int, ...], ...]:
-    n = len(handles)
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        for j in range(i + 1, n):
-            if _nvlink_p2p(nvml, handles[i], handles[j]):
-                parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
-    return canonical_groups(groups.values())
+    return linked_groups(len(handles), lambda i, j: _nvlink_p2p(nvml, handles[i], handles[j]))
 
 
 def _nvlink_p2p(nvml: ModuleType, a: Any, b: Any) -> bool:

@@ -10,7 +10,7 @@ written by earlier versions carry a "numa" key; it is accepted and ignored, like
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -39,6 +39,28 @@ class Topology:
 def canonical_groups(groups: Iterable[Iterable[int]]) -> tuple[tuple[int, ...], ...]:
     """One spelling per partition, so annotations compare equal and diffs on the Node stay quiet."""
     return tuple(sorted(tuple(sorted(g)) for g in groups))
+
+
+def linked_groups(n: int, linked: Callable[[int, int], bool]) -> tuple[tuple[int, ...], ...]:
+    """The NVLink islands of `n` GPUs, `linked(i, j)` (i < j) saying whether two are joined: connected
+    components rather than cliques. On a DGX-1 hybrid cube-mesh not every pair is linked, yet NCCL routes
+    through peers, so all eight GPUs form one NVLink domain. The one rule for nvidia-smi's matrix and NVML."""
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            if linked(i, j):
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return canonical_groups(groups.values())
 
 
 # --------------------------------------------------------------------------------------------------

@@ -534,3 +534,12 @@ def test_cli_bad_kubeconfig(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
     assert run(_args("--file", str(FIXTURES / "pcie-4x-t4.txt"), "--node", "n1", "--kubeconfig", str(kubeconfig))) == 2
     err = capsys.readouterr().err
     assert err.startswith("berth topology: cannot load Kubernetes config") and err.count("\n") == 1
+
+
+def test_linked_groups_are_connected_components_not_cliques() -> None:
+    """A chain 0-1-2 is one island though 0 and 2 share no link (the DGX-1 cube-mesh case); 3 stands alone."""
+    from scheduler.gpu.topology import linked_groups
+
+    links = {(0, 1), (1, 2)}
+    assert linked_groups(4, lambda i, j: (i, j) in links) == ((0, 1, 2), (3,))
+    assert linked_groups(0, lambda i, j: True) == ()
