@@ -25,6 +25,7 @@ REASONS = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Payload Too Large",
+    417: b"Expectation Failed",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -113,6 +114,7 @@ class Framing:
     _size: int
     _receiving: int  # what this connection adds to server.receiving: its body so far, until it completes
     _expect: bool
+    _unmet: bool  # an Expect other than 100-continue: 417, as Go's net/http and aiohttp answer it
     _head_done: bool
     _upgrade: bool
     _head_size: int
@@ -157,7 +159,7 @@ class Framing:
         if not self.started_at:
             self.started_at = self._now
         self._url, self._body, self._size = b"", [], 0
-        self._expect = self._head_done = self._upgrade = False
+        self._expect = self._unmet = self._head_done = self._upgrade = False
         self._head_size = self._head_fed = self._fields = 0
         self._length = self._codings = None
 
@@ -177,8 +179,11 @@ class Framing:
         if low == b"content-length":
             with contextlib.suppress(ValueError):
                 self._length = int(value)
-        elif low == b"expect" and value.lower() == b"100-continue":
-            self._expect = True
+        elif low == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self._expect = True
+            else:
+                self._unmet = True
         elif low == b"transfer-encoding":
             self._codings = (self._codings or []) + [c.strip().lower() for c in value.split(b",") if c.strip()]
         elif low == b"upgrade":
@@ -196,6 +201,8 @@ class Framing:
             raise Refuse(400, b'{"error":"protocol upgrades are not served here"}')
         if self._codings is not None:
             self._check_codings(self._codings)
+        if self._unmet:  # RFC 9110 10.1.1: an expectation this server cannot meet (before any body is read)
+            raise Refuse(417, b'{"error":"Expect: only 100-continue is supported"}')
         if self._length is not None and self._length > self.server.max_body:
             raise Refuse(413, self.server.berth.too_large(self._verb.decode(), "Content-Length over the limit"))
         if self._expect and not self.busy:  # no interim reply ahead of one still owed

@@ -76,6 +76,7 @@ class VerbConnection(Framing, asyncio.Protocol):
         self._size = 0
         self._receiving = 0
         self._expect = False
+        self._unmet = False
         self._head_done = False
         self._head_size = 0  # bytes of the request line and fields, as the parser hands them over
         self._head_fed = 0  # bytes read while the head was incomplete, after the read it began in

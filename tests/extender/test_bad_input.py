@@ -521,6 +521,18 @@ async def test_a_body_announced_over_the_limit_is_413_before_it_is_read_on_aioht
     await still_serves(small, go, before)
 
 
+async def test_an_expectation_other_than_100_continue_is_417_on_both_paths(client: TestClient, go: GoWire) -> None:
+    """RFC 9110 10.1.1: a server that cannot meet an Expect answers 417. The verb path served `Expect: 200-ok`
+    as if it were not there (Go's net/http and aiohttp answer 417); now both paths refuse it, before the body."""
+    before = await still_serves(client, go)
+    body = go.args(go.pod(), go.names()[:3], True)
+    for path in ("/scheduler/filter", "/debug/explain"):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: {len(body)}\r\n\r\n"
+        replies = await exchange(client, head.encode() + body, half_close=True)
+        assert replies and replies[0][0] == 417, (path, replies)
+    await still_serves(client, go, before)
+
+
 async def test_bodies_still_arriving_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
     """Each body is bounded by server.max_body_bytes; a thousand connections trickling one each could hold a
     thousand times it. Together they are held to twice the limit: the one that would pass it gets a 503, the
