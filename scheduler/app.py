@@ -25,7 +25,7 @@ from scheduler.observability.metrics import Metrics
 from scheduler.observability.showback import account_gpu_seconds
 from scheduler.observability.stalls import RECORDER as STALLS
 from scheduler.policy.binder import Binder
-from scheduler.serving.guard import Guard, guard_cap
+from scheduler.serving.guard import guard_cap, listen
 
 if TYPE_CHECKING:  # both import the kubernetes package, which the demo never needs
     from scheduler.cluster.kube import KubeClient
@@ -253,12 +253,9 @@ async def _guarded(runner: web.AppRunner, config: Config, host: str, port: int, 
     counted against a cap and each request under server.request_timeout_seconds (serving/guard.py).
     Raises OSError when the port cannot be had; `runner` is set up."""
     srv = config.server
-    assert runner.server is not None
     cap = guard_cap(connection_cap(srv.max_connections))
-    guard = Guard(runner.server, srv.request_timeout_seconds, cap, receiving_cap(srv.max_body_bytes))
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(guard, host, port, ssl=ctx, backlog=1024, reuse_address=True)
-    sweep = asyncio.create_task(guard.sweep(), name=f"deadlines-{port}")
+    bounds = (srv.request_timeout_seconds, cap, receiving_cap(srv.max_body_bytes))
+    server, sweep = await listen(runner, host, port, bounds, ctx)
     return Listener(runner, server.sockets[0].getsockname()[1], None, server, sweep)
 
 

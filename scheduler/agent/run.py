@@ -28,7 +28,7 @@ from scheduler.gpu import discovery, nvml
 from scheduler.gpu.assignments import Assignments
 from scheduler.gpu.topology import TopologyError
 from scheduler.model.names import ANN_GPU_ASSIGNED, ANN_GPU_TOPOLOGY
-from scheduler.serving.guard import Guard
+from scheduler.serving import guard
 
 log = logging.getLogger("berth.agent")
 
@@ -310,11 +310,9 @@ AGENT_RECEIVING = 1 << 20  # bytes still arriving over all connections together 
 
 
 async def listen(runner: web.AppRunner, host: str, port: int) -> tuple[asyncio.Server, asyncio.Task[None]]:
-    """Serve `runner` (set up) on host:port under the guard; the server and the task that enforces deadlines."""
-    assert runner.server is not None
-    guard = Guard(runner.server, AGENT_REQUEST_TIMEOUT, AGENT_CONNECTIONS, AGENT_RECEIVING)
-    server = await asyncio.get_running_loop().create_server(guard, host, port, backlog=128, reuse_address=True)
-    return server, asyncio.create_task(guard.sweep(), name=f"agent-deadlines-{port}")
+    """Serve `runner` (set up) on host:port under the agent's bounds; the server and its deadline task."""
+    bounds = (AGENT_REQUEST_TIMEOUT, AGENT_CONNECTIONS, AGENT_RECEIVING)
+    return await guard.listen(runner, host, port, bounds, backlog=128)
 
 
 async def serve(config: AgentConfig, kubeconfig: str | None) -> int:

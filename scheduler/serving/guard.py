@@ -15,6 +15,7 @@ never go through here.
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -45,6 +46,23 @@ FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape
 def guard_cap(verb_cap: int) -> int:
     """A quarter of the verb connections' cap: kube-scheduler needs the verbs; these need few."""
     return max(FLOOR, verb_cap // 4)
+
+
+async def listen(
+    runner: web.AppRunner,
+    host: str,
+    port: int,
+    bounds: tuple[float, int, int],
+    ctx: ssl.SSLContext | None = None,
+    backlog: int = 1024,
+) -> tuple[asyncio.Server, asyncio.Task[None]]:
+    """Serve `runner` (set up) on host:port under a Guard of (request timeout, connection cap, bytes
+    arriving): the server and the task that enforces the deadlines. Raises OSError when the port cannot be had."""
+    assert runner.server is not None
+    timeout, cap, receiving = bounds
+    g = Guard(runner.server, timeout, cap, receiving)
+    server = await asyncio.get_running_loop().create_server(g, host, port, ssl=ctx, backlog=backlog, reuse_address=True)
+    return server, asyncio.create_task(g.sweep(), name=f"deadlines-{port}")
 
 
 class Guard:
