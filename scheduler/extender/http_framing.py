@@ -61,6 +61,22 @@ def version_refusal(line: bytes) -> bytes | None:
     return b'{"error":"malformed HTTP request: the request line must be METHOD TARGET HTTP/1.1"}'
 
 
+# RFC 9110 5.6.2: a method is a token. A connection whose first byte cannot begin one is not HTTP: refused at
+# once instead of held until the head's deadline while the first line is awaited (a TLS ClientHello has no
+# line end). 0x16 opens a TLS handshake record: a caller set for https on a plain port is told so.
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TLS_HANDSHAKE = 0x16
+
+
+def opening_refusal(first: int) -> bytes | None:
+    """The 400 reply's body when a connection's first byte (after empty lines) cannot begin a request line."""
+    if first in _TOKEN:
+        return None
+    if first == _TLS_HANDSHAKE:
+        return b'{"error":"a TLS handshake on a port that serves plain HTTP: call it with http://, or serve TLS"}'
+    return b'{"error":"malformed HTTP request: the request line must be METHOD TARGET HTTP/1.1"}'
+
+
 OVERFLOW = 32  # connections over server.max_connections kept until their first line: health checks still answer
 
 
@@ -120,6 +136,7 @@ class Framing:
     _head_size: int
     _head_fed: int
     _fields: int
+    _hosts: int
     _length: int | None
     _codings: list[bytes] | None
     _chunk_open: bool
@@ -160,7 +177,7 @@ class Framing:
             self.started_at = self._now
         self._url, self._body, self._size = b"", [], 0
         self._expect = self._unmet = self._head_done = self._upgrade = False
-        self._head_size = self._head_fed = self._fields = 0
+        self._head_size = self._head_fed = self._fields = self._hosts = 0
         self._length = self._codings = None
 
     def on_url(self, url: bytes) -> None:
@@ -188,6 +205,8 @@ class Framing:
             self._codings = (self._codings or []) + [c.strip().lower() for c in value.split(b",") if c.strip()]
         elif low == b"upgrade":
             self._upgrade = True
+        elif low == b"host":
+            self._hosts += 1
 
     def on_headers_complete(self) -> None:
         self._head_done = True
@@ -197,6 +216,7 @@ class Framing:
             raise HandOff
         self._chunks = []  # a verb: the raw bytes are not needed for a hand-off, the body is held once
         self._verb = path[len(PREFIX) :]
+        self._check_host(self.parser.get_http_version())
         if self._upgrade and self.parser.should_upgrade():  # its body would not be parsed: refused, one reply
             raise Refuse(400, b'{"error":"protocol upgrades are not served here"}')
         if self._codings is not None:
@@ -208,6 +228,14 @@ class Framing:
         if self._expect and not self.busy:  # no interim reply ahead of one still owed
             assert self.transport is not None
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _check_host(self, version: str) -> None:
+        """RFC 9112 3.2: an HTTP/1.1 request without a Host field, or any request with more than one, is a 400
+        (Go's net/http and aiohttp, which serves the other paths, answer so); HTTP/1.0 may leave it out."""
+        if self._hosts > 1:
+            raise Refuse(400, b'{"error":"more than one Host header field"}')
+        if self._hosts == 0 and version != "1.0":
+            raise Refuse(400, b'{"error":"missing required Host header field (HTTP/1.1)"}')
 
     @staticmethod
     def _check_codings(codings: list[bytes]) -> None:

@@ -29,6 +29,7 @@ from scheduler.extender.http_framing import (
     Framing,
     HandOff,
     Refuse,
+    opening_refusal,
     verb_of,
     version_refusal,
 )
@@ -173,6 +174,9 @@ class VerbConnection(Framing, asyncio.Protocol):
             # Empty lines before the request line are ignored (RFC 9112 2.2), here too: dropped as they come,
             # so the line tested is the request line and endless CRLFs are not held (the deadline ends them).
             data = (self.first + data).lstrip(b"\r\n")
+            if data and (refusal := opening_refusal(data[0])) is not None:
+                self._refuse(400, refusal)
+                return
             end = data.find(b"\n")  # bare LF too: the parser answers it with a 400
             if end < 0 and len(data) < FIRST_LINE_LIMIT:
                 self.first = data

@@ -533,6 +533,34 @@ async def test_an_expectation_other_than_100_continue_is_417_on_both_paths(clien
     await still_serves(client, go, before)
 
 
+async def test_http11_without_one_host_field_is_400_on_both_paths(client: TestClient, go: GoWire) -> None:
+    """RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with two, is a 400. aiohttp (the other
+    paths) and Go's net/http answer so; the verb path served both. HTTP/1.0 may leave Host out."""
+    before = await still_serves(client, go)
+    bodies = {"/scheduler/filter": go.args(go.pod(), go.names()[:3], True), "/debug/explain": go.pod()}
+    for path, body in bodies.items():
+        for hosts, version, status in (("", "1.1", 400), ("Host: a\r\nHost: b\r\n", "1.1", 400), ("", "1.0", 200)):
+            head = f"POST {path} HTTP/{version}\r\n{hosts}Content-Length: {len(body)}\r\n\r\n"
+            replies = await exchange(client, head.encode() + body, half_close=True)
+            assert replies and replies[0][0] == status, (path, hosts, version, replies)
+            if status == 400:
+                assert "Host" in error_of(replies[0][1]), replies
+    await still_serves(client, go, before)
+
+
+async def test_a_first_byte_that_cannot_begin_a_request_is_400_at_once(client: TestClient, go: GoWire) -> None:
+    """A TLS ClientHello (a caller set for https) or other binary has no line end: the verb port held it
+    until the head's deadline (10 s, then a 408). A request line begins with a method token, so the first
+    byte decides: 400 at once, naming TLS for a handshake record."""
+    before = await still_serves(client, go)
+    hello = bytes.fromhex("160301020001") + b"\x00" * 64  # a TLS record header, then a ClientHello's start
+    for data, words in ((hello, "TLS"), (b"\r\n\x00\x01binary", "request line"), (b"{json}", "request line")):
+        replies = await asyncio.wait_for(exchange(client, data), 2)
+        assert len(replies) == 1 and replies[0][0] == 400, (data, replies)
+        assert words in error_of(replies[0][1]), replies
+    await still_serves(client, go, before)
+
+
 async def test_bodies_still_arriving_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
     """Each body is bounded by server.max_body_bytes; a thousand connections trickling one each could hold a
     thousand times it. Together they are held to twice the limit: the one that would pass it gets a 503, the
