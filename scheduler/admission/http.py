@@ -5,13 +5,14 @@ from aiohttp import web
 from scheduler.admission.loop import AdmissionLoop
 from scheduler.admission.webhook import ReviewError, review
 from scheduler.config import AdmissionConfig
+from scheduler.serving.guard import application
 
 JSON = "application/json"
 
 
 def admission_app(cfg: AdmissionConfig, loop: AdmissionLoop, max_body: int = 8 << 20) -> web.Application:
     # An AdmissionReview carries one Pod: a few KB; the API server caps objects at ~1.5 MB.
-    app = web.Application(client_max_size=max_body)
+    app = application(client_max_size=max_body)
 
     async def mutate(request: web.Request) -> web.Response:
         try:

@@ -293,7 +293,7 @@ class Agent:
         async def debug(_: web.Request) -> web.Response:
             return web.Response(body=orjson.dumps(self.view()), content_type="application/json")
 
-        app = web.Application(client_max_size=1024)
+        app = guard.application(client_max_size=1024)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics)

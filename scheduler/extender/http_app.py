@@ -17,6 +17,7 @@ from scheduler.extender.debug import ENDPOINTS, DebugViews, index_view, json_res
 from scheduler.extender.errors import ErrorReplies
 from scheduler.extender.verbs import Verbs
 from scheduler.extender.wire import WireError
+from scheduler.serving.guard import application
 from scheduler.ui.routes import ENDPOINTS as UI_ENDPOINTS
 from scheduler.ui.routes import mount as mount_ui
 
@@ -27,9 +28,7 @@ JSON = "application/json"
 def make_app(verbs: Verbs, errors: ErrorReplies, debug: DebugViews, serve_verbs: bool = True) -> web.Application:
     """The whole API; with serve_verbs=False only health, readiness and metrics (the plain port in TLS
     mode, for kubelet probes and Prometheus, while the verbs need a client certificate)."""
-    app = web.Application(
-        client_max_size=verbs.state.config.server.max_body_bytes, middlewares=[_error_middleware(errors)]
-    )
+    app = application(client_max_size=verbs.state.config.server.max_body_bytes, middlewares=[_error_middleware(errors)])
     if serve_verbs:
         for name, handler in _verb_handlers(verbs).items():
             app.router.add_post(f"/scheduler/{name}", _timed(verbs, name, handler))

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -41,6 +41,23 @@ HALF_CLOSED = _reply(400, CUT_SHORT.encode())
 TOO_MANY = _reply(503, b"too many connections for health, metrics and debug; retry")
 BUSY = b"server busy: requests still arriving on all connections together are over %d bytes; retry"
 FLOOR = 16  # connections aiohttp may hold however low the cap: probes, a scrape and a person
+
+
+# The Server field of every aiohttp reply. aiohttp's default names its version and Python's
+# ("Python/3.11 aiohttp/3.14.5"): it tells any caller which published flaws to try. The verb path sends none.
+SERVER = "berth"
+
+
+async def _name_server(request: BaseRequest, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER  # set before aiohttp's setdefault of its own
+
+
+def application(**options: Any) -> web.Application:
+    """A web.Application (options as aiohttp's) whose replies name no software version: every aiohttp app
+    Berth serves (the verb port's other paths, the health, webhook and node agent ports) is made here."""
+    app = web.Application(**options)
+    app.on_response_prepare.append(_name_server)
+    return app
 
 
 def guard_cap(verb_cap: int) -> int:
@@ -272,6 +289,9 @@ def _has_a_request(inner: RequestHandler) -> bool:
     return bool(inner._messages or inner._request_in_progress or inner._request_count)
 
 
+_NAMED = {hdrs.SERVER: SERVER}
+
+
 class JsonErrors(RequestHandler):
     """aiohttp's protocol, answering a request it cannot parse (bad request line, header or framing) as Berth
     answers every other refusal: a JSON {"error": ...} naming what is wrong, where aiohttp writes text/plain,
@@ -285,7 +305,9 @@ class JsonErrors(RequestHandler):
     ) -> web.StreamResponse:
         left = isinstance(exc, ConnectionResetError)  # aiohttp hands it over as a 500
         if status >= 500 and not left:
-            return super().handle_error(request, status, exc, message)
+            response = super().handle_error(request, status, exc, message)
+            response.headers[hdrs.SERVER] = SERVER  # no app's hook runs for a request that failed to parse
+            return response
         if request.writer.output_size > 0:  # as aiohttp: a reply has begun, none can follow (a debug line)
             raise ConnectionError("a reply has begun; no error reply can follow")
         if left:
@@ -294,7 +316,7 @@ class JsonErrors(RequestHandler):
             # caller still reading (Guarded.eof_received), written to no one when it has gone.
             log.debug("%s %s: the caller left before its reply: %s", request.method, request.path, exc)
             body = orjson.dumps({"error": CUT_SHORT if str(exc) == CUT_SHORT else f"the connection was lost: {exc}"})
-            response = web.Response(body=body, status=400, content_type="application/json")
+            response = web.Response(body=body, status=400, content_type="application/json", headers=_NAMED)
             response.force_close()
             return response
         # aiohttp's messages quote the bytes over several lines with a caret under the fault: one line here.
@@ -302,6 +324,6 @@ class JsonErrors(RequestHandler):
         reason = " ".join(part for line in text.splitlines() if (part := line.strip()) and part.strip("^"))
         log.debug("malformed HTTP request from %s: %s", request.remote, reason)
         body = orjson.dumps({"error": f"malformed HTTP request: {reason}"})
-        response = web.Response(body=body, status=status, content_type="application/json")
+        response = web.Response(body=body, status=status, content_type="application/json", headers=_NAMED)
         response.force_close()
         return response

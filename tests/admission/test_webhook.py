@@ -94,3 +94,4 @@ async def test_http_400_with_reason() -> None:
         assert r.status == 200 and patch_of(await r.read())
         r = await client.get("/debug/queue")
         assert r.status == 200 and (await r.json())["policy"].startswith("StrictFIFO")
+        assert r.headers["Server"] == "berth"  # no software version named (aiohttp's default does)

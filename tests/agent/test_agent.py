@@ -169,6 +169,7 @@ async def test_run_survives_a_kubelet_restart_and_serves_health(sock: str) -> No
     try:
         await until(lambda: ANN_GPU_ASSIGNED in writer.current)
         assert (await http.get("/healthz")).status == 200 and (await http.get("/readyz")).status == 200
+        assert (await http.get("/healthz")).headers["Server"] == "berth"  # no software version named
         await kubelet.stop()
         await until(lambda: agent.state.kubelet_error is not None)
         assert (await http.get("/readyz")).status == 503 and (await http.get("/healthz")).status == 200

@@ -561,6 +561,21 @@ async def test_a_first_byte_that_cannot_begin_a_request_is_400_at_once(client: T
     await still_serves(client, go, before)
 
 
+async def test_no_reply_names_the_software_version(client: TestClient, go: GoWire) -> None:
+    """aiohttp's replies carried `Server: Python/3.11 aiohttp/3.x`, its refusals of unparsable requests too:
+    a list of which published flaws to try. Every reply aiohttp writes now says `Server: berth`."""
+    r = await client.get("/healthz")
+    assert r.status == 200 and r.headers["Server"] == "berth"
+    r = await client.get("/no-such-path")
+    assert r.status == 404 and r.headers["Server"] == "berth"
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Field\r\n\r\n")  # aiohttp's parser refuses it
+    head = (await asyncio.wait_for(reader.read(), 10)).split(b"\r\n\r\n", 1)[0]
+    writer.close()
+    assert head.startswith(b"HTTP/1.0 400") and b"\r\nServer: berth" in head, head
+    assert b"aiohttp" not in head and b"Python" not in head
+
+
 async def test_bodies_still_arriving_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
     """Each body is bounded by server.max_body_bytes; a thousand connections trickling one each could hold a
     thousand times it. Together they are held to twice the limit: the one that would pass it gets a 503, the
