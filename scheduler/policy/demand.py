@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from collections.abc import Container
 from typing import Any
 
 from scheduler import kernels
@@ -100,7 +101,10 @@ class Demand:
         self.cached: tuple[object, array] | None = None  # (key, params) of policy.placement.score_params
         self.protects = False  # some model is protected in the params `fill` wrote last
 
-    def record(self, ask: PodAsk, replicas: tuple[int, int] = (1, 1)) -> None:
+    def record(self, ask: PodAsk, replicas: tuple[int, int] = (1, 1), models: Container[str] | None = None) -> None:
+        """`models`: the GPU models the cluster has (NodeTable.model_id). Demand constrained to any other is
+        not kept: no node could take it, the scarcity part reads only the cluster's models, and a pod's
+        annotation may name any number of them (each a key kept for the process's life). None: all kept."""
         gpus = whole_gpus(ask, replicas)
         if gpus <= 0:
             return
@@ -127,7 +131,8 @@ class Demand:
         if ask.gpu_models:
             share = w * gpus / len(ask.gpu_models)
             for m in ask.gpu_models:
-                self.constrained[m] = self.constrained.get(m, 0.0) + share
+                if models is None or m in models:
+                    self.constrained[m] = self.constrained.get(m, 0.0) + share
 
     def _rescale(self) -> None:
         f = 1.0 / self.scale

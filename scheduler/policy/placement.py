@@ -153,7 +153,7 @@ def run_filter(
     the later check refuses, failing the pod where other nodes fit. `order`: the slots' positions in table
     order (kernels.slot_order), for the kernels to read the node arrays front to back; the same results."""
     if record:
-        demand_of(state).record(j.ask, state.quotas.replicas)
+        demand_of(state).record(j.ask, state.quotas.replicas, state.table.model_id)
     out = bytearray(len(slots))
     r = j.ask.request
     if sharing(state, j):

@@ -576,6 +576,20 @@ async def test_no_reply_names_the_software_version(client: TestClient, go: GoWir
     assert b"aiohttp" not in head and b"Python" not in head
 
 
+async def test_error_counts_name_no_path_a_caller_made_up(client: TestClient) -> None:
+    """berth_errors_total's verb label was the last segment of any path: each made-up path with an oversized
+    Content-Length (the health port takes them unauthenticated) added a series for the process's life.
+    Now the label is a verb, explain, http or other."""
+    for i in range(20):
+        head = f"POST /made-up-{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n"
+        replies = await exchange(client, head.encode(), half_close=True)
+        assert replies and replies[0][0] == 413, replies
+    r = await client.get("/metrics")
+    series = [line for line in (await r.text()).splitlines() if line.startswith("berth_errors_total{")]
+    assert series and not any("made-up" in line for line in series), series
+    assert 'berth_errors_total{kind="too_large",verb="other"} 20.0' in series, series
+
+
 async def test_bodies_still_arriving_are_bounded_over_all_connections(small: TestClient, go: GoWire) -> None:
     """Each body is bounded by server.max_body_bytes; a thousand connections trickling one each could hold a
     thousand times it. Together they are held to twice the limit: the one that would pass it gets a 503, the

@@ -281,3 +281,19 @@ def test_a_cpu_pod_goes_where_it_strands_no_gpu() -> None:
     assert passed == 1 and list(verdicts) == [K.BETTER_FIT, K.OK]
     rows = {r["node"]: r for r in explain(state, probe)["nodes"]}
     assert rows["n0"]["parts"]["gpu_packing"] == 0.0 and rows["n1"]["parts"]["gpu_packing"] > 0.0
+
+
+def test_demand_keeps_only_models_the_cluster_has() -> None:
+    """A pod's berth.dev/gpu-models may name any number of models; each was a key of the demand histogram
+    for the process's life, so filter calls naming made-up models grew it without bound. The filter path
+    keeps the cluster's models only (no node could take the rest), with the same share for those."""
+    state = state_with(spec(0, 2, "T4"), spec(1, 2, "V100M32"))
+    made_up = tuple(f"X{k}" for k in range(500))
+    for i in range(20):
+        run_filter(state, judge(state, ask(100 + i, 2, models=("T4", *made_up[i * 25 : (i + 1) * 25]))), slots(state))
+    d = demand_of(state)
+    assert set(d.constrained) == {"T4"}
+    free = Demand()  # without the cluster's models (the default), every named model is kept
+    free.record(ask(1, 2, models=("T4", "X0")))
+    assert set(free.constrained) == {"T4", "X0"} and free.constrained["T4"] == free.constrained["X0"]
+    assert d.constrained["T4"] > 0
